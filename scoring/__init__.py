@@ -1,0 +1,59 @@
+"""transferbench's scoring library: how well will a pretrained model transfer to a target?
+
+A pure library (numpy, scipy, scikit-learn, torch): arrays in, numbers out.
+
+    from scoring import logme
+    logme(features, labels)
+
+Every metric is ``f(x, labels, **options) -> float`` with x the (N, D) features or, for LEEP
+and NCE, the (N, Z) source-class probabilities; higher is better for all of them.
+``compute`` runs several metrics on the same inputs sharing their common work;
+``rank_quality`` says how well a metric's scores rank models against ground truth.
+"""
+
+from scoring.errors import ConvergenceWarning, TransferabilityError
+from scoring.evaluation import rank_quality
+from scoring.gbc import gbc
+from scoring.hscore import hscore, hscore_shrinkage
+from scoring.knn import knn_accuracy
+from scoring.leep import leep
+from scoring.linear_probe import linear_probe_accuracy
+from scoring.logme import logme, logme_regression
+from scoring.nce import nce
+from scoring.nleep import nleep
+from scoring.registry import (
+    DEFAULT_METRICS,
+    REGISTRY,
+    MetricSpec,
+    Scores,
+    applicable,
+    compute,
+    compute_detailed,
+)
+from scoring.sfda import sfda
+from scoring.transrate import transrate
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "REGISTRY",
+    "ConvergenceWarning",
+    "MetricSpec",
+    "Scores",
+    "TransferabilityError",
+    "applicable",
+    "compute",
+    "compute_detailed",
+    "gbc",
+    "hscore",
+    "hscore_shrinkage",
+    "knn_accuracy",
+    "leep",
+    "linear_probe_accuracy",
+    "logme",
+    "logme_regression",
+    "nce",
+    "nleep",
+    "rank_quality",
+    "sfda",
+    "transrate",
+]

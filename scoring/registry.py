@@ -1,0 +1,322 @@
+"""Which metrics exist, what each needs, and one entry point that runs several of them.
+
+Each metric declares its name, a version (bumped whenever its numbers change, so stored scores
+can be recomputed), what it needs (features, source probabilities, or both), whether higher
+is better and which target kinds it supports. ``compute`` validates the inputs once and runs
+the requested metrics on one shared ``FeatureStats``, so the Gram matrix and its
+eigendecompositions are formed once for LogME, H-score, shrinkage H-score, TransRate and SFDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from scoring._context import FeatureStats
+from scoring._validation import Labels, check_features, check_labels, check_probs, check_targets
+from scoring.errors import TransferabilityError
+from scoring.gbc import _gbc
+from scoring.hscore import _hscore, _hscore_shrinkage
+from scoring.knn import _knn_accuracy
+from scoring.leep import expected_log_prediction
+from scoring.linear_probe import _linear_probe
+from scoring.logme import _logme_classification, fit_evidence
+from scoring.nce import _nce
+from scoring.nleep import _nleep
+from scoring.sfda import _sfda
+from scoring.transrate import _transrate
+
+Need = Literal["features", "probs"]
+Target = Literal["classification", "regression"]
+
+
+@dataclass
+class Inputs:
+    """Validated inputs shared by the metrics of one ``compute`` call."""
+
+    labels: Labels | None = None
+    targets: np.ndarray[Any, Any] | None = None
+    stats: FeatureStats | None = None
+    probs: np.ndarray[Any, Any] | None = None
+
+    def need_stats(self) -> FeatureStats:
+        assert self.stats is not None
+        return self.stats
+
+    def need_labels(self) -> Labels:
+        assert self.labels is not None
+        return self.labels
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric's declaration. ``run`` computes it from validated, shared inputs."""
+
+    name: str
+    version: int
+    needs: frozenset[Need]
+    higher_is_better: bool
+    targets: frozenset[Target]
+    reference: str
+    run: Callable[[Inputs, Mapping[str, Any]], float] = field(repr=False)
+    min_per_class: int = 1
+
+
+def _spec(
+    name: str,
+    run: Callable[[Inputs, Mapping[str, Any]], float],
+    needs: Iterable[Need],
+    reference: str,
+    *,
+    version: int = 1,
+    targets: Iterable[Target] = ("classification",),
+    min_per_class: int = 1,
+) -> MetricSpec:
+    return MetricSpec(
+        name=name,
+        version=version,
+        needs=frozenset(needs),
+        higher_is_better=True,
+        targets=frozenset(targets),
+        reference=reference,
+        run=run,
+        min_per_class=min_per_class,
+    )
+
+
+def _logme_regression(inp: Inputs, _: Mapping[str, Any]) -> float:
+    stats, y = inp.need_stats(), inp.targets
+    assert y is not None
+    sigma, uty = stats.project_targets(None if stats.wide else stats.x64.T @ y, y)
+    return fit_evidence(sigma, uty, (y * y).sum(axis=0), stats.n, stats.d).score
+
+
+def _with_x(fn: Callable[..., float]) -> Callable[[Inputs, Mapping[str, Any]], float]:
+    """Adapt a (features, labels, **options) helper to the shared inputs."""
+
+    def run(inp: Inputs, opts: Mapping[str, Any]) -> float:
+        return fn(inp.need_stats().x, inp.need_labels(), **opts)
+
+    return run
+
+
+def _with_probs(fn: Callable[..., float]) -> Callable[[Inputs, Mapping[str, Any]], float]:
+    def run(inp: Inputs, opts: Mapping[str, Any]) -> float:
+        assert inp.probs is not None
+        return fn(inp.probs, inp.need_labels(), **opts)
+
+    return run
+
+
+REGISTRY: dict[str, MetricSpec] = {
+    s.name: s
+    for s in (
+        _spec(
+            "logme",
+            lambda inp, _: _logme_classification(inp.need_stats()).score,
+            ["features"],
+            "You et al., ICML 2021",
+            version=2,  # 2: log|A| over all D eigenvalues (1 matched the thin-SVD shortcut)
+        ),
+        _spec(
+            "logme_regression",
+            _logme_regression,
+            ["features"],
+            "You et al., ICML 2021",
+            version=2,
+            targets=["regression"],
+        ),
+        _spec(
+            "leep",
+            _with_probs(lambda p, lab: expected_log_prediction(p, lab)),
+            ["probs"],
+            "Nguyen et al., ICML 2020",
+        ),
+        _spec(
+            "nce",
+            _with_probs(lambda p, lab: _nce(p.argmax(axis=1), p.shape[1], lab)),
+            ["probs"],
+            "Tran et al., ICCV 2019",
+        ),
+        _spec("nleep", _with_x(_nleep), ["features"], "Li et al., CVPR 2021"),
+        _spec(
+            "hscore",
+            lambda inp, _: _hscore(inp.need_stats()),
+            ["features"],
+            "Bao et al., ICIP 2019",
+        ),
+        _spec(
+            "hscore_shrinkage",
+            lambda inp, _: _hscore_shrinkage(inp.need_stats()),
+            ["features"],
+            "Ibrahim et al., ICLR 2023",
+        ),
+        _spec(
+            "transrate",
+            lambda inp, o: _transrate(inp.need_stats(), **o),
+            ["features"],
+            "Huang et al., ICML 2022",
+        ),
+        _spec(
+            "gbc",
+            lambda inp, o: _gbc(inp.need_stats(), **o),
+            ["features"],
+            "Pandy et al., CVPR 2022",
+            min_per_class=2,
+        ),
+        _spec(
+            "sfda",
+            lambda inp, _: _sfda(inp.need_stats()),
+            ["features"],
+            "Shao et al., ECCV 2022",
+        ),
+        _spec(
+            "knn",
+            _with_x(_knn_accuracy),
+            ["features"],
+            "leave-one-out k-NN accuracy",
+            min_per_class=2,
+        ),
+        _spec(
+            "linear_probe",
+            _with_x(_linear_probe),
+            ["features"],
+            "Kornblith et al., CVPR 2019",
+            min_per_class=2,
+        ),
+    )
+}
+
+#: Metrics a ranking uses when none are named (leep only where the model has a head).
+DEFAULT_METRICS: tuple[str, ...] = ("logme", "leep", "hscore_shrinkage", "linear_probe")
+
+
+def get(name: str) -> MetricSpec:
+    """The spec of one metric, or an error listing the known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise TransferabilityError(
+            f"unknown metric {name!r}; known metrics: {', '.join(sorted(REGISTRY))}"
+        ) from None
+
+
+def applicable(
+    metrics: Iterable[str] | None = None,
+    *,
+    has_features: bool,
+    has_probs: bool,
+    target: Target = "classification",
+) -> list[str]:
+    """The metrics among ``metrics`` (default: all) whose needs the given inputs meet."""
+    have: set[Need] = set()
+    if has_features:
+        have.add("features")
+    if has_probs:
+        have.add("probs")
+    names = list(REGISTRY) if metrics is None else list(metrics)
+    return [n for n in names if get(n).needs <= have and target in get(n).targets]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Results of ``compute_detailed``: a value per metric that ran, a message per one that
+    could not (what is wrong and what to do)."""
+
+    values: dict[str, float]
+    errors: dict[str, str]
+
+
+def compute_detailed(
+    metrics: Sequence[str],
+    labels: Any,
+    *,
+    features: Any = None,
+    probs: Any = None,
+    target: Target = "classification",
+    device: str = "auto",
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Scores:
+    """Run several metrics on the same inputs, sharing their common work.
+
+    features: (N, D) or None; probs: (N, Z) source-class probabilities or None;
+    labels: (N,) class labels (classification) or (N,) / (N, K) real targets (regression).
+    Bad inputs shared by every metric (NaN features, mismatched lengths) raise
+    ``TransferabilityError``; a problem specific to one metric (a class too small for it, a
+    missing input) is reported in ``errors`` and the other metrics still run.
+    """
+    if not metrics:
+        raise TransferabilityError("no metrics were asked for; name at least one")
+    specs = [get(m) for m in dict.fromkeys(metrics)]
+    options = options or {}
+    for unknown in set(options) - {s.name for s in specs}:
+        raise TransferabilityError(f"options were given for {unknown!r}, which is not computed")
+    x = check_features(features) if features is not None else None
+    p = check_probs(probs) if probs is not None else None
+    n = x.shape[0] if x is not None else p.shape[0] if p is not None else None
+    if n is None:
+        raise TransferabilityError("pass features, probs or both")
+    if x is not None and p is not None and p.shape[0] != n:
+        raise TransferabilityError(
+            f"features have {n} rows but probs have {p.shape[0]}; both describe the same samples"
+        )
+    inp = Inputs(probs=p)
+    if target == "regression":
+        inp.targets = check_targets(labels, n)
+    elif target == "classification":
+        inp.labels = check_labels(labels, n)
+    else:
+        raise TransferabilityError(
+            f"unknown target kind {target!r}; use classification or regression"
+        )
+    if x is not None:
+        inp.stats = FeatureStats(x, inp.labels, device)
+
+    values: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    for spec in specs:
+        missing = sorted(
+            spec.needs - {k for k, v in (("features", x), ("probs", p)) if v is not None}
+        )
+        if target not in spec.targets:
+            errors[spec.name] = f"{spec.name} does not support {target} targets"
+            continue
+        if missing:
+            errors[spec.name] = f"{spec.name} needs {' and '.join(missing)}, which were not given"
+            continue
+        try:
+            if inp.labels is not None and spec.min_per_class > 1:
+                check_labels(labels, n, spec.min_per_class, spec.name)
+            values[spec.name] = float(spec.run(inp, options.get(spec.name, {})))
+        except TransferabilityError as exc:
+            errors[spec.name] = str(exc)
+    return Scores(values, errors)
+
+
+def compute(
+    metrics: Sequence[str],
+    labels: Any,
+    *,
+    features: Any = None,
+    probs: Any = None,
+    target: Target = "classification",
+    device: str = "auto",
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, float]:
+    """Like ``compute_detailed``, but any metric that cannot run raises TransferabilityError."""
+    result = compute_detailed(
+        metrics,
+        labels,
+        features=features,
+        probs=probs,
+        target=target,
+        device=device,
+        options=options,
+    )
+    if result.errors:
+        name, message = next(iter(result.errors.items()))
+        raise TransferabilityError(message if message.startswith(name) else f"{name}: {message}")
+    return result.values
