@@ -107,7 +107,7 @@ def check_features_shape_only(x: Any, name: str) -> F64:
         raise TransferabilityError(f"{name} must be a numeric array: {exc}") from exc
     if arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] < 1:
         raise TransferabilityError(
-            f"{name} must have shape (N, K) with N >= 2 and K >= 1, got {arr.shape}"
+            f"{name} must have shape (N, K) with at least 2 samples and 1 column, got {arr.shape}"
         )
     if not np.isfinite(arr).all():
         raise TransferabilityError(f"{name} contain NaN or inf values")

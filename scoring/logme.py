@@ -64,12 +64,15 @@ def fit_evidence(
     n: int,
     d: int,
     tol: float = 1e-12,
-    max_iter: int = 10_000,
+    fixed_point_iter: int = 100,
+    max_iter: int = 200,
 ) -> LogMEFit:
     """Maximise the evidence for K targets at once.
 
     sigma: (k,) eigenvalues of F^T F (k = min(N, D); zeros allowed), uty: (k, K) = U^T Y,
-    yty: (K,) = ||y||^2 per target, n = N, d = D.
+    yty: (K,) = ||y||^2 per target, n = N, d = D. MacKay's fixed point runs for up to
+    ``fixed_point_iter`` steps to a relative tolerance ``tol`` on t = alpha / beta; any target
+    it leaves unsettled is finished by bisection on the same stationarity condition.
     """
     x2 = uty * uty  # (k, K)
     res_outside = np.maximum(yty - x2.sum(axis=0), 0.0)  # part of y outside F's column space
@@ -84,28 +87,54 @@ def fit_evidence(
         return gamma, m2, res2
 
     k_targets = uty.shape[1]
-    # Past this t the prior has swamped the data: the evidence is within rounding of its
-    # alpha -> infinity limit (below), so the iteration stops for that target.
-    t_cap = 1e12 * max(float(sigma.max(initial=0.0)), 1.0)
+    scale = max(float(sigma.max(initial=0.0)), 1.0)
+    # t = alpha / beta is searched within [t_lo, t_hi]: beyond either end the evidence is within
+    # rounding of its limit (t -> infinity: the prior swamps the data, w = 0; t -> 0: a noiseless
+    # interpolation, reachable when N <= D).
+    t_lo, t_hi = 1e-12 * scale, 1e12 * scale
+
+    def slope(t: F64) -> F64:
+        """Has the sign of d(evidence)/d(log t) at the best beta; zero at MacKay's fixed point."""
+        gamma, m2, res2 = terms(t)
+        return gamma - n * t * m2 / np.maximum(res2 + t * m2, _TINY)
+
+    # 1. MacKay's fixed point (Eq. 3), all targets at once. It converges in a few steps when the
+    #    optimum is interior and well conditioned, which is the common case.
     t = np.ones(k_targets)
-    change = np.zeros(k_targets)
+    done = np.zeros(k_targets, dtype=bool)
     iterations = 0
-    for iterations in range(1, max_iter + 1):  # noqa: B007 - reported below
+    for iterations in range(1, fixed_point_iter + 1):  # noqa: B007 - reported below
         gamma, m2, res2 = terms(t)
         alpha = gamma / np.maximum(m2, _TINY)
         beta = (n - gamma) / np.maximum(res2, _TINY)
-        t_new = np.minimum(alpha / beta, t_cap)
-        change = np.abs(t_new - t) / np.maximum(t, _TINY)
+        t_new = np.clip(alpha / beta, t_lo, t_hi)
+        done = np.abs(t_new - t) <= tol * t
         t = t_new
-        if bool(((change <= tol) | (t >= t_cap)).all()):
+        if bool(done.all()):
             break
-    else:
-        warnings.warn(
-            f"LogME's fixed point stopped after {max_iter} iterations "
-            f"(relative change {float(change.max()):.2e} > {tol:.0e})",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
+    # 2. Targets the fixed point has not settled (a slow crawl, typically towards a boundary):
+    #    bisect the same stationarity condition on log t, keeping slope > 0 at lo, < 0 at hi.
+    if not bool(done.all()):
+        todo = ~done
+        lo = np.where(todo, np.log(t_lo), np.log(t))
+        hi = np.where(todo, np.log(t_hi), np.log(t))
+        to_hi = slope(np.full(k_targets, t_hi)) > 0  # still rising at t_hi: maximum at infinity
+        to_lo = slope(np.full(k_targets, t_lo)) < 0  # already falling at t_lo: maximum at 0
+        for _ in range(max_iter):
+            mid = 0.5 * (lo + hi)
+            rising = slope(np.exp(mid)) > 0
+            lo = np.where(rising, mid, lo)
+            hi = np.where(rising, hi, mid)
+            if float((hi - lo).max()) <= tol:
+                break
+        else:
+            warnings.warn(
+                f"LogME's evidence maximisation stopped after {max_iter} bisection steps",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        root = np.exp(0.5 * (lo + hi))
+        t = np.where(done, t, np.where(to_hi, t_hi, np.where(to_lo, t_lo, root)))
     # Evidence at the final t, with beta = N / (||Fm - y||^2 + t m^T m) (the optimum for that
     # t, equal to the fixed point's beta at convergence) and m the posterior mean.
     gamma, m2, res2 = terms(t)
