@@ -1,0 +1,93 @@
+"""Properties every metric must have, checked with hypothesis on random inputs."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import scoring
+
+from .helpers import softmax_probs
+
+# Deterministic metrics whose value cannot depend on sample order or label names.
+FEATURE_METRICS = ["logme", "hscore_shrinkage", "transrate", "gbc", "sfda"]
+PROB_METRICS = ["leep", "nce"]
+# Metrics defined by empirical distributions only (means, covariances, joint frequencies),
+# which duplicating every sample leaves unchanged.
+DUPLICATION_INVARIANT = ["hscore", "transrate", "gbc", "sfda", "leep", "nce"]
+
+
+@st.composite
+def problems(draw):
+    seed = draw(st.integers(0, 2**31 - 1))
+    c = draw(st.integers(2, 4))
+    per_class = draw(st.integers(3, 12))
+    d = draw(st.integers(2, 8))
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(c), per_class)
+    x = (
+        rng.normal(size=(labels.size, d))
+        + draw(st.floats(0.0, 3.0)) * rng.normal(size=(c, d))[labels]
+    )
+    probs = softmax_probs(x, 6, seed)
+    return x, labels, probs
+
+
+def _scores(x, labels, probs, metrics):
+    return scoring.compute(metrics, labels, features=x, probs=probs)
+
+
+@given(problems(), st.randoms(use_true_random=False))
+def test_permuting_samples_changes_nothing(problem, rnd):
+    x, labels, probs = problem
+    metrics = FEATURE_METRICS + PROB_METRICS + (["hscore"] if x.shape[0] > x.shape[1] + 1 else [])
+    order = list(range(x.shape[0]))
+    rnd.shuffle(order)
+    before = _scores(x, labels, probs, metrics)
+    after = _scores(x[order], labels[order], probs[order], metrics)
+    for name in metrics:
+        assert after[name] == pytest.approx(before[name], rel=1e-7, abs=1e-10), name
+
+
+@given(problems(), st.permutations(["zebra", "ant", "mole", "bee"]))
+def test_renaming_labels_changes_nothing(problem, names):
+    x, labels, probs = problem
+    metrics = FEATURE_METRICS + PROB_METRICS
+    renamed = np.array(names)[labels]
+    before = _scores(x, labels, probs, metrics)
+    after = _scores(x, renamed, probs, metrics)
+    for name in metrics:
+        assert after[name] == pytest.approx(before[name], rel=1e-7, abs=1e-10), name
+
+
+@given(problems())
+def test_duplicating_every_sample_changes_nothing_for_distribution_metrics(problem):
+    x, labels, probs = problem
+    metrics = [m for m in DUPLICATION_INVARIANT if m != "hscore" or x.shape[0] > x.shape[1] + 1]
+    before = _scores(x, labels, probs, metrics)
+    after = _scores(
+        np.vstack([x, x]), np.concatenate([labels, labels]), np.vstack([probs, probs]), metrics
+    )
+    for name in metrics:
+        assert after[name] == pytest.approx(before[name], rel=1e-7, abs=1e-10), name
+
+
+@given(problems())
+def test_bounds(problem):
+    x, labels, probs = problem
+    s = _scores(x, labels, probs, ["leep", "nce", "gbc", "sfda", "knn"])
+    assert s["leep"] <= 1e-12
+    assert s["nce"] <= 1e-12
+    assert s["gbc"] <= 0.0
+    assert 0.0 < s["sfda"] <= 1.0
+    assert 0.0 <= s["knn"] <= 1.0
+
+
+@given(problems())
+def test_compute_together_equals_each_alone(problem):
+    x, labels, probs = problem
+    names = [*FEATURE_METRICS, *PROB_METRICS, "knn"]
+    together = _scores(x, labels, probs, names)
+    for name in names:
+        alone = scoring.compute([name], labels, features=x, probs=probs)[name]
+        assert together[name] == pytest.approx(alone, rel=1e-12), name
