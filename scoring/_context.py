@@ -146,6 +146,20 @@ class FeatureStats:
         return w.copy(), np.ascontiguousarray(v)
 
     @cached_property
+    def class_rows(self) -> list[npt.NDArray[np.intp]]:
+        """Row indices of each class, in class order (one stable sort, not C boolean masks)."""
+        order = np.argsort(self.labels.codes, kind="stable")
+        return np.split(order, np.cumsum(self.labels.counts)[:-1])
+
+    @cached_property
+    def centered_row_norms2(self) -> F64:
+        """(N,) squared norms of the centred rows, ||x||^2 - 2 x.mu + ||mu||^2, without
+        materialising the centred N x D matrix."""
+        x = self.x64
+        sq = np.einsum("ij,ij->i", x, x) - 2.0 * (x @ self.mean) + float(self.mean @ self.mean)
+        return np.asarray(np.maximum(sq, 0.0))
+
+    @cached_property
     def class_mean_offsets(self) -> F64:
         """(C, D) class means minus the global mean."""
         return self.class_means - self.mean

@@ -60,7 +60,7 @@ def ledoit_wolf_shrinkage(stats: FeatureStats) -> float:
     trace = float(lam.sum())
     mu = trace / d
     frob2 = float((lam**2).sum())  # ||S||_F^2
-    row_norms2 = np.einsum("ij,ij->i", stats.centered, stats.centered)
+    row_norms2 = stats.centered_row_norms2
     fourth = float((row_norms2**2).sum())  # sum_k ||x_k||^4
     beta = (fourth / n - frob2) / (d * n)
     delta = (frob2 - 2.0 * mu * trace + d * mu**2) / d  # ||S - mu I||_F^2 / D

@@ -25,9 +25,8 @@ def _transrate(stats: FeatureStats, eps: float = 1e-4) -> float:
     lam, _ = stats.cov_eig  # eigenvalues of Z^T Z / n
     rate_all = 0.5 * float(np.log1p(lam / eps).sum())
     rates = []
-    z = stats.centered
-    for c in range(stats.labels.n_classes):
-        zc = z[stats.labels.codes == c]
+    for rows in stats.class_rows:
+        zc = stats.x64[rows] - stats.mean
         n_c = zc.shape[0]
         g = _linalg.kernel(zc, stats.device) if n_c <= stats.d else _linalg.gram(zc, stats.device)
         g /= n_c * eps
