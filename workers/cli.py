@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     rank.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("models", help="list the default model zoo")
+    from workers.service_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -103,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _cmd_models()
-        return _cmd_rank(args)
+        if args.command == "rank":
+            return _cmd_rank(args)
+        from workers.service_cli import run
+
+        return run(args)
     except (PipelineError, score_error) as exc:
         _err(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
         return EXIT_BAD_INPUT

@@ -1,0 +1,61 @@
+"""Typed dependencies: the request's session (committed once, at the end), the queue, auth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.db.session import Database
+from app.errors import Unauthorized
+from app.queue import TaskQueue
+from app.services import apikeys
+from app.settings import Settings
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with get_db(request).session() as session:
+        yield session
+
+
+def get_queue(request: Request) -> TaskQueue:
+    queue: TaskQueue = request.app.state.queue
+    return queue
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+QueueDep = Annotated[TaskQueue, Depends(get_queue)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def require_key(request: Request) -> None:
+    """Bearer API key, unless this app was started without key checks."""
+    if not request.app.state.auth_required:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized(
+            "this endpoint needs an API key: send 'Authorization: Bearer <key>' "
+            "(create one with `transferbench apikey create NAME`)",
+            headers=challenge,
+        )
+    with get_db(request).session() as session:
+        if not apikeys.verify(session, key.strip()):
+            raise Unauthorized("the API key is unknown or revoked", headers=challenge)
+
+
+Authorized = Depends(require_key)

@@ -1,0 +1,66 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Response
+from sqlalchemy import text
+
+from app import errors, observability
+from app.api import datasets, models, rankings
+from app.db.session import Database
+from app.queue import CeleryQueue, TaskQueue
+from app.settings import Settings
+
+log = logging.getLogger("transferbench.api")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    queue: TaskQueue | None = None,
+    db: Database | None = None,
+    auth_required: bool | None = None,
+) -> FastAPI:
+    """Build the API. Without ``queue`` the broker in ``TB_BROKER_URL`` is used.
+    ``auth_required`` defaults to True unless ``TB_AUTH=off``."""
+    settings = settings or Settings()
+    if queue is None:
+        if not settings.broker_url:
+            raise RuntimeError("no task queue: set TB_BROKER_URL, or start `transferbench serve`")
+        queue = CeleryQueue(settings.broker_url, settings.backend_url)
+    db = db or Database(settings.db_url)
+    if auth_required is None:
+        auth_required = settings.auth != "off"
+    app = FastAPI(
+        title="transferbench",
+        version="1",
+        description="Which pretrained model should I use for my dataset?",
+    )
+    app.state.settings, app.state.db, app.state.queue = settings, db, queue
+    app.state.auth_required = auth_required
+    errors.install(app)
+    observability.install(app, db, queue)
+    for router in (datasets.router, models.router, rankings.router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz(response: Response) -> dict[str, str]:
+        checks = {"database": "ok", "broker": "ok"}
+        try:
+            with db.session() as s:
+                s.execute(text("SELECT 1"))
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        if not queue.ping():
+            checks["broker"] = "unreachable"
+        if any(v != "ok" for v in checks.values()):
+            response.status_code = 503
+        return checks
+
+    return app

@@ -1,0 +1,89 @@
+"""Prometheus metrics: request counts and latencies from this process, and job figures
+(durations, queue depth, extraction throughput) read from the database at scrape time, so
+they are right whichever worker process did the work."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from app.db.models import JobModelRow, JobRow
+from app.db.session import Database
+from app.queue import TaskQueue
+
+BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+
+
+class JobCollector(Collector):
+    def __init__(self, db: Database, queue: TaskQueue) -> None:
+        self.db, self.queue = db, queue
+
+    def collect(self) -> Iterator[Any]:
+        jobs = GaugeMetricFamily("tb_jobs", "Ranking jobs by status", labels=["status"])
+        depth = GaugeMetricFamily("tb_queue_depth", "Tasks waiting per queue", labels=["queue"])
+        speed = GaugeMetricFamily(
+            "tb_extraction_samples_per_second", "Mean extraction throughput of the last 100 models"
+        )
+        hist = HistogramMetricFamily(
+            "tb_job_duration_seconds", "Finished ranking jobs, creation to done"
+        )
+        with self.db.session() as s:
+            for status, n in s.execute(select(JobRow.status, func.count()).group_by(JobRow.status)):
+                jobs.add_metric([status], n)
+            finished = s.execute(
+                select(JobRow.created_at, JobRow.finished_at).where(JobRow.finished_at.is_not(None))
+            ).all()
+            recent = s.execute(
+                select(JobModelRow.samples_total, JobModelRow.extract_seconds)
+                .where(JobModelRow.extract_seconds > 0)
+                .limit(100)
+            ).all()
+        durations = [(f - c).total_seconds() for c, f in finished if f and c]
+        counts = [sum(1 for d in durations if d <= b) for b in BUCKETS]
+        hist.add_metric(
+            [],
+            [
+                (str(b) if b != float("inf") else "+Inf", c)
+                for b, c in zip(BUCKETS, counts, strict=True)
+            ],
+            sum(durations),
+        )
+        if recent:
+            speed.add_metric([], sum(n for n, _ in recent) / sum(t for _, t in recent))
+        for name, n in self.queue.depth().items():
+            depth.add_metric([name], n)
+        yield from (jobs, depth, speed, hist)
+
+
+def install(app: FastAPI, db: Database, queue: TaskQueue) -> None:
+    registry = CollectorRegistry()
+    requests = Counter(
+        "tb_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+    )
+    latency = Histogram(
+        "tb_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry
+    )
+    registry.register(JobCollector(db, queue))
+
+    @app.middleware("http")
+    async def _measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        latency.labels(request.method, path).observe(time.perf_counter() - start)
+        requests.labels(request.method, path, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")

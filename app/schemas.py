@@ -1,0 +1,125 @@
+"""Request and response bodies (pydantic v2)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ClassCount(BaseModel):
+    name: str
+    count: int
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    modality: str
+    task: str
+    n_samples: int
+    classes: list[ClassCount]
+    content_hash: str
+    schedule: str | None
+    created_at: datetime
+
+
+class ModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/@+-]+$")
+    source: str = Field(
+        min_length=3,
+        max_length=2000,
+        description="a zoo name or SOURCE:REF spec, e.g. timm:resnet50.a1_in1k",
+    )
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    modality: str
+    source: dict[str, str]
+    has_head: bool
+    num_source_classes: int | None
+    fingerprint: str
+    builtin: bool
+    created_at: datetime
+
+
+class RankingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str
+    model_ids: list[str] | None = Field(default=None, min_length=1)
+    metrics: list[str] | None = Field(default=None, min_length=1)
+    per_class: int | None = Field(default=None, ge=1, description="at most K samples per class")
+
+
+class ModelProgress(BaseModel):
+    model_id: str
+    model: str
+    status: str
+    samples_done: int
+    samples_total: int
+    metrics_done: list[str]
+    errors: dict[str, str]
+    error: str | None
+
+
+class RankedModel(BaseModel):
+    rank: int | None
+    model_id: str
+    model: str
+    scores: dict[str, float | None]
+
+
+class RankingOut(BaseModel):
+    id: str
+    dataset_id: str
+    status: Literal["queued", "running", "done", "failed"]
+    metrics: list[str]
+    trigger: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    progress: list[ModelProgress]
+    results: list[RankedModel] | None
+
+
+class RankingSummary(BaseModel):
+    id: str
+    dataset_id: str
+    status: str
+    metrics: list[str]
+    trigger: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int
+    model_id: str
+    model: str
+    value: float
+    metric_version: int
+    scored_at: datetime
+
+
+class Leaderboard(BaseModel):
+    dataset_id: str
+    metric: str
+    higher_is_better: bool
+    entries: list[LeaderboardEntry]
+
+
+class ScheduleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schedule: str | None = Field(description="a 5-field cron expression, or null to clear")

@@ -1,0 +1,1 @@
+"""Services: the API's use cases. They never commit; the request boundary does."""
