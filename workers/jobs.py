@@ -109,13 +109,17 @@ class JobRunner:
                 return
             if jm.status in TERMINAL:
                 return
-            if jm.status == "scoring" and jm.feature_key and self.cache.get(jm.feature_key):
+            if (
+                jm.status == "scoring"
+                and jm.feature_key
+                and self.cache.get(jm.feature_key) is not None
+            ):
                 self.enqueue("tb.score", [job_id, model_id])
                 return
             job = jm.job
             if job.status == "queued":
                 job.status, job.started_at = "running", now()
-            job.heartbeat_at = now()
+            job.heartbeat_at = jm.heartbeat_at = now()
             jm.status, jm.attempts = "extracting", jm.attempts + 1
             dataset_row = s.get(DatasetRow, job.dataset_id)
             model_row = jm.model
@@ -148,7 +152,7 @@ class JobRunner:
             jm.status, jm.feature_key = "scoring", key
             jm.samples_done = jm.samples_total
             jm.extract_seconds = elapsed
-            jm.job.heartbeat_at = now()
+            jm.job.heartbeat_at = jm.heartbeat_at = now()
         self.enqueue("tb.score", [job_id, model_id])
 
     def score(self, job_id: str, model_id: str) -> None:
@@ -242,7 +246,7 @@ class JobRunner:
                 return
             for k, v in fields.items():
                 setattr(jm, k, v)
-            jm.job.heartbeat_at = now()
+            jm.job.heartbeat_at = jm.heartbeat_at = now()
 
     def _fail(self, job_id: str, model_id: str, reason: str) -> None:
         log.warning("job %s model %s failed: %s", job_id, model_id, reason)
@@ -327,20 +331,24 @@ class JobRunner:
         return created
 
     def requeue_stale(self) -> list[str]:
-        """Jobs left running by a dead worker (no heartbeat for heartbeat_timeout_s):
-        their unfinished models go back on the queue."""
+        """Models a dead worker left half done (extracting or scoring, no heartbeat for
+        heartbeat_timeout_s) go back on the queue; returns "job/model" for each. The heartbeat
+        is per model, so a sibling model's progress does not hide a dead extraction."""
         cutoff = now() - timedelta(seconds=self.settings.heartbeat_timeout_s)
-        requeued = []
+        stale: list[tuple[str, str, str]] = []
         with self.db.session() as s:
-            for job in s.scalars(select(JobRow).where(JobRow.status == "running")):
-                beat = _as_utc(job.heartbeat_at) or _as_utc(job.started_at)
-                if beat is not None and beat < cutoff:
-                    job.heartbeat_at = now()
-                    requeued.append(job.id)
-        for job_id in requeued:
-            log.warning("re-queueing job %s: no heartbeat since the cutoff", job_id)
-            self.enqueue_job(job_id)
-        return requeued
+            rows = s.scalars(
+                select(JobModelRow).where(JobModelRow.status.in_(("extracting", "scoring")))
+            )
+            for jm in rows:
+                beat = _as_utc(jm.heartbeat_at)
+                if beat is None or beat < cutoff:
+                    jm.heartbeat_at = now()  # one re-queue per timeout, not one per tick
+                    stale.append((jm.job_id, jm.model_id, jm.status))
+        for job_id, model_id, status in stale:
+            log.warning("re-queueing job %s model %s: no heartbeat", job_id, model_id)
+            self.enqueue("tb.score" if status == "scoring" else "tb.extract", [job_id, model_id])
+        return [f"{j}/{m}" for j, m, _ in stale]
 
     def enqueue_job(self, job_id: str) -> None:
         """Put every unfinished model of a job on the queue (after the commit that made it)."""

@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         )
         celery_app.worker_main(argv)
         return 0
-    celery_app.start(["beat", "--loglevel", "INFO"])
+    schedule = settings.data_dir / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", "--loglevel", "INFO", "--schedule", str(schedule)])
     return 0
 
 

@@ -85,6 +85,7 @@ def upgrade() -> None:
         sa.Column("metric_errors", sa.JSON(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("feature_key", sa.String(64), nullable=True),
+        sa.Column("heartbeat_at", TS, nullable=True),
         sa.Column("extract_seconds", sa.Float(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
     )

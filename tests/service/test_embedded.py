@@ -1,0 +1,188 @@
+"""The embedded default end to end: SQLite, a local folder, the in-process worker; no Redis.
+
+A real upload of Fashion-MNIST images, two real zoo models, real extraction and scoring.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import scoring
+from app.db.migrate import upgrade
+from app.db.session import Database
+from app.main import create_app
+from app.settings import Settings
+from workers.embedded import LocalQueue
+
+from .helpers import model_ids, wait_for_job
+
+MODELS = ("mobilenet-v2", "open-nsfw")
+
+
+@pytest.fixture
+def embedded(data_dir: Path):
+    settings = Settings(data_dir=data_dir, scheduler_tick_s=3600)
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    queue = LocalQueue(db, settings)
+    queue.start(register_zoo=False)
+    app = create_app(settings, queue=queue, db=db, auth_required=False)
+    with TestClient(app) as client:
+        for name in MODELS:
+            r = client.post("/v1/models", json={"name": name, "source": name})
+            assert r.status_code == 201, r.text
+        yield client, queue, settings
+    queue.stop()
+    db.dispose()
+
+
+def _upload(client: TestClient, content: bytes, name: str = "fashion", **form: str):
+    return client.post(
+        "/v1/datasets",
+        files={"file": ("fashion.zip", content, "application/zip")},
+        data={"name": name, **form},
+    )
+
+
+def test_upload_rank_poll_and_leaderboard(embedded, small_zip: bytes, tmp_path: Path):
+    client, _, _ = embedded
+    r = _upload(client, small_zip)
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["n_samples"] == 40
+    assert ds["modality"] == "image" and ds["task"] == "classification"
+    assert [c["count"] for c in ds["classes"]] == [10, 10, 10, 10]
+    again = _upload(client, small_zip, name="same bytes, other name")
+    assert again.status_code == 200
+    assert again.json()["id"] == ds["id"]
+
+    metrics = ["logme", "leep", "hscore_shrinkage", "linear_probe"]
+    r = client.post(
+        "/v1/rankings",
+        json={"dataset_id": ds["id"], "model_ids": model_ids(client, *MODELS), "metrics": metrics},
+    )
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/v1/rankings/{r.json()['id']}"
+    job = wait_for_job(client, r.json()["id"])
+    assert job["status"] == "done", job
+    assert all(p["samples_done"] == 40 and p["status"] == "done" for p in job["progress"])
+    results = job["results"]
+    assert [row["rank"] for row in results] == [1, 2]
+    assert results[0]["scores"]["logme"] >= results[1]["scores"]["logme"]
+
+    # The same ranking through the CLI's pipeline, recomputing the features from scratch.
+    from workers.pipeline import RankRequest, run_rank
+
+    zip_path = tmp_path / "fashion.zip"
+    zip_path.write_bytes(small_zip)
+    direct = run_rank(
+        RankRequest(dataset=str(zip_path), models=list(MODELS), metrics=metrics, use_cache=False)
+    )
+    direct_scores = {row.model: row.scores for row in direct.rows}
+    assert [row.model for row in direct.rows] == [row["model"] for row in results]
+    for row in results:
+        for metric in metrics:
+            assert row["scores"][metric] == pytest.approx(
+                direct_scores[row["model"]][metric], rel=1e-5
+            )
+
+    board = client.get(f"/v1/datasets/{ds['id']}/leaderboard", params={"metric": "leep"}).json()
+    assert [e["model"] for e in board["entries"]] == sorted(
+        MODELS, key=lambda m: -direct_scores[m]["leep"]
+    )
+    assert board["entries"][0]["metric_version"] == scoring.REGISTRY["leep"].version
+
+
+def test_scores_equal_the_library_on_the_cached_features(embedded, small_zip: bytes):
+    client, queue, settings = embedded
+    ds = _upload(client, small_zip).json()
+    r = client.post(
+        "/v1/rankings", json={"dataset_id": ds["id"], "metrics": ["logme", "nce", "transrate"]}
+    )
+    job = wait_for_job(client, r.json()["id"])
+    assert job["status"] == "done", job
+    from sqlalchemy import select
+
+    from app.db.models import DatasetRow, JobModelRow
+    from workers.datasets import open_dataset
+
+    with queue.runner.db.session() as s:
+        rows = list(s.scalars(select(JobModelRow).where(JobModelRow.job_id == job["id"])))
+        path = s.get(DatasetRow, ds["id"]).path
+    labels = open_dataset(path).labels
+    by_model = {row["model_id"]: row["scores"] for row in job["results"]}
+    for jm in rows:
+        cached = queue.runner.cache.get(jm.feature_key)
+        expected = scoring.compute(
+            ["logme", "nce", "transrate"], labels, features=cached.features, probs=cached.probs
+        )
+        for metric, value in expected.items():
+            assert by_model[jm.model_id][metric] == pytest.approx(value, rel=1e-12)
+
+
+def test_second_ranking_reuses_features_and_scores(embedded, small_zip: bytes):
+    client, queue, _ = embedded
+    ds = _upload(client, small_zip).json()
+    first = wait_for_job(
+        client, client.post("/v1/rankings", json={"dataset_id": ds["id"]}).json()["id"]
+    )
+    calls = []
+    original = queue.runner.load
+
+    def counting_load(spec):
+        model = original(spec)
+        forward = model.forward
+
+        def counted(batch):
+            calls.append(spec)
+            return forward(batch)
+
+        model.forward = counted
+        return model
+
+    queue.runner.load = counting_load
+    second = wait_for_job(
+        client, client.post("/v1/rankings", json={"dataset_id": ds["id"]}).json()["id"]
+    )
+    assert calls == []  # every feature came from the cache
+    assert [r["scores"] for r in second["results"]] == [r["scores"] for r in first["results"]]
+    from sqlalchemy import func, select
+
+    from app.db.models import ScoreRow
+
+    with queue.runner.db.session() as s:
+        # 2 models (both with heads) x 4 default metrics, each stored once across both jobs
+        assert s.scalar(select(func.count()).select_from(ScoreRow)) == 2 * 4
+
+
+def test_headless_model_gets_no_leep_and_says_why(embedded):
+    client, _, _ = embedded
+    import io
+    import json
+
+    texts = [
+        {"text": f"{w} number {i}", "label": w}
+        for i in range(12)
+        for w in ("alpha", "beta", "gamma")
+    ]
+    body = "\n".join(json.dumps(t) for t in texts).encode()
+    r = client.post("/v1/models", json={"name": "minilm-l6", "source": "minilm-l6"})
+    assert r.status_code == 201, r.text
+    ds = client.post(
+        "/v1/datasets", files={"file": ("t.jsonl", io.BytesIO(body))}, data={"name": "t"}
+    ).json()
+    assert ds["modality"] == "text"
+    job = wait_for_job(
+        client,
+        client.post(
+            "/v1/rankings", json={"dataset_id": ds["id"], "metrics": ["logme", "leep"]}
+        ).json()["id"],
+    )
+    assert job["status"] == "done", job
+    (row,) = job["results"]
+    assert row["scores"]["leep"] is None and np.isfinite(row["scores"]["logme"])
+    assert "classifier head" in job["progress"][0]["errors"]["leep"]
