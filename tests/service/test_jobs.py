@@ -1,0 +1,185 @@
+"""The workers' job logic on real PostgreSQL, called as plain functions (the Celery tasks are
+thin shells around these): re-ranking only what is missing, metric version bumps, cron
+schedules, one failing model among good ones, and scores stored exactly once."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+import scoring
+from app.db.migrate import upgrade
+from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, ScoreRow, now
+from app.db.scores import upsert_score
+from app.db.session import Database
+from app.services import datasets as dataset_service
+from app.settings import Settings
+from workers.jobs import JobRunner
+
+
+class Harness:
+    """A runner whose queue is a list, drained synchronously."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.tasks: list[tuple[str, list]] = []
+        self.db = db
+        self.runner = JobRunner(db, settings, lambda t, a: self.tasks.append((t, list(a))))
+        self.forward_calls = 0
+
+    def drain(self) -> None:
+        handlers = {"tb.extract": self.runner.extract, "tb.score": self.runner.score,
+                    "tb.rerank_missing": self.runner.rerank_missing}  # fmt: skip
+        while self.tasks:
+            name, args = self.tasks.pop(0)
+            handlers[name](*args)
+
+    def register(self, name: str, spec: str | None = None) -> str:
+        info = self.runner.resolve_model(spec or name)
+        model = self.runner.load(spec or name)
+        forward = model.forward
+
+        def counted(batch):
+            self.forward_calls += 1
+            return forward(batch)
+
+        model.forward = counted
+        with self.db.session() as s:
+            row = ModelRow(name=name, source={"spec": spec or name}, builtin=False, **info)
+            s.add(row)
+            s.flush()
+            return row.id
+
+
+@pytest.fixture
+def harness(pg_url: str, tmp_path: Path, small_zip: bytes, data_dir: Path):
+    settings = Settings(database_url=pg_url, data_dir=data_dir)
+    upgrade(pg_url)
+    db = Database(pg_url)
+    h = Harness(db, settings)
+    upload = tmp_path / "upload.zip"
+    upload.write_bytes(small_zip)
+    with db.session() as s:
+        row, _ = dataset_service.register(
+            s, settings, upload, name="fashion", modality=None, task=None
+        )
+        h.dataset_id = row.id
+    yield h
+    db.dispose()
+
+
+def _count_scores(h: Harness, **where) -> int:
+    with h.db.session() as s:
+        q = select(func.count()).select_from(ScoreRow)
+        for k, v in where.items():
+            q = q.where(getattr(ScoreRow, k) == v)
+        return int(s.scalar(q))
+
+
+def test_registering_a_model_reranks_only_the_missing_work(harness: Harness):
+    first = harness.register("mobilenet-v2")
+    (job1,) = harness.runner.rerank_missing()
+    harness.drain()
+    assert _count_scores(harness, model_id=first) == len(scoring.DEFAULT_METRICS)
+    calls_after_first = harness.forward_calls
+
+    second = harness.register("open-nsfw")
+    (job2,) = harness.runner.rerank_missing()
+    with harness.db.session() as s:
+        assert [m.model_id for m in s.get(JobRow, job2).models] == [second]
+    harness.drain()
+    assert _count_scores(harness, model_id=second) == len(scoring.DEFAULT_METRICS)
+    assert harness.forward_calls > calls_after_first
+    assert harness.runner.rerank_missing() == []  # nothing left to do
+
+
+def test_a_metric_version_bump_recomputes_only_that_metric(harness: Harness, monkeypatch):
+    model = harness.register("mobilenet-v2")
+    harness.runner.rerank_missing()
+    harness.drain()
+    forward_before = harness.forward_calls
+    bumped = dataclasses.replace(
+        scoring.REGISTRY["logme"], version=scoring.REGISTRY["logme"].version + 1
+    )
+    monkeypatch.setitem(scoring.REGISTRY, "logme", bumped)
+
+    (job,) = harness.runner.rerank_missing()
+    harness.drain()
+    assert harness.forward_calls == forward_before  # features came from the cache
+    assert _count_scores(harness, model_id=model, metric="logme") == 2  # old and new version
+    assert _count_scores(harness, model_id=model, metric="leep") == 1  # not recomputed
+    with harness.db.session() as s:
+        jm = s.get(JobModelRow, (job, model))
+        assert jm.status == "done"
+
+
+def test_cron_schedule_creates_a_job_when_due(harness: Harness):
+    harness.register("mobilenet-v2")
+    with harness.db.session() as s:
+        ds = s.get(DatasetRow, harness.dataset_id)
+        ds.schedule = "*/5 * * * *"
+        ds.last_scheduled_at = now() - timedelta(minutes=11)
+    assert len(harness.runner.run_schedules()) == 1
+    assert harness.runner.run_schedules() == []  # not due again until the next slot
+    with harness.db.session() as s:
+        assert (
+            s.scalar(select(JobRow.trigger).where(JobRow.dataset_id == harness.dataset_id))
+            == "schedule"
+        )
+
+
+def test_one_unloadable_model_fails_alone(harness: Harness):
+    good = harness.register("mobilenet-v2")
+    with harness.db.session() as s:
+        bad = ModelRow(name="gone", modality="image", source={"spec": "onnx:/nonexistent/model.onnx"},
+                       has_head=False, fingerprint="0" * 64, builtin=False)  # fmt: skip
+        s.add(bad)
+        s.flush()
+        bad_id = bad.id
+        ds = s.get(DatasetRow, harness.dataset_id)
+        job_id = JobRunner._create_job(s, ds, [s.get(ModelRow, good), bad], ["logme"], "api")
+    harness.runner.enqueue_job(job_id)
+    harness.drain()
+    with harness.db.session() as s:
+        job = s.get(JobRow, job_id)
+        states = {m.model_id: (m.status, m.error) for m in job.models}
+        assert job.status == "done"
+    assert states[good] == ("done", None)
+    assert states[bad_id][0] == "failed"
+    assert "nonexistent/model.onnx" in states[bad_id][1]
+
+
+def test_requeue_only_models_whose_heartbeat_stopped(harness: Harness):
+    model = harness.register("mobilenet-v2")
+    (job,) = harness.runner.rerank_missing()
+    harness.tasks.clear()
+    with harness.db.session() as s:
+        jm = s.get(JobModelRow, (job, model))
+        jm.status, jm.heartbeat_at = "extracting", now() - timedelta(hours=1)
+    assert harness.runner.requeue_stale() == [f"{job}/{model}"]
+    assert harness.tasks == [("tb.extract", [job, model])]
+    assert harness.runner.requeue_stale() == []  # the re-queue refreshed its heartbeat
+    harness.drain()
+    with harness.db.session() as s:
+        assert s.get(JobRow, job).status == "done"
+
+
+def test_scores_are_stored_exactly_once(harness: Harness):
+    model = harness.register("mobilenet-v2")
+    key = {
+        "dataset_id": harness.dataset_id,
+        "model_id": model,
+        "metric": "logme",
+        "metric_version": 9,
+    }
+    with harness.db.session() as s:
+        upsert_score(s, value=1.0, job_id=None, **key)
+        upsert_score(s, value=2.0, job_id=None, **key)
+    with harness.db.session() as s:
+        assert [r.value for r in s.scalars(select(ScoreRow).filter_by(**key))] == [2.0]
+    with pytest.raises(IntegrityError), harness.db.session() as s:
+        s.add(ScoreRow(value=3.0, **key))
