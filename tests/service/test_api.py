@@ -4,7 +4,6 @@ and nothing half-written. Plus API keys, health, and the migrations themselves."
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from pathlib import Path
 
@@ -183,7 +182,7 @@ def test_ranking_bad_input(api):
 
 
 def test_api_keys(api):
-    client, settings = api
+    client, _ = api
     app = client.app
     app.state.auth_required = True
     try:
@@ -248,8 +247,12 @@ def test_cli_apikey_create_prints_a_working_key(tmp_path: Path):
     env = {"TB_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run(
         [sys.executable, "-m", "workers.cli", "apikey", "create", "dashboards"],
-        capture_output=True, text=True, env=env, check=True, cwd=Path(__file__).resolve().parents[2],
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     key = out.stdout.strip()
     assert key.startswith("tb_") and "shown once" in out.stderr
     db = Database(f"sqlite:///{tmp_path / 'transferbench.db'}")
@@ -257,4 +260,3 @@ def test_cli_apikey_create_prints_a_working_key(tmp_path: Path):
         assert apikeys.verify(s, key)
         assert not apikeys.verify(s, key + "x")
     db.dispose()
-    json.dumps(key)

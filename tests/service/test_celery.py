@@ -113,7 +113,7 @@ def _wait_for_zoo(client: TestClient, workers: Workers, timeout: float = 240) ->
 
 
 def test_end_to_end_on_postgres_redis_and_a_celery_worker(deployment, tmp_path: Path):
-    client, workers, db = deployment
+    client, workers, _ = deployment
     workers.start()
     _wait_for_zoo(client, workers)
     assert client.get("/readyz").status_code == 200

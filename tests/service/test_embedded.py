@@ -98,7 +98,7 @@ def test_upload_rank_poll_and_leaderboard(embedded, small_zip: bytes, tmp_path: 
 
 
 def test_scores_equal_the_library_on_the_cached_features(embedded, small_zip: bytes):
-    client, queue, settings = embedded
+    client, queue, _ = embedded
     ds = _upload(client, small_zip).json()
     r = client.post(
         "/v1/rankings", json={"dataset_id": ds["id"], "metrics": ["logme", "nce", "transrate"]}
