@@ -321,15 +321,23 @@ def run_device(metrics: Sequence[str], data: Data, device: str, repeat: int) -> 
     separate: dict[str, float] = {}
     values: dict[str, float] = {}
     caught: dict[str, list[str]] = {}
+    ran: list[str] = []
     for name in metrics:
-        t = best_of(repeat, functools.partial(run_metric, name, data, device))
+        try:
+            t = best_of(repeat, functools.partial(run_metric, name, data, device))
+        except scoring.TransferabilityError as exc:
+            # Not defined at this shape (the plain H-score when N <= D): left out of the
+            # point, and out of its together/separate comparison.
+            caught[name] = [f"not applicable: {exc}"]
+            continue
+        ran.append(name)
         separate[name], values[name] = t.seconds, t.value
         if t.warnings:
             caught[name] = t.warnings
     t = best_of(
         repeat,
         lambda: scoring.compute(
-            list(metrics), data.labels, features=data.features, probs=data.probs, device=device
+            ran, data.labels, features=data.features, probs=data.probs, device=device
         ),
     )
     if t.warnings:
@@ -450,7 +458,7 @@ def report(points: Sequence[PointResult], metrics: Sequence[str], devices: Seque
         out.append(
             _table(
                 ["N x D x C", *metrics],
-                [[p.label, *(_fmt_s(r.separate[m]) for m in metrics)] for p, r in res],
+                [[p.label, *(_fmt_s(r.separate.get(m)) for m in metrics)] for p, r in res],
             )
         )
         out.append(f"\nTogether vs separately, and LogME vs the plain baseline (device={dev})")
@@ -540,7 +548,7 @@ def plot(points: Sequence[PointResult], metrics: Sequence[str], device: str, pat
         ns = [p.n for p in sub]
         res = [next(r for r in p.devices if r.device == device) for p in sub]
         for m in metrics:
-            ax.plot(ns, [r.separate[m] for r in res], marker="o", lw=1, label=m)
+            ax.plot(ns, [r.separate.get(m, float("nan")) for r in res], marker="o", lw=1, label=m)
         ax.plot(ns, [r.separate_sum for r in res], "k:", marker="s", label="sum of separate")
         ax.plot(ns, [r.together for r in res], "k-", lw=2.5, marker="s", label="compute(all)")
         if all(p.baseline_seconds is not None for p in sub):

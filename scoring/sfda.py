@@ -31,6 +31,7 @@ from scoring._context import FeatureStats
 from scoring._validation import check_features, check_labels
 
 F64 = npt.NDArray[np.float64]
+_BLOCK = 512
 
 
 def _within_scatter(stats: FeatureStats) -> F64:
@@ -65,8 +66,15 @@ def _sfda(stats: FeatureStats) -> float:
     means = stats.class_means
     c = labels.n_classes
     outer = (means.sum(axis=0)[None, :] - means) / (c - 1)  # mean of the other classes' means
-    own = prob[np.arange(stats.n), labels.codes][:, None]
-    mixed = own * stats.x64 + (1.0 - own) * outer[labels.codes]
+    own = prob[np.arange(stats.n), labels.codes]
+    mixed = np.empty_like(stats.x64)
+    for start in range(0, stats.n, _BLOCK):  # row blocks: no N x D temporaries
+        rows = slice(start, start + _BLOCK)
+        target = outer[labels.codes[rows]]  # x' = o + w (x - o), computed in place
+        block = mixed[rows]
+        np.subtract(stats.x64[rows], target, out=block)
+        block *= own[rows, None]
+        block += target
     second = FeatureStats(mixed, labels, stats.device)
     prob2, _ = _posteriors(second, shrinkage)
     return float(prob2[np.arange(stats.n), labels.codes].mean())
