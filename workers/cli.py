@@ -80,6 +80,9 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
     )
     result = run_rank(request)
+    for row in result.rows:  # a metric that cannot run on a model: why, once, on stderr
+        for metric, reason in row.errors.items():
+            _err(f"{row.model}: {metric} not computed: {reason}")
     text = render(result.rows, result.metrics, args.format)
     if args.output:
         from workers.pipeline import write_text_atomic

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class RankedModel:
     model: str
     rank: int | None
     scores: dict[str, float | None]
+    errors: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {"model": self.model, "rank": self.rank, "scores": self.scores}
@@ -57,14 +58,19 @@ def rank_models(
     """Score each model on ``labels`` ``(N,)`` with every metric that applies to it (others
     None) and order by the first metric, best first; models it does not apply to come last."""
     rows = []
+    errors: dict[str, dict[str, str]] = {}
     for name, model in arrays.items():
         usable = scoring.applicable(
             metrics, has_features=True, has_probs=model.probs is not None, target=target
         )
         try:
-            computed = scoring.compute(usable, labels, features=model.features, probs=model.probs)
-        except scoring.TransferabilityError as exc:
+            result = scoring.compute_detailed(
+                usable, labels, features=model.features, probs=model.probs, target=target
+            )
+        except scoring.TransferabilityError as exc:  # inputs no metric can use (e.g. NaN)
             raise PipelineError(f"{name}: {exc}") from exc
+        computed = result.values
+        errors[name] = result.errors
         scores: dict[str, float | None] = {}
         for metric in metrics:
             value = computed.get(metric)
@@ -77,5 +83,5 @@ def rank_models(
         key=lambda r: -sign * r[1][first],  # type: ignore[operator]
     )
     unscored = [r for r in rows if r[1][first] is None]
-    ranked = [RankedModel(n, i + 1, s) for i, (n, s) in enumerate(scored)]
-    return ranked + [RankedModel(n, None, s) for n, s in unscored]
+    ranked = [RankedModel(n, i + 1, s, errors[n]) for i, (n, s) in enumerate(scored)]
+    return ranked + [RankedModel(n, None, s, errors[n]) for n, s in unscored]

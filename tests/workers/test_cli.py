@@ -116,3 +116,25 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.startswith("transferbench: error:") and "Traceback" not in proc.stderr
+
+
+def test_a_metric_that_cannot_run_is_reported_not_fatal(tmp_path, capsys):
+    """Plain H-score is undefined when N <= D: that cell is empty, with the reason on stderr,
+    and the other metrics still rank the model."""
+    import json
+
+    import numpy as np
+
+    from workers.cli import main
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(30) % 3
+    path = tmp_path / "wide.npz"
+    np.savez(path, features=rng.normal(size=(30, 64)) + labels[:, None], labels=labels)
+    argv = ["rank", str(path), "--metrics", "logme,hscore", "--format", "json", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    (row,) = json.loads(out.out)
+    assert row["scores"]["hscore"] is None
+    assert np.isfinite(row["scores"]["logme"])
+    assert "hscore not computed" in out.err and "hscore_shrinkage" in out.err
