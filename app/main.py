@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from app import errors, observability
 from app.api import datasets, models, rankings
+from app.cache import ResponseCache
 from app.db.session import Database
 from app.queue import CeleryQueue, TaskQueue
 from app.settings import Settings
@@ -40,6 +41,9 @@ def create_app(
     )
     app.state.settings, app.state.db, app.state.queue = settings, db, queue
     app.state.auth_required = auth_required
+    app.state.cache = ResponseCache()
+    app.state.verified_keys = {}
+    app.state.revalidating = set()
     errors.install(app)
     observability.install(app, db, queue)
     for router in (datasets.router, models.router, rankings.router):

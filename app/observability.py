@@ -5,14 +5,15 @@ they are right whichever worker process did the work."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db.models import JobModelRow, JobRow
 from app.db.session import Database
@@ -62,6 +63,33 @@ class JobCollector(Collector):
         yield from (jobs, depth, speed, hist)
 
 
+class _Measure:
+    """Counts and times requests by route template (a plain ASGI middleware: no per-request
+    task or body buffering, unlike ``@app.middleware("http")``)."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
+            self.requests.labels(scope["method"], path, str(status[0])).inc()
+
+
 def install(app: FastAPI, db: Database, queue: TaskQueue) -> None:
     registry = CollectorRegistry()
     requests = Counter(
@@ -72,17 +100,7 @@ def install(app: FastAPI, db: Database, queue: TaskQueue) -> None:
     )
     registry.register(JobCollector(db, queue))
 
-    @app.middleware("http")
-    async def _measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        latency.labels(request.method, path).observe(time.perf_counter() - start)
-        requests.labels(request.method, path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_Measure, requests=requests, latency=latency)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.db.session import Database
@@ -13,6 +15,8 @@ from app.errors import Unauthorized
 from app.queue import TaskQueue
 from app.services import apikeys
 from app.settings import Settings
+
+KEY_TTL_S = 60.0
 
 
 def get_db(request: Request) -> Database:
@@ -40,8 +44,9 @@ QueueDep = Annotated[TaskQueue, Depends(get_queue)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def require_key(request: Request) -> None:
-    """Bearer API key, unless this app was started without key checks."""
+async def require_key(request: Request) -> None:
+    """Bearer API key, unless this app was started without key checks. A verified key is
+    remembered for KEY_TTL_S, so a polling client costs no database query per request."""
     if not request.app.state.auth_required:
         return
     header = request.headers.get("authorization", "")
@@ -53,9 +58,18 @@ def require_key(request: Request) -> None:
             "(create one with `transferbench apikey create NAME`)",
             headers=challenge,
         )
-    with get_db(request).session() as session:
-        if not apikeys.verify(session, key.strip()):
-            raise Unauthorized("the API key is unknown or revoked", headers=challenge)
+    digest = apikeys.hash_key(key.strip())
+    verified: dict[str, float] = request.app.state.verified_keys
+    if verified.get(digest, 0.0) > time.monotonic():
+        return
+
+    def check() -> bool:
+        with get_db(request).session() as session:
+            return apikeys.verify(session, key.strip())
+
+    if not await run_in_threadpool(check):
+        raise Unauthorized("the API key is unknown or revoked", headers=challenge)
+    verified[digest] = time.monotonic() + KEY_TTL_S
 
 
 Authorized = Depends(require_key)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from app import schemas
@@ -41,6 +42,22 @@ def list_rankings(
     return list(session.scalars(query))
 
 
+JSON = "application/json"
+
+
 @router.get("/{job_id}", response_model=schemas.RankingOut)
-def get_ranking(job_id: str, session: SessionDep) -> schemas.RankingOut:
-    return service.describe(session, service.get(session, job_id))
+async def get_ranking(job_id: str, request: Request) -> Response:
+    cache = request.app.state.cache
+    body = cache.get(("ranking", job_id))
+    if body is None:
+
+        def load() -> bytes:
+            with request.app.state.db.session() as session:
+                out = service.describe(session, service.get(session, job_id))
+            data = out.model_dump_json().encode()
+            if out.status in ("done", "failed"):  # a finished ranking never changes
+                cache.put(("ranking", job_id), data)
+            return data
+
+        body = await run_in_threadpool(load)
+    return Response(body, media_type=JSON)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 import scoring
 from app import schemas
@@ -99,7 +99,11 @@ def create(
 
 
 def get(session: Session, job_id: str) -> JobRow:
-    job = session.get(JobRow, job_id)
+    job = session.get(
+        JobRow,
+        job_id,
+        options=[selectinload(JobRow.models).selectinload(JobModelRow.model)],
+    )
     if job is None:
         raise NotFound(f"no ranking with id {job_id!r}; list them at GET /v1/rankings")
     return job

@@ -260,3 +260,42 @@ def test_cli_apikey_create_prints_a_working_key(tmp_path: Path):
         assert apikeys.verify(s, key)
         assert not apikeys.verify(s, key + "x")
     db.dispose()
+
+
+def test_leaderboard_shows_a_new_score_within_its_cache_bound(api):
+    import time
+
+    from app.api.datasets import LEADERBOARD_MAX_AGE_S
+    from app.db.models import ModelRow
+    from app.db.scores import upsert_score
+
+    client, _ = api
+    rows = [(f"fresh {i}", "uv"[i % 2]) for i in range(10)]
+    ds = upload(client, "fresh.csv", csv_bytes(rows)).json()
+    db = client.app.state.db
+    with db.session() as s:
+        model_id = s.query(ModelRow).filter_by(name="minilm-l6").one().id
+        upsert_score(
+            s,
+            dataset_id=ds["id"],
+            model_id=model_id,
+            metric="logme",
+            metric_version=2,
+            value=1.5,
+            job_id=None,
+        )
+    url = f"/v1/datasets/{ds['id']}/leaderboard"
+    assert [e["value"] for e in client.get(url).json()["entries"]] == [1.5]
+    with db.session() as s:
+        upsert_score(
+            s,
+            dataset_id=ds["id"],
+            model_id=model_id,
+            metric="logme",
+            metric_version=3,
+            value=2.5,
+            job_id=None,
+        )
+    time.sleep(LEADERBOARD_MAX_AGE_S + 0.1)
+    (entry,) = client.get(url).json()["entries"]
+    assert (entry["value"], entry["metric_version"]) == (2.5, 3)  # the newest metric version
