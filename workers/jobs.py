@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import scoring
+from app.db.jobs import new_job
 from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, ScoreRow, now
 from app.db.scores import upsert_score
 from app.db.session import Database
@@ -368,12 +369,4 @@ class JobRunner:
     def _create_job(
         s: Session, ds: DatasetRow, models: list[ModelRow], metrics: list[str], trigger: str
     ) -> str:
-        job = JobRow(dataset_id=ds.id, metrics=metrics, trigger=trigger, status="queued")
-        job.models = [
-            JobModelRow(model_id=m.id, position=i, status="queued", samples_done=0,
-                        samples_total=ds.n_samples, metrics_done=[], metric_errors={}, attempts=0)
-            for i, m in enumerate(models)
-        ]  # fmt: skip
-        s.add(job)
-        s.flush()
-        return job.id
+        return new_job(s, ds, models, metrics, trigger=trigger).id

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, selectinload
 
 import scoring
 from app import schemas
+from app.db.jobs import new_job
 from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, ScoreRow
 from app.errors import Invalid, NotFound
 from app.services import datasets as dataset_service
@@ -82,20 +83,7 @@ def create(
             )
     if per_class is not None and dataset.task != "classification":
         raise Invalid("per_class applies to class labels; drop it for a regression dataset")
-    total = dataset.n_samples
-    if per_class is not None:
-        total = sum(min(per_class, int(c["count"])) for c in dataset.classes)
-    job = JobRow(
-        dataset_id=dataset.id, metrics=chosen, per_class=per_class, trigger="api", status="queued"
-    )
-    job.models = [
-        JobModelRow(model_id=m.id, position=i, status="queued", samples_done=0, samples_total=total,
-                    metrics_done=[], metric_errors={}, attempts=0)
-        for i, m in enumerate(models)
-    ]  # fmt: skip
-    session.add(job)
-    session.flush()
-    return job
+    return new_job(session, dataset, models, chosen, trigger="api", per_class=per_class)
 
 
 def get(session: Session, job_id: str) -> JobRow:
