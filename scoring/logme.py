@@ -166,6 +166,12 @@ def _logme_classification(stats: FeatureStats) -> LogMEFit:
     return fit_evidence(sigma, uty, yty, stats.n, stats.d)
 
 
+def _logme_regression(stats: FeatureStats, y: F64) -> LogMEFit:
+    """LogME on real targets y: (N, K), one evidence per target column."""
+    sigma, uty = stats.project_targets(None if stats.wide else stats.x64.T @ y, y)
+    return fit_evidence(sigma, uty, (y * y).sum(axis=0), stats.n, stats.d)
+
+
 def logme(features: Any, labels: Any, *, device: str = "auto") -> float:
     """LogME for classification (You et al., ICML 2021). Higher is better.
 
@@ -185,6 +191,4 @@ def logme_regression(features: Any, targets: Any, *, device: str = "auto") -> fl
     """
     x = check_features(features)
     y = check_targets(targets, x.shape[0])
-    stats = FeatureStats(x, None, device)
-    sigma, uty = stats.project_targets(stats.x64.T @ y if not stats.wide else None, y)
-    return fit_evidence(sigma, uty, (y * y).sum(axis=0), stats.n, stats.d).score
+    return _logme_regression(FeatureStats(x, None, device), y).score

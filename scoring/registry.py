@@ -23,7 +23,7 @@ from scoring.hscore import _hscore, _hscore_shrinkage
 from scoring.knn import _knn_accuracy
 from scoring.leep import expected_log_prediction
 from scoring.linear_probe import _linear_probe
-from scoring.logme import _logme_classification, fit_evidence
+from scoring.logme import _logme_classification, _logme_regression
 from scoring.nce import _nce
 from scoring.nleep import _nleep
 from scoring.sfda import _sfda
@@ -87,11 +87,9 @@ def _spec(
     )
 
 
-def _logme_regression(inp: Inputs, _: Mapping[str, Any]) -> float:
-    stats, y = inp.need_stats(), inp.targets
-    assert y is not None
-    sigma, uty = stats.project_targets(None if stats.wide else stats.x64.T @ y, y)
-    return fit_evidence(sigma, uty, (y * y).sum(axis=0), stats.n, stats.d).score
+def _run_logme_regression(inp: Inputs, _: Mapping[str, Any]) -> float:
+    assert inp.targets is not None
+    return _logme_regression(inp.need_stats(), inp.targets).score
 
 
 def _with_x(fn: Callable[..., float]) -> Callable[[Inputs, Mapping[str, Any]], float]:
@@ -123,7 +121,7 @@ REGISTRY: dict[str, MetricSpec] = {
         ),
         _spec(
             "logme_regression",
-            _logme_regression,
+            _run_logme_regression,
             ["features"],
             "You et al., ICML 2021",
             version=2,
