@@ -278,3 +278,19 @@ def test_precomputed_refuses_pickles_and_bad_shapes(tmp_path: Path) -> None:
 def test_unknown_dataset() -> None:
     with pytest.raises(PipelineError, match="not a built-in dataset"):
         open_dataset("no-such-thing")
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("texts.csv", "text,tag\nhello,a\nworld,b\n"),
+        ("manifest.csv", "file,tag\na.png,x\nb.png,y\n"),
+    ],
+)
+def test_a_table_without_label_or_target_column_is_named(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text(body)
+    with pytest.raises(
+        PipelineError, match=rf"{name}: no 'label' \(classes\) or 'target' \(numbers\) column"
+    ):
+        open_dataset(str(path))

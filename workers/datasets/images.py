@@ -16,7 +16,14 @@ from PIL import Image, UnidentifiedImageError
 
 from workers.datasets.archive import list_members, read_member
 from workers.datasets.base import Dataset, sha256_bytes
-from workers.datasets.tables import cell, columns, parse_target, read_rows
+from workers.datasets.tables import (
+    cell,
+    columns,
+    first_line,
+    label_column,
+    parse_target,
+    read_rows,
+)
 from workers.errors import PipelineError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -201,15 +208,10 @@ def read_image_manifest(manifest: Path) -> Dataset:
     file_col = next((c for c in FILE_COLUMNS if c in cols), None)
     if file_col is None:
         raise PipelineError(f"{manifest}: no file column (one of {', '.join(FILE_COLUMNS)})")
-    if "label" in cols:
-        label_col, target = "label", "classification"
-    elif "target" in cols:
-        label_col, target = "target", "regression"
-    else:
-        raise PipelineError(f"{manifest}: no 'label' (classes) or 'target' (numbers) column")
+    label_col, target = label_column(cols, manifest)
     root = manifest.parent.resolve()
     samples, labels, digests = [], [], []
-    for line, row in enumerate(rows, start=2 if manifest.suffix.lower() == ".csv" else 1):
+    for line, row in enumerate(rows, start=first_line(manifest)):
         name = str(cell(row, file_col, manifest, line))
         path = (root / name).resolve()
         if not path.is_relative_to(root):

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+from workers.datasets.base import Target
 from workers.errors import PipelineError
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
@@ -63,3 +64,17 @@ def parse_target(value: object, path: Path, line: int) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise PipelineError(f"{path}: row {line}: target {value!r} is not a number") from exc
+
+
+def label_column(cols: set[str], path: Path) -> tuple[str, Target]:
+    """``("label", "classification")`` or ``("target", "regression")``, else an error."""
+    if "label" in cols:
+        return "label", "classification"
+    if "target" in cols:
+        return "target", "regression"
+    raise PipelineError(f"{path}: no 'label' (classes) or 'target' (numbers) column")
+
+
+def first_line(path: Path) -> int:
+    """Line number of the first data row: 2 in a CSV (after the header), 1 in JSONL."""
+    return 2 if path.suffix.lower() == ".csv" else 1

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from workers.datasets.base import Dataset, sha256_bytes
-from workers.datasets.tables import cell, columns, parse_target, read_rows
+from workers.datasets.tables import (
+    cell,
+    columns,
+    first_line,
+    label_column,
+    parse_target,
+    read_rows,
+)
 from workers.errors import PipelineError
 
 
@@ -17,14 +24,9 @@ def read_text_table(path: Path) -> Dataset:
     cols = columns(rows)
     if "text" not in cols:
         raise PipelineError(f"{path}: no 'text' column (found {', '.join(sorted(cols))})")
-    if "label" in cols:
-        label_col, target = "label", "classification"
-    elif "target" in cols:
-        label_col, target = "target", "regression"
-    else:
-        raise PipelineError(f"{path}: no 'label' (classes) or 'target' (numbers) column")
+    label_col, target = label_column(cols, path)
     texts, labels = [], []
-    for line, row in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
+    for line, row in enumerate(rows, start=first_line(path)):
         texts.append(str(cell(row, "text", path, line)))
         value = cell(row, label_col, path, line)
         labels.append(parse_target(value, path, line) if target == "regression" else str(value))
