@@ -23,12 +23,8 @@ FROM ${PYTHON_IMAGE} AS api
 ENV PYTHONUNBUFFERED=1 TB_DATA_DIR=/data
 WORKDIR /app
 COPY --from=build /wheels /wheels
-# The project's wheel without its torch dependencies, then what the API actually imports.
-RUN pip install --no-cache-dir --no-deps /wheels/*.whl \
- && pip install --no-cache-dir \
-      "fastapi>=0.115" "uvicorn>=0.30" "pydantic-settings>=2.3" "sqlalchemy>=2.0" \
-      "alembic>=1.13" "psycopg[binary]>=3.1" "celery[redis]>=5.4" "python-multipart>=0.0.9" \
-      "prometheus-client>=0.20" "croniter>=2.0" numpy scipy scikit-learn pillow pyarrow
+# The project's core and its `service` extra: everything the API imports, and no torch.
+RUN pip install --no-cache-dir "$(ls /wheels/*.whl)[service]"
 COPY alembic.ini ./
 COPY migrations ./migrations
 RUN useradd --create-home --uid 10001 tb && mkdir -p /data && chown tb /data
@@ -40,7 +36,7 @@ CMD ["transferbench", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
 # ---- worker: CUDA + torch + the offline zoo --------------------------------------------------
 FROM ${CUDA_IMAGE} AS worker
-ENV PYTHONUNBUFFERED=1 TB_DATA_DIR=/data TOKENIZERS_PARALLELISM=false DEBIAN_FRONTEND=noninteractive
+ENV PYTHONUNBUFFERED=1 TB_DATA_DIR=/data DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv dataset-fashion-mnist fortunes \
  && rm -rf /var/lib/apt/lists/* \

@@ -6,7 +6,6 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install system demo test lint typecheck importlint unit bench services clean
@@ -40,7 +39,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy scoring
+	$(BIN)/mypy
 
 importlint: install
 	$(BIN)/lint-imports

@@ -1,26 +1,23 @@
-"""Pre-serialised JSON for read-heavy endpoints (dashboards poll them).
-
-A finished ranking never changes: its response is cached until evicted. A leaderboard changes
-only when a score row for its (dataset, metric) is written, so its cache entry carries a
-validator (row count and newest row id) that one indexed query checks per request.
-"""
+"""A small thread-safe LRU of (validator, body bytes) for the read endpoints
+(``app.services.reads`` decides what goes in and when it is stale)."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable, Hashable
 
 
 class ResponseCache:
-    """A small thread-safe LRU of (validator, body bytes)."""
+    """At most ``size`` entries; the least recently used goes first."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._data: OrderedDict[Any, tuple[Any, bytes]] = OrderedDict()
+        self._data: OrderedDict[Hashable, tuple[object, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Any, validator: Any = None) -> bytes | None:
+    def get(self, key: Hashable, validator: object = None) -> bytes | None:
+        """The body stored under ``key`` if its validator equals ``validator``."""
         with self._lock:
             hit = self._data.get(key)
             if hit is None or hit[0] != validator:
@@ -28,19 +25,19 @@ class ResponseCache:
             self._data.move_to_end(key)
             return hit[1]
 
-    def peek(self, key: Any) -> tuple[Any, bytes] | None:
+    def peek(self, key: Hashable) -> tuple[object, bytes] | None:
         """(validator, body) whatever the validator, or None."""
         with self._lock:
             return self._data.get(key)
 
-    def put(self, key: Any, body: bytes, validator: Any = None) -> None:
+    def put(self, key: Hashable, body: bytes, validator: object = None) -> None:
         with self._lock:
             self._data[key] = (validator, body)
             self._data.move_to_end(key)
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
 
-    def drop(self, predicate: Any) -> None:
+    def drop(self, predicate: Callable[[Hashable], bool]) -> None:
         with self._lock:
             for key in [k for k in self._data if predicate(k)]:
                 del self._data[key]

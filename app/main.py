@@ -9,10 +9,11 @@ from sqlalchemy import text
 
 from app import errors, observability
 from app.api import datasets, models, rankings
-from app.cache import ResponseCache
 from app.db.session import Database
-from app.queue import CeleryQueue, TaskQueue
-from app.settings import Settings
+from app.lifecycle import TaskQueue
+from app.queue import CeleryQueue
+from app.services.reads import Reads
+from workers.settings import Settings
 
 log = logging.getLogger("transferbench.api")
 
@@ -30,7 +31,7 @@ def create_app(
     if queue is None:
         if not settings.broker_url:
             raise RuntimeError("no task queue: set TB_BROKER_URL, or start `transferbench serve`")
-        queue = CeleryQueue(settings.broker_url, settings.backend_url)
+        queue = CeleryQueue.connect(settings.broker_url, settings.backend_url)
     db = db or Database(settings.db_url)
     if auth_required is None:
         auth_required = settings.auth != "off"
@@ -41,9 +42,8 @@ def create_app(
     )
     app.state.settings, app.state.db, app.state.queue = settings, db, queue
     app.state.auth_required = auth_required
-    app.state.cache = ResponseCache()
+    app.state.reads = Reads(db)
     app.state.verified_keys = {}
-    app.state.revalidating = set()
     errors.install(app)
     observability.install(app, db, queue)
     for router in (datasets.router, models.router, rankings.router):

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db.models import JobModelRow, JobRow
 from app.db.session import Database
-from app.queue import TaskQueue
+from app.lifecycle import TaskQueue
 
 BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
 
@@ -57,7 +57,7 @@ class JobCollector(Collector):
             sum(durations),
         )
         if recent:
-            speed.add_metric([], sum(n for n, _ in recent) / sum(t for _, t in recent))
+            speed.add_metric([], sum(n for n, _ in recent) / sum(t or 0.0 for _, t in recent))
         for name, n in self.queue.depth().items():
             depth.add_metric([name], n)
         yield from (jobs, depth, speed, hist)

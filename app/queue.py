@@ -1,52 +1,39 @@
-"""How the API hands work to workers: by task name, never by importing the pipeline.
-
-``CeleryQueue`` sends named tasks through the broker; the embedded default plugs in an
-in-process queue with the same interface (``workers.embedded``).
+"""How the API and the workers hand work on: by task name through the broker, never by
+importing the pipeline. ``CeleryQueue`` is the ``app.lifecycle.TaskQueue`` of a deployment
+with Redis; the embedded default plugs in an in-process queue with the same interface
+(``workers.jobs.embedded``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
-#: Which queue each task goes to: feature extraction on GPU workers, the rest on CPU workers.
-ROUTES = {
-    "tb.extract": "gpu",
-    "tb.resolve_model": "gpu",
-    "tb.score": "cpu",
-    "tb.rerank_missing": "cpu",
-    "tb.requeue_stale": "cpu",
-    "tb.run_schedules": "cpu",
-}
+from celery import Celery
 
-
-class TaskQueue(Protocol):
-    def enqueue(self, task: str, args: Sequence[Any]) -> None: ...
-
-    def call(self, task: str, args: Sequence[Any], timeout: float) -> Any: ...
-
-    def ping(self) -> bool: ...
-
-    def depth(self) -> dict[str, int]: ...
+from app.lifecycle import QUEUES, Task
 
 
 class CeleryQueue:
-    """Sends tasks by name through the broker (Redis); results come back through the backend."""
+    """Sends tasks by name to their queue; results come back through the result backend."""
 
-    def __init__(self, broker_url: str, backend_url: str | None) -> None:
-        from celery import Celery
+    def __init__(self, celery: Celery) -> None:
+        self.celery = celery
 
-        self.broker_url = broker_url
-        self.celery = Celery("transferbench-api", broker=broker_url, backend=backend_url)
-        self.celery.conf.update(
+    @classmethod
+    def connect(cls, broker_url: str, backend_url: str | None) -> CeleryQueue:
+        """A producer-only Celery app for the API process."""
+        celery = Celery("transferbench-api", broker=broker_url, backend=backend_url)
+        celery.conf.update(
             task_serializer="json", result_serializer="json", accept_content=["json"]
         )
+        return cls(celery)
 
-    def enqueue(self, task: str, args: Sequence[Any]) -> None:
-        self.celery.send_task(task, args=list(args), queue=ROUTES.get(task, "cpu"))
+    def enqueue(self, task: Task, args: Sequence[Any]) -> None:
+        self.celery.send_task(task.value, args=list(args), queue=task.queue)
 
-    def call(self, task: str, args: Sequence[Any], timeout: float) -> Any:
-        result = self.celery.send_task(task, args=list(args), queue=ROUTES.get(task, "cpu"))
+    def call(self, task: Task, args: Sequence[Any], timeout: float) -> Any:
+        result = self.celery.send_task(task.value, args=list(args), queue=task.queue)
         return result.get(timeout=timeout, propagate=True)
 
     def ping(self) -> bool:
@@ -62,7 +49,7 @@ class CeleryQueue:
         import redis
 
         try:
-            client = redis.Redis.from_url(self.broker_url, socket_timeout=2)
-            return {q: int(client.llen(q)) for q in sorted(set(ROUTES.values()))}
+            client = redis.Redis.from_url(self.celery.conf.broker_url, socket_timeout=2)
+            return {q: int(client.llen(q)) for q in QUEUES}
         except Exception:
             return {}

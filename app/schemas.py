@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.lifecycle import JobStatus, ModelStatus
 
 
 class ClassCount(BaseModel):
@@ -64,7 +65,7 @@ class RankingIn(BaseModel):
 class ModelProgress(BaseModel):
     model_id: str
     model: str
-    status: str
+    status: ModelStatus
     samples_done: int
     samples_total: int
     metrics_done: list[str]
@@ -79,28 +80,21 @@ class RankedModel(BaseModel):
     scores: dict[str, float | None]
 
 
-class RankingOut(BaseModel):
-    id: str
-    dataset_id: str
-    status: Literal["queued", "running", "done", "failed"]
-    metrics: list[str]
-    trigger: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
-    progress: list[ModelProgress]
-    results: list[RankedModel] | None
-
-
 class RankingSummary(BaseModel):
     id: str
     dataset_id: str
-    status: str
+    status: JobStatus
     metrics: list[str]
     trigger: str
     created_at: datetime
     finished_at: datetime | None
+
+
+class RankingOut(RankingSummary):
+    started_at: datetime | None
+    error: str | None
+    progress: list[ModelProgress]
+    results: list[RankedModel] | None
 
 
 class LeaderboardEntry(BaseModel):

@@ -59,7 +59,7 @@ def free_port() -> int:
 def fashion_zip(per_class: int) -> bytes:
     from PIL import Image
 
-    from workers.datasets.builtin import fashion_mnist
+    from workers.pipeline.datasets.builtin import fashion_mnist
 
     ds = fashion_mnist().subsample(per_class, 0)
     buf = io.BytesIO()
@@ -175,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         "TB_DATA_DIR": str(tmp),
         "TB_AUTH": "off",
         "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
     }
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -273,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             service_s = time.perf_counter() - start
             zip_path = tmp / "b.zip"
             zip_path.write_bytes(content)
-            from workers.pipeline import RankRequest, run_rank
+            from workers.pipeline.rank import RankRequest, run_rank
 
             start = time.perf_counter()
             run_rank(

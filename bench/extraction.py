@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers.datasets.builtin import fashion_mnist
-from workers.extraction import extract
-from workers.models import load_model, zoo_names
-from workers.runtime import configure
+from workers.pipeline.datasets.builtin import fashion_mnist
+from workers.pipeline.extraction import extract
+from workers.pipeline.models import load_model, zoo_names
+from workers.pipeline.runtime import configure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED = ["efficientnet-lite0", "mobilenet-v2", "open-nsfw"]

@@ -7,7 +7,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from app.db.models import Base
-from app.settings import Settings
+from workers.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata

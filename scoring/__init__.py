@@ -21,14 +21,18 @@ from scoring.linear_probe import linear_probe_accuracy
 from scoring.logme import logme, logme_regression
 from scoring.nce import nce
 from scoring.nleep import nleep
+from scoring.ordering import rank_best_first
 from scoring.registry import (
     DEFAULT_METRICS,
     REGISTRY,
     MetricSpec,
     Scores,
+    Target,
     applicable,
     compute,
     compute_detailed,
+    default_metrics,
+    target_kind,
 )
 from scoring.sfda import sfda
 from scoring.transrate import transrate
@@ -39,10 +43,12 @@ __all__ = [
     "ConvergenceWarning",
     "MetricSpec",
     "Scores",
+    "Target",
     "TransferabilityError",
     "applicable",
     "compute",
     "compute_detailed",
+    "default_metrics",
     "gbc",
     "hscore",
     "hscore_shrinkage",
@@ -53,7 +59,9 @@ __all__ = [
     "logme_regression",
     "nce",
     "nleep",
+    "rank_best_first",
     "rank_quality",
     "sfda",
+    "target_kind",
     "transrate",
 ]

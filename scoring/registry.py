@@ -9,6 +9,7 @@ eigendecompositions are formed once for LogME, H-score, shrinkage H-score, Trans
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -192,6 +193,24 @@ REGISTRY: dict[str, MetricSpec] = {
 DEFAULT_METRICS: tuple[str, ...] = ("logme", "leep", "hscore_shrinkage", "linear_probe")
 
 
+def target_kind(value: str) -> Target:
+    """``value`` as a target kind, or an error naming the kinds (for strings read from files
+    or a database)."""
+    if value == "classification":
+        return "classification"
+    if value == "regression":
+        return "regression"
+    raise TransferabilityError(f"unknown target kind {value!r}; use classification or regression")
+
+
+def default_metrics(target: Target = "classification") -> list[str]:
+    """The metrics a ranking uses when none are named: ``DEFAULT_METRICS`` for class labels,
+    every metric that supports the target otherwise."""
+    if target == "classification":
+        return list(DEFAULT_METRICS)
+    return [n for n, spec in REGISTRY.items() if target in spec.targets]
+
+
 def get(name: str) -> MetricSpec:
     """The spec of one metric, or an error listing the known names."""
     try:
@@ -288,9 +307,18 @@ def compute_detailed(
         try:
             if inp.labels is not None and spec.min_per_class > 1:
                 check_labels(labels, n, spec.min_per_class, spec.name)
-            values[spec.name] = float(spec.run(inp, options.get(spec.name, {})))
+            value = float(spec.run(inp, options.get(spec.name, {})))
         except TransferabilityError as exc:
             errors[spec.name] = str(exc)
+            continue
+        # The one rule for a non-finite result, for every caller: it is not a score.
+        if math.isfinite(value):
+            values[spec.name] = value
+        else:
+            errors[spec.name] = (
+                f"{spec.name} gave a non-finite value ({value}) on these inputs; "
+                "check the features for near-duplicate or degenerate columns"
+            )
     return Scores(values, errors)
 
 

@@ -1,7 +1,14 @@
-"""The ML pipeline: candidate models, target datasets, feature extraction and the feature cache.
+"""transferbench's pipeline, job runners and command line. The layers, top to bottom (an
+import-linter contract in pyproject.toml holds them):
 
-Plain functions and classes, testable without a broker; the Celery tasks (a later
-``workers/celery_app.py``) are thin shells around them.
+- ``workers.cli``: the ``transferbench`` command;
+- ``workers.jobs``: the job steps, the scheduler, the Celery and embedded runners;
+- ``app``: the HTTP API, the database, the job lifecycle;
+- ``workers.pipeline``: models, datasets, extraction, the feature cache, ranking arrays;
+- ``workers.settings``: the one settings object;
+- ``scoring``: the metrics.
+
+This file is the one place that sets process-wide environment the libraries read at import.
 """
 
 import os

@@ -1,68 +1,115 @@
-"""Pipeline settings, read from ``TB_``-prefixed environment variables.
+"""transferbench's one settings object, read from ``TB_``-prefixed environment variables.
 
-A frozen dataclass rather than pydantic-settings: the pipeline needs five values and the
-workers should not pull in the service's dependencies. The names match the service's
-settings so one environment configures both.
+The CLI, the pipeline, the API and the workers all read this class, so one environment
+configures every process. With nothing set, transferbench runs as the embedded default: SQLite
+and a local folder under ``TB_DATA_DIR`` (database file, uploads, the feature cache) and an
+in-process worker. Setting ``TB_DATABASE_URL`` (postgresql+psycopg://...) and
+``TB_BROKER_URL`` (redis://...) moves the same code onto Postgres and Celery workers.
+
+This module is the bottom of the ``workers`` package: it imports nothing from the project.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TRUE = {"1", "true", "yes", "on"}
 
 
-def _default_data_dir() -> Path:
+def default_data_dir() -> Path:
+    """The per-user default: ``$XDG_CACHE_HOME/transferbench`` or ``~/.cache/transferbench``."""
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "transferbench"
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "transferbench"
 
 
-def _int_or_none(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        from workers.errors import PipelineError
-
-        raise PipelineError(f"{name}={raw!r} is not an integer; unset it or give a number") from exc
-    return value
+class SettingsError(ValueError):
+    """A ``TB_`` variable holds a value transferbench cannot use; the message names it."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Where the pipeline keeps its files and how it uses the machine.
+class Settings(BaseSettings):
+    """Where transferbench keeps its files, what it connects to, how it uses the machine.
 
-    - ``data_dir`` (``TB_DATA_DIR``): root of the feature cache, default ``~/.cache/transferbench``.
-    - ``device`` (``TB_DEVICE``): ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
-    - ``batch_size`` (``TB_BATCH_SIZE``): forward-pass batch; unset picks one from free memory.
-    - ``num_threads`` (``TB_NUM_THREADS``): CPU threads for torch and onnxruntime.
-    - ``offline`` (``HF_HUB_OFFLINE`` or ``TB_OFFLINE``): never try to download weights.
+    Pipeline: ``data_dir`` (``TB_DATA_DIR``), ``device`` (``TB_DEVICE``: auto, cpu, cuda),
+    ``batch_size`` (``TB_BATCH_SIZE``; unset picks one from free memory), ``num_threads``
+    (``TB_NUM_THREADS``), ``offline`` (``TB_OFFLINE`` or ``HF_HUB_OFFLINE``: never download).
+    Service: the database, broker, auth, upload cap, and the scheduler's clocks.
     """
 
-    data_dir: Path
+    model_config = SettingsConfigDict(env_prefix="TB_", env_nested_delimiter="__", extra="ignore")
+
+    # the pipeline
+    data_dir: Path = Field(default_factory=default_data_dir)
     device: str = "auto"
-    batch_size: int | None = None
-    num_threads: int | None = None
+    batch_size: int | None = Field(default=None, ge=1)
+    num_threads: int | None = Field(default=None, ge=1)
     offline: bool = False
+    # the service
+    database_url: str | None = None
+    broker_url: str | None = None
+    result_backend_url: str | None = None
+    max_upload_mb: int = Field(default=1024, ge=1)
+    auth: Literal["auto", "required", "off"] = "auto"
+    heartbeat_timeout_s: int = Field(default=600, ge=5)
+    visibility_timeout_s: int = Field(default=3600, ge=1)
+    rerank_interval_s: int = Field(default=300, ge=5)
+    scheduler_tick_s: int = Field(default=60, ge=1)
+    model_resolve_timeout_s: int = Field(default=300, ge=1)
+
+    @model_validator(mode="after")
+    def _hub_offline(self) -> Settings:
+        """The Hugging Face hub's own switch counts too."""
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in TRUE:
+            self.offline = True
+        self.data_dir = self.data_dir.expanduser()
+        return self
+
+    @classmethod
+    def load(cls) -> Settings:
+        """The settings of this environment, or a ``SettingsError`` naming the bad variable."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                name = "TB_" + "__".join(str(p) for p in err["loc"]).upper()
+                raw = os.environ.get(name)
+                problems.append(f"{name}={raw!r}: {err['msg']}")
+            raise SettingsError(
+                "; ".join(problems) + "; unset the variable or give a valid value"
+            ) from exc
+
+    @property
+    def embedded(self) -> bool:
+        """True without a broker: one process runs the API, a worker and the scheduler."""
+        return not self.broker_url
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'transferbench.db'}"
+
+    @property
+    def backend_url(self) -> str | None:
+        return self.result_backend_url or self.broker_url
 
     @property
     def feature_cache_dir(self) -> Path:
         return self.data_dir / "features"
 
-    @classmethod
-    def from_env(cls) -> Settings:
-        raw_dir = os.environ.get("TB_DATA_DIR", "").strip()
-        offline = any(
-            os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-            for name in ("HF_HUB_OFFLINE", "TB_OFFLINE")
-        )
-        return cls(
-            data_dir=Path(raw_dir).expanduser() if raw_dir else _default_data_dir(),
-            device=os.environ.get("TB_DEVICE", "auto").strip() or "auto",
-            batch_size=_int_or_none("TB_BATCH_SIZE"),
-            num_threads=_int_or_none("TB_NUM_THREADS"),
-            offline=offline,
-        )
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024

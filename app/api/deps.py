@@ -1,4 +1,6 @@
-"""Typed dependencies: the request's session (committed once, at the end), the queue, auth."""
+"""Typed dependencies: everything a route needs comes through here (the request's session,
+committed once before the response is sent; the queue; the settings; the read cache; auth).
+This is the one module that reads ``request.app.state``."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from app.db.session import Database
 from app.errors import Unauthorized
-from app.queue import TaskQueue
+from app.lifecycle import TaskQueue
 from app.services import apikeys
-from app.settings import Settings
+from app.services.reads import Reads
+from workers.settings import Settings
 
 KEY_TTL_S = 60.0
 
@@ -25,6 +28,9 @@ def get_db(request: Request) -> Database:
 
 
 def get_session(request: Request) -> Iterator[Session]:
+    """The request's session: committed when the route returns, before the response is sent
+    (so a client never sees an id the database does not hold yet, and tasks deferred with
+    ``app.lifecycle.defer`` go out after that commit)."""
     with get_db(request).session() as session:
         yield session
 
@@ -39,9 +45,15 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+def get_reads(request: Request) -> Reads:
+    reads: Reads = request.app.state.reads
+    return reads
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 QueueDep = Annotated[TaskQueue, Depends(get_queue)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ReadsDep = Annotated[Reads, Depends(get_reads)]
 
 
 async def require_key(request: Request) -> None:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 
 from app import schemas
 from app.api.deps import Authorized, QueueDep, SessionDep, SettingsDep
@@ -14,7 +13,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Authorize
 
 @router.get("", response_model=list[schemas.ModelOut])
 def list_models(session: SessionDep) -> list[ModelRow]:
-    return list(session.scalars(select(ModelRow).order_by(ModelRow.modality, ModelRow.name)))
+    return service.list_models(session)
 
 
 @router.post("", status_code=201, response_model=schemas.ModelOut)

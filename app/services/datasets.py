@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import DatasetRow
 from app.errors import Invalid, NotFound, TooLarge
-from app.settings import Settings
+from workers.settings import Settings
 
 CHUNK = 1 << 20
 SUFFIXES = (".zip", ".csv", ".jsonl", ".npz", ".npy", ".parquet")
@@ -66,8 +66,8 @@ def register(
     task: str | None,
 ) -> tuple[DatasetRow, bool]:
     """Validate the saved file and store it; returns (row, created). Same content, same row."""
-    from workers.datasets import open_dataset
-    from workers.errors import PipelineError
+    from workers.pipeline.datasets import open_dataset
+    from workers.pipeline.errors import PipelineError
 
     try:
         dataset = open_dataset(str(tmp))
@@ -92,17 +92,17 @@ def register(
     final_dir.mkdir(parents=True, exist_ok=True)
     final = final_dir / f"data{tmp.suffix}"
     os.replace(tmp, final)
+    classes: list[dict[str, object]] = []
     if dataset.target == "classification":
-        classes, counts = np.unique(dataset.labels, return_counts=True)
-    else:
-        classes, counts = [], []
+        names, counts = np.unique(dataset.labels, return_counts=True)
+        classes = [{"name": str(c), "count": int(k)} for c, k in zip(names, counts, strict=True)]
     row = DatasetRow(
         name=name,
         modality=dataset.modality,
         task=dataset.target,
         content_hash=digest,
         n_samples=len(dataset),
-        classes=[{"name": str(c), "count": int(k)} for c, k in zip(classes, counts, strict=True)],
+        classes=classes,
         path=str(final),
     )
     session.add(row)
@@ -114,6 +114,21 @@ def get(session: Session, dataset_id: str) -> DatasetRow:
     row = session.get(DatasetRow, dataset_id)
     if row is None:
         raise NotFound(f"no dataset with id {dataset_id!r}; list them at GET /v1/datasets")
+    return row
+
+
+def list_datasets(session: Session) -> list[DatasetRow]:
+    return list(session.scalars(select(DatasetRow).order_by(DatasetRow.created_at.desc())))
+
+
+def set_schedule(session: Session, dataset_id: str, schedule: str | None) -> DatasetRow:
+    """Set (or with None clear) a dataset's cron schedule for re-ranking."""
+    from croniter import croniter
+
+    row = get(session, dataset_id)
+    if schedule is not None and not croniter.is_valid(schedule):
+        raise Invalid(f"{schedule!r} is not a cron expression (e.g. '0 3 * * *': daily at 03:00)")
+    row.schedule = schedule
     return row
 
 

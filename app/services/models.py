@@ -10,8 +10,12 @@ from sqlalchemy.orm import Session
 
 from app.db.models import ModelRow
 from app.errors import Conflict, Invalid, NotFound, Unavailable
-from app.queue import TaskQueue
-from app.settings import Settings
+from app.lifecycle import Task, TaskQueue
+from workers.settings import Settings
+
+
+def list_models(session: Session) -> list[ModelRow]:
+    return list(session.scalars(select(ModelRow).order_by(ModelRow.modality, ModelRow.name)))
 
 
 def get(session: Session, model_id: str) -> ModelRow:
@@ -28,7 +32,7 @@ def register(
         raise Conflict(f"a model named {name!r} is already registered; pick another name")
     try:
         info: dict[str, Any] = queue.call(
-            "tb.resolve_model", [source], settings.model_resolve_timeout_s
+            Task.RESOLVE_MODEL, [source], settings.model_resolve_timeout_s
         )
     except TimeoutError as exc:
         raise Unavailable(

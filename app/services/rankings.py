@@ -1,4 +1,5 @@
-"""Ranking jobs: creation (validated, committed, then enqueued), status and results."""
+"""Ranking jobs as the API sees them: a validated request becomes a job (its tasks go out
+when the request commits), and a job is described with its progress and results."""
 
 from __future__ import annotations
 
@@ -9,20 +10,22 @@ from sqlalchemy.orm import Session, selectinload
 
 import scoring
 from app import schemas
-from app.db.jobs import new_job
 from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, ScoreRow
 from app.errors import Invalid, NotFound
+from app.lifecycle import Dispatcher, JobStatus, ModelStatus, Trigger, create_job
 from app.services import datasets as dataset_service
 
 
 def create(
     session: Session,
+    queue: Dispatcher,
     dataset_id: str,
     model_ids: Sequence[str] | None,
     metrics: Sequence[str] | None,
     per_class: int | None,
 ) -> JobRow:
     dataset = dataset_service.get(session, dataset_id)
+    target = scoring.target_kind(dataset.task)
     if model_ids is None:
         models = list(
             session.scalars(
@@ -50,11 +53,7 @@ def create(
                 f"pick {dataset.modality} models"
             )
     if metrics is None:
-        chosen = (
-            list(scoring.DEFAULT_METRICS)
-            if dataset.task == "classification"
-            else [n for n, s in scoring.REGISTRY.items() if "regression" in s.targets]
-        )
+        chosen = scoring.default_metrics(target)
     else:
         chosen = list(dict.fromkeys(metrics))
         unknown = [m for m in chosen if m not in scoring.REGISTRY]
@@ -69,11 +68,9 @@ def create(
             m
             for m in chosen
             if any(
-                scoring.applicable(
-                    [m], has_features=True, has_probs=x.has_head, target=dataset.task
-                )
+                scoring.applicable([m], has_features=True, has_probs=x.has_head, target=target)
                 for x in models
-            )  # type: ignore[arg-type]
+            )
         ]
         if not usable:
             raise Invalid(
@@ -83,7 +80,17 @@ def create(
             )
     if per_class is not None and dataset.task != "classification":
         raise Invalid("per_class applies to class labels; drop it for a regression dataset")
-    return new_job(session, dataset, models, chosen, trigger="api", per_class=per_class)
+    return create_job(
+        session, queue, dataset, models, chosen, trigger=Trigger.API, per_class=per_class
+    )
+
+
+def list_jobs(session: Session, status: JobStatus | None, limit: int) -> list[JobRow]:
+    """The newest ``limit`` jobs, optionally only those in ``status``."""
+    query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+    if status is not None:
+        query = query.where(JobRow.status == status)
+    return list(session.scalars(query))
 
 
 def get(session: Session, job_id: str) -> JobRow:
@@ -102,7 +109,7 @@ def describe(session: Session, job: JobRow) -> schemas.RankingOut:
         schemas.ModelProgress(
             model_id=m.model_id,
             model=m.model.name,
-            status=m.status,
+            status=ModelStatus(m.status),
             samples_done=m.samples_done,
             samples_total=m.samples_total,
             metrics_done=list(m.metrics_done or []),
@@ -112,12 +119,12 @@ def describe(session: Session, job: JobRow) -> schemas.RankingOut:
         for m in job.models
     ]
     results = None
-    if job.status == "done":
+    if job.status == JobStatus.DONE:
         results = _results(session, job)
     return schemas.RankingOut(
         id=job.id,
         dataset_id=job.dataset_id,
-        status=job.status,  # type: ignore[arg-type]
+        status=JobStatus(job.status),
         metrics=list(job.metrics),
         trigger=job.trigger,
         created_at=job.created_at,
@@ -143,28 +150,17 @@ def _results(session: Session, job: JobRow) -> list[schemas.RankedModel]:
     for r in rows:
         if r.metric_version == scoring.REGISTRY[r.metric].version:
             values[(r.model_id, r.metric)] = r.value
-    entries = [
-        (
-            m.model_id,
-            m.model.name,
-            {metric: values.get((m.model_id, metric)) for metric in job.metrics},
-        )
-        for m in job.models
-    ]
+    names = {m.model_id: m.model.name for m in job.models}
+    scores = {i: {metric: values.get((i, metric)) for metric in job.metrics} for i in names}
     first = job.metrics[0]
-    sign = 1.0 if scoring.REGISTRY[first].higher_is_better else -1.0
-    scored = sorted(
-        (e for e in entries if e[2][first] is not None), key=lambda e: -sign * e[2][first]
-    )  # type: ignore[operator]
-    unscored = [e for e in entries if e[2][first] is None]
-    out = [
-        schemas.RankedModel(rank=i + 1, model_id=e[0], model=e[1], scores=e[2])
-        for i, e in enumerate(scored)
+    order = scoring.rank_best_first(
+        {i: s[first] for i, s in scores.items()},
+        higher_is_better=scoring.REGISTRY[first].higher_is_better,
+    )
+    return [
+        schemas.RankedModel(rank=rank, model_id=i, model=names[i], scores=scores[i])
+        for i, rank in order
     ]
-    out += [
-        schemas.RankedModel(rank=None, model_id=e[0], model=e[1], scores=e[2]) for e in unscored
-    ]
-    return out
 
 
 def leaderboard(session: Session, dataset: DatasetRow, metric: str) -> schemas.Leaderboard:
@@ -184,20 +180,28 @@ def leaderboard(session: Session, dataset: DatasetRow, metric: str) -> schemas.L
         ):
             newest[score.model_id] = (score, name)
     spec = scoring.REGISTRY[metric]
-    ordered = sorted(newest.values(), key=lambda t: t[0].value, reverse=spec.higher_is_better)
+    order = scoring.rank_best_first(
+        {model_id: s.value for model_id, (s, _) in newest.items()},
+        higher_is_better=spec.higher_is_better,
+    )
+    entries = []
+    for model_id, rank in order:
+        score, name = newest[model_id]
+        if rank is None:  # not a finite score: never stored, but never shown either
+            continue
+        entries.append(
+            schemas.LeaderboardEntry(
+                rank=rank,
+                model_id=model_id,
+                model=name,
+                value=score.value,
+                metric_version=score.metric_version,
+                scored_at=score.created_at,
+            )
+        )
     return schemas.Leaderboard(
         dataset_id=dataset.id,
         metric=metric,
         higher_is_better=spec.higher_is_better,
-        entries=[
-            schemas.LeaderboardEntry(
-                rank=i + 1,
-                model_id=s.model_id,
-                model=name,
-                value=s.value,
-                metric_version=s.metric_version,
-                scored_at=s.created_at,
-            )
-            for i, (s, name) in enumerate(ordered)
-        ],
+        entries=entries,
     )

@@ -70,7 +70,7 @@ def png(pixels: np.ndarray) -> bytes:
 
 def fashion_zip(per_class: int, classes: int = 4, seed: int = 0) -> bytes:
     """A zip of real Fashion-MNIST PNGs, one folder per class."""
-    from workers.datasets.builtin import fashion_mnist
+    from workers.pipeline.datasets.builtin import fashion_mnist
 
     ds = fashion_mnist().subsample(per_class, seed)
     names = sorted({str(label) for label in ds.labels})[:classes]

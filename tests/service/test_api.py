@@ -18,8 +18,8 @@ from app.db.models import Base
 from app.db.session import Database
 from app.main import create_app
 from app.services import apikeys
-from app.settings import Settings
-from workers.embedded import LocalQueue
+from workers.jobs.embedded import LocalQueue
+from workers.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -265,9 +265,9 @@ def test_cli_apikey_create_prints_a_working_key(tmp_path: Path):
 def test_leaderboard_shows_a_new_score_within_its_cache_bound(api):
     import time
 
-    from app.api.datasets import LEADERBOARD_MAX_AGE_S
     from app.db.models import ModelRow
     from app.db.scores import upsert_score
+    from app.services.reads import LEADERBOARD_MAX_AGE_S
 
     client, _ = api
     rows = [(f"fresh {i}", "uv"[i % 2]) for i in range(10)]

@@ -22,7 +22,7 @@ from app.db.models import DatasetRow, JobModelRow, ScoreRow
 from app.db.session import Database
 from app.main import create_app
 from app.queue import CeleryQueue
-from app.settings import Settings
+from workers.settings import Settings
 
 from .conftest import fashion_zip
 from .helpers import model_ids, wait_for_job
@@ -82,7 +82,6 @@ def deployment(
         "TB_SCHEDULER_TICK_S": "2",
         "TB_RERANK_INTERVAL_S": "3600",
         "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
         "TB_NUM_THREADS": "1",
     }
     settings = Settings(
@@ -94,7 +93,9 @@ def deployment(
     upgrade(pg_url)
     db = Database(pg_url)
     workers = Workers(env, tmp_path)
-    app = create_app(settings, queue=CeleryQueue(redis_url, redis_url), db=db, auth_required=False)
+    app = create_app(
+        settings, queue=CeleryQueue.connect(redis_url, redis_url), db=db, auth_required=False
+    )
     try:
         with TestClient(app) as client:
             yield client, workers, db
@@ -126,7 +127,7 @@ def test_end_to_end_on_postgres_redis_and_a_celery_worker(deployment, tmp_path: 
     job = wait_for_job(client, r.json()["id"], timeout=300)
     assert job["status"] == "done", (job, workers.log())
 
-    from workers.pipeline import RankRequest, run_rank
+    from workers.pipeline.rank import RankRequest, run_rank
 
     path = tmp_path / "f.zip"
     path.write_bytes(content)
@@ -209,8 +210,8 @@ def test_a_worker_killed_mid_extraction_loses_nothing(deployment):
         labels_path = s.get(DatasetRow, ds["id"]).path
         keys = {m.model_id: m.feature_key for m in s.scalars(select(JobModelRow))}
 
-    from workers.cache import FeatureCache
-    from workers.datasets import open_dataset
+    from workers.pipeline.cache import FeatureCache
+    from workers.pipeline.datasets import open_dataset
 
     labels = open_dataset(labels_path).labels
     cache = FeatureCache(Path(client.app.state.settings.data_dir) / "features")

@@ -15,8 +15,8 @@ import scoring
 from app.db.migrate import upgrade
 from app.db.session import Database
 from app.main import create_app
-from app.settings import Settings
-from workers.embedded import LocalQueue
+from workers.jobs.embedded import LocalQueue
+from workers.settings import Settings
 
 from .helpers import model_ids, wait_for_job
 
@@ -75,7 +75,7 @@ def test_upload_rank_poll_and_leaderboard(embedded, small_zip: bytes, tmp_path: 
     assert results[0]["scores"]["logme"] >= results[1]["scores"]["logme"]
 
     # The same ranking through the CLI's pipeline, recomputing the features from scratch.
-    from workers.pipeline import RankRequest, run_rank
+    from workers.pipeline.rank import RankRequest, run_rank
 
     zip_path = tmp_path / "fashion.zip"
     zip_path.write_bytes(small_zip)
@@ -108,7 +108,7 @@ def test_scores_equal_the_library_on_the_cached_features(embedded, small_zip: by
     from sqlalchemy import select
 
     from app.db.models import DatasetRow, JobModelRow
-    from workers.datasets import open_dataset
+    from workers.pipeline.datasets import open_dataset
 
     with queue.runner.db.session() as s:
         rows = list(s.scalars(select(JobModelRow).where(JobModelRow.job_id == job["id"])))
@@ -186,3 +186,50 @@ def test_headless_model_gets_no_leep_and_says_why(embedded):
     (row,) = job["results"]
     assert row["scores"]["leep"] is None and np.isfinite(row["scores"]["logme"])
     assert "classifier head" in job["progress"][0]["errors"]["leep"]
+
+
+def test_cli_and_api_rank_the_same_features_alike(embedded, small_zip: bytes):
+    """One ranking rule for both: the API's results equal the CLI's ``rank_models`` on the
+    same cached features, ties included (a model registered twice shares rank 1 with itself
+    only if its scores tie; identical features must give identical ranks)."""
+    from workers.pipeline.ranking import ModelArrays, rank_models
+
+    client, queue, _ = embedded
+    r = client.post("/v1/models", json={"name": "mnv2-copy", "source": "mobilenet-v2"})
+    assert r.status_code == 201, r.text
+    ds = _upload(client, small_zip).json()
+    metrics = ["logme", "hscore_shrinkage", "leep"]
+    names = [*MODELS, "mnv2-copy"]
+    r = client.post(
+        "/v1/rankings",
+        json={"dataset_id": ds["id"], "model_ids": model_ids(client, *names), "metrics": metrics},
+    )
+    job = wait_for_job(client, r.json()["id"])
+    assert job["status"] == "done", job
+    from sqlalchemy import select
+
+    from app.db.models import DatasetRow, JobModelRow, ModelRow
+    from workers.pipeline.datasets import open_dataset
+
+    with queue.runner.db.session() as s:
+        rows = s.execute(
+            select(ModelRow.name, JobModelRow.feature_key)
+            .join(ModelRow, ModelRow.id == JobModelRow.model_id)
+            .where(JobModelRow.job_id == job["id"])
+            .order_by(JobModelRow.position)  # the job's model order, as the CLI's --models
+        ).all()
+        labels = open_dataset(s.get(DatasetRow, ds["id"]).path).labels
+    arrays = {}
+    for name, key in rows:
+        cached = queue.runner.cache.get(key)
+        arrays[name] = ModelArrays(cached.features, cached.probs)
+    cli = rank_models(arrays, labels, metrics)
+    api = job["results"]
+    assert [(row.model, row.rank) for row in cli] == [(row["model"], row["rank"]) for row in api]
+    for cli_row, api_row in zip(cli, api, strict=True):
+        assert cli_row.scores == api_row["scores"]
+    ranks = {row["model"]: row["rank"] for row in api}
+    assert ranks["mobilenet-v2"] == ranks["mnv2-copy"]  # identical features: a shared rank
+    assert sorted(ranks.values()) in ([1, 1, 3], [1, 2, 2])
+    board = client.get(f"/v1/datasets/{ds['id']}/leaderboard", params={"metric": "logme"}).json()
+    assert {e["model"]: e["rank"] for e in board["entries"]} == ranks

@@ -17,26 +17,32 @@ from app.db.migrate import upgrade
 from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, ScoreRow, now
 from app.db.scores import upsert_score
 from app.db.session import Database
+from app.lifecycle import Task, Trigger, create_job
 from app.services import datasets as dataset_service
-from app.settings import Settings
-from workers.jobs import JobRunner
+from workers.jobs.scheduler import Scheduler
+from workers.jobs.steps import JobRunner
+from workers.jobs.tasks import handlers
+from workers.settings import Settings
 
 
 class Harness:
     """A runner whose queue is a list, drained synchronously."""
 
     def __init__(self, db: Database, settings: Settings) -> None:
-        self.tasks: list[tuple[str, list]] = []
+        self.tasks: list[tuple[Task, list]] = []
         self.db = db
-        self.runner = JobRunner(db, settings, lambda t, a: self.tasks.append((t, list(a))))
+        self.runner = JobRunner(db, settings, self)
+        self.scheduler = Scheduler(self.runner)
         self.forward_calls = 0
 
+    def enqueue(self, task: Task, args: list) -> None:
+        self.tasks.append((task, list(args)))
+
     def drain(self) -> None:
-        handlers = {"tb.extract": self.runner.extract, "tb.score": self.runner.score,
-                    "tb.rerank_missing": self.runner.rerank_missing}  # fmt: skip
+        table = handlers(self.runner, self.scheduler)
         while self.tasks:
-            name, args = self.tasks.pop(0)
-            handlers[name](*args)
+            task, args = self.tasks.pop(0)
+            table[task](*args)
 
     def register(self, name: str, spec: str | None = None) -> str:
         info = self.runner.resolve_model(spec or name)
@@ -82,24 +88,24 @@ def _count_scores(h: Harness, **where) -> int:
 
 def test_registering_a_model_reranks_only_the_missing_work(harness: Harness):
     first = harness.register("mobilenet-v2")
-    assert len(harness.runner.rerank_missing()) == 1
+    assert len(harness.scheduler.rerank_missing()) == 1
     harness.drain()
     assert _count_scores(harness, model_id=first) == len(scoring.DEFAULT_METRICS)
     calls_after_first = harness.forward_calls
 
     second = harness.register("open-nsfw")
-    (job2,) = harness.runner.rerank_missing()
+    (job2,) = harness.scheduler.rerank_missing()
     with harness.db.session() as s:
         assert [m.model_id for m in s.get(JobRow, job2).models] == [second]
     harness.drain()
     assert _count_scores(harness, model_id=second) == len(scoring.DEFAULT_METRICS)
     assert harness.forward_calls > calls_after_first
-    assert harness.runner.rerank_missing() == []  # nothing left to do
+    assert harness.scheduler.rerank_missing() == []  # nothing left to do
 
 
 def test_a_metric_version_bump_recomputes_only_that_metric(harness: Harness, monkeypatch):
     model = harness.register("mobilenet-v2")
-    harness.runner.rerank_missing()
+    harness.scheduler.rerank_missing()
     harness.drain()
     forward_before = harness.forward_calls
     bumped = dataclasses.replace(
@@ -107,7 +113,7 @@ def test_a_metric_version_bump_recomputes_only_that_metric(harness: Harness, mon
     )
     monkeypatch.setitem(scoring.REGISTRY, "logme", bumped)
 
-    (job,) = harness.runner.rerank_missing()
+    (job,) = harness.scheduler.rerank_missing()
     harness.drain()
     assert harness.forward_calls == forward_before  # features came from the cache
     assert _count_scores(harness, model_id=model, metric="logme") == 2  # old and new version
@@ -123,8 +129,8 @@ def test_cron_schedule_creates_a_job_when_due(harness: Harness):
         ds = s.get(DatasetRow, harness.dataset_id)
         ds.schedule = "*/5 * * * *"
         ds.last_scheduled_at = now() - timedelta(minutes=11)
-    assert len(harness.runner.run_schedules()) == 1
-    assert harness.runner.run_schedules() == []  # not due again until the next slot
+    assert len(harness.scheduler.run_schedules()) == 1
+    assert harness.scheduler.run_schedules() == []  # not due again until the next slot
     with harness.db.session() as s:
         assert (
             s.scalar(select(JobRow.trigger).where(JobRow.dataset_id == harness.dataset_id))
@@ -147,8 +153,9 @@ def test_one_unloadable_model_fails_alone(harness: Harness):
         s.flush()
         bad_id = bad.id
         ds = s.get(DatasetRow, harness.dataset_id)
-        job_id = JobRunner._create_job(s, ds, [s.get(ModelRow, good), bad], ["logme"], "api")
-    harness.runner.enqueue_job(job_id)
+        job_id = create_job(
+            s, harness, ds, [s.get(ModelRow, good), bad], ["logme"], trigger=Trigger.API
+        ).id
     harness.drain()
     with harness.db.session() as s:
         job = s.get(JobRow, job_id)
@@ -161,14 +168,14 @@ def test_one_unloadable_model_fails_alone(harness: Harness):
 
 def test_requeue_only_models_whose_heartbeat_stopped(harness: Harness):
     model = harness.register("mobilenet-v2")
-    (job,) = harness.runner.rerank_missing()
+    (job,) = harness.scheduler.rerank_missing()
     harness.tasks.clear()
     with harness.db.session() as s:
         jm = s.get(JobModelRow, (job, model))
         jm.status, jm.heartbeat_at = "extracting", now() - timedelta(hours=1)
-    assert harness.runner.requeue_stale() == [f"{job}/{model}"]
+    assert harness.scheduler.requeue_stale() == [f"{job}/{model}"]
     assert harness.tasks == [("tb.extract", [job, model])]
-    assert harness.runner.requeue_stale() == []  # the re-queue refreshed its heartbeat
+    assert harness.scheduler.requeue_stale() == []  # the re-queue refreshed its heartbeat
     harness.drain()
     with harness.db.session() as s:
         assert s.get(JobRow, job).status == "done"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
 
-from workers.cli import build_parser
+from workers.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +60,13 @@ def test_dockerfile_api_stage_has_no_torch():
     api_stage = dockerfile.split("AS api", 1)[1].split("FROM ", 1)[0]
     instructions = [line for line in api_stage.splitlines() if not line.lstrip().startswith("#")]
     assert not any("torch" in line for line in instructions)
-    assert "--no-deps" in api_stage
+    assert "[service]" in api_stage  # the extra, not a copied dependency list
+
+
+def test_the_api_extra_and_the_core_need_no_torch():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    api = [*project["dependencies"], *project["optional-dependencies"]["service"]]
+    assert api and not [d for d in api if d.lower().startswith(("torch", "timm", "transformers"))]
 
 
 def test_importing_the_api_loads_no_torch():

@@ -1,0 +1,34 @@
+"""Best-first ordering of models by one metric: the one rule the CLI, the API's rankings and
+its leaderboards share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+def rank_best_first(
+    values: Mapping[K, float | None], *, higher_is_better: bool = True
+) -> list[tuple[K, int | None]]:
+    """``values``: one score per model (None or non-finite: not scored).
+
+    Returns the models best first with competition ranks: tied scores share the better rank
+    (1, 1, 3), since nothing tells tied models apart; ties keep the input order. Models without
+    a score come last, in input order, with rank None.
+    """
+    scored = [(k, float(v)) for k, v in values.items() if v is not None and math.isfinite(float(v))]
+    sign = -1.0 if higher_is_better else 1.0
+    scored.sort(key=lambda kv: sign * kv[1])
+    out: list[tuple[K, int | None]] = []
+    previous: float | None = None
+    rank = 0
+    for position, (key, value) in enumerate(scored, start=1):
+        if value != previous:
+            rank, previous = position, value
+        out.append((key, rank))
+    seen = {k for k, _ in scored}
+    out += [(k, None) for k in values if k not in seen]
+    return out

@@ -1,0 +1,106 @@
+"""Content-addressed on-disk feature cache.
+
+A key is the sha256 of everything that determines the arrays: the weights fingerprint, the
+layer, the preprocessing recipe and the dataset's content hash. Entries are ``.npz`` files
+written atomically (a temp file in the same folder, then ``os.replace``), so a reader sees a
+whole entry or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.pipeline.errors import PipelineError
+from workers.pipeline.models.base import CandidateModel
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CachedFeatures:
+    """``features``: ``(N, D)`` float32; ``probs``: ``(N, Z)`` float32 or None."""
+
+    features: np.ndarray
+    probs: np.ndarray | None
+    meta: dict[str, Any]
+
+
+def feature_key(model: CandidateModel, dataset_hash: str) -> str:
+    """sha256 (hex) of the weights fingerprint, layer, recipe, head and dataset hash."""
+    identity = {
+        "format": FORMAT_VERSION,
+        "fingerprint": model.fingerprint,
+        "layer": model.layer,
+        "recipe": model.recipe.cache_identity(),
+        "head": model.has_head,
+        "dataset": dataset_hash,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` via a temp file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise PipelineError(
+            f"cannot write {path} ({exc.strerror}); check space and permissions"
+        ) from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class FeatureCache:
+    """Feature arrays on disk under ``root/<key[:2]>/<key>.npz``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npz"
+
+    def get(self, key: str) -> CachedFeatures | None:
+        """The entry, or None when absent or unreadable (an unreadable entry is removed)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as entry:
+                features = entry["features"]
+                probs = entry["probs"] if "probs" in entry.files else None
+                meta = json.loads(str(entry["meta"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+            path.unlink(missing_ok=True)
+            return None
+        return CachedFeatures(features, probs, meta)
+
+    def put(
+        self, key: str, features: np.ndarray, probs: np.ndarray | None, meta: dict[str, Any]
+    ) -> Path:
+        """Store ``features`` ``(N, D)`` and ``probs`` ``(N, Z)`` atomically; returns the path."""
+        arrays = {
+            "features": np.ascontiguousarray(features, dtype=np.float32),
+            "meta": np.asarray(json.dumps(meta, sort_keys=True)),
+        }
+        if probs is not None:
+            arrays["probs"] = np.ascontiguousarray(probs, dtype=np.float32)
+        path = self.path(key)
+        write_npz_atomic(path, arrays)
+        return path

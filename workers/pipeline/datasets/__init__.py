@@ -1,0 +1,56 @@
+"""Target datasets: readers that validate and return samples, labels and a content hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workers.pipeline.datasets.base import Dataset, PrecomputedModel
+from workers.pipeline.datasets.builtin import BUILTINS
+from workers.pipeline.datasets.images import (
+    FILE_COLUMNS,
+    read_image_folder,
+    read_image_manifest,
+    read_image_zip,
+)
+from workers.pipeline.datasets.precomputed import PRECOMPUTED_SUFFIXES, read_precomputed
+from workers.pipeline.datasets.tables import TABLE_SUFFIXES, columns, read_rows
+from workers.pipeline.datasets.text import read_text_table
+from workers.pipeline.errors import PipelineError
+
+
+def open_dataset(spec: str) -> Dataset:
+    """A built-in name, a folder, a zip, a CSV/JSONL (text or image manifest) or a feature file.
+
+    Returns the validated full dataset; subsample with :meth:`Dataset.subsample`.
+    """
+    if spec in BUILTINS:
+        return BUILTINS[spec].load()
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise PipelineError(
+            f"{spec}: no such file or folder, and not a built-in dataset ({', '.join(BUILTINS)})"
+        )
+    if path.is_dir():
+        return read_image_folder(path)
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        return read_image_zip(path)
+    if suffix in PRECOMPUTED_SUFFIXES:
+        return read_precomputed(path)
+    if suffix in TABLE_SUFFIXES:
+        cols = columns(read_rows(path))
+        if "text" in cols:
+            return read_text_table(path)
+        if any(c in cols for c in FILE_COLUMNS):
+            return read_image_manifest(path)
+        raise PipelineError(
+            f"{path}: expected a 'text' column (text dataset) or a 'file' column (image "
+            f"manifest); found {', '.join(sorted(cols))}"
+        )
+    raise PipelineError(
+        f"{path}: unsupported dataset type {suffix or '(no suffix)'}; give a folder, .zip, "
+        ".csv, .jsonl, .npz, .npy or .parquet"
+    )
+
+
+__all__ = ["BUILTINS", "Dataset", "PrecomputedModel", "open_dataset"]

@@ -1,0 +1,127 @@
+"""The dataset type every reader returns: samples, labels and a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+
+from workers.pipeline.errors import PipelineError
+
+Modality = Literal["image", "text", "features"]
+Target = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class PrecomputedModel:
+    """Features a user computed elsewhere: ``features`` ``(N, D)`` float32 and optionally
+    source-class ``probs`` ``(N, Z)`` float32."""
+
+    features: np.ndarray
+    probs: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A validated target dataset.
+
+    - ``samples``: ``N`` items: :class:`~workers.pipeline.datasets.images.ImageSample` for images,
+      ``str`` for text, row indices for precomputed features.
+    - ``labels``: ``(N,)`` class labels (any hashable) or float regression targets.
+    - ``digests``: ``N`` sha256 digests of the samples' content (bytes, pixels or text).
+    - ``precomputed``: model name -> arrays, for ``modality == "features"`` only.
+    """
+
+    name: str
+    modality: Modality
+    samples: Sequence[object]
+    labels: np.ndarray
+    digests: Sequence[bytes]
+    target: Target = "classification"
+    precomputed: dict[str, PrecomputedModel] = field(default_factory=dict)
+    origin: str = ""
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @cached_property
+    def content_hash(self) -> str:
+        """sha256 (hex) of every sample's content and label, in order: keys the feature cache."""
+        digest = hashlib.sha256(f"transferbench-dataset-v1|{self.modality}|{self.target}".encode())
+        for sample_digest, label in zip(self.digests, self.labels.tolist(), strict=True):
+            digest.update(sample_digest)
+            digest.update(repr(label).encode())
+        for name in sorted(self.precomputed):
+            digest.update(name.encode())
+        return digest.hexdigest()
+
+    @property
+    def classes(self) -> list[object]:
+        classes: list[object] = np.unique(self.labels).tolist()
+        return classes
+
+    def validate(self) -> Dataset:
+        """Raise :class:`PipelineError` unless the labels can be ranked on."""
+        where = self.origin or self.name
+        if len(self) == 0:
+            raise PipelineError(f"{where}: no samples found")
+        if len(self.labels) != len(self.samples):
+            raise PipelineError(
+                f"{where}: {len(self.samples)} samples but {len(self.labels)} labels"
+            )
+        if self.target == "classification":
+            classes, counts = np.unique(self.labels, return_counts=True)
+            if len(classes) < 2:
+                raise PipelineError(
+                    f"{where}: only one class ({classes[0]!r}) - ranking needs at least two"
+                )
+            if counts.min() < 1:  # pragma: no cover - np.unique never returns empty classes
+                raise PipelineError(f"{where}: a class has no samples")
+        elif not np.all(np.isfinite(self.labels.astype(np.float64))):
+            raise PipelineError(f"{where}: regression targets must be finite numbers")
+        return self
+
+    def select(self, indices: np.ndarray, *, suffix: str = "") -> Dataset:
+        """A new dataset of the rows ``indices`` (in that order)."""
+        return Dataset(
+            name=self.name + suffix,
+            modality=self.modality,
+            samples=[self.samples[i] for i in indices],
+            labels=self.labels[indices],
+            digests=[self.digests[i] for i in indices],
+            target=self.target,
+            precomputed={
+                name: PrecomputedModel(
+                    arrays.features[indices],
+                    None if arrays.probs is None else arrays.probs[indices],
+                )
+                for name, arrays in self.precomputed.items()
+            },
+            origin=self.origin,
+        )
+
+    def subsample(self, per_class: int, seed: int = 0) -> Dataset:
+        """Seeded stratified subsample: at most ``per_class`` samples of each class, drawn
+        without replacement, kept in their original order."""
+        if per_class < 1:
+            raise PipelineError(f"--per-class must be at least 1, got {per_class}")
+        if self.target != "classification":
+            raise PipelineError("--per-class applies to class labels, not regression targets")
+        rng = np.random.default_rng(seed)
+        _, inverse = np.unique(self.labels, return_inverse=True)
+        keep: list[np.ndarray] = []
+        for code in range(int(inverse.max()) + 1):
+            members = np.flatnonzero(inverse == code)
+            if len(members) > per_class:
+                members = rng.choice(members, size=per_class, replace=False)
+            keep.append(members)
+        indices = np.sort(np.concatenate(keep))
+        return self.select(indices, suffix=f"[{per_class}/class,seed={seed}]")
+
+
+def sha256_bytes(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()

@@ -1,0 +1,292 @@
+"""Feature extraction: batched forward passes of several models over one dataset.
+
+- Every image is decoded once per job; each distinct geometry (resize + crop) is computed once
+  per image, and all models sharing it read the same uint8 batch.
+- Features ``(N, D)`` float32 and, with a head, probs ``(N, Z)`` float32 go to the feature
+  cache; a model whose key is cached does no forward pass.
+- Batch size: from free memory unless given; an out-of-memory error halves it and retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from workers.pipeline.cache import FeatureCache, feature_key
+from workers.pipeline.datasets.base import Dataset
+from workers.pipeline.datasets.images import ImageSample
+from workers.pipeline.errors import PipelineError
+from workers.pipeline.models.base import CandidateModel, ModelOutput
+from workers.pipeline.models.preprocessing import ImageRecipe
+from workers.pipeline.runtime import configure, default_threads
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """One model's arrays on one dataset: ``features`` ``(N, D)`` float32, ``probs``
+    ``(N, Z)`` float32 or None, and whether they came from the cache."""
+
+    model: str
+    features: np.ndarray
+    probs: np.ndarray | None
+    from_cache: bool = False
+    cache_key: str | None = None
+
+
+@dataclass
+class ExtractionStats:
+    """Counters for one :func:`extract` call (tests and the benchmark read them)."""
+
+    forward_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    images_decoded: int = 0
+    cache_hits: list[str] = field(default_factory=list)
+
+
+def _available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 1024**3
+
+
+def pick_batch_size(models: Sequence[CandidateModel], device: torch.device) -> int:
+    """A batch size that fits free memory: a rough per-sample activation estimate (~100 float
+    maps of the input size per image, 2 MB per text), capped at 8 images / 32 texts on CPU
+    (larger CPU batches were slower per image on a 2-core machine) and 256 on GPU."""
+    sizes = [m.recipe.size for m in models if isinstance(m.recipe, ImageRecipe)]
+    per_sample = (max(sizes) ** 2 * 3 * 4 * 100) if sizes else 2 * 1024**2
+    budget = _available_memory(device) // 4
+    cap = 256 if device.type == "cuda" else (8 if sizes else 32)
+    return int(max(1, min(cap, budget // per_sample)))
+
+
+class _DecodedImages(TorchDataset):  # type: ignore[type-arg]
+    """Item ``i``: one uint8 ``(3, S, S)`` tensor per geometry, from a single decode."""
+
+    def __init__(self, samples: Sequence[object], recipes: Sequence[ImageRecipe]) -> None:
+        self.samples = samples
+        self.recipes = recipes
+        self.draft = max(r.resize for r in recipes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        sample = self.samples[index]
+        assert isinstance(sample, ImageSample)
+        image = sample.load(draft=self.draft)
+        return tuple(recipe.geometry(image) for recipe in self.recipes)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate" in text)
+
+
+def _slice(batch: Any, start: int, stop: int) -> Any:
+    if isinstance(batch, dict):
+        return {k: v[start:stop] for k, v in batch.items()}
+    return batch[start:stop]
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, dict):
+        return len(next(iter(batch.values())))
+    return len(batch)
+
+
+class _Runner:
+    """Runs models on batches in micro-batches, halving a model's micro-batch on OOM."""
+
+    def __init__(self, batch_size: int, stats: ExtractionStats) -> None:
+        self.micro: dict[str, int] = defaultdict(lambda: batch_size)
+        self.stats = stats
+
+    def __call__(self, model: CandidateModel, batch: Any) -> list[ModelOutput]:
+        outputs, start, total = [], 0, _batch_len(batch)
+        while start < total:
+            size = self.micro[model.name]
+            try:
+                out = model.forward(_slice(batch, start, start + size))
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc):
+                    raise
+                if size == 1:
+                    raise PipelineError(
+                        f"{model.name}: out of memory even with a batch of 1; free memory or "
+                        "use TB_DEVICE=cpu"
+                    ) from exc
+                self.micro[model.name] = size // 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            self.stats.forward_calls[model.name] += 1
+            outputs.append(out)
+            start += size
+        return outputs
+
+
+def _collect(outputs: list[ModelOutput]) -> tuple[np.ndarray, np.ndarray | None]:
+    features = np.concatenate([o.features for o in outputs]).astype(np.float32, copy=False)
+    if outputs[0].probs is None:
+        return features, None
+    probs = [o.probs for o in outputs if o.probs is not None]
+    return features, np.concatenate(probs).astype(np.float32, copy=False)
+
+
+def _group(models: Sequence[CandidateModel]) -> dict[tuple[Any, ...], list[CandidateModel]]:
+    groups: dict[tuple[Any, ...], list[CandidateModel]] = defaultdict(list)
+    for model in models:
+        groups[model.recipe.geometry_key()].append(model)
+    return groups
+
+
+def _extract_images(
+    models: Sequence[CandidateModel],
+    dataset: Dataset,
+    runner: _Runner,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int,
+    progress: ProgressFn | None,
+) -> dict[str, list[ModelOutput]]:
+    groups = list(_group(models).values())
+    recipes = [g[0].recipe for g in groups]
+    assert all(isinstance(r, ImageRecipe) for r in recipes)
+    loader = DataLoader(
+        _DecodedImages(dataset.samples, recipes),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    outputs: dict[str, list[ModelOutput]] = defaultdict(list)
+    done = 0
+    for tensors in loader:
+        for group, tensor in zip(groups, tensors, strict=True):
+            shared = tensor.to(device, non_blocking=True) if device.type == "cuda" else tensor
+            for model in group:
+                outputs[model.name].extend(runner(model, shared))
+        done += len(tensors[0])
+        runner.stats.images_decoded += len(tensors[0])
+        if progress:
+            progress(done, len(dataset))
+    return outputs
+
+
+def _extract_texts(
+    models: Sequence[CandidateModel],
+    dataset: Dataset,
+    runner: _Runner,
+    batch_size: int,
+    progress: ProgressFn | None,
+) -> tuple[dict[str, list[ModelOutput]], np.ndarray]:
+    texts = [str(t) for t in dataset.samples]
+    # Longest first: batches of similar length pad less, and an OOM shows up on batch one.
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    groups = list(_group(models).values())
+    outputs: dict[str, list[ModelOutput]] = defaultdict(list)
+    for start in range(0, len(texts), batch_size):
+        chunk = [texts[i] for i in order[start : start + batch_size]]
+        for group in groups:
+            tokens = group[0].tokenize(chunk)
+            for model in group:
+                outputs[model.name].extend(runner(model, tokens))
+        if progress:
+            progress(min(start + batch_size, len(texts)), len(texts))
+    return outputs, np.argsort(order)
+
+
+def extract(
+    models: Sequence[CandidateModel],
+    dataset: Dataset,
+    *,
+    cache: FeatureCache | None = None,
+    batch_size: int | None = None,
+    device: torch.device | None = None,
+    num_workers: int | None = None,
+    num_threads: int | None = None,
+    progress: ProgressFn | None = None,
+    stats: ExtractionStats | None = None,
+) -> dict[str, FeatureSet]:
+    """Features of every model on ``dataset``, from the cache where possible.
+
+    Returns model name -> :class:`FeatureSet` with ``features`` ``(N, D)`` float32 and
+    ``probs`` ``(N, Z)`` float32 for models with a head. ``progress(done, total)`` is called
+    after every batch with samples done out of ``N``.
+    """
+    if dataset.modality == "features":
+        raise PipelineError("this dataset already holds features; rank it without models")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"a model is listed twice: {', '.join(names)}")
+    for model in models:
+        if model.modality != dataset.modality:
+            raise PipelineError(
+                f"{model.name} is a {model.modality} model but {dataset.name} is a "
+                f"{dataset.modality} dataset"
+            )
+    configure(num_threads)
+    stats = stats if stats is not None else ExtractionStats()
+    device = device or torch.device("cpu")
+    results: dict[str, FeatureSet] = {}
+    pending: list[CandidateModel] = []
+    keys = {m.name: feature_key(m, dataset.content_hash) for m in models}
+    for model in models:
+        hit = cache.get(keys[model.name]) if cache else None
+        if hit is not None and len(hit.features) == len(dataset):
+            results[model.name] = FeatureSet(
+                model.name, hit.features, hit.probs, True, keys[model.name]
+            )
+            stats.cache_hits.append(model.name)
+        else:
+            pending.append(model)
+    if not pending:
+        if progress:
+            progress(len(dataset), len(dataset))
+        return {name: results[name] for name in names}
+
+    for model in pending:
+        model.to(device)
+    size = batch_size or pick_batch_size(pending, device)
+    runner = _Runner(size, stats)
+    if num_workers is None:
+        # On CPU the forward pass already uses every core; decoding in-process keeps
+        # them for it. On GPU, decode in parallel worker processes.
+        num_workers = min(8, default_threads()) if device.type == "cuda" else 0
+    with torch.inference_mode() if dataset.modality == "text" else contextlib.nullcontext():
+        if dataset.modality == "image":
+            outputs = _extract_images(pending, dataset, runner, size, device, num_workers, progress)
+            inverse = None
+        else:
+            outputs, inverse = _extract_texts(pending, dataset, runner, size, progress)
+    for model in pending:
+        features, probs = _collect(outputs[model.name])
+        if inverse is not None:
+            features = features[inverse]
+            probs = probs[inverse] if probs is not None else None
+        key = keys[model.name]
+        if cache:
+            meta = {**model.describe(), "dataset": dataset.content_hash, "n": len(dataset)}
+            cache.put(key, features, probs, meta)
+        results[model.name] = FeatureSet(model.name, features, probs, False, key)
+    return {name: results[name] for name in names}

@@ -1,0 +1,143 @@
+"""The rank job as one plain function: dataset -> models -> features -> ranking.
+
+The CLI calls it directly; the Celery task (later) wraps the same steps.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workers.pipeline.cache import FeatureCache, write_npz_atomic
+from workers.pipeline.datasets import BUILTINS, Dataset, open_dataset
+from workers.pipeline.errors import PipelineError
+from workers.pipeline.extraction import FeatureSet, extract
+from workers.pipeline.models.zoo import load_model, zoo_names
+from workers.pipeline.ranking import ModelArrays, RankedModel, rank_models, resolve_metrics
+from workers.pipeline.runtime import configure, resolve_device
+from workers.settings import Settings
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    dataset: str
+    models: Sequence[str] | None = None
+    metrics: Sequence[str] | None = None
+    per_class: int | None = None
+    seed: int = 0
+    batch_size: int | None = None
+    use_cache: bool = True
+    save_features: Path | None = None
+    show_progress: bool = False
+
+
+@dataclass(frozen=True)
+class RankResult:
+    dataset_name: str
+    n: int
+    metrics: list[str]
+    rows: list[RankedModel]
+    features: dict[str, FeatureSet]
+
+
+def _log(request: RankRequest, message: str) -> None:
+    if request.show_progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise PipelineError(f"cannot write {path} ({exc.strerror})") from exc
+
+
+def load_dataset(request: RankRequest) -> Dataset:
+    """Open and (when asked, or by a built-in's default) subsample the dataset."""
+    dataset = open_dataset(request.dataset)
+    per_class = request.per_class
+    if per_class is None and request.dataset in BUILTINS:
+        per_class = BUILTINS[request.dataset].default_per_class
+        if per_class:
+            _log(request, f"{request.dataset}: using {per_class} per class (set --per-class)")
+    if per_class is not None:
+        dataset = dataset.subsample(per_class, request.seed).validate()
+    return dataset
+
+
+def _progress_bar(request: RankRequest, total: int, description: str):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="sample", disable=not request.show_progress,
+                file=sys.stderr, leave=True)  # fmt: skip
+
+
+def compute_features(
+    request: RankRequest, dataset: Dataset, settings: Settings
+) -> dict[str, FeatureSet]:
+    """Features of the requested models (default: the zoo for the dataset's modality)."""
+    if dataset.modality == "features":
+        if request.models:
+            raise PipelineError("a feature file is ranked as it is; drop --models")
+        return {
+            name: FeatureSet(name, arrays.features, arrays.probs)
+            for name, arrays in dataset.precomputed.items()
+        }
+    names = list(request.models) if request.models else zoo_names(dataset.modality)
+    configure(settings.num_threads)
+    models = []
+    for name in names:
+        _log(request, f"loading {name}")
+        models.append(load_model(name, settings))
+    cache = FeatureCache(settings.feature_cache_dir) if request.use_cache else None
+    device = resolve_device(settings.device)
+    with _progress_bar(request, len(dataset), f"features x{len(models)} models") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        return extract(
+            models,
+            dataset,
+            cache=cache,
+            batch_size=request.batch_size or settings.batch_size,
+            device=device,
+            num_threads=settings.num_threads,
+            progress=progress,
+        )
+
+
+def save_features(directory: Path, features: dict[str, FeatureSet], labels: np.ndarray) -> None:
+    """``directory/<model>.npz`` with ``features``, ``labels`` and (with a head) ``probs``."""
+    for name, fs in features.items():
+        arrays = {"features": fs.features, "labels": labels}
+        if fs.probs is not None:
+            arrays["probs"] = fs.probs
+        safe = name.replace("/", "_").replace(":", "_").replace("?", "_")
+        write_npz_atomic(directory / f"{safe}.npz", arrays)
+
+
+def run_rank(request: RankRequest, settings: Settings | None = None) -> RankResult:
+    """Open the dataset, extract (or read cached) features, score and rank the models."""
+    settings = settings or Settings.load()
+    if request.batch_size is not None and request.batch_size < 1:
+        raise PipelineError("--batch-size must be at least 1")
+    dataset = load_dataset(request)
+    metrics = resolve_metrics(request.metrics, dataset.target)
+    features = compute_features(request, dataset, settings)
+    if request.save_features:
+        save_features(request.save_features, features, dataset.labels)
+    arrays = {name: ModelArrays(fs.features, fs.probs) for name, fs in features.items()}
+    rows = rank_models(arrays, dataset.labels, metrics, dataset.target)
+    return RankResult(dataset.name, len(dataset), metrics, rows, features)

@@ -1,0 +1,77 @@
+"""Scores every model's features with the transferability metrics and orders them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import scoring
+from workers.pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class ModelArrays:
+    """What a metric sees of one model: ``features`` ``(N, D)``, ``probs`` ``(N, Z)`` or None."""
+
+    features: np.ndarray
+    probs: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class RankedModel:
+    """One row of a ranking: ``rank`` is None when the first metric does not apply."""
+
+    model: str
+    rank: int | None
+    scores: dict[str, float | None]
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"model": self.model, "rank": self.rank, "scores": self.scores}
+
+
+def resolve_metrics(requested: Sequence[str] | None, target: scoring.Target) -> list[str]:
+    """Validated metric names; ``None`` -> the defaults that suit ``target``."""
+    if requested is None:
+        return scoring.default_metrics(target)
+    unknown = [m for m in requested if m not in scoring.REGISTRY]
+    if unknown:
+        raise PipelineError(
+            f"unknown metric {', '.join(unknown)}; choose from {', '.join(scoring.REGISTRY)}"
+        )
+    if not requested:
+        raise PipelineError("no metrics given")
+    return list(dict.fromkeys(requested))
+
+
+def rank_models(
+    arrays: Mapping[str, ModelArrays],
+    labels: np.ndarray,
+    metrics: Sequence[str],
+    target: scoring.Target = "classification",
+) -> list[RankedModel]:
+    """Score each model on ``labels`` ``(N,)`` with every metric that applies to it (others
+    None, with the reason in ``errors``) and order by the first metric, best first (tied
+    models share a rank); models it does not apply to come last."""
+    scores: dict[str, dict[str, float | None]] = {}
+    errors: dict[str, dict[str, str]] = {}
+    for name, model in arrays.items():
+        usable = scoring.applicable(
+            metrics, has_features=True, has_probs=model.probs is not None, target=target
+        )
+        try:
+            result = scoring.compute_detailed(
+                usable, labels, features=model.features, probs=model.probs, target=target
+            )
+        except scoring.TransferabilityError as exc:  # inputs no metric can use (e.g. NaN)
+            raise PipelineError(f"{name}: {exc}") from exc
+        scores[name] = {m: result.values.get(m) for m in metrics}
+        errors[name] = result.errors
+    first = metrics[0]
+    order = scoring.rank_best_first(
+        {name: s[first] for name, s in scores.items()},
+        higher_is_better=scoring.REGISTRY[first].higher_is_better,
+    )
+    return [RankedModel(name, rank, scores[name], errors[name]) for name, rank in order]
