@@ -22,6 +22,14 @@ from scoring.logme import logme, logme_regression
 from scoring.nce import nce
 from scoring.nleep import nleep
 from scoring.ordering import rank_best_first
+from scoring.recommend import (
+    DatasetRecord,
+    Evaluation,
+    Recommendation,
+    datasets_from_rows,
+    evaluate_lodo,
+)
+from scoring.recommend import fit as fit_recommender
 from scoring.registry import (
     DEFAULT_METRICS,
     REGISTRY,
@@ -41,14 +49,20 @@ __all__ = [
     "DEFAULT_METRICS",
     "REGISTRY",
     "ConvergenceWarning",
+    "DatasetRecord",
+    "Evaluation",
     "MetricSpec",
+    "Recommendation",
     "Scores",
     "Target",
     "TransferabilityError",
     "applicable",
     "compute",
     "compute_detailed",
+    "datasets_from_rows",
     "default_metrics",
+    "evaluate_lodo",
+    "fit_recommender",
     "gbc",
     "hscore",
     "hscore_shrinkage",

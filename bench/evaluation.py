@@ -1,0 +1,227 @@
+"""How well do transferability metrics, and the recommender that combines them, rank models?
+
+For every CSV under ``--tables`` (default ``../shared/benchmarks`` next to the repository
+root), read as a wide table: one row per (dataset, model), columns ``dataset``, ``model``, the
+outcome column (``--outcome``, default ``finetune_top1``: the accuracy after fine-tuning) and
+every other numeric column a metric's score (repeated (dataset, model) rows are averaged,
+text columns ignored). Then ``scoring.evaluate_lodo``: for each dataset with >= 3 outcomes,
+``scoring.rank_quality`` of every metric against the outcomes, and of the recommender fitted
+leave-one-dataset-out (it never sees that dataset's outcomes, not even in its history).
+Also reported, as "uncalibrated default": the recommender's documented fallback (fitted on
+no outcomes at all), so the gain from learning is visible.
+
+Prints, per table, method x (kendall_tau, weighted_tau, pearson, top1_hit, top1_regret)
+means over datasets, best weighted tau first, with the number of datasets; writes
+``OUT/evaluation.json``::
+
+    {TABLE: {"datasets": N,
+             "metrics": {METRIC: {"kendall_tau": .., "weighted_tau": .., "pearson": ..,
+                                  "top1_hit": .., "top1_regret": ..}},
+             "recommended": {same keys},
+             "uncalibrated_default": {same keys},
+             "per_dataset": {DATASET: {METHOD: {same keys}}},
+             "weights": {DATASET: {FEATURE: weight fitted without DATASET}},
+             "seconds": time of evaluate_lodo}}
+
+and ``OUT/evaluation.png``: weighted tau per dataset (columns) and method (rows), one
+heat-map per table. Run from the repository root:
+
+    .venv/bin/python bench/evaluation.py
+    .venv/bin/python -m bench.evaluation --tables DIR --outcome top1 --lower-is-better OTCE
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: this file's folder would shadow `scoring`
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [str(_here.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _here]
+
+import numpy as np
+
+import scoring
+from scoring.recommend import FIGURES, RECOMMENDED, DatasetRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TABLES = ROOT.parent / "shared" / "benchmarks"
+DEFAULT_OUT = ROOT / "bench" / "results"
+DEFAULT_LABEL = "uncalibrated_default"
+
+
+def read_table(path: Path, outcome: str) -> dict[str, DatasetRecord]:
+    with path.open(newline="") as fh:
+        return scoring.datasets_from_rows(csv.DictReader(fh), outcome=outcome)
+
+
+def default_figures(
+    datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]
+) -> dict[str, dict[str, float]]:
+    """rank_quality of the uncalibrated default (no outcome used) on each dataset."""
+    blind = {n: DatasetRecord(r.scores) for n, r in datasets.items()}
+    fallback = scoring.fit_recommender(blind, directions=directions)
+    out = {}
+    for name, rec in datasets.items():
+        known = {m: v for m, v in rec.outcomes.items() if math.isfinite(v)}
+        if len(known) < 3:
+            continue
+        models = sorted(known)
+        got = fallback.recommend(rec.scores, models=models)
+        out[name] = scoring.rank_quality(
+            [known[m] for m in models], [got.scores[m] for m in models]
+        )
+    return out
+
+
+def summarise(per_dataset: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    out = {}
+    for fig in FIGURES:
+        vals = np.array([row[fig] for row in per_dataset.values()], dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
+        out[fig] = float(vals.mean()) if vals.size else math.nan
+    return out
+
+
+def evaluate_table(path: Path, outcome: str, lower: Sequence[str]) -> dict[str, Any]:
+    datasets = read_table(path, outcome)
+    metrics = {m for r in datasets.values() for m in r.scores}
+    directions = {m: False for m in lower if m in metrics}
+    start = time.perf_counter()
+    ev = scoring.evaluate_lodo(datasets, directions=directions)
+    seconds = time.perf_counter() - start
+    fallback = default_figures(datasets, directions)
+    per_dataset = {
+        name: {**{m: dict(v) for m, v in rows.items()}, DEFAULT_LABEL: fallback[name]}
+        for name, rows in ev.per_dataset.items()
+    }
+    return {
+        "datasets": len(ev.datasets),
+        "metrics": {m: dict(ev.mean[m]) for m in ev.methods if m != RECOMMENDED},
+        RECOMMENDED: dict(ev.mean[RECOMMENDED]),
+        DEFAULT_LABEL: summarise(fallback),
+        "per_dataset": per_dataset,
+        "weights": {n: dict(w) for n, w in ev.weights.items()},
+        "seconds": seconds,
+    }
+
+
+def print_table(name: str, result: Mapping[str, Any]) -> None:
+    rows = {**result["metrics"], RECOMMENDED: result[RECOMMENDED]}
+    rows[DEFAULT_LABEL] = result[DEFAULT_LABEL]
+    order = sorted(rows, key=lambda m: -np.nan_to_num(rows[m]["weighted_tau"], nan=-9.0))
+    width = max(len(m) for m in rows) + 2
+    print(f"\n{name}: {result['datasets']} datasets, LODO in {result['seconds']:.2f} s")
+    print("method".ljust(width) + "".join(f"{f:>14s}" for f in FIGURES))
+    for m in order:
+        print(m.ljust(width) + "".join(f"{rows[m][f]:14.3f}" for f in FIGURES))
+    best = max(result["metrics"], key=lambda m: np.nan_to_num(result["metrics"][m]["weighted_tau"]))
+    b, r = result["metrics"][best], result[RECOMMENDED]
+    print(
+        f"best single metric {best}: weighted tau {b['weighted_tau']:.3f}, regret "
+        f"{b['top1_regret']:.3f}; recommended: {r['weighted_tau']:.3f}, {r['top1_regret']:.3f}"
+    )
+
+
+def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        len(results),
+        1,
+        figsize=(11, 0.5 + 4.8 * len(results)),
+        squeeze=False,
+    )
+    for ax, (name, result) in zip(axes[:, 0], results.items(), strict=True):
+        datasets = list(result["per_dataset"])
+        methods = sorted(
+            result["metrics"], key=lambda m: -np.nan_to_num(result["metrics"][m]["weighted_tau"])
+        )
+        methods = [RECOMMENDED, DEFAULT_LABEL, *methods]
+        grid = np.array(
+            [[result["per_dataset"][d][m]["weighted_tau"] for d in datasets] for m in methods]
+        )
+        image = ax.imshow(grid, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(
+                j, i, "" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=7
+            )
+        means = [
+            result[m]["weighted_tau"]
+            if m in (RECOMMENDED, DEFAULT_LABEL)
+            else result["metrics"][m]["weighted_tau"]
+            for m in methods
+        ]
+        ax.set_yticks(
+            range(len(methods)),
+            [f"{m}  (mean {v:.2f})" for m, v in zip(methods, means, strict=True)],
+        )
+        ax.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right")
+        ax.set_title(f"{name}: weighted tau vs fine-tuned outcome, leave-one-dataset-out")
+        fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or inf float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tables", type=Path, default=DEFAULT_TABLES, help="folder of wide CSVs")
+    ap.add_argument("--outcome", default="finetune_top1", help="the outcome column")
+    ap.add_argument(
+        "--lower-is-better",
+        default="",
+        help="comma-separated metric columns where a lower score is better",
+    )
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    paths = sorted(args.tables.glob("**/*.csv"))
+    if not paths:
+        print(f"no CSV tables under {args.tables}", file=sys.stderr)
+        return 1
+    lower = [c for c in args.lower_is_better.split(",") if c]
+    results: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        name = path.relative_to(args.tables).with_suffix("").as_posix()
+        try:
+            result = evaluate_table(path, args.outcome, lower)
+        except scoring.TransferabilityError as exc:
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+            continue
+        results[name] = result
+        print_table(name, result)
+    if not results:
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(finite_or_null(results), indent=2, allow_nan=False)
+    (args.out / "evaluation.json").write_text(text + "\n")
+    plot(results, args.out / "evaluation.png")
+    print(f"\nwrote {args.out / 'evaluation.json'} and {args.out / 'evaluation.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

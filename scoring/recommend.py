@@ -1,0 +1,813 @@
+"""One model ordering from several transferability metrics and each model's track record.
+
+Single metrics disagree and none is reliable everywhere (Agostinelli et al., "How stable are
+transferability metrics evaluations?", ECCV 2022). This module combines, for one target
+dataset, (a) the metric scores of the candidate models, rank-normalised within the dataset,
+and (b) each model's *history*: how it ranked after real fine-tuning on other datasets. The
+combination weights are fitted on stored outcomes and are checked leave-one-dataset-out.
+
+Data model. A dataset is a ``DatasetRecord``: ``scores[metric][model]`` (NaN or absent when a
+metric was not computed for a model) and ``outcomes[model]`` (the fine-tuned accuracy, or any
+higher-is-better quality; may be empty). Metric directions: higher is better unless the caller
+says otherwise (``directions={"otce": False}``) or the metric is a registered one whose
+``MetricSpec.higher_is_better`` is False.
+
+The method (version ``VERSION``), for M models and K metrics:
+
+1. Rank normalisation (Hazen positions). Within one dataset, a vector of n finite values
+   gets q_i = (r_i - 1/2) / n - 1/2 in (-1/2, 1/2), r_i its average rank (ties share one);
+   NaN stays missing. Ranks make scales comparable across metrics and datasets, and the
+   Hazen form shrinks towards 0 when few models were scored.
+2. Features of (dataset d, model m): the K metric ranks (sign-flipped where lower is better;
+   a missing value is imputed with 0, the within-dataset median rank, so it neither helps nor
+   hurts the model) and the history h_m = sum_d' q_{d'm} / (n_m + 1) over the other datasets
+   d' with >= ``MIN_OUTCOMES`` outcomes, q the outcome ranks and n_m their number: the mean
+   outcome rank shrunk by one pseudo-observation at the neutral value 0, so a model seen
+   once weighs half and a model never seen gets 0.
+3. Target: the outcome rank q_{dm}. Rows are weighted by weightedtau's hyperbolic weight
+   1 / (1 + position from the top) of the true outcome, normalised so each dataset weighs 1:
+   the figures that matter (weighted tau, top-1 regret) are decided at the top.
+4. Weights w: (K + 1,) >= 0 minimise
+   (1 / |D|) sum_rows v (x . w - q)^2 + lam ||w - w0||^2, a non-negative ridge regression
+   shrunk towards the uncalibrated default w0 (below; history 0), solved exactly with
+   ``scipy.optimize.nnls`` on the Cholesky factor of the normal equations. Non-negativity
+   keeps the combination a consensus (a metric whose ranks disagree with outcomes is dropped,
+   never turned upside down on 3 datasets' evidence).
+5. lam is chosen from the fixed grid ``LAMBDA_GRID`` by an inner cross-validation over the
+   training datasets only (leave-one-dataset-out up to ``MAX_INNER_FOLDS`` folds, then
+   datasets dealt round-robin into that many folds), maximising the mean weighted tau on the
+   held-out datasets; ties go to the larger lam. With fewer than 3 training datasets the
+   largest lam is used.
+6. Leakage: when a training dataset's rows are built, its history uses the *other*
+   training datasets only (nested leave-one-out), exactly as the history of a new dataset
+   uses none of its own outcomes; otherwise the fit would learn to over-trust history.
+
+Fallback (no dataset with >= ``MIN_OUTCOMES`` outcomes): the equal-weight mean of the ranks
+of whichever of ``RELIABLE_METRICS`` are present. LogME (You et al., ICML 2021) is the
+reference every later metric is compared with; in the 715k-setup study of Agostinelli et al.
+(ECCV 2022) LogME, NLEEP (Li et al., CVPR 2021) and GBC (Pandy et al., CVPR 2022) each came
+out best in one scenario, and no metric in all; shrinkage H-score (Ibrahim et al., ICLR 2023)
+repairs plain H-score's unstable covariance estimate; SFDA (Shao et al., ECCV 2022) and
+TransRate (Huang et al., ICML 2022) are the other feature-based metrics of that generation.
+LEEP, NCE and plain H-score are left out: each of those papers improves on them. An equal
+mean is used because no outcome is there to weigh them, and averaging the ranks of partly
+independent estimators lowers the variance of any one. If none of them is present, every
+metric gets an equal weight. History weight 0. This default is a prior, not a finding: on a
+given zoo it can be worse than its best member (see ``bench/evaluation.py``).
+Names are matched ignoring case and punctuation ("LogME" is "logme").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import optimize
+
+from scoring.errors import TransferabilityError
+from scoring.evaluation import rank_quality
+from scoring.registry import REGISTRY
+
+F64 = npt.NDArray[np.float64]
+Bool = npt.NDArray[np.bool_]
+
+#: Bumped whenever the numbers a fit or a recommendation produces change.
+VERSION = 1
+#: The name of the history feature in weights and evidence (not allowed as a metric name).
+HISTORY = "history"
+#: The name of the combined method in an ``Evaluation`` (not allowed as a metric name).
+RECOMMENDED = "recommended"
+#: A dataset teaches the recommender only with at least this many outcomes.
+MIN_OUTCOMES = 3
+#: Metrics the uncalibrated default averages (matched after ``_canonical``).
+RELIABLE_METRICS: tuple[str, ...] = (
+    "logme",
+    "logme_regression",
+    "hscore_shrinkage",
+    "nleep",
+    "sfda",
+    "gbc",
+    "transrate",
+)
+#: Shrinkage strengths the inner cross-validation chooses from (per unit of dataset weight;
+#: a rank feature has variance ~1/12, so 1e-3 barely regularises and 10 pins w to w0).
+LAMBDA_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+#: The inner cross-validation uses at most this many folds of training datasets.
+MAX_INNER_FOLDS = 10
+#: Pseudo-observations at the neutral value 0 in a model's history mean.
+HISTORY_PRIOR_COUNT = 1.0
+
+FIGURES: tuple[str, ...] = ("kendall_tau", "weighted_tau", "pearson", "top1_hit", "top1_regret")
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One target dataset: metric scores of the candidate models and, maybe, their outcomes.
+
+    scores: metric -> model -> score (NaN or absent: not computed for that model);
+    outcomes: model -> quality after fine-tuning, higher is better (may be empty).
+    """
+
+    scores: Mapping[str, Mapping[str, float]]
+    outcomes: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A model's track record: ``mean`` is h_m (step 2 of the method), ``count`` is n_m."""
+
+    mean: float
+    count: int
+
+
+@dataclass(frozen=True)
+class ModelEvidence:
+    """Why a model got its combined score.
+
+    values: feature -> rank-normalised value (None for a missing metric, imputed 0);
+    contributions: feature -> weight * value (imputed), summing to ``score``;
+    available: the metrics with a finite score for this model; history_count: the number of
+    datasets its history comes from (0: neutral history); notes: plain-language remarks.
+    """
+
+    model: str
+    score: float
+    values: Mapping[str, float | None]
+    contributions: Mapping[str, float]
+    available: tuple[str, ...]
+    history_count: int
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A ranking of the candidate models of one dataset, best first, with its evidence."""
+
+    order: tuple[str, ...]
+    scores: Mapping[str, float]
+    evidence: Mapping[str, ModelEvidence]
+    weights: Mapping[str, float]
+    metrics_used: tuple[str, ...]
+    ignored_metrics: tuple[str, ...]
+    calibrated: bool
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Fitted combination weights and the outcome history they are applied with.
+
+    weights: feature (each of ``metrics`` and ``HISTORY``) -> weight >= 0;
+    directions: metric -> higher_is_better; history: model -> ``HistoryEntry`` over all
+    datasets learned from; outcome_ranks: dataset -> model -> outcome rank (so a dataset can
+    be left out of the history); n_datasets: datasets with >= ``MIN_OUTCOMES`` outcomes;
+    regularisation: the chosen lam (NaN when uncalibrated); fingerprint: sha256 of
+    ``version`` and every fitted input, so a stored ranking can name the fit behind it.
+    """
+
+    weights: Mapping[str, float]
+    metrics: tuple[str, ...]
+    directions: Mapping[str, bool]
+    history: Mapping[str, HistoryEntry]
+    outcome_ranks: Mapping[str, Mapping[str, float]]
+    n_datasets: int
+    regularisation: float
+    calibrated: bool
+    fingerprint: str
+    version: int = VERSION
+
+    def recommend(
+        self,
+        scores: Mapping[str, Mapping[str, float]],
+        *,
+        exclude_dataset: str | None = None,
+        models: Iterable[str] | None = None,
+    ) -> Recommendation:
+        """Rank the models of one dataset, best first.
+
+        scores: metric -> model -> score for the target dataset (NaN/absent: missing);
+        exclude_dataset: a dataset learned from whose outcomes must not enter the history
+        (the weights still saw it: use ``evaluate_lodo`` for honest figures);
+        models: extra candidates (e.g. models with history but no scores yet).
+        Metrics the fit does not know are ignored and listed in ``ignored_metrics``.
+        Ties in the combined score keep the models' name order.
+        """
+        _check_scores(scores, "scores")
+        candidates = sorted({m for per in scores.values() for m in per} | set(models or ()))
+        if not candidates:
+            raise TransferabilityError("no models to rank: scores name no model")
+        ignored = tuple(sorted(set(scores) - set(self.metrics)))
+        ranks = self.outcome_ranks
+        if exclude_dataset is not None:
+            if exclude_dataset not in ranks:
+                raise TransferabilityError(
+                    f"exclude_dataset={exclude_dataset!r} is not among the datasets this fit "
+                    f"learned from ({', '.join(sorted(ranks)) or 'none'}); drop the argument"
+                )
+            ranks = {d: r for d, r in ranks.items() if d != exclude_dataset}
+        history = _history(ranks)
+        feats = {
+            metric: _centred_ranks(
+                _signed([scores.get(metric, {}).get(m, math.nan) for m in candidates], sign)
+            )
+            for metric, sign in ((k, 1.0 if self.directions[k] else -1.0) for k in self.metrics)
+        }
+        if not any(np.isfinite(v).any() for v in feats.values()) and not any(
+            m in history for m in candidates
+        ):
+            raise TransferabilityError(
+                "nothing to rank on: none of the fitted metrics "
+                f"({', '.join(self.metrics)}) has a finite score and no candidate has an "
+                "outcome history; compute at least one of those metrics"
+            )
+        total: dict[str, float] = {}
+        evidence: dict[str, ModelEvidence] = {}
+        for i, model in enumerate(candidates):
+            entry = history.get(model, HistoryEntry(0.0, 0))
+            values: dict[str, float | None] = {
+                k: float(v[i]) if np.isfinite(v[i]) else None for k, v in feats.items()
+            }
+            values[HISTORY] = entry.mean
+            contrib = {k: self.weights[k] * (v or 0.0) for k, v in values.items()}
+            available = tuple(k for k in self.metrics if values[k] is not None)
+            missing = [k for k in self.metrics if k not in available]
+            notes = []
+            if missing:
+                notes.append(f"missing {', '.join(missing)}: the median rank (0) is used")
+            if entry.count == 0:
+                notes.append("no outcome history: the neutral history value 0 is used")
+            total[model] = float(sum(contrib.values()))
+            evidence[model] = ModelEvidence(
+                model=model,
+                score=total[model],
+                values=MappingProxyType(values),
+                contributions=MappingProxyType(contrib),
+                available=available,
+                history_count=entry.count,
+                notes=tuple(notes),
+            )
+        order = tuple(sorted(candidates, key=lambda m: -total[m]))
+        return Recommendation(
+            order=order,
+            scores=MappingProxyType(total),
+            evidence=MappingProxyType(evidence),
+            weights=self.weights,
+            metrics_used=tuple(k for k in self.metrics if np.isfinite(feats[k]).any()),
+            ignored_metrics=ignored,
+            calibrated=self.calibrated,
+            fingerprint=self.fingerprint,
+        )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Leave-one-dataset-out figures of every metric and of the recommender.
+
+    per_dataset: dataset -> method -> figure -> value (figures as in ``rank_quality``;
+    methods: each metric and ``RECOMMENDED``); mean / median: method -> figure -> value over
+    the datasets where it is finite; count: method -> figure -> that number of datasets;
+    weights: dataset -> the recommender's weights fitted without it; predictions: dataset ->
+    model -> the combined score it was evaluated on.
+    """
+
+    datasets: tuple[str, ...]
+    methods: tuple[str, ...]
+    per_dataset: Mapping[str, Mapping[str, Mapping[str, float]]]
+    mean: Mapping[str, Mapping[str, float]]
+    median: Mapping[str, Mapping[str, float]]
+    count: Mapping[str, Mapping[str, int]]
+    weights: Mapping[str, Mapping[str, float]]
+    predictions: Mapping[str, Mapping[str, float]]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def _centred_ranks(values: Sequence[float] | F64) -> F64:
+    """(n,) values, NaN = missing -> (n,) Hazen ranks (r - 1/2)/n' - 1/2, n' the finite count."""
+    x = np.asarray(values, dtype=np.float64)
+    out = np.full(x.shape, np.nan)
+    ok = np.isfinite(x)
+    n = int(ok.sum())
+    if n:
+        out[ok] = (_average_ranks(x[ok]) - 0.5) / n - 0.5
+    return out
+
+
+def _signed(values: Sequence[float], sign: float) -> F64:
+    return sign * np.asarray(values, dtype=np.float64)
+
+
+def _check_scores(scores: Mapping[str, Mapping[str, float]], where: str) -> None:
+    for metric, per in scores.items():
+        if metric in (HISTORY, RECOMMENDED):
+            raise TransferabilityError(
+                f"{where}: {metric!r} is reserved for the recommender; rename that metric"
+            )
+        for model, value in per.items():
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                raise TransferabilityError(
+                    f"{where}: {metric} of {model!r} is {value!r}, not a number"
+                ) from None
+            if math.isinf(v):
+                raise TransferabilityError(
+                    f"{where}: {metric} of {model!r} is {v}; an infinite score is a failed "
+                    "computation: recompute it or pass NaN to mark it missing"
+                )
+
+
+def _check_outcomes(outcomes: Mapping[str, float], where: str) -> None:
+    for model, value in outcomes.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise TransferabilityError(
+                f"{where}: outcome of {model!r} is {value!r}, not a number"
+            ) from None
+        if math.isinf(v):
+            raise TransferabilityError(
+                f"{where}: outcome of {model!r} is {v}; pass NaN (or leave it out) if unknown"
+            )
+
+
+def _finite_outcomes(record: DatasetRecord) -> dict[str, float]:
+    return {m: float(v) for m, v in record.outcomes.items() if math.isfinite(float(v))}
+
+
+def _history(ranks: Mapping[str, Mapping[str, float]]) -> dict[str, HistoryEntry]:
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for per in ranks.values():
+        for model, q in per.items():
+            sums[model] = sums.get(model, 0.0) + q
+            counts[model] = counts.get(model, 0) + 1
+    return {
+        m: HistoryEntry(sums[m] / (counts[m] + HISTORY_PRIOR_COUNT), counts[m])
+        for m in sorted(sums)
+    }
+
+
+def _resolve_directions(
+    metrics: Iterable[str], directions: Mapping[str, bool] | None
+) -> dict[str, bool]:
+    metrics = sorted(metrics)
+    given = dict(directions or {})
+    unknown = sorted(set(given) - set(metrics))
+    if unknown:
+        raise TransferabilityError(
+            f"directions name metric(s) no dataset has: {', '.join(unknown)}; "
+            f"the metrics are: {', '.join(metrics) or 'none'}"
+        )
+    out = {}
+    for m in metrics:
+        if m in given:
+            out[m] = bool(given[m])
+        elif m in REGISTRY:
+            out[m] = REGISTRY[m].higher_is_better
+        else:
+            out[m] = True
+    return out
+
+
+def default_weights(metrics: Iterable[str]) -> dict[str, float]:
+    """The uncalibrated combination (module docstring, "Fallback"): feature -> weight.
+
+    Equal weights summing to 1 over the present ``RELIABLE_METRICS`` (matched ignoring case
+    and punctuation), else over all metrics; ``HISTORY`` gets 0.
+    """
+    metrics = sorted(metrics)
+    reliable = {_canonical(r) for r in RELIABLE_METRICS}
+    chosen = [m for m in metrics if _canonical(m) in reliable] or metrics
+    out = {m: (1.0 / len(chosen) if m in chosen else 0.0) for m in metrics}
+    out[HISTORY] = 0.0
+    return out
+
+
+def _fingerprint(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _hex(v: float) -> str:
+    return float(v).hex()
+
+
+# ------------------------------------------------------------------------- array core
+
+
+def _average_ranks(x: F64) -> F64:
+    """(n,) finite values -> (n,) 1-based ranks, ties sharing their average rank."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], xs.size]
+    ranks = np.empty(x.size)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def _weighted_tau(truth: F64, pred: F64, mask: Bool) -> F64:
+    """Weighted tau of ``pred`` against ``truth``, both (B, M), over the models in ``mask``.
+
+    The same figure as ``scipy.stats.weightedtau(truth, pred, rank=None)`` (Vigna, "A
+    weighted correlation index for rankings with ties", WWW 2015: hyperbolic weights 1/(r+1)
+    of the rank r by decreasing (truth, pred), an exchange weighing the sum of its two
+    weights, tau-b denominator), batched over B rows in O(B M^2); 0 where undefined.
+    """
+    b, m = truth.shape
+    t = np.where(mask, truth, -np.inf)
+    p = np.where(mask, pred, -np.inf)
+    order = np.lexsort((-p, -t), axis=-1)
+    rank = np.empty((b, m))
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(m, dtype=np.float64), (b, m)), -1)
+    w = np.where(mask, 1.0 / (rank + 1.0), 0.0)
+    upper = np.triu(np.ones((m, m), dtype=bool), 1)
+    pair = np.where(upper & mask[:, :, None] & mask[:, None, :], w[:, :, None] + w[:, None, :], 0)
+    t, p = np.where(mask, truth, 0.0), np.where(mask, pred, 0.0)
+    st = np.sign(t[:, :, None] - t[:, None, :])
+    sp = np.sign(p[:, :, None] - p[:, None, :])
+    num = np.einsum("bij,bij,bij->b", pair, st, sp)
+    den = np.sqrt(np.einsum("bij,bij->b", pair, st * st) * np.einsum("bij,bij->b", pair, sp * sp))
+    out = np.zeros(b)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+@dataclass(frozen=True)
+class _Table:
+    """Dense arrays over D datasets (sorted names), M models, K metrics.
+
+    feats: (D, M, K) signed metric ranks, missing imputed 0; scored: (D, M, K) bool finite;
+    keyed: (D, K) bool the dataset names the metric; target: (D, M) outcome ranks, 0 where
+    absent; outcomes: (D, M) raw outcomes, NaN where absent; has: (D, M) bool outcome present
+    (only datasets with >= MIN_OUTCOMES); row_w: (D, M) fitting weights (step 3), each
+    labelled dataset summing to 1; labelled: (D,) bool.
+    """
+
+    names: tuple[str, ...]
+    models: tuple[str, ...]
+    metrics: tuple[str, ...]
+    feats: F64
+    scored: Bool
+    keyed: Bool
+    target: F64
+    outcomes: F64
+    has: Bool
+    row_w: F64
+    labelled: Bool
+
+
+def _table(datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]) -> _Table:
+    names = tuple(sorted(datasets))
+    metrics = tuple(sorted(directions))
+    models = tuple(
+        sorted(
+            {m for r in datasets.values() for per in r.scores.values() for m in per}
+            | {m for r in datasets.values() for m in r.outcomes}
+        )
+    )
+    index = {m: j for j, m in enumerate(models)}
+    d_, m_, k_ = len(names), len(models), len(metrics)
+    raw = np.full((d_, m_, k_), np.nan)
+    keyed = np.zeros((d_, k_), dtype=bool)
+    outcomes = np.full((d_, m_), np.nan)
+    for i, name in enumerate(names):
+        rec = datasets[name]
+        for k, metric in enumerate(metrics):
+            per = rec.scores.get(metric)
+            if per is None:
+                continue
+            keyed[i, k] = True
+            sign = 1.0 if directions[metric] else -1.0
+            for model, value in per.items():
+                raw[i, index[model], k] = sign * float(value)
+        out = _finite_outcomes(rec)
+        if len(out) >= MIN_OUTCOMES:
+            outcomes[i, [index[m] for m in out]] = list(out.values())
+    scored = np.isfinite(raw)
+    feats = np.zeros((d_, m_, k_))
+    for di, ki in zip(*np.nonzero(scored.any(axis=1)), strict=True):
+        feats[di, :, ki] = np.nan_to_num(_centred_ranks(raw[di, :, ki]), nan=0.0)
+    has = np.isfinite(outcomes)
+    target = np.zeros((d_, m_))
+    row_w = np.zeros((d_, m_))
+    for di in np.flatnonzero(has.any(axis=1)):
+        y = outcomes[di, has[di]]
+        target[di, has[di]] = _centred_ranks(y)
+        v = 1.0 / (1.0 + y.size - _average_ranks(y))  # 1/(1 + position from the top)
+        row_w[di, has[di]] = v / v.sum()
+    return _Table(
+        names, models, metrics, feats, scored, keyed, target, outcomes, has, row_w,
+        has.any(axis=1),
+    )  # fmt: skip
+
+
+def _history_arrays(t: _Table, pool: Bool) -> tuple[F64, F64, F64]:
+    """History from the labelled datasets in ``pool`` (D,) bool.
+
+    Returns (M,) the history of a dataset outside the pool, (D, M) the history of each pool
+    dataset's rows leaving that dataset out (nested leave-one-out; other rows: as outside),
+    and (M,) the number of pool datasets with an outcome for each model.
+    """
+    p = (pool & t.labelled)[:, None]
+    s = (t.target * p).sum(axis=0)
+    n = (t.has & p).sum(axis=0).astype(np.float64)
+    own = (s - t.target * p) / (n - (t.has & p) + HISTORY_PRIOR_COUNT)
+    return s / (n + HISTORY_PRIOR_COUNT), own, n
+
+
+def _normal_equations(t: _Table, train: Bool, cols: Bool) -> tuple[F64, F64, F64]:
+    """Step 4's data terms on the labelled datasets in ``train`` (D,), metrics in ``cols``.
+
+    Returns a: (K' + 1, K' + 1) and b: (K' + 1,), K' = cols.sum(), history last, each the
+    weighted mean over datasets; and (M,) the history a dataset outside ``train`` gets.
+    """
+    train = train & t.labelled
+    new, own, _ = _history_arrays(t, train)
+    x = np.concatenate([t.feats[train][:, :, cols], own[train][:, :, None]], axis=2)
+    x = x.reshape(-1, x.shape[2])
+    xv = x * t.row_w[train].reshape(-1, 1)
+    n_sets = max(int(train.sum()), 1)
+    return xv.T @ x / n_sets, xv.T @ t.target[train].reshape(-1) / n_sets, new
+
+
+def _solve(a: F64, b: F64, cols: Bool, lam: float, w0: F64) -> F64:
+    """Step 4: (K + 1,) weights >= 0 minimising w'aw - 2b'w + lam |w - w0|^2 over the
+    features in ``cols`` (+ history), 0 elsewhere; exact NNLS on the Cholesky factor."""
+    keep = np.r_[cols, True]
+    chol = np.linalg.cholesky(a + lam * np.eye(b.size))
+    sol, _ = optimize.nnls(chol.T, np.linalg.solve(chol, b + lam * w0[keep]))
+    w = np.zeros(w0.size)
+    w[keep] = sol
+    return w
+
+
+def _choose_lambda(t: _Table, train: Bool, cols: Bool, w0: F64) -> float:
+    """Step 5: inner cross-validation over the labelled datasets in ``train`` only."""
+    idx = np.flatnonzero(train & t.labelled)
+    if idx.size < 3:
+        return LAMBDA_GRID[-1]
+    n_folds = min(idx.size, MAX_INNER_FOLDS)
+    grid = sorted(LAMBDA_GRID, reverse=True)  # ties go to the first: the larger lam
+    pred = np.zeros((len(grid), idx.size, t.target.shape[1]))
+    for f in range(n_folds):
+        inner = train & t.labelled
+        inner[idx[f::n_folds]] = False
+        a, b, new = _normal_equations(t, inner, cols)
+        for g, lam in enumerate(grid):
+            w = _solve(a, b, cols, lam, w0)
+            pred[g, f::n_folds] = t.feats[idx[f::n_folds]] @ w[:-1] + new * w[-1]
+    truth = np.nan_to_num(t.outcomes[idx], nan=0.0)
+    score = [float(_weighted_tau(truth, p, t.has[idx]).mean()) for p in pred]
+    return grid[int(np.argmax(np.round(score, 12)))]
+
+
+def _fit_weights(t: _Table, train: Bool, cols: Bool) -> tuple[F64, float, F64]:
+    """Weights (K + 1,), the chosen lam and the (M,) history for a dataset outside ``train``.
+
+    Falls back to the prior (lam NaN) when ``train`` has no labelled dataset.
+    """
+    w0 = _prior(t, cols)
+    if not (train & t.labelled).any():
+        return w0, math.nan, np.zeros(t.target.shape[1])
+    lam = _choose_lambda(t, train, cols, w0)
+    a, b, new = _normal_equations(t, train, cols)
+    return _solve(a, b, cols, lam, w0), lam, new
+
+
+def _prior(t: _Table, cols: Bool) -> F64:
+    """(K + 1,) the default weights over the metrics in ``cols``, history last (0)."""
+    named = default_weights([k for k, c in zip(t.metrics, cols, strict=True) if c])
+    return np.array([named.get(k, 0.0) for k in t.metrics] + [0.0])
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def _check_datasets(
+    datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool] | None
+) -> dict[str, bool]:
+    for name, rec in datasets.items():
+        if not isinstance(rec, DatasetRecord):
+            raise TransferabilityError(
+                f"dataset {name!r} is a {type(rec).__name__}; wrap it as "
+                "DatasetRecord(scores=..., outcomes=...)"
+            )
+        _check_scores(rec.scores, f"dataset {name!r}")
+        _check_outcomes(rec.outcomes, f"dataset {name!r}")
+    dirs = _resolve_directions({m for r in datasets.values() for m in r.scores}, directions)
+    if not dirs:
+        raise TransferabilityError("no metric scores were given; pass at least one metric")
+    return dirs
+
+
+def fit(
+    datasets: Mapping[str, DatasetRecord],
+    *,
+    directions: Mapping[str, bool] | None = None,
+) -> Fit:
+    """Learn the combination from every dataset with >= ``MIN_OUTCOMES`` finite outcomes.
+
+    datasets: name -> ``DatasetRecord`` (scores: metric -> model -> float, NaN = missing;
+    outcomes: model -> float, may be empty); directions: metric -> higher_is_better, needed
+    only where lower is better (default: the registry's declaration, else True).
+    With no such dataset, returns the uncalibrated default (``default_weights``).
+    Raises ``TransferabilityError`` for infinite or non-numeric values, a reserved metric
+    name, or directions naming a metric no dataset has.
+    """
+    dirs = _check_datasets(datasets, directions)
+    t = _table(datasets, dirs)
+    w, lam, _ = _fit_weights(t, t.labelled, np.ones(len(t.metrics), dtype=bool))
+    calibrated = bool(t.labelled.any())
+    ranks = {
+        t.names[i]: MappingProxyType(
+            {t.models[j]: float(t.target[i, j]) for j in np.flatnonzero(t.has[i])}
+        )
+        for i in np.flatnonzero(t.labelled)
+    }
+    payload = {
+        "version": VERSION,
+        "params": [MIN_OUTCOMES, list(LAMBDA_GRID), MAX_INNER_FOLDS, HISTORY_PRIOR_COUNT],
+        "directions": dirs,
+        "datasets": {
+            n: {
+                "scores": {k: {m: _hex(v) for m, v in per.items()} for k, per in r.scores.items()},
+                "outcomes": {m: _hex(v) for m, v in r.outcomes.items()},
+            }
+            for n, r in datasets.items()
+        },
+    }
+    names = (*t.metrics, HISTORY)
+    return Fit(
+        weights=MappingProxyType({k: float(x) for k, x in zip(names, w, strict=True)}),
+        metrics=t.metrics,
+        directions=MappingProxyType(dirs),
+        history=MappingProxyType(_history(ranks)),
+        outcome_ranks=MappingProxyType(ranks),
+        n_datasets=len(ranks),
+        regularisation=lam,
+        calibrated=calibrated,
+        fingerprint=_fingerprint(payload),
+    )
+
+
+def evaluate_lodo(
+    datasets: Mapping[str, DatasetRecord],
+    *,
+    directions: Mapping[str, bool] | None = None,
+) -> Evaluation:
+    """Leave-one-dataset-out figures for every metric and for the recommender.
+
+    For each dataset with >= ``MIN_OUTCOMES`` finite outcomes, over its models with an
+    outcome: ``rank_quality(outcomes, sign * scores, nan_policy="omit")`` per metric (sign -1
+    where lower is better; all NaN when the metric scored none of them), and
+    ``rank_quality(outcomes, combined)`` for the recommender fitted on all the *other*
+    datasets, its history leaving this dataset out too: the same numbers as
+    ``fit(others).recommend(scores, models=...)``, computed on one shared table.
+    The recommender's figures are NaN where it has nothing to rank on. Inputs as for ``fit``.
+    """
+    dirs = _check_datasets(datasets, directions)
+    t = _table(datasets, dirs)
+    held_out = np.flatnonzero(t.labelled)
+    if not held_out.size:
+        raise TransferabilityError(
+            f"no dataset has {MIN_OUTCOMES} or more finite outcomes, so nothing can be evaluated"
+        )
+    methods = (*t.metrics, RECOMMENDED)
+    per_dataset: dict[str, Mapping[str, Mapping[str, float]]] = {}
+    weights: dict[str, Mapping[str, float]] = {}
+    predictions: dict[str, Mapping[str, float]] = {}
+    nan_row = MappingProxyType(dict.fromkeys(FIGURES, math.nan))
+    for i in held_out:
+        name = t.names[i]
+        ok = t.has[i]
+        gt = t.outcomes[i, ok]
+        rows: dict[str, Mapping[str, float]] = {}
+        for metric in t.metrics:
+            sign = 1.0 if dirs[metric] else -1.0
+            per = datasets[name].scores.get(metric, {})
+            sc = [sign * float(per.get(t.models[j], math.nan)) for j in np.flatnonzero(ok)]
+            finite = any(math.isfinite(s) for s in sc)
+            rows[metric] = (
+                MappingProxyType(rank_quality(gt, sc, nan_policy="omit")) if finite else nan_row
+            )
+        train = t.labelled.copy()
+        train[i] = False
+        cols = np.asarray(np.delete(t.keyed, i, axis=0).any(axis=0), dtype=bool)
+        w, _, new = _fit_weights(t, train, cols)
+        _, _, seen = _history_arrays(t, train)
+        if (t.scored[i][:, cols]).any() or (seen[ok] > 0).any():
+            pred = (t.feats[i] @ w[:-1] + new * w[-1])[ok]
+            rows[RECOMMENDED] = MappingProxyType(rank_quality(gt, pred))
+            predictions[name] = MappingProxyType(
+                {t.models[j]: float(p) for j, p in zip(np.flatnonzero(ok), pred, strict=True)}
+            )
+        else:
+            rows[RECOMMENDED] = nan_row
+            predictions[name] = MappingProxyType({})
+        per_dataset[name] = MappingProxyType(rows)
+        features = (*t.metrics, HISTORY)
+        weights[name] = MappingProxyType(
+            {k: float(x) for k, x, c in zip(features, w, np.r_[cols, True], strict=True) if c}
+        )
+    mean: dict[str, Mapping[str, float]] = {}
+    median: dict[str, Mapping[str, float]] = {}
+    count: dict[str, Mapping[str, int]] = {}
+    for method in methods:
+        mm, md, cc = {}, {}, {}
+        for fig in FIGURES:
+            vals = np.array([per_dataset[n][method][fig] for n in per_dataset])
+            vals = vals[np.isfinite(vals)]
+            cc[fig] = int(vals.size)
+            mm[fig] = float(vals.mean()) if vals.size else math.nan
+            md[fig] = float(np.median(vals)) if vals.size else math.nan
+        mean[method] = MappingProxyType(mm)
+        median[method] = MappingProxyType(md)
+        count[method] = MappingProxyType(cc)
+    return Evaluation(
+        datasets=tuple(per_dataset),
+        methods=methods,
+        per_dataset=MappingProxyType(per_dataset),
+        mean=MappingProxyType(mean),
+        median=MappingProxyType(median),
+        count=MappingProxyType(count),
+        weights=MappingProxyType(weights),
+        predictions=MappingProxyType(predictions),
+    )
+
+
+def datasets_from_rows(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    outcome: str,
+    dataset_column: str = "dataset",
+    model_column: str = "model",
+) -> dict[str, DatasetRecord]:
+    """Parse a wide table (one row per (dataset, model)) into ``DatasetRecord``s.
+
+    rows: mappings column -> value (e.g. ``csv.DictReader``); outcome: the outcome column.
+    Every other column whose non-empty values all parse as numbers is a metric (empty or
+    "nan" cells are missing); other columns are ignored. Repeated (dataset, model) rows are
+    averaged per column over their finite values.
+    """
+    rows = list(rows)
+    if not rows:
+        raise TransferabilityError("the table has no rows")
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    for needed in (dataset_column, model_column, outcome):
+        if needed not in columns:
+            raise TransferabilityError(
+                f"the table has no column {needed!r}; its columns are: {', '.join(columns)}"
+            )
+
+    def number(v: Any) -> float | None:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return math.nan
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
+
+    numeric = [
+        c
+        for c in columns
+        if c not in (dataset_column, model_column)
+        and all(number(r.get(c)) is not None for r in rows)
+    ]
+    if outcome not in numeric:
+        raise TransferabilityError(f"the outcome column {outcome!r} has non-numeric values")
+    sums: dict[tuple[str, str, str], list[float]] = {}
+    for r in rows:
+        key = (str(r[dataset_column]), str(r[model_column]))
+        for c in numeric:
+            v = number(r.get(c))
+            if v is not None and math.isfinite(v):
+                sums.setdefault((*key, c), []).append(v)
+    out: dict[str, DatasetRecord] = {}
+    names = list(dict.fromkeys(str(r[dataset_column]) for r in rows))
+    for name in names:
+        scores: dict[str, dict[str, float]] = {}
+        outcomes: dict[str, float] = {}
+        for (d, m, c), vals in sums.items():
+            if d != name:
+                continue
+            if c == outcome:
+                outcomes[m] = float(np.mean(vals))
+            else:
+                scores.setdefault(c, {})[m] = float(np.mean(vals))
+        out[name] = DatasetRecord(scores=scores, outcomes=outcomes)
+    return out

@@ -1,0 +1,356 @@
+"""The recommender: leakage-free leave-one-dataset-out figures, fallback, history, edges."""
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import scoring
+from scoring import TransferabilityError
+from scoring import recommend as rec
+from scoring.recommend import DatasetRecord
+
+TABLES = Path(__file__).resolve().parents[3] / "shared" / "benchmarks"
+ZOO = TABLES / "model_spider_image_zoo.csv"
+
+
+def synthetic(seed: int, n_models: int = 12, n_sets: int = 6) -> dict[str, DatasetRecord]:
+    """Model quality 0.7 persistent + 0.5 dataset-specific; four metrics of other names than
+    the shared table: an informative one, a noisy one (one value missing per dataset), an
+    anti-correlated one declared higher-is-better, and a lower-is-better one."""
+    rng = np.random.default_rng(seed)
+    models = [f"m{j:02d}" for j in range(n_models)]
+    persistent = rng.normal(size=n_models)
+    out = {}
+    for i in range(n_sets):
+        q = 0.7 * persistent + 0.5 * rng.normal(size=n_models)
+        scores = {
+            "signal": dict(zip(models, q + 0.8 * rng.normal(size=n_models), strict=True)),
+            "noisy": dict(zip(models, q + 2.5 * rng.normal(size=n_models), strict=True)),
+            "contrarian": dict(zip(models, -q + 0.8 * rng.normal(size=n_models), strict=True)),
+            "error_rate": dict(zip(models, -q + 1.2 * rng.normal(size=n_models), strict=True)),
+        }
+        scores["noisy"][models[i]] = math.nan
+        outcomes = dict(zip(models, 70 + 5 * q, strict=True))
+        out[f"task{i}"] = DatasetRecord(scores=scores, outcomes=outcomes)
+    return out
+
+
+SYNTHETIC_DIRECTIONS = {"error_rate": False}
+
+
+def zoo() -> dict[str, DatasetRecord]:
+    if not TABLES.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the shared benchmark tables are missing in CI: {TABLES}")
+        pytest.skip(f"the shared benchmark tables are not here ({TABLES}); clone /work/shared")
+    with ZOO.open() as fh:
+        return scoring.datasets_from_rows(csv.DictReader(fh), outcome="finetune_top1")
+
+
+def flip(record: DatasetRecord, how: str = "reverse") -> DatasetRecord:
+    """The same dataset with its outcomes reversed (or shuffled): poisoned ground truth."""
+    models = sorted(record.outcomes)
+    values = [record.outcomes[m] for m in models]
+    if how == "reverse":
+        new = [-v for v in values]
+    else:
+        new = list(np.random.default_rng(0).permutation(values))
+    return DatasetRecord(record.scores, dict(zip(models, new, strict=True)))
+
+
+# --------------------------------------------------------------------------- leakage
+
+
+@pytest.mark.parametrize("how", ["reverse", "shuffle"])
+def test_lodo_never_sees_the_held_out_outcomes(how):
+    data = synthetic(0)
+    base = scoring.evaluate_lodo(data, directions=SYNTHETIC_DIRECTIONS)
+    for name in ("task0", "task3"):
+        poisoned = {**data, name: flip(data[name], how)}
+        ev = scoring.evaluate_lodo(poisoned, directions=SYNTHETIC_DIRECTIONS)
+        assert dict(ev.predictions[name]) == dict(base.predictions[name])
+        assert dict(ev.weights[name]) == dict(base.weights[name])
+        # The figure changes only because the ground truth did.
+        assert (
+            ev.per_dataset[name]["recommended"]["weighted_tau"]
+            != base.per_dataset[name]["recommended"]["weighted_tau"]
+        )
+        # Every other dataset's fit did learn from the poisoned outcomes.
+        assert any(dict(ev.predictions[o]) != dict(base.predictions[o]) for o in data if o != name)
+
+
+def test_lodo_predictions_are_those_of_a_fit_without_the_dataset():
+    data = synthetic(1)
+    ev = scoring.evaluate_lodo(data, directions=SYNTHETIC_DIRECTIONS)
+    for name in data:
+        others = {n: r for n, r in data.items() if n != name}
+        fitted = scoring.fit_recommender(others, directions=SYNTHETIC_DIRECTIONS)
+        got = fitted.recommend(data[name].scores, models=data[name].outcomes)
+        assert ev.predictions[name] == pytest.approx(dict(got.scores), abs=1e-12)
+        assert dict(ev.weights[name]) == pytest.approx(dict(fitted.weights), abs=1e-12)
+
+
+def test_training_rows_get_nested_leave_one_out_history(monkeypatch):
+    """Outcomes with no persistence at all: history carries nothing, so a fit whose training
+    rows saw their own outcome in their history would give it a large weight (0.27 here)."""
+    monkeypatch.setattr(rec, "LAMBDA_GRID", (1e-3,))
+    rng = np.random.default_rng(0)
+    models = [f"m{j}" for j in range(10)]
+    data = {}
+    for i in range(4):
+        y = rng.permutation(10).astype(float)
+        noisy = y + 2 * rng.normal(size=10)
+        data[f"d{i}"] = DatasetRecord(
+            {"score": dict(zip(models, noisy, strict=True))}, dict(zip(models, y, strict=True))
+        )
+    fitted = scoring.fit_recommender(data)
+    assert fitted.weights["score"] > 0.5
+    assert fitted.weights["history"] < 0.05
+
+
+# ------------------------------------------------------------------------- figures
+
+
+def test_metric_figures_equal_rank_quality_by_hand():
+    data = synthetic(2)
+    ev = scoring.evaluate_lodo(data, directions=SYNTHETIC_DIRECTIONS)
+    d = data["task0"]  # "noisy" is missing for m00 there, so nan_policy="omit" matters
+    models = sorted(d.outcomes)
+    gt = [d.outcomes[m] for m in models]
+    for metric, sign in (("noisy", 1.0), ("error_rate", -1.0), ("contrarian", 1.0)):
+        sc = [sign * d.scores[metric][m] for m in models]
+        want = scoring.rank_quality(gt, sc, nan_policy="omit")
+        assert dict(ev.per_dataset["task0"][metric]) == want
+    pred = ev.predictions["task0"]
+    want = scoring.rank_quality(gt, [pred[m] for m in models])
+    assert dict(ev.per_dataset["task0"]["recommended"]) == want
+    taus = [ev.per_dataset[n]["signal"]["weighted_tau"] for n in data]
+    assert ev.mean["signal"]["weighted_tau"] == pytest.approx(np.mean(taus))
+    assert ev.median["signal"]["weighted_tau"] == pytest.approx(np.median(taus))
+    assert ev.count["signal"]["weighted_tau"] == 6
+    assert ev.methods == ("contrarian", "error_rate", "noisy", "signal", "recommended")
+
+
+def test_the_recommender_beats_every_single_metric_on_a_synthetic_table():
+    wins, rec_taus, best_taus, rec_regret, best_regret = 0, [], [], [], []
+    for seed in range(5):
+        ev = scoring.evaluate_lodo(synthetic(seed), directions=SYNTHETIC_DIRECTIONS)
+        singles = {m: ev.mean[m]["weighted_tau"] for m in ev.methods if m != "recommended"}
+        best = max(singles, key=singles.__getitem__)
+        assert best == "signal"
+        assert ev.mean["contrarian"]["weighted_tau"] < 0
+        rec_taus.append(ev.mean["recommended"]["weighted_tau"])
+        best_taus.append(singles[best])
+        rec_regret.append(ev.mean["recommended"]["top1_regret"])
+        best_regret.append(ev.mean[best]["top1_regret"])
+        wins += rec_taus[-1] > best_taus[-1]
+        # an anti-correlated metric is never turned upside down: weights are >= 0
+        assert all(w >= 0 for ws in ev.weights.values() for w in ws.values())
+    assert wins >= 4
+    assert np.mean(rec_taus) > np.mean(best_taus) + 0.05
+    assert np.mean(rec_regret) < np.mean(best_regret)
+
+
+def test_shared_table_targets():
+    ev = scoring.evaluate_lodo(zoo())
+    assert len(ev.datasets) == 8
+    assert ev.mean["LogME"]["weighted_tau"] == pytest.approx(0.678, abs=5e-4)
+    assert ev.mean["recommended"]["weighted_tau"] >= 0.76
+    assert ev.mean["recommended"]["top1_regret"] <= ev.mean["LogME"]["top1_regret"]
+    assert ev.count["recommended"]["weighted_tau"] == 8
+
+
+# ------------------------------------------------------------------------ fallback
+
+
+def test_fallback_without_outcomes_is_the_documented_mean_of_reliable_metric_ranks():
+    scores = {
+        "LogME": {"a": 3.0, "b": 2.0, "c": 1.0, "d": 0.0},
+        "nleep": {"a": 0.0, "b": 3.0, "c": 2.0, "d": 1.0},
+        "leep": {"a": 0.0, "b": 0.0, "c": 0.0, "d": 9.0},  # not among RELIABLE_METRICS
+    }
+    data = {"x": DatasetRecord(scores), "y": DatasetRecord(scores, {"a": 1.0, "b": 2.0})}
+    fitted = scoring.fit_recommender(data)  # "y" has 2 outcomes: too few to learn from
+    assert not fitted.calibrated and fitted.n_datasets == 0
+    assert math.isnan(fitted.regularisation)
+    assert dict(fitted.weights) == {"LogME": 0.5, "leep": 0.0, "nleep": 0.5, "history": 0.0}
+    got = fitted.recommend(scores)
+    # Hazen ranks (r - 1/2)/4 - 1/2: LogME a..d = 3/8, 1/8, -1/8, -3/8; nleep = -3/8, 3/8, 1/8, -1/8
+    want = {"a": 0.0, "b": 0.25, "c": 0.0, "d": -0.25}
+    assert dict(got.scores) == pytest.approx(want)
+    assert got.order == ("b", "a", "c", "d")  # a and c tie: name order
+    assert not got.calibrated
+    assert got.evidence["b"].contributions["LogME"] == pytest.approx(0.0625)
+    assert "no outcome history" in got.evidence["b"].notes[0]
+
+
+def test_fallback_without_any_reliable_metric_weighs_all_equally():
+    fitted = scoring.fit_recommender({"x": DatasetRecord({"u": {"a": 1.0}, "v": {"a": 2.0}})})
+    assert dict(fitted.weights) == {"u": 0.5, "v": 0.5, "history": 0.0}
+
+
+# ------------------------------------------------------------------------- history
+
+
+def _persistent(n_sets: int, seed: int = 0) -> dict[str, DatasetRecord]:
+    """m4 > m3 > ... > m0 after fine-tuning everywhere; the metric is noise."""
+    rng = np.random.default_rng(seed)
+    models = [f"m{j}" for j in range(5)]
+    return {
+        f"d{i}": DatasetRecord(
+            {"logme": dict(zip(models, rng.normal(size=5), strict=True))},
+            {m: 80.0 + j for j, m in enumerate(models)},
+        )
+        for i in range(n_sets)
+    }
+
+
+def test_a_refit_after_new_outcomes_lets_history_flip_the_order():
+    target = {"logme": {"m0": 5.0, "m1": 4.0, "m2": 3.0, "m3": 2.0, "m4": 1.0}}
+    unlabelled = {n: DatasetRecord(r.scores) for n, r in _persistent(5).items()}
+    before = scoring.fit_recommender(unlabelled).recommend(target)
+    assert before.order[0] == "m0" and not before.calibrated
+    after_fit = scoring.fit_recommender(_persistent(5))
+    after = after_fit.recommend(target)
+    assert after.calibrated and after_fit.n_datasets == 5
+    assert after.order[0] == "m4"
+    assert after_fit.weights["history"] > after_fit.weights["logme"]
+    assert after.evidence["m4"].history_count == 5
+    assert after_fit.fingerprint != scoring.fit_recommender(unlabelled).fingerprint
+    # Leaving one dataset out of the history: 4 datasets count.
+    left_out = after_fit.recommend(target, exclude_dataset="d0")
+    assert left_out.evidence["m4"].history_count == 4
+
+
+def test_a_model_without_history_gets_the_neutral_value():
+    fitted = scoring.fit_recommender(_persistent(4))
+    got = fitted.recommend({"logme": {"m4": 1.0, "new": 2.0}})
+    assert got.evidence["new"].history_count == 0
+    assert got.evidence["new"].values["history"] == 0.0
+    assert got.evidence["new"].contributions["history"] == 0.0
+    assert any("no outcome history" in note for note in got.evidence["new"].notes)
+    assert got.evidence["m4"].values["history"] == pytest.approx(4 * 0.4 / 5)  # shrunk mean
+
+
+# ---------------------------------------------------------------------------- edges
+
+
+def test_missing_metric_values_get_the_median_rank_and_say_so():
+    fitted = scoring.fit_recommender(synthetic(0), directions=SYNTHETIC_DIRECTIONS)
+    scores = {k: dict(v) for k, v in synthetic(9)["task1"].scores.items()}
+    scores["signal"]["m05"] = math.nan
+    del scores["noisy"]["m06"]
+    got = fitted.recommend(scores)
+    ev5 = got.evidence["m05"]
+    assert "signal" not in ev5.available and ev5.values["signal"] is None
+    assert ev5.contributions["signal"] == 0.0
+    assert "missing signal" in ev5.notes[0]
+    assert "noisy" not in got.evidence["m06"].available
+    assert sum(ev5.contributions.values()) == pytest.approx(got.scores["m05"])
+    assert got.order == tuple(sorted(got.scores, key=lambda m: -got.scores[m]))
+
+
+def test_unknown_metrics_are_ignored_and_listed():
+    fitted = scoring.fit_recommender(synthetic(0), directions=SYNTHETIC_DIRECTIONS)
+    scores = {"signal": {"m00": 1.0, "m01": 2.0}, "brand_new": {"m00": 5.0, "m01": 0.0}}
+    got = fitted.recommend(scores)
+    assert got.ignored_metrics == ("brand_new",)
+    assert got.metrics_used == ("signal",)
+    with pytest.raises(TransferabilityError, match="nothing to rank on"):
+        fitted.recommend({"brand_new": {"zz": 1.0}})
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "message"),
+    [
+        ({"x": DatasetRecord({"logme": {"a": math.inf}})}, {}, "infinite score"),
+        ({"x": DatasetRecord({"logme": {"a": "high"}})}, {}, "not a number"),
+        ({"x": DatasetRecord({"logme": {"a": 1.0}}, {"a": -math.inf})}, {}, "pass NaN"),
+        ({"x": DatasetRecord({"history": {"a": 1.0}})}, {}, "reserved"),
+        ({"x": DatasetRecord({"logme": {"a": 1.0}})}, {"directions": {"LogMe": True}}, "LogMe"),
+        ({"x": DatasetRecord({})}, {}, "no metric scores"),
+        ({"x": {"scores": {}}}, {}, "wrap it as DatasetRecord"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(data, kwargs, message):
+    with pytest.raises(TransferabilityError, match=message):
+        scoring.fit_recommender(data, **kwargs)
+
+
+def test_recommend_edges():
+    fitted = scoring.fit_recommender(_persistent(3))
+    with pytest.raises(TransferabilityError, match="no models to rank"):
+        fitted.recommend({})
+    with pytest.raises(TransferabilityError, match=r"exclude_dataset='d9'.*d0, d1, d2"):
+        fitted.recommend({"logme": {"m0": 1.0}}, exclude_dataset="d9")
+    with pytest.raises(TransferabilityError, match="infinite"):
+        fitted.recommend({"logme": {"m0": -math.inf}})
+    # A model with history but no score is still ranked when named.
+    got = fitted.recommend({"logme": {"m0": 1.0}}, models=["m4"])
+    assert got.order[0] == "m4" and got.evidence["m4"].available == ()
+
+
+def test_lower_is_better_metrics_are_flipped():
+    data = synthetic(3)
+    flipped = scoring.evaluate_lodo(data, directions={"error_rate": False})
+    plain = scoring.evaluate_lodo(data)
+    assert flipped.mean["error_rate"]["weighted_tau"] > 0 > plain.mean["error_rate"]["weighted_tau"]
+
+
+def test_evaluation_needs_outcomes_and_skips_datasets_without_them():
+    with pytest.raises(TransferabilityError, match="3 or more finite outcomes"):
+        scoring.evaluate_lodo({"x": DatasetRecord({"logme": {"a": 1.0}}, {"a": 1.0})})
+    data = {**synthetic(0), "unlabelled": DatasetRecord(synthetic(1)["task0"].scores)}
+    ev = scoring.evaluate_lodo(data, directions=SYNTHETIC_DIRECTIONS)
+    assert "unlabelled" not in ev.per_dataset and len(ev.datasets) == 6
+
+
+# ----------------------------------------------------------------- determinism, I/O
+
+
+def test_same_inputs_same_fingerprint_and_output():
+    a = scoring.fit_recommender(synthetic(4), directions=SYNTHETIC_DIRECTIONS)
+    reordered = {n: synthetic(4)[n] for n in reversed(list(synthetic(4)))}
+    b = scoring.fit_recommender(reordered, directions=SYNTHETIC_DIRECTIONS)
+    assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 64
+    assert a == b
+    scores = synthetic(5)["task2"].scores
+    assert a.recommend(scores) == b.recommend(scores)
+    assert a.recommend(scores).fingerprint == a.fingerprint
+    changed = dict(synthetic(4))
+    changed["task0"] = flip(changed["task0"])
+    assert scoring.fit_recommender(changed, directions=SYNTHETIC_DIRECTIONS).fingerprint != (
+        a.fingerprint
+    )
+    assert a.version == rec.VERSION
+
+
+def test_wide_rows_parser_averages_repeats_and_skips_text_columns():
+    rows = [
+        {"dataset": "d", "model": "a", "acc": "1", "logme": "2", "note": "x"},
+        {"dataset": "d", "model": "a", "acc": "3", "logme": "", "note": "y"},
+        {"dataset": "d", "model": "b", "acc": "5", "logme": "nan", "note": "z"},
+    ]
+    got = scoring.datasets_from_rows(rows, outcome="acc")
+    assert got["d"].outcomes == {"a": 2.0, "b": 5.0}
+    assert got["d"].scores == {"logme": {"a": 2.0}}
+    with pytest.raises(TransferabilityError, match="no column 'top1'"):
+        scoring.datasets_from_rows(rows, outcome="top1")
+
+
+def test_batched_weighted_tau_equals_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, size=(20, 9)).astype(float)
+    pred = rng.integers(0, 3, size=(20, 9)).astype(float)
+    mask = rng.random((20, 9)) > 0.2
+    got = rec._weighted_tau(truth, pred, mask)
+    for b in range(20):
+        t, p = truth[b, mask[b]], pred[b, mask[b]]
+        want = stats.weightedtau(t, p, rank=None).statistic
+        assert got[b] == pytest.approx(want if np.isfinite(want) else 0.0, abs=1e-12)
