@@ -76,6 +76,7 @@ class Task(StrEnum):
     RERANK_MISSING = "tb.rerank_missing"
     REQUEUE_STALE = "tb.requeue_stale"
     RUN_SCHEDULES = "tb.run_schedules"
+    REFIT_RECOMMENDER = "tb.refit_recommender"
 
     @property
     def queue(self) -> str:
@@ -229,19 +230,22 @@ def unfinished_jobs(session: Session) -> list[str]:
     return list(session.scalars(select(JobRow.id).where(JobRow.status.in_(active))))
 
 
-def finish_if_complete(session: Session, job_id: str) -> None:
-    """Close the job once every model is done or failed: done if any model succeeded."""
+def finish_if_complete(session: Session, job_id: str) -> JobStatus | None:
+    """Close the job once every model is done or failed: done if any model succeeded.
+    Returns the status it closed the job with, or None when it is not closed by this call."""
     job = session.scalar(select(JobRow).where(JobRow.id == job_id).with_for_update())
     if job is None or JobStatus(job.status).terminal:
-        return
+        return None
     session.flush()
     states = [
         ModelStatus(s)
         for s in session.scalars(select(JobModelRow.status).where(JobModelRow.job_id == job_id))
     ]
-    if states and all(s.terminal for s in states):
-        if any(s is ModelStatus.DONE for s in states):
-            move_job(job, JobStatus.DONE)
-        else:
-            move_job(job, JobStatus.FAILED)
-            job.error = "every model failed; see the per-model errors"
+    if not states or not all(s.terminal for s in states):
+        return None
+    if any(s is ModelStatus.DONE for s in states):
+        move_job(job, JobStatus.DONE)
+    else:
+        move_job(job, JobStatus.FAILED)
+        job.error = "every model failed; see the per-model errors"
+    return JobStatus(job.status)

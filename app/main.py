@@ -8,7 +8,7 @@ from fastapi import FastAPI, Response
 from sqlalchemy import text
 
 from app import errors, observability
-from app.api import datasets, models, rankings
+from app.api import datasets, evaluation, models, rankings
 from app.db.session import Database
 from app.lifecycle import TaskQueue
 from app.queue import CeleryQueue
@@ -46,7 +46,7 @@ def create_app(
     app.state.verified_keys = {}
     errors.install(app)
     observability.install(app, db, queue)
-    for router in (datasets.router, models.router, rankings.router):
+    for router in (datasets.router, models.router, rankings.router, evaluation.router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

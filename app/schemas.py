@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,7 +95,16 @@ class RankingOut(RankingSummary):
     started_at: datetime | None
     error: str | None
     progress: list[ModelProgress]
-    results: list[RankedModel] | None
+    results: list[RankedModel] | None = Field(
+        description="best first: by the recommended score when there is one, else by the "
+        "first metric; tied models share a rank"
+    )
+    recommendation: dict[str, Any] | None = Field(
+        default=None,
+        description="the recommender's ordering: the fit behind it (fingerprint, version), "
+        "whether it is calibrated on outcomes and its expected quality, weights, and per-model "
+        "evidence",
+    )
 
 
 class LeaderboardEntry(BaseModel):
@@ -111,9 +121,51 @@ class Leaderboard(BaseModel):
     metric: str
     higher_is_better: bool
     entries: list[LeaderboardEntry]
+    recommendation: dict[str, Any] | None = Field(
+        default=None, description="with metric=recommended: the fit behind the ordering"
+    )
 
 
 class ScheduleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schedule: str | None = Field(description="a 5-field cron expression, or null to clear")
+
+
+class OutcomeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = Field(min_length=1, max_length=200, description="a model's id or name")
+    value: float = Field(allow_inf_nan=False, description="what fine-tuning reached")
+    measure: str = Field(
+        default="finetune_top1",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="what was measured (default finetune_top1)",
+    )
+    higher_is_better: bool = True
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="free-form: learning rate, epochs, ..."
+    )
+
+
+class OutcomeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    dataset_id: str
+    model_id: str
+    measure: str
+    value: float
+    higher_is_better: bool
+    details: dict[str, Any]
+    created_at: datetime
+
+
+class BenchmarkImported(BaseModel):
+    table: str
+    datasets: int
+    models: int
+    rows: int
+    metrics: list[str]
+    external: list[str]

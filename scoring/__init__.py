@@ -21,10 +21,12 @@ from scoring.linear_probe import linear_probe_accuracy
 from scoring.logme import logme, logme_regression
 from scoring.nce import nce
 from scoring.nleep import nleep
-from scoring.ordering import rank_best_first
+from scoring.ordering import rank_best_first, rank_rows
 from scoring.recommend import (
+    RECOMMENDED,
     DatasetRecord,
     Evaluation,
+    Fit,
     Recommendation,
     datasets_from_rows,
     evaluate_lodo,
@@ -47,10 +49,12 @@ from scoring.transrate import transrate
 
 __all__ = [
     "DEFAULT_METRICS",
+    "RECOMMENDED",
     "REGISTRY",
     "ConvergenceWarning",
     "DatasetRecord",
     "Evaluation",
+    "Fit",
     "MetricSpec",
     "Recommendation",
     "Scores",
@@ -75,6 +79,7 @@ __all__ = [
     "nleep",
     "rank_best_first",
     "rank_quality",
+    "rank_rows",
     "sfda",
     "target_kind",
     "transrate",

@@ -4,8 +4,11 @@ its leaderboards share."""
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
+
+from scoring.recommend import RECOMMENDED
+from scoring.registry import REGISTRY
 
 K = TypeVar("K", bound=Hashable)
 
@@ -32,3 +35,21 @@ def rank_best_first(
     seen = {k for k, _ in scored}
     out += [(k, None) for k in values if k not in seen]
     return out
+
+
+def rank_rows(
+    scores: Mapping[K, Mapping[str, float | None]], metrics: Sequence[str]
+) -> list[tuple[K, int | None]]:
+    """The order of a ranking's rows: ``scores`` model -> column -> value.
+
+    By the ``recommended`` column where any model has one (the recommender's combined score,
+    higher is better), otherwise by the first of ``metrics`` in its own direction; ties share
+    a rank (``rank_best_first``).
+    """
+    if any(row.get(RECOMMENDED) is not None for row in scores.values()):
+        return rank_best_first({k: row.get(RECOMMENDED) for k, row in scores.items()})
+    first = metrics[0]
+    return rank_best_first(
+        {k: row.get(first) for k, row in scores.items()},
+        higher_is_better=REGISTRY[first].higher_is_better,
+    )

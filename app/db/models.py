@@ -44,6 +44,8 @@ class DatasetRow(Base):
     classes: Mapped[list[Any]] = mapped_column(JSON)  # [{"name": ..., "count": ...}]
     path: Mapped[str] = mapped_column(Text)
     schedule: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: a dataset of a published benchmark table: scores and outcomes, no samples to rank
+    reference: Mapped[bool] = mapped_column(Boolean, default=False)
     last_scheduled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
@@ -59,6 +61,8 @@ class ModelRow(Base):
     num_source_classes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: a model named in a published benchmark table: it has scores and outcomes, no weights
+    reference: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -76,6 +80,8 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: the recommended ordering, computed once when the job finishes (names its fit)
+    recommendation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     models: Mapped[list[JobModelRow]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobModelRow.position"
@@ -126,6 +132,51 @@ class ScoreRow(Base):
     job_id: Mapped[str | None] = mapped_column(
         ForeignKey("ranking_jobs.id", ondelete="SET NULL"), nullable=True
     )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class ExternalMetricRow(Base):
+    """A score column of an imported benchmark table that is not a registry metric."""
+
+    __tablename__ = "external_metrics"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    higher_is_better: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class OutcomeRow(Base):
+    """What really happened after fine-tuning: one value per (dataset, model, measure)."""
+
+    __tablename__ = "outcomes"
+    __table_args__ = (UniqueConstraint("dataset_id", "model_id", "measure", name="uq_outcome"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    measure: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    higher_is_better: Mapped[bool] = mapped_column(Boolean, default=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+    model: Mapped[ModelRow] = relationship()
+
+
+class RecommenderFitRow(Base):
+    """One fit of the recommender on one scope (modality, task, measure): what it learned
+    and how well it did leave-one-dataset-out. Rankings name the fit by its fingerprint."""
+
+    __tablename__ = "recommender_fits"
+    __table_args__ = (UniqueConstraint("scope", "fingerprint", name="uq_fit"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(100), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    calibrated: Mapped[bool] = mapped_column(Boolean)
+    n_datasets: Mapped[int] = mapped_column(Integer)
+    weights: Mapped[dict[str, Any]] = mapped_column(JSON)
+    quality: Mapped[dict[str, Any]] = mapped_column(JSON)  # LODO mean figures, or {}
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 

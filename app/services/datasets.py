@@ -134,7 +134,7 @@ def set_schedule(session: Session, dataset_id: str, schedule: str | None) -> Dat
 
 def delete(session: Session, dataset_id: str) -> None:
     row = get(session, dataset_id)
-    folder = Path(row.path).parent
     session.delete(row)
     session.flush()
-    shutil.rmtree(folder, ignore_errors=True)
+    if not row.reference:  # an imported table's dataset has no files
+        shutil.rmtree(Path(row.path).parent, ignore_errors=True)

@@ -3,6 +3,7 @@ imports torch): the source must resolve and the weights load, or the request fai
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
@@ -13,9 +14,26 @@ from app.errors import Conflict, Invalid, NotFound, Unavailable
 from app.lifecycle import Task, TaskQueue
 from workers.settings import Settings
 
+#: Name prefix of the models named by imported benchmark tables.
+REFERENCE_PREFIX = "ref:"
+
 
 def list_models(session: Session) -> list[ModelRow]:
     return list(session.scalars(select(ModelRow).order_by(ModelRow.modality, ModelRow.name)))
+
+
+def candidates(session: Session, modality: str | None = None) -> list[ModelRow]:
+    """Models a ranking can run (reference models of imported tables have no weights)."""
+    query = select(ModelRow).where(ModelRow.reference.is_(False)).order_by(ModelRow.name)
+    if modality is not None:
+        query = query.where(ModelRow.modality == modality)
+    return list(session.scalars(query))
+
+
+def names_of(session: Session, ids: Iterable[str]) -> dict[str, str]:
+    """model id -> name for the given ids."""
+    query = select(ModelRow.id, ModelRow.name).where(ModelRow.id.in_(list(ids)))
+    return {str(i): str(n) for i, n in session.execute(query)}
 
 
 def get(session: Session, model_id: str) -> ModelRow:
@@ -28,6 +46,8 @@ def get(session: Session, model_id: str) -> ModelRow:
 def register(
     session: Session, queue: TaskQueue, settings: Settings, name: str, source: str
 ) -> ModelRow:
+    if name.startswith(REFERENCE_PREFIX):
+        raise Invalid(f"names starting with {REFERENCE_PREFIX!r} are kept for imported tables")
     if session.scalar(select(ModelRow).where(ModelRow.name == name)) is not None:
         raise Conflict(f"a model named {name!r} is already registered; pick another name")
     try:

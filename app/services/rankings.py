@@ -10,10 +10,20 @@ from sqlalchemy.orm import Session, selectinload
 
 import scoring
 from app import schemas
-from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, ScoreRow
+from app.db.models import (
+    DatasetRow,
+    JobModelRow,
+    JobRow,
+    ModelRow,
+    RecommenderFitRow,
+    ScoreRow,
+)
 from app.errors import Invalid, NotFound
 from app.lifecycle import Dispatcher, JobStatus, ModelStatus, Trigger, create_job
 from app.services import datasets as dataset_service
+from app.services import models as model_service
+from app.services import recommender
+from scoring.recommend import RECOMMENDED
 
 
 def create(
@@ -26,14 +36,13 @@ def create(
 ) -> JobRow:
     dataset = dataset_service.get(session, dataset_id)
     target = scoring.target_kind(dataset.task)
-    if model_ids is None:
-        models = list(
-            session.scalars(
-                select(ModelRow)
-                .where(ModelRow.modality == dataset.modality)
-                .order_by(ModelRow.name)
-            )
+    if dataset.reference:
+        raise Invalid(
+            f"{dataset.name} is a dataset of an imported benchmark table: it has scores and "
+            "outcomes but no samples to extract features from; rank an uploaded dataset"
         )
+    if model_ids is None:
+        models = model_service.candidates(session, dataset.modality)
         if not models:
             raise Invalid(
                 f"no registered model handles {dataset.modality} data; "
@@ -46,6 +55,12 @@ def create(
         if missing:
             raise NotFound(f"no model with id {', '.join(map(repr, missing))}; see GET /v1/models")
         models = [found[i] for i in ids]
+        imported = [m.name for m in models if m.reference]
+        if imported:
+            raise Invalid(
+                f"{', '.join(imported)} come from an imported benchmark table and have no "
+                "weights to run; pick registered models"
+            )
         wrong = [m.name for m in models if m.modality != dataset.modality]
         if wrong:
             raise Invalid(
@@ -133,11 +148,13 @@ def describe(session: Session, job: JobRow) -> schemas.RankingOut:
         error=job.error,
         progress=progress,
         results=results,
+        recommendation=job.recommendation if results is not None else None,
     )
 
 
 def _results(session: Session, job: JobRow) -> list[schemas.RankedModel]:
-    """Each model's current-version score for each metric; ranked by the first metric."""
+    """Each model's current-version score for each metric and its recommended score, ranked
+    by ``scoring.rank_rows`` (the CLI's rule too)."""
     ids = [m.model_id for m in job.models]
     rows = session.scalars(
         select(ScoreRow).where(
@@ -151,12 +168,12 @@ def _results(session: Session, job: JobRow) -> list[schemas.RankedModel]:
         if r.metric_version == scoring.REGISTRY[r.metric].version:
             values[(r.model_id, r.metric)] = r.value
     names = {m.model_id: m.model.name for m in job.models}
-    scores = {i: {metric: values.get((i, metric)) for metric in job.metrics} for i in names}
-    first = job.metrics[0]
-    order = scoring.rank_best_first(
-        {i: s[first] for i, s in scores.items()},
-        higher_is_better=scoring.REGISTRY[first].higher_is_better,
-    )
+    combined = (job.recommendation or {}).get("scores", {})
+    scores = {
+        i: {RECOMMENDED: combined.get(i), **{m: values.get((i, m)) for m in job.metrics}}
+        for i in names
+    }
+    order = scoring.rank_rows(scores, job.metrics)
     return [
         schemas.RankedModel(rank=rank, model_id=i, model=names[i], scores=scores[i])
         for i, rank in order
@@ -164,8 +181,13 @@ def _results(session: Session, job: JobRow) -> list[schemas.RankedModel]:
 
 
 def leaderboard(session: Session, dataset: DatasetRow, metric: str) -> schemas.Leaderboard:
+    if metric == RECOMMENDED:
+        return _recommended_leaderboard(session, dataset)
     if metric not in scoring.REGISTRY:
-        raise Invalid(f"unknown metric {metric!r}; choose from {', '.join(scoring.REGISTRY)}")
+        raise Invalid(
+            f"unknown metric {metric!r}; choose {RECOMMENDED} or one of "
+            f"{', '.join(scoring.REGISTRY)}"
+        )
     rows = session.execute(
         select(ScoreRow, ModelRow.name)
         .join(ModelRow, ModelRow.id == ScoreRow.model_id)
@@ -204,4 +226,37 @@ def leaderboard(session: Session, dataset: DatasetRow, metric: str) -> schemas.L
         metric=metric,
         higher_is_better=spec.higher_is_better,
         entries=entries,
+    )
+
+
+def _recommended_leaderboard(session: Session, dataset: DatasetRow) -> schemas.Leaderboard:
+    """Every model scored on the dataset, ordered by the current recommender fit."""
+    rec = recommender.recommend(session, dataset)
+    combined: dict[str, float] = rec["scores"] if rec else {}
+    names = model_service.names_of(session, combined)
+    fitted_at = (
+        session.scalar(
+            select(RecommenderFitRow.created_at).where(RecommenderFitRow.fingerprint == rec["fit"])
+        )
+        if rec
+        else None
+    )
+    entries = [
+        schemas.LeaderboardEntry(
+            rank=rank,
+            model_id=model_id,
+            model=names[model_id],
+            value=combined[model_id],
+            metric_version=rec["version"] if rec else 0,
+            scored_at=fitted_at or dataset.created_at,
+        )
+        for model_id, rank in scoring.rank_best_first(combined)
+        if rank is not None
+    ]
+    return schemas.Leaderboard(
+        dataset_id=dataset.id,
+        metric=RECOMMENDED,
+        higher_is_better=True,
+        entries=entries,
+        recommendation=None if rec is None else {k: v for k, v in rec.items() if k != "evidence"},
     )

@@ -12,12 +12,14 @@ from __future__ import annotations
 import time
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from app.cache import ResponseCache
-from app.db.models import ScoreRow
+from app.db.models import OutcomeRow, ScoreRow
 from app.db.session import Database
 from app.lifecycle import JobStatus
 from app.services import datasets, rankings
+from scoring.recommend import RECOMMENDED
 
 LEADERBOARD_MAX_AGE_S = 1.0
 
@@ -58,13 +60,7 @@ class Reads:
         self._revalidating.add(key)
         try:
             with self.db.session() as session:
-                validator = tuple(
-                    session.execute(
-                        select(func.count(ScoreRow.id), func.max(ScoreRow.id)).where(
-                            ScoreRow.dataset_id == dataset_id, ScoreRow.metric == metric
-                        )
-                    ).one()
-                )
+                validator = self._validator(session, dataset_id, metric)
                 body = self.cache.get(key, validator)
                 if body is None:  # a score for this (dataset, metric) was written since
                     dataset = datasets.get(session, dataset_id)
@@ -75,6 +71,23 @@ class Reads:
             return body
         finally:
             self._revalidating.discard(key)
+
+    @staticmethod
+    def _validator(session: Session, dataset_id: str, metric: str) -> tuple[object, ...]:
+        """What changes when the leaderboard does: its (dataset, metric) scores; for the
+        recommended board, any score or outcome (other datasets inform the fit)."""
+        if metric != RECOMMENDED:
+            where = (ScoreRow.dataset_id == dataset_id, ScoreRow.metric == metric)
+            return tuple(
+                session.execute(
+                    select(func.count(ScoreRow.id), func.max(ScoreRow.id)).where(*where)
+                ).one()
+            )
+        scores = session.execute(select(func.count(ScoreRow.id), func.max(ScoreRow.id))).one()
+        outcomes = session.execute(
+            select(func.count(OutcomeRow.id), func.max(OutcomeRow.created_at))
+        ).one()
+        return (*scores, *outcomes)
 
     def forget_dataset(self, dataset_id: str) -> None:
         """Drop everything cached about a dataset (it was deleted)."""

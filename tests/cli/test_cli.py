@@ -25,8 +25,10 @@ def test_rank_json_on_a_folder(image_folder: Path, tmp_path: Path, capsys) -> No
     assert [set(r) for r in rows] == [{"model", "rank", "scores"}] * 2
     assert {r["model"] for r in rows} == {"mobilenet-v2", "open-nsfw"}
     assert [r["rank"] for r in rows] == [1, 2]
-    assert all(set(r["scores"]) == {"logme", "leep"} for r in rows)
-    assert rows[0]["scores"]["logme"] >= rows[1]["scores"]["logme"]
+    assert all(set(r["scores"]) == {"recommended", "logme", "leep"} for r in rows)
+    # No outcomes anywhere: the uncalibrated recommender, which of these two uses LogME.
+    assert rows[0]["scores"]["logme"] > rows[1]["scores"]["logme"]
+    assert rows[0]["scores"]["recommended"] > rows[1]["scores"]["recommended"]
     saved = np.load(out_dir / "mobilenet-v2.npz")
     assert saved["features"].shape == (24, 1280) and saved["probs"].shape == (24, 1000)
     assert len(saved["labels"]) == 24
@@ -47,15 +49,18 @@ def test_rank_table_csv_plot_and_headless_nulls(image_folder: Path, tmp_path: Pa
                  "--output", str(out), "--plot", str(png), "--quiet"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     lines = (tmp_path / "r.csv").read_text().splitlines()
-    assert lines[0] == "rank,model,logme,leep"
+    assert lines[0] == "rank,model,recommended,logme,leep"
     by_model = {line.split(",")[1]: line.split(",") for line in lines[1:]}
     assert set(by_model) == {"minilm-l6", "minilm-intent"}
-    assert by_model["minilm-l6"][3] == ""  # leep needs a head: empty, not a crash
-    assert by_model["minilm-intent"][3] != ""
+    assert by_model["minilm-l6"][4] == ""  # leep needs a head: empty, not a crash
+    assert by_model["minilm-intent"][4] != ""
+    # One encoder, so the same LogME: tied models share rank 1.
+    assert by_model["minilm-l6"][3] == by_model["minilm-intent"][3]
+    assert by_model["minilm-l6"][0] == by_model["minilm-intent"][0] == "1"
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["rank", str(text), "--metrics", "logme", "--quiet"]) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["rank", "model", "logme"]
+    assert table.splitlines()[0].split() == ["rank", "model", "recommended", "logme"]
 
 
 def test_second_run_reads_the_cache(

@@ -9,8 +9,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from scoring import RECOMMENDED, DatasetRecord, Fit, fit_recommender
+from scoring.recommend import MIN_OUTCOMES
+from workers.pipeline.ranking import with_recommendation
+from workers.settings import Settings
 
 EXIT_BAD_INPUT = 2
+
+if TYPE_CHECKING:
+    from workers.pipeline.rank import RankResult
 
 
 def _csv_list(text: str) -> list[str]:
@@ -40,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     rank.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("models", help="list the default model zoo")
-    from workers.cli.service import add_commands
+    from workers.cli import evaluation, service
 
-    add_commands(sub)
+    evaluation.add_commands(sub)
+    service.add_commands(sub)
     return parser
 
 
@@ -77,10 +87,17 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
     )
     result = run_rank(request)
-    for row in result.rows:  # a metric that cannot run on a model: why, once, on stderr
+    rows = result.rows
+    for row in rows:  # a metric that cannot run on a model: why, once, on stderr
         for metric, reason in row.errors.items():
             _err(f"{row.model}: {metric} not computed: {reason}")
-    text = render(result.rows, result.metrics, args.format)
+    fit = _stored_fit(result)
+    if fit is not None:
+        rows = with_recommendation(rows, result.metrics, fit)
+    columns = list(result.metrics)
+    if any(r.scores.get(RECOMMENDED) is not None for r in rows):
+        columns.insert(0, RECOMMENDED)
+    text = render(rows, columns, args.format)
     if args.output:
         from workers.pipeline.rank import write_text_atomic
 
@@ -88,14 +105,59 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     if args.plot:
-        plot(result.rows, result.metrics, args.plot, f"{result.dataset_name} (N={result.n})")
+        plot(rows, columns, args.plot, f"{result.dataset_name} (N={result.n})")
     return 0
+
+
+def _stored_fit(result: RankResult) -> Fit | None:
+    """The recommender fitted on the outcomes in the local database (``TB_DATABASE_URL``, or
+    the embedded SQLite file when it exists), with this ranking's scores beside them; None
+    when there is no database or no outcome to learn from (the uncalibrated default then)."""
+    settings = Settings.load()
+    if not settings.database_url and not (settings.data_dir / "transferbench.db").is_file():
+        return None
+    if result.modality == "features":
+        return None
+    from app.services import recommender
+    from app.services.models import names_of
+    from workers.cli.database import local_database
+
+    db = local_database(settings)
+    with db.session() as s:
+        scope = recommender.Scope(result.modality, result.target)
+        stored = recommender.records(s, scope)
+        if not any(len(r.outcomes) >= MIN_OUTCOMES for r in stored.datasets.values()):
+            return None
+        ids = {m for r in stored.datasets.values() for per in r.scores.values() for m in per}
+        ids |= {m for r in stored.datasets.values() for m in r.outcomes}
+        names = names_of(s, ids)
+    db.dispose()
+    datasets = {
+        ds: DatasetRecord(
+            scores={k: {names[m]: v for m, v in per.items()} for k, per in r.scores.items()},
+            outcomes={names[m]: v for m, v in r.outcomes.items()},
+        )
+        for ds, r in stored.datasets.items()
+    }
+    here = {
+        m: {r.model: v for r in result.rows if (v := r.scores.get(m)) is not None}
+        for m in result.metrics
+    }
+    datasets["(this ranking)"] = DatasetRecord({m: per for m, per in here.items() if per})
+    return fit_recommender(datasets, directions=stored.directions | _directions(result.metrics))
+
+
+def _directions(metrics: Sequence[str]) -> dict[str, bool]:
+    from scoring import REGISTRY
+
+    return {m: REGISTRY[m].higher_is_better for m in metrics}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``transferbench`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     import scoring
+    from app.errors import ProblemError
     from workers.pipeline.errors import PipelineError
     from workers.settings import SettingsError
 
@@ -104,9 +166,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_models()
         if args.command == "rank":
             return _cmd_rank(args)
-        from workers.cli.service import run
+        if args.command in ("outcomes", "evaluate", "benchmark"):
+            from workers.cli import evaluation
 
-        return run(args)
+            return evaluation.run(args)
+        from workers.cli import service
+
+        return service.run(args)
+    except ProblemError as exc:  # the service layer's bad-input errors
+        _err(exc.detail)
+        return EXIT_BAD_INPUT
     except (PipelineError, scoring.TransferabilityError, SettingsError) as exc:
         _err(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
         return EXIT_BAD_INPUT

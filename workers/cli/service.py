@@ -42,13 +42,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"database at head: {settings.db_url.split('@')[-1]}")
         return 0
     if args.command == "apikey":
-        from app.db.migrate import upgrade
-        from app.db.session import Database
         from app.services import apikeys
+        from workers.cli.database import local_database
 
-        upgrade(settings.db_url)
-        db = Database(settings.db_url)
-        with db.session() as s:
+        with local_database(settings).session() as s:
             key = apikeys.create(s, args.name)
         print(key)
         print(f"API key for {args.name!r}: shown once, only its hash is stored.", file=sys.stderr)

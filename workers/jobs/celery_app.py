@@ -50,6 +50,10 @@ def make_celery(settings: Settings) -> Celery:
                 "task": Task.RUN_SCHEDULES.value,
                 "schedule": float(settings.scheduler_tick_s),
             },
+            "refit-recommender": {
+                "task": Task.REFIT_RECOMMENDER.value,
+                "schedule": float(settings.scheduler_tick_s),
+            },
             "rerank-missing": {
                 "task": Task.RERANK_MISSING.value,
                 "schedule": float(settings.rerank_interval_s),

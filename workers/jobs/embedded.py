@@ -96,6 +96,7 @@ class LocalQueue:
         while not self._stop.wait(self.settings.scheduler_tick_s):
             self.enqueue(Task.REQUEUE_STALE, [])
             self.enqueue(Task.RUN_SCHEDULES, [])
+            self.enqueue(Task.REFIT_RECOMMENDER, [])
             if time.monotonic() - last_rerank >= self.settings.rerank_interval_s:
                 last_rerank = time.monotonic()
                 self.enqueue(Task.RERANK_MISSING, [])

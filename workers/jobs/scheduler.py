@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 import scoring
-from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, now
+from app.db.models import DatasetRow, JobModelRow, JobRow, now
 from app.lifecycle import (
     JobStatus,
     ModelStatus,
@@ -20,6 +20,8 @@ from app.lifecycle import (
     resume,
     unfinished_jobs,
 )
+from app.services import models as model_service
+from app.services import recommender
 from workers.jobs.steps import JobRunner, current_scores
 
 log = logging.getLogger("transferbench.scheduler")
@@ -42,8 +44,8 @@ class Scheduler:
         missing forward passes run, and scoring skips metrics already current."""
         created = []
         with self.db.session() as s:
-            datasets = list(s.scalars(select(DatasetRow)))
-            models = list(s.scalars(select(ModelRow)))
+            datasets = list(s.scalars(select(DatasetRow).where(DatasetRow.reference.is_(False))))
+            models = model_service.candidates(s)
             active = (JobStatus.QUEUED, JobStatus.RUNNING)
             busy = {
                 (j.dataset_id, m.model_id)
@@ -80,7 +82,7 @@ class Scheduler:
                 due: datetime = croniter(str(ds.schedule), base).get_next(datetime)
                 if _as_utc(due) > at:
                     continue
-                models = [m for m in s.scalars(select(ModelRow)) if m.modality == ds.modality]
+                models = model_service.candidates(s, ds.modality)
                 if models:
                     metrics = scoring.default_metrics(scoring.target_kind(ds.task))
                     job = create_job(s, self.queue, ds, models, metrics, trigger=Trigger.SCHEDULE)
@@ -103,6 +105,15 @@ class Scheduler:
                     defer(s, self.queue, ModelStatus(jm.status).task, jm.job_id, jm.model_id)
                     stale.append(f"{jm.job_id}/{jm.model_id}")
         return stale
+
+    def refit_recommender(self) -> list[str]:
+        """Record a new recommender fit for every scope whose outcomes or scores changed;
+        returns the new fits' fingerprints (none when nothing changed)."""
+        with self.db.session() as s:
+            made = recommender.refit_all(s)
+        for fingerprint in made:
+            log.info("recommender refitted: %s", fingerprint)
+        return made
 
     def resume_unfinished(self) -> int:
         """Re-send the next task of every unfinished job (a runner starting up after a stop);

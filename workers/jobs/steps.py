@@ -32,6 +32,7 @@ from app.lifecycle import (
     move_job,
     move_model,
 )
+from app.services import recommender
 from workers.pipeline.cache import FeatureCache, feature_key
 from workers.pipeline.datasets import Dataset, open_dataset
 from workers.pipeline.errors import PipelineError
@@ -223,7 +224,8 @@ class JobRunner:
             else:
                 move_model(jm, ModelStatus.FAILED)
                 jm.error = "no metric could be computed: " + "; ".join(errors.values())
-            finish_if_complete(s, job_id)
+            if finish_if_complete(s, job_id) is JobStatus.DONE:
+                recommender.attach(s, jm.job)
 
     # -- helpers -------------------------------------------------------------------------
     def _progress(self, job_id: str, model_id: str) -> Callable[[int, int], None]:

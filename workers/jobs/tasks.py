@@ -19,5 +19,6 @@ def handlers(runner: JobRunner, scheduler: Scheduler) -> dict[Task, Callable[...
         Task.RERANK_MISSING: scheduler.rerank_missing,
         Task.REQUEUE_STALE: scheduler.requeue_stale,
         Task.RUN_SCHEDULES: scheduler.run_schedules,
+        Task.REFIT_RECOMMENDER: scheduler.refit_recommender,
     }
     return table

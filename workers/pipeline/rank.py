@@ -44,6 +44,8 @@ class RankResult:
     metrics: list[str]
     rows: list[RankedModel]
     features: dict[str, FeatureSet]
+    modality: str = "image"
+    target: str = "classification"
 
 
 def _log(request: RankRequest, message: str) -> None:
@@ -140,4 +142,6 @@ def run_rank(request: RankRequest, settings: Settings | None = None) -> RankResu
         save_features(request.save_features, features, dataset.labels)
     arrays = {name: ModelArrays(fs.features, fs.probs) for name, fs in features.items()}
     rows = rank_models(arrays, dataset.labels, metrics, dataset.target)
-    return RankResult(dataset.name, len(dataset), metrics, rows, features)
+    return RankResult(
+        dataset.name, len(dataset), metrics, rows, features, dataset.modality, dataset.target
+    )

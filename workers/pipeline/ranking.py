@@ -21,7 +21,8 @@ class ModelArrays:
 
 @dataclass(frozen=True)
 class RankedModel:
-    """One row of a ranking: ``rank`` is None when the first metric does not apply."""
+    """One row of a ranking: ``scores`` holds ``recommended`` (the recommender's combined
+    score) and each metric; ``rank`` is None when the row could not be ordered."""
 
     model: str
     rank: int | None
@@ -69,9 +70,34 @@ def rank_models(
             raise PipelineError(f"{name}: {exc}") from exc
         scores[name] = {m: result.values.get(m) for m in metrics}
         errors[name] = result.errors
-    first = metrics[0]
-    order = scoring.rank_best_first(
-        {name: s[first] for name, s in scores.items()},
-        higher_is_better=scoring.REGISTRY[first].higher_is_better,
-    )
-    return [RankedModel(name, rank, scores[name], errors[name]) for name, rank in order]
+    rows = [RankedModel(name, None, scores[name], errors[name]) for name in arrays]
+    return with_recommendation(rows, metrics)
+
+
+def with_recommendation(
+    rows: Sequence[RankedModel], metrics: Sequence[str], fit: scoring.Fit | None = None
+) -> list[RankedModel]:
+    """The rows with the recommender's combined score as their first column, ordered by
+    ``scoring.rank_rows`` (the service's rule too). ``fit``: a recommender fit (keys: model
+    names) that saw these scores; default: the uncalibrated combination of these scores
+    alone. Without any metric the recommender uses, rows are ordered by the first metric."""
+    by_metric = {
+        m: {r.model: v for r in rows if (v := r.scores.get(m)) is not None} for m in metrics
+    }
+    by_metric = {m: per for m, per in by_metric.items() if per}
+    combined: Mapping[str, float] = {}
+    if by_metric:
+        try:
+            fit = fit or scoring.fit_recommender({"target": scoring.DatasetRecord(by_metric)})
+            combined = fit.recommend(by_metric).scores
+        except scoring.TransferabilityError:
+            combined = {}  # none of the metrics the recommender combines was computed
+    table = {
+        r.model: {scoring.RECOMMENDED: combined.get(r.model), **{m: r.scores[m] for m in metrics}}
+        for r in rows
+    }
+    by_name = {r.model: r for r in rows}
+    return [
+        RankedModel(name, rank, table[name], by_name[name].errors)
+        for name, rank in scoring.rank_rows(table, metrics)
+    ]

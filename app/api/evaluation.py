@@ -1,0 +1,94 @@
+"""Outcomes (real fine-tuning results), evaluations of the metrics and the recommender
+against them, and imported benchmark tables."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import PurePath
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, File, Form, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from app import schemas
+from app.api.deps import Authorized, QueueDep, SessionDep, SettingsDep
+from app.db.models import OutcomeRow
+from app.errors import Invalid, TooLarge
+from app.lifecycle import Task, defer
+from app.services import benchmarks, outcomes, recommender
+from app.services import datasets as dataset_service
+
+router = APIRouter(tags=["evaluation"], dependencies=[Authorized])
+Measure = Annotated[str, Query(min_length=1, max_length=64)]
+
+
+@router.post("/v1/datasets/{dataset_id}/outcomes", response_model=list[schemas.OutcomeOut])
+def add_outcomes(
+    dataset_id: str,
+    body: Annotated[list[schemas.OutcomeIn], Body(min_length=1, max_length=10_000)],
+    session: SessionDep,
+    queue: QueueDep,
+) -> list[OutcomeRow]:
+    """Record real fine-tuning results; one value per (dataset, model, measure), a later post
+    replaces it. All or nothing: one bad entry stores none. The recommender refits after."""
+    rows = outcomes.record(session, dataset_id, [o.model_dump() for o in body])
+    defer(session, queue, Task.REFIT_RECOMMENDER)
+    return rows
+
+
+@router.get("/v1/datasets/{dataset_id}/outcomes", response_model=list[schemas.OutcomeOut])
+def list_outcomes(
+    dataset_id: str, session: SessionDep, measure: Measure | None = None
+) -> list[OutcomeRow]:
+    return outcomes.list_for(session, dataset_id, measure)
+
+
+@router.get("/v1/datasets/{dataset_id}/evaluation")
+def dataset_evaluation(
+    dataset_id: str, session: SessionDep, measure: Measure = recommender.DEFAULT_MEASURE
+) -> dict[str, Any]:
+    """Every metric scored on the dataset and the recommender (fitted without this dataset)
+    against its outcomes: Kendall tau, weighted tau, Pearson, top-1 hit and regret."""
+    dataset = dataset_service.get(session, dataset_id)
+    return recommender.evaluation(session, recommender.Scope.of(dataset, measure), dataset.id)
+
+
+@router.get("/v1/evaluation")
+def evaluation(
+    session: SessionDep,
+    modality: Literal["image", "text"] = "image",
+    task: Literal["classification", "regression"] = "classification",
+    measure: Measure = recommender.DEFAULT_MEASURE,
+) -> dict[str, Any]:
+    """The same figures over every dataset with outcomes (mean, median, datasets), the
+    recommender's leave-one-dataset-out."""
+    return recommender.evaluation(session, recommender.Scope(modality, task, measure))
+
+
+@router.post("/v1/benchmarks", status_code=201, response_model=schemas.BenchmarkImported)
+async def import_benchmark(
+    session: SessionDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="the wide table as CSV")],
+    outcome: Annotated[str, Form(min_length=1, max_length=64)],
+    modality: Annotated[Literal["image", "text"], Form()] = "image",
+    task: Annotated[Literal["classification", "regression"], Form()] = "classification",
+    lower_is_better: Annotated[str, Form(description="comma-separated column names")] = "",
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> dict[str, Any]:
+    data = await file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise TooLarge(f"the table is larger than the {settings.max_upload_mb} MiB limit")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Invalid("the table is not UTF-8 text; upload a CSV file") from exc
+    table = name or PurePath(file.filename or "table.csv").stem
+    imported = await run_in_threadpool(
+        benchmarks.import_table, session, text, table=table, outcome=outcome,
+        modality=modality, task=task,
+        lower_is_better=[c.strip() for c in lower_is_better.split(",") if c.strip()],
+    )  # fmt: skip
+    defer(session, queue, Task.REFIT_RECOMMENDER)
+    return asdict(imported)

@@ -1,0 +1,184 @@
+"""Published benchmark tables as reference datasets.
+
+A wide table (one row per (dataset, model): a ``dataset`` and a ``model`` column, the outcome
+column, one column per metric score) becomes, per table dataset, a reference dataset with
+scores and outcomes and no samples; each model name becomes one reference model (``ref:NAME``)
+shared across every imported table. A column whose name matches a registry metric (ignoring
+case, spaces, ``-`` and ``_``: ``H-Score`` is ``hscore``) is stored as that metric (version 0:
+imported, not computed here); any other column is an external score under its own name.
+Importing the same table again updates the values in place: the import is idempotent.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import scoring
+from app.db.models import DatasetRow, ExternalMetricRow, ModelRow, now
+from app.db.scores import upsert_scores
+from app.errors import Invalid
+from app.services import outcomes as outcome_service
+from app.services.models import REFERENCE_PREFIX
+
+IMPORTED_VERSION = 0
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+_REGISTRY = {canonical(n): n for n in scoring.REGISTRY}
+
+
+def metric_name(column: str) -> str:
+    """The registry name a column stands for, or the column itself (an external score)."""
+    return _REGISTRY.get(canonical(column), column.strip())
+
+
+@dataclass(frozen=True)
+class Imported:
+    table: str
+    datasets: int
+    models: int
+    rows: int
+    metrics: list[str]
+    external: list[str]
+
+
+def import_table(
+    session: Session,
+    text: str,
+    *,
+    table: str,
+    outcome: str,
+    modality: str = "image",
+    task: str = "classification",
+    lower_is_better: Iterable[str] = (),
+) -> Imported:
+    """Store one published table (CSV text). Raises ``Invalid`` with what to fix."""
+    if modality not in ("image", "text"):
+        raise Invalid(f"modality must be image or text, not {modality!r}")
+    scoring.target_kind(task)
+    try:
+        rows = list(csv.DictReader(io.StringIO(text)))
+        records = scoring.datasets_from_rows(rows, outcome=outcome)
+    except (csv.Error, scoring.TransferabilityError) as exc:
+        raise Invalid(f"the table cannot be read: {exc}") from exc
+    named = list(lower_is_better)
+    lower = {canonical(n) for n in named}
+    columns = sorted({m for r in records.values() for m in r.scores})
+    known = {canonical(c) for c in columns} | {canonical(outcome)}
+    unknown_lower = [n for n in named if canonical(n) not in known]
+    if unknown_lower:
+        raise Invalid(
+            f"--lower-is-better names {', '.join(unknown_lower)}, which the table does not "
+            f"have; its score columns are {', '.join(columns)}"
+        )
+    names = {c: metric_name(c) for c in columns}
+    for column, name in names.items():
+        spec = scoring.REGISTRY.get(name)
+        if spec is not None and canonical(column) in lower and spec.higher_is_better:
+            raise Invalid(f"{column} is the registry metric {name}, which is higher-is-better")
+    external = sorted(n for n in set(names.values()) if n not in scoring.REGISTRY)
+    for name in external:
+        row = session.get(ExternalMetricRow, name)
+        higher = canonical(name) not in lower
+        if row is None:
+            session.add(ExternalMetricRow(name=name, higher_is_better=higher))
+        elif row.higher_is_better != higher:
+            raise Invalid(
+                f"the external score {name!r} was imported before as "
+                f"{'higher' if row.higher_is_better else 'lower'}-is-better; keep it consistent"
+            )
+    models = _reference_models(session, {m for r in records.values() for m in _models(r)}, modality)
+    score_rows: list[dict[str, object]] = []
+    outcome_rows: list[dict[str, object]] = []
+    stamp = now()
+    higher_outcome = canonical(outcome) not in lower
+    stored = outcome_service.measure_direction(session, outcome)
+    if stored is not None and stored != higher_outcome:
+        raise Invalid(f"outcomes under {outcome!r} are stored with the other direction")
+    for ds_name, record in records.items():
+        dataset = _reference_dataset(session, table, ds_name, modality, task)
+        for column, per in record.scores.items():
+            for model, value in per.items():
+                score_rows.append(
+                    {
+                        "dataset_id": dataset.id,
+                        "model_id": models[model].id,
+                        "metric": names[column],
+                        "metric_version": IMPORTED_VERSION,
+                        "value": value,
+                    }
+                )
+        for model, value in record.outcomes.items():
+            outcome_rows.append(
+                {
+                    "dataset_id": dataset.id,
+                    "model_id": models[model].id,
+                    "measure": outcome,
+                    "value": value,
+                    "higher_is_better": higher_outcome,
+                    "details": {"source": table},
+                    "created_at": stamp,
+                }
+            )
+    upsert_scores(session, score_rows)
+    outcome_service.store(session, outcome_rows)
+    session.flush()
+    return Imported(
+        table=table,
+        datasets=len(records),
+        models=len(models),
+        rows=len(rows),
+        metrics=sorted(n for n in set(names.values()) if n in scoring.REGISTRY),
+        external=external,
+    )
+
+
+def _models(record: scoring.DatasetRecord) -> set[str]:
+    return {m for per in record.scores.values() for m in per} | set(record.outcomes)
+
+
+def _reference_models(session: Session, names: set[str], modality: str) -> dict[str, ModelRow]:
+    wanted = {REFERENCE_PREFIX + n: n for n in names}
+    found = {m.name: m for m in session.scalars(select(ModelRow).where(ModelRow.name.in_(wanted)))}
+    out = {}
+    for full, short in wanted.items():
+        row = found.get(full)
+        if row is None:
+            row = ModelRow(
+                name=full, modality=modality, source={"reference": short}, has_head=False,
+                num_source_classes=None, fingerprint="", builtin=False, reference=True,
+            )  # fmt: skip
+            session.add(row)
+        elif row.modality != modality:
+            raise Invalid(f"{full} was imported before as a {row.modality} model")
+        out[short] = row
+    session.flush()
+    return out
+
+
+def _reference_dataset(
+    session: Session, table: str, name: str, modality: str, task: str
+) -> DatasetRow:
+    digest = hashlib.sha256(f"transferbench-reference|{table}|{name}".encode()).hexdigest()
+    row = session.scalar(select(DatasetRow).where(DatasetRow.content_hash == digest))
+    if row is None:
+        row = DatasetRow(
+            name=name, modality=modality, task=task, content_hash=digest, n_samples=0,
+            classes=[], path="", reference=True,
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+    elif (row.modality, row.task) != (modality, task):
+        raise Invalid(f"{table}/{name} was imported before as {row.modality} {row.task}")
+    return row

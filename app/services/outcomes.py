@@ -1,0 +1,111 @@
+"""Outcomes: what really happened when a client fine-tuned a model on a dataset. One value
+per (dataset, model, measure); a later value replaces the earlier one."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import ModelRow, OutcomeRow, now
+from app.db.scores import upsert
+from app.errors import Invalid, NotFound
+from app.services import datasets as dataset_service
+
+
+def measure_direction(session: Session, measure: str) -> bool | None:
+    """higher_is_better of the outcomes stored under ``measure``, or None when none are."""
+    return session.scalar(
+        select(OutcomeRow.higher_is_better).where(OutcomeRow.measure == measure).limit(1)
+    )
+
+
+def record(
+    session: Session, dataset_id: str, entries: Sequence[dict[str, Any]]
+) -> list[OutcomeRow]:
+    """Validate every entry first, then upsert them all (nothing is stored if one is bad).
+
+    entries: ``{model_id, value, measure, higher_is_better, details}`` each; ``model_id`` may
+    also be the model's name.
+    """
+    dataset = dataset_service.get(session, dataset_id)
+    if not entries:
+        raise Invalid("no outcomes given; send a list of {model_id, value[, measure]}")
+    keys = {e["model_id"] for e in entries}
+    models = {
+        key: m
+        for m in session.scalars(
+            select(ModelRow).where(ModelRow.id.in_(keys) | ModelRow.name.in_(keys))
+        )
+        for key in (m.id, m.name)
+        if key in keys
+    }
+    unknown = sorted(keys - set(models))
+    if unknown:
+        raise NotFound(
+            f"no model with id or name {', '.join(map(repr, unknown))}; see GET /v1/models"
+        )
+    directions: dict[str, bool] = {}
+    seen: set[tuple[str, str]] = set()
+    for i, e in enumerate(entries):
+        value, measure, higher = e["value"], e["measure"], e["higher_is_better"]
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise Invalid(f"outcome {i}: value must be a finite number, not {value!r}")
+        if directions.setdefault(measure, higher) != higher:
+            raise Invalid(f"measure {measure!r} is given as both higher- and lower-is-better")
+        stored = measure_direction(session, measure)
+        if stored is not None and stored != higher:
+            word = "higher" if stored else "lower"
+            raise Invalid(
+                f"measure {measure!r} is already stored as {word}-is-better; send "
+                f"higher_is_better={str(stored).lower()} or use another measure name"
+            )
+        pair = (models[e["model_id"]].id, measure)
+        if pair in seen:
+            raise Invalid(f"outcome {i}: model {e['model_id']!r} appears twice for {measure!r}")
+        seen.add(pair)
+        if models[e["model_id"]].modality != dataset.modality:
+            raise Invalid(
+                f"outcome {i}: {models[e['model_id']].name} is a {models[e['model_id']].modality} "
+                f"model and cannot have been fine-tuned on {dataset.modality} data"
+            )
+    stamp = now()
+    rows = [
+        {
+            "dataset_id": dataset.id,
+            "model_id": models[e["model_id"]].id,
+            "measure": e["measure"],
+            "value": float(e["value"]),
+            "higher_is_better": e["higher_is_better"],
+            "details": e.get("details") or {},
+            "created_at": stamp,
+        }
+        for e in entries
+    ]
+    store(session, rows)
+    session.flush()
+    return list_for(session, dataset.id)
+
+
+def store(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Upsert validated outcome rows (one per dataset, model, measure)."""
+    upsert(
+        session,
+        OutcomeRow,
+        rows,
+        key=("dataset_id", "model_id", "measure"),
+        update=("value", "higher_is_better", "details", "created_at"),
+    )
+
+
+def list_for(session: Session, dataset_id: str, measure: str | None = None) -> list[OutcomeRow]:
+    dataset_service.get(session, dataset_id)
+    query = select(OutcomeRow).where(OutcomeRow.dataset_id == dataset_id)
+    if measure is not None:
+        query = query.where(OutcomeRow.measure == measure)
+    query = query.order_by(OutcomeRow.measure, OutcomeRow.value.desc())
+    rows = session.scalars(query.execution_options(populate_existing=True))
+    return list(rows)

@@ -1,0 +1,298 @@
+"""The recommender as the service runs it: the stored scores and outcomes of one scope
+(modality, task, outcome measure) become ``scoring.recommend`` records; a fit is recorded
+once per fingerprint with its leave-one-dataset-out quality; a finished ranking gets its
+recommended ordering from the current fit; evaluations compare every metric and the
+recommender with the stored outcomes.
+
+Everything is recomputed from the rows (a fit takes well under a second on thousands of
+rows), so there is no fitted state to go stale: the fingerprint says which inputs a fit saw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import scoring
+from app.db.models import (
+    DatasetRow,
+    ExternalMetricRow,
+    JobRow,
+    OutcomeRow,
+    RecommenderFitRow,
+    ScoreRow,
+)
+from app.errors import Invalid
+from app.services import models as model_service
+from scoring.recommend import MIN_OUTCOMES, RECOMMENDED, Fit
+
+DEFAULT_MEASURE = "finetune_top1"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Datasets whose outcomes inform each other: same modality, task and outcome measure."""
+
+    modality: str
+    task: str
+    measure: str = DEFAULT_MEASURE
+
+    @property
+    def key(self) -> str:
+        return f"{self.modality}/{self.task}/{self.measure}"
+
+    @classmethod
+    def of(cls, dataset: DatasetRow, measure: str = DEFAULT_MEASURE) -> Scope:
+        return cls(dataset.modality, dataset.task, measure)
+
+
+@dataclass(frozen=True)
+class Records:
+    """One scope's inputs: dataset id -> record, and metric -> higher_is_better."""
+
+    datasets: dict[str, scoring.DatasetRecord]
+    directions: dict[str, bool]
+
+
+def directions(session: Session, metrics: Iterable[str]) -> dict[str, bool]:
+    """metric -> higher_is_better: the registry's, else the imported table's declaration."""
+    wanted = set(metrics)
+    external = {
+        r.name: r.higher_is_better
+        for r in session.scalars(
+            select(ExternalMetricRow).where(ExternalMetricRow.name.in_(wanted))
+        )
+    }
+    out = {}
+    for m in wanted:
+        spec = scoring.REGISTRY.get(m)
+        out[m] = spec.higher_is_better if spec is not None else external.get(m, True)
+    return out
+
+
+def current_scores(
+    session: Session, dataset_ids: Iterable[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """dataset -> metric -> model -> value: for a registry metric its current version (or an
+    imported value, version 0, where none was computed); any other name as imported."""
+    rows = session.scalars(select(ScoreRow).where(ScoreRow.dataset_id.in_(list(dataset_ids))))
+    best: dict[tuple[str, str, str], ScoreRow] = {}
+    for r in rows:
+        spec = scoring.REGISTRY.get(r.metric)
+        if spec is not None and r.metric_version not in (0, spec.version):
+            continue  # an older version of a metric: superseded
+        key = (r.dataset_id, r.metric, r.model_id)
+        if key not in best or r.metric_version > best[key].metric_version:
+            best[key] = r
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (ds, metric, model), r in best.items():
+        out.setdefault(ds, {}).setdefault(metric, {})[model] = r.value
+    return out
+
+
+def outcome_values(session: Session, scope: Scope) -> dict[str, dict[str, float]]:
+    """dataset -> model -> outcome, sign-flipped where lower is better (so higher is better)."""
+    rows = session.execute(
+        select(OutcomeRow)
+        .join(DatasetRow, DatasetRow.id == OutcomeRow.dataset_id)
+        .where(
+            OutcomeRow.measure == scope.measure,
+            DatasetRow.modality == scope.modality,
+            DatasetRow.task == scope.task,
+        )
+    ).scalars()
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        out.setdefault(r.dataset_id, {})[r.model_id] = r.value if r.higher_is_better else -r.value
+    return out
+
+
+def records(session: Session, scope: Scope, *, reference_only: bool = False) -> Records:
+    """Every dataset of the scope that has scores, with its outcomes under the measure
+    (``reference_only``: only the datasets of imported benchmark tables)."""
+    query = select(DatasetRow.id).where(
+        DatasetRow.modality == scope.modality, DatasetRow.task == scope.task
+    )
+    if reference_only:
+        query = query.where(DatasetRow.reference.is_(True))
+    ids = list(session.scalars(query))
+    scores = current_scores(session, ids)
+    outcomes = outcome_values(session, scope)
+    datasets = {
+        ds: scoring.DatasetRecord(scores=scores[ds], outcomes=outcomes.get(ds, {}))
+        for ds in ids
+        if ds in scores
+    }
+    metrics = {m for r in datasets.values() for m in r.scores}
+    return Records(datasets, directions(session, metrics))
+
+
+def quality_of(evaluation: scoring.Evaluation) -> dict[str, Any]:
+    """The recommender's leave-one-dataset-out means: what to expect of its picks."""
+    mean = evaluation.mean[RECOMMENDED]
+    return {
+        "weighted_tau": _finite(mean["weighted_tau"]),
+        "top1_regret": _finite(mean["top1_regret"]),
+        "top1_hit": _finite(mean["top1_hit"]),
+        "datasets": evaluation.count[RECOMMENDED]["weighted_tau"],
+    }
+
+
+def current_fit(session: Session, scope: Scope) -> tuple[Fit, RecommenderFitRow] | None:
+    """The fit on the scope's current rows, recorded once per fingerprint; None when the
+    scope has no scores at all."""
+    recs = records(session, scope)
+    if not recs.datasets:
+        return None
+    fit = scoring.fit_recommender(recs.datasets, directions=recs.directions)
+    row = session.scalar(
+        select(RecommenderFitRow).where(
+            RecommenderFitRow.scope == scope.key, RecommenderFitRow.fingerprint == fit.fingerprint
+        )
+    )
+    if row is None:
+        quality: dict[str, Any] = {}
+        if fit.calibrated:
+            evaluation = scoring.evaluate_lodo(recs.datasets, directions=recs.directions)
+            quality = quality_of(evaluation)
+        row = RecommenderFitRow(
+            scope=scope.key,
+            fingerprint=fit.fingerprint,
+            version=fit.version,
+            calibrated=fit.calibrated,
+            n_datasets=fit.n_datasets,
+            weights=dict(fit.weights),
+            quality=quality,
+        )
+        session.add(row)
+        session.flush()
+    return fit, row
+
+
+def refit_all(session: Session) -> list[str]:
+    """Record the current fit of every scope that has outcomes; returns the new fingerprints."""
+    scopes = {
+        Scope(modality, task, measure)
+        for modality, task, measure in session.execute(
+            select(DatasetRow.modality, DatasetRow.task, OutcomeRow.measure)
+            .join(OutcomeRow, OutcomeRow.dataset_id == DatasetRow.id)
+            .distinct()
+        )
+    }
+    before = set(session.scalars(select(RecommenderFitRow.fingerprint)))
+    made = []
+    for scope in sorted(scopes, key=lambda s: s.key):
+        current = current_fit(session, scope)
+        if current is not None and current[1].fingerprint not in before:
+            made.append(current[1].fingerprint)
+    return made
+
+
+def recommend(
+    session: Session, dataset: DatasetRow, model_ids: Iterable[str] | None = None
+) -> dict[str, Any] | None:
+    """The recommended ordering of the dataset's scored models (optionally only
+    ``model_ids``), as stored on a ranking and served by the leaderboard; None when no
+    model has a score the recommender can use."""
+    scope = Scope.of(dataset)
+    current = current_fit(session, scope)
+    if current is None:
+        return None
+    fit, row = current
+    scores = current_scores(session, [dataset.id]).get(dataset.id, {})
+    if model_ids is not None:
+        keep = set(model_ids)
+        scores = {m: {k: v for k, v in per.items() if k in keep} for m, per in scores.items()}
+    scores = {m: per for m, per in scores.items() if per}
+    if not scores:
+        return None
+    exclude = dataset.id if dataset.id in fit.outcome_ranks else None
+    try:
+        rec = fit.recommend(scores, exclude_dataset=exclude)
+    except scoring.TransferabilityError:
+        return None  # none of the fitted metrics was computed here
+    names = model_service.names_of(session, rec.order)
+    return {
+        "fit": row.fingerprint,
+        "version": row.version,
+        "scope": scope.key,
+        "calibrated": row.calibrated,
+        "expected_quality": row.quality if row.calibrated else "uncalibrated",
+        "learned_from_datasets": row.n_datasets,
+        "weights": dict(rec.weights),
+        "metrics_used": list(rec.metrics_used),
+        "ignored_metrics": list(rec.ignored_metrics),
+        "scores": dict(rec.scores),
+        "evidence": {
+            m: {
+                "model": names.get(m, m),
+                "score": e.score,
+                "values": dict(e.values),
+                "contributions": dict(e.contributions),
+                "history_datasets": e.history_count,
+                "notes": list(e.notes),
+            }
+            for m, e in rec.evidence.items()
+        },
+    }
+
+
+def attach(session: Session, job: JobRow) -> None:
+    """Store the recommended ordering on a job that just finished (immutable from then on)."""
+    dataset = session.get(DatasetRow, job.dataset_id)
+    if dataset is not None:
+        job.recommendation = recommend(session, dataset, [m.model_id for m in job.models])
+
+
+def evaluation(
+    session: Session,
+    scope: Scope,
+    dataset_id: str | None = None,
+    *,
+    reference_only: bool = False,
+) -> dict[str, Any]:
+    """Every metric and the recommender against the stored outcomes, leave-one-dataset-out:
+    across the scope (mean, median, number of datasets), or for one dataset."""
+    recs = records(session, scope, reference_only=reference_only)
+    try:
+        result = scoring.evaluate_lodo(recs.datasets, directions=recs.directions)
+    except scoring.TransferabilityError as exc:
+        raise Invalid(
+            f"nothing to evaluate for {scope.key}: {exc}; record outcomes for at least "
+            f"{MIN_OUTCOMES} models of a dataset "
+            "(POST /v1/datasets/{id}/outcomes)"
+        ) from exc
+    if dataset_id is not None:
+        if dataset_id not in result.per_dataset:
+            n = len(recs.datasets[dataset_id].outcomes) if dataset_id in recs.datasets else 0
+            raise Invalid(
+                f"dataset {dataset_id!r} has {n} outcome(s) under {scope.measure!r} with scores "
+                f"beside them; it needs at least {MIN_OUTCOMES}"
+            )
+        return {
+            "dataset_id": dataset_id,
+            "measure": scope.measure,
+            "models": len(recs.datasets[dataset_id].outcomes),
+            "methods": _clean(result.per_dataset[dataset_id]),
+        }
+    return {
+        "scope": scope.key,
+        "measure": scope.measure,
+        "datasets": len(result.datasets),
+        "mean": _clean(result.mean),
+        "median": _clean(result.median),
+        "count": {k: dict(v) for k, v in result.count.items()},
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _clean(table: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
+    return {k: {f: _finite(v) for f, v in per.items()} for k, per in table.items()}

@@ -1,0 +1,317 @@
+"""Outcomes, imported benchmark tables, evaluations and the recommender through the API and
+the CLI, on the embedded default (SQLite, the in-process worker).
+
+The tables are generated here with known structure (a metric that tracks the outcome, one that
+is noise, one that is reversed, and model quality that persists across datasets), so that
+the expected figures can be computed by hand from the stored rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+import scoring
+from app.db.migrate import upgrade
+from app.db.models import DatasetRow, ModelRow, OutcomeRow, ScoreRow
+from app.db.scores import upsert_scores
+from app.db.session import Database
+from app.main import create_app
+from app.services import recommender
+from workers.cli.main import main
+from workers.jobs.embedded import LocalQueue
+from workers.settings import Settings
+
+MODELS = [f"net{i}" for i in range(8)]
+
+
+def make_table(n_datasets: int = 6, seed: int = 0) -> list[dict[str, object]]:
+    """A wide table: dataset, model, top1, LogME (tracks top1), Noise, Reversed, Err (an
+    error-like score, lower is better)."""
+    rng = np.random.default_rng(seed)
+    skill = np.linspace(0, 3, len(MODELS))  # quality persists across datasets
+    rows = []
+    for d in range(n_datasets):
+        top1 = 60 + 5 * skill + rng.normal(0, 2.0, len(MODELS))
+        for m, name in enumerate(MODELS):
+            rows.append(
+                {
+                    "dataset": f"set{d}",
+                    "model": name,
+                    "top1": round(float(top1[m]), 3),
+                    "LogME": round(float(top1[m] / 100 + rng.normal(0, 0.03)), 4),
+                    "Noise": round(float(rng.normal()), 4),
+                    "Reversed": round(float(-top1[m] + rng.normal(0, 1)), 4),
+                    "Err": round(float(100 - top1[m] + rng.normal(0, 3)), 4),
+                }
+            )
+    return rows
+
+
+def as_csv(rows: list[dict[str, object]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+@pytest.fixture
+def service(data_dir: Path):
+    settings = Settings(data_dir=data_dir, scheduler_tick_s=3600)
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    queue = LocalQueue(db, settings)
+    queue.start(register_zoo=False)
+    app = create_app(settings, queue=queue, db=db, auth_required=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client, queue, db
+    queue.stop()
+    db.dispose()
+
+
+def _import(client: TestClient, rows, **form):
+    return client.post(
+        "/v1/benchmarks",
+        files={"file": ("synthetic.csv", as_csv(rows), "text/csv")},
+        data={"outcome": "top1", **form},
+    )
+
+
+def test_benchmark_import_is_idempotent_and_maps_columns(service) -> None:
+    client, _, db = service
+    rows = make_table()
+    r = _import(client, rows, lower_is_better="Err")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body == {
+        "table": "synthetic",
+        "datasets": 6,
+        "models": 8,
+        "rows": 48,
+        "metrics": ["logme"],  # "LogME" is the registry metric
+        "external": ["Err", "Noise", "Reversed"],
+    }
+    with db.session() as s:
+        counts = (len(list(s.scalars(select(ScoreRow)))), len(list(s.scalars(select(OutcomeRow)))))
+    again = _import(client, rows, lower_is_better="Err")
+    assert again.status_code == 201 and again.json() == body
+    with db.session() as s:
+        assert (
+            len(list(s.scalars(select(ScoreRow)))),
+            len(list(s.scalars(select(OutcomeRow)))),
+        ) == counts
+        assert counts == (48 * 4, 48)
+        refs = list(s.scalars(select(DatasetRow).where(DatasetRow.reference.is_(True))))
+        assert len(refs) == 6
+    # A reference dataset has no samples: ranking it is refused, not queued.
+    r = client.post("/v1/rankings", json={"dataset_id": refs[0].id})
+    assert r.status_code == 422 and "imported benchmark table" in r.json()["detail"]
+
+
+def test_benchmark_import_bad_input_stores_nothing(service) -> None:
+    client, _, db = service
+    rows = make_table()
+    cases = [
+        (_import(client, rows, outcome="accuracy"), "no column 'accuracy'"),
+        (_import(client, rows, lower_is_better="Nope"), "Nope"),
+        (_import(client, rows, lower_is_better="LogME"), "higher-is-better"),
+        (_import(client, [{**r, "top1": "n/a"} for r in rows]), "non-numeric"),
+    ]
+    for response, words in cases:
+        assert response.status_code == 422, response.text
+        assert words in response.json()["detail"]
+        assert response.headers["content-type"] == "application/problem+json"
+    with db.session() as s:
+        assert list(s.scalars(select(ScoreRow))) == []
+        assert list(s.scalars(select(DatasetRow))) == []
+
+
+def test_evaluation_equals_rank_quality_by_hand(service) -> None:
+    client, _, db = service
+    rows = make_table()
+    assert _import(client, rows, lower_is_better="Err").status_code == 201
+    with db.session() as s:
+        ds = s.scalar(select(DatasetRow).where(DatasetRow.name == "set2"))
+        dataset_id = ds.id
+    r = client.get(f"/v1/datasets/{dataset_id}/evaluation", params={"measure": "top1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["models"] == 8
+    mine = [row for row in rows if row["dataset"] == "set2"]
+    truth = [row["top1"] for row in mine]
+    for column, metric, sign in [("LogME", "logme", 1), ("Err", "Err", -1), ("Noise", "Noise", 1)]:
+        expected = scoring.rank_quality(truth, [sign * row[column] for row in mine])
+        for figure, value in expected.items():
+            assert body["methods"][metric][figure] == pytest.approx(value, abs=1e-12), (
+                metric,
+                figure,
+            )
+    overall = client.get("/v1/evaluation", params={"measure": "top1"}).json()
+    assert overall["datasets"] == 6
+    assert overall["count"]["logme"]["weighted_tau"] == 6
+    taus = [
+        client.get(f"/v1/datasets/{i}/evaluation", params={"measure": "top1"}).json()["methods"]
+        for i in _dataset_ids(db)
+    ]
+    for method in ("logme", "recommended"):
+        mean = np.mean([t[method]["weighted_tau"] for t in taus])
+        assert overall["mean"][method]["weighted_tau"] == pytest.approx(mean, abs=1e-12)
+    # Model quality persists across datasets: the recommender beats every single column.
+    best_single = max(v["weighted_tau"] for k, v in overall["mean"].items() if k != "recommended")
+    assert overall["mean"]["recommended"]["weighted_tau"] > best_single
+
+
+def _dataset_ids(db: Database) -> list[str]:
+    with db.session() as s:
+        return list(s.scalars(select(DatasetRow.id)))
+
+
+def test_leave_one_out_ignores_the_held_out_outcomes(service) -> None:
+    """Poison a dataset's outcomes: the recommender's figure for it is computed from a fit
+    that never saw them, so its predicted order (its figure against the original truth)
+    cannot move."""
+    client, _, db = service
+    rows = make_table()
+    assert _import(client, rows).status_code == 201
+    with db.session() as s:
+        target = s.scalar(select(DatasetRow).where(DatasetRow.name == "set0")).id
+        scope = recommender.Scope("image", "classification", "top1")
+        before = scoring.evaluate_lodo(recommender.records(s, scope).datasets)
+        for o in s.scalars(select(OutcomeRow).where(OutcomeRow.dataset_id == target)):
+            o.value = -o.value  # the opposite ranking
+        s.flush()
+        after = scoring.evaluate_lodo(recommender.records(s, scope).datasets)
+    assert dict(after.predictions[target]) == pytest.approx(dict(before.predictions[target]))
+    others = [d for d in before.predictions if d != target]
+    assert any(dict(after.predictions[d]) != dict(before.predictions[d]) for d in others)
+
+
+def test_outcomes_api_replace_and_bad_input(service, small_zip: bytes) -> None:
+    client, _, _ = service
+    r = client.post("/v1/models", json={"name": "mobilenet-v2", "source": "mobilenet-v2"})
+    assert r.status_code == 201, r.text
+    model_id = r.json()["id"]
+    ds = client.post(
+        "/v1/datasets",
+        files={"file": ("f.zip", small_zip, "application/zip")},
+        data={"name": "fashion"},
+    ).json()
+    url = f"/v1/datasets/{ds['id']}/outcomes"
+    r = client.post(url, json=[{"model_id": model_id, "value": 91.5, "details": {"lr": 0.01}}])
+    assert r.status_code == 200, r.text
+    assert [(o["measure"], o["value"], o["details"]) for o in r.json()] == [
+        ("finetune_top1", 91.5, {"lr": 0.01})
+    ]
+    r = client.post(url, json=[{"model_id": "mobilenet-v2", "value": 92.0}])  # by name
+    assert [o["value"] for o in r.json()] == [92.0]  # replaced, not added
+    bad = [
+        ([{"model_id": "nope", "value": 1.0}], 404, "nope"),
+        ([{"model_id": model_id, "value": "NaN"}], 422, "value"),
+        ([{"model_id": model_id, "value": 1.0, "higher_is_better": False}], 422, "already stored"),
+        (
+            [
+                {"model_id": model_id, "value": 0.1, "measure": "loss", "higher_is_better": False},
+                {"model_id": model_id, "value": 0.2, "measure": "loss"},
+            ],
+            422,
+            "both higher- and lower-is-better",
+        ),
+        ([], 422, ""),
+    ]
+    for payload, status, words in bad:
+        response = client.post(url, json=payload)
+        assert response.status_code == status, (payload, response.text)
+        assert words in response.json()["detail"]
+    r = client.post("/v1/datasets/nope/outcomes", json=[{"model_id": model_id, "value": 1.0}])
+    assert r.status_code == 404
+    assert [o["value"] for o in client.get(url).json()] == [92.0]  # nothing else was stored
+
+
+def test_refit_after_new_outcomes_changes_the_order(service) -> None:
+    """Two models, a target dataset where LogME prefers A; once outcomes on three other
+    datasets show B winning every time (while LogME kept preferring A there too), the
+    scheduled refit learns to trust history and the recommended leaderboard flips."""
+    client, queue, db = service
+    with db.session() as s:
+        models = [
+            ModelRow(name=n, modality="image", source={"spec": n}, has_head=False,
+                     fingerprint="0" * 64)
+            for n in ("model-a", "model-b", "model-c")
+        ]  # fmt: skip
+        datasets = [DatasetRow(name=f"d{i}", modality="image", task="classification",
+                               content_hash=f"{i:064d}", n_samples=10, classes=[], path="")
+                    for i in range(4)]  # fmt: skip
+        s.add_all(models + datasets)
+        s.flush()
+        a, b, c = (m.id for m in models)
+        upsert_scores(
+            s,
+            [
+                {"dataset_id": d.id, "model_id": m, "metric": "logme",
+                 "metric_version": scoring.REGISTRY["logme"].version, "value": v}
+                for d in datasets
+                for m, v in ((a, 1.0), (b, 0.5), (c, 0.1))
+            ],
+        )  # fmt: skip
+        target, history = datasets[0].id, [d.id for d in datasets[1:]]
+    board = client.get(f"/v1/datasets/{target}/leaderboard", params={"metric": "recommended"})
+    assert board.status_code == 200, board.text
+    first = board.json()
+    assert [e["model"] for e in first["entries"]] == ["model-a", "model-b", "model-c"]
+    assert first["recommendation"]["calibrated"] is False
+    assert first["recommendation"]["expected_quality"] == "uncalibrated"
+    for dataset_id in history:
+        r = client.post(
+            f"/v1/datasets/{dataset_id}/outcomes",
+            json=[{"model_id": b, "value": 90.0}, {"model_id": a, "value": 70.0},
+                  {"model_id": c, "value": 60.0}],
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+    assert queue.wait_idle(60)  # the deferred refit ran
+    with db.session() as s:
+        fits = recommender.refit_all(s)
+    assert fits == []  # the worker already recorded the fit for these outcomes
+    import time
+
+    time.sleep(1.1)  # past the leaderboard's revalidation bound
+    second = client.get(f"/v1/datasets/{target}/leaderboard", params={"metric": "recommended"})
+    body = second.json()
+    assert body["recommendation"]["calibrated"] is True
+    assert body["recommendation"]["weights"]["history"] > 0
+    assert isinstance(body["recommendation"]["expected_quality"]["weighted_tau"], float)
+    assert body["entries"][0]["model"] == "model-b"
+
+
+def test_cli_outcomes_evaluate_and_benchmark(tmp_path: Path, data_dir: Path, capsys) -> None:
+    table = tmp_path / "published.csv"
+    table.write_bytes(as_csv(make_table()))
+    assert main(["benchmark", "import", str(table), "--outcome", "top1",
+                 "--lower-is-better", "Err"]) == 0  # fmt: skip
+    assert "6 datasets, 8 models, 48 rows" in capsys.readouterr().out
+    assert main(["benchmark", "evaluate", "--measure", "top1", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["datasets"] == 6
+    assert set(report["metrics"]) == {"logme", "Noise", "Reversed", "Err"}
+    assert set(report["recommended"]) == {
+        "kendall_tau", "weighted_tau", "pearson", "top1_hit", "top1_regret"
+    }  # fmt: skip
+    assert report["recommended"]["weighted_tau"] > report["metrics"]["Noise"]["weighted_tau"]
+    assert main(["evaluate", "--dataset", "set1", "--measure", "top1"]) == 0
+    assert "dataset" in capsys.readouterr().out
+    # outcomes by name, then a CSV import; a bad row stores nothing of its file
+    assert main(["outcomes", "add", "set1", "ref:net0", "55.5", "--measure", "top1"]) == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("dataset,model,value,measure\nset1,ref:net1,1.0,top1\nset1,ref:zzz,2.0,top1\n")
+    assert main(["outcomes", "import", str(bad)]) == 2
+    assert "ref:zzz" in capsys.readouterr().err
+    assert main(["outcomes", "list", "set1"]) == 0
+    listed = dict(line.split("\t")[0::2] for line in capsys.readouterr().out.strip().splitlines())
+    assert listed["ref:net0"] == "55.5"
+    assert float(listed["ref:net1"]) != 1.0  # the bad file's first row was not stored

@@ -1,0 +1,202 @@
+"""`transferbench outcomes | evaluate | benchmark`: real fine-tuning results, and how well
+each metric and the recommender rank models against them. They work on the database of
+``TB_DATABASE_URL`` (default: the embedded SQLite file under ``TB_DATA_DIR``), the same one
+``transferbench serve`` uses, and refit the recommender on demand after each change."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from scoring.recommend import RECOMMENDED
+from workers.settings import Settings
+
+FIGURES = ("kendall_tau", "weighted_tau", "pearson", "top1_hit", "top1_regret")
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    outcomes = sub.add_parser("outcomes", help="record real fine-tuning results")
+    osub = outcomes.add_subparsers(dest="outcomes_command", required=True)
+    add = osub.add_parser("add", help="one result: DATASET MODEL VALUE")
+    add.add_argument("dataset", help="dataset id or name")
+    add.add_argument("model", help="model id or name")
+    add.add_argument("value", type=float)
+    add.add_argument("--measure", default="finetune_top1")
+    add.add_argument("--lower-is-better", action="store_true", help="e.g. an error rate")
+    imp = osub.add_parser("import", help="a CSV with columns dataset, model, value[, measure]")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--measure", default="finetune_top1", help="when the CSV has none")
+    imp.add_argument("--lower-is-better", action="store_true")
+    lst = osub.add_parser("list", help="the outcomes of a dataset")
+    lst.add_argument("dataset", help="dataset id or name")
+
+    evaluate = sub.add_parser("evaluate", help="each metric and the recommender vs outcomes")
+    evaluate.add_argument("--dataset", help="one dataset (id or name) instead of all")
+    _scope_options(evaluate)
+
+    bench = sub.add_parser("benchmark", help="published benchmark tables")
+    bsub = bench.add_subparsers(dest="benchmark_command", required=True)
+    bimp = bsub.add_parser("import", help="a wide CSV: dataset, model, outcome, metric columns")
+    bimp.add_argument("file", type=Path)
+    bimp.add_argument("--outcome", required=True, help="the outcome column, e.g. finetune_top1")
+    bimp.add_argument("--modality", choices=("image", "text"), default="image")
+    bimp.add_argument("--task", choices=("classification", "regression"), default="classification")
+    bimp.add_argument("--lower-is-better", action="append", default=[], metavar="NAME")
+    bimp.add_argument("--name", help="the table's name (default: the file name)")
+    beval = bsub.add_parser("evaluate", help="the evaluation over the imported tables")
+    _scope_options(beval)
+
+
+def _scope_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--measure", default="finetune_top1")
+    parser.add_argument("--modality", choices=("image", "text"), default="image")
+    parser.add_argument(
+        "--task", choices=("classification", "regression"), default="classification"
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.services import benchmarks, outcomes, recommender
+    from workers.cli.database import local_database
+
+    db = local_database(Settings.load())
+    with db.session() as s:
+        if args.command == "outcomes" and args.outcomes_command == "list":
+            dataset = _dataset(s, args.dataset)
+            names = _names(s)
+            for row in outcomes.list_for(s, dataset.id):
+                print(f"{names[row.model_id]}\t{row.measure}\t{row.value:g}")
+            return 0
+        if args.command == "outcomes":
+            entries = _outcome_entries(args)
+            by_dataset: dict[str, list[dict[str, Any]]] = {}
+            for dataset_key, entry in entries:
+                by_dataset.setdefault(_dataset(s, dataset_key).id, []).append(entry)
+            for dataset_id, items in by_dataset.items():  # one transaction: all or nothing
+                outcomes.record(s, dataset_id, items)
+            recommender.refit_all(s)
+            print(f"stored {len(entries)} outcome(s) for {len(by_dataset)} dataset(s)")
+            return 0
+        if args.command == "benchmark" and args.benchmark_command == "import":
+            text = _read_text(args.file)
+            imported = benchmarks.import_table(
+                s, text, table=args.name or args.file.stem, outcome=args.outcome,
+                modality=args.modality, task=args.task, lower_is_better=args.lower_is_better,
+            )  # fmt: skip
+            recommender.refit_all(s)
+            print(
+                f"imported {imported.table}: {imported.datasets} datasets, {imported.models} "
+                f"models, {imported.rows} rows; metrics {', '.join(imported.metrics)}; "
+                f"external scores {', '.join(imported.external) or 'none'}"
+            )
+            return 0
+        scope = recommender.Scope(args.modality, args.task, args.measure)
+        if args.command == "benchmark":
+            result = recommender.evaluation(s, scope, reference_only=True)
+        else:
+            one = _dataset(s, args.dataset).id if args.dataset else None
+            result = recommender.evaluation(s, scope, one)
+    figures = result["methods"] if "methods" in result else result["mean"]
+    if args.format == "json":
+        out = {
+            "datasets": result.get("datasets", 1),
+            "metrics": {k: v for k, v in figures.items() if k != RECOMMENDED},
+            "recommended": figures.get(RECOMMENDED),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        sys.stdout.write(_table(figures, result))
+    return 0
+
+
+def _table(figures: dict[str, dict[str, float | None]], result: dict[str, Any]) -> str:
+    what = f"dataset {result['dataset_id']}" if "dataset_id" in result else "mean over"
+    count = result.get("models", result.get("datasets"))
+    unit = "models" if "dataset_id" in result else "datasets"
+    lines = [f"{what}: {count} {unit}, measure {result['measure']}"]
+    width = max(len(k) for k in figures)
+    lines.append("method".ljust(width) + "".join(f.rjust(14) for f in FIGURES))
+    order = sorted(figures, key=lambda k: -_num(figures[k].get("weighted_tau")))
+    for method in order:
+        cells = "".join(_cell(figures[method].get(f)).rjust(14) for f in FIGURES)
+        lines.append(method.ljust(width) + cells)
+    return "\n".join(lines) + "\n"
+
+
+def _num(v: float | None) -> float:
+    return -math.inf if v is None else v
+
+
+def _cell(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def _read_text(path: Path) -> str:
+    from workers.pipeline.errors import PipelineError
+
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read {path}: {exc}; give a UTF-8 CSV file") from exc
+
+
+def _outcome_entries(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    from workers.pipeline.errors import PipelineError
+
+    higher = not args.lower_is_better
+    if args.outcomes_command == "add":
+        entry = {"model_id": args.model, "value": args.value, "measure": args.measure}
+        return [(args.dataset, {**entry, "higher_is_better": higher, "details": {}})]
+    rows = list(csv.DictReader(_read_text(args.file).splitlines()))
+    missing = {"dataset", "model", "value"} - set(rows[0] if rows else {})
+    if not rows or missing:
+        raise PipelineError(
+            f"{args.file}: needs a header with dataset, model and value columns "
+            f"(missing: {', '.join(sorted(missing)) or 'rows'})"
+        )
+    out = []
+    for i, row in enumerate(rows, start=2):
+        try:
+            value = float(row["value"])
+        except ValueError:
+            raise PipelineError(
+                f"{args.file}:{i}: value {row['value']!r} is not a number"
+            ) from None
+        entry = {
+            "model_id": row["model"],
+            "value": value,
+            "measure": row.get("measure") or args.measure,
+            "higher_is_better": higher,
+            "details": {},
+        }
+        out.append((row["dataset"], entry))
+    return out
+
+
+def _names(session: Any) -> dict[str, str]:
+    from sqlalchemy import select
+
+    from app.db.models import ModelRow
+
+    return {str(i): str(n) for i, n in session.execute(select(ModelRow.id, ModelRow.name))}
+
+
+def _dataset(session: Any, key: str) -> Any:
+    from sqlalchemy import or_, select
+
+    from app.db.models import DatasetRow
+    from workers.pipeline.errors import PipelineError
+
+    rows = list(
+        session.scalars(select(DatasetRow).where(or_(DatasetRow.id == key, DatasetRow.name == key)))
+    )
+    if len(rows) != 1:
+        found = "no dataset" if not rows else f"{len(rows)} datasets"
+        raise PipelineError(f"{found} with id or name {key!r}; use the id from GET /v1/datasets")
+    return rows[0]
