@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transferbench", description="Which pretrained model should I use for my dataset?"
     )
+    parser.add_argument("--verbose", action="store_true", help="log what the libraries do")
     sub = parser.add_subparsers(dest="command", required=True)
     rank = sub.add_parser("rank", help="rank candidate models on a dataset")
     rank.add_argument(

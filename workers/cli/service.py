@@ -29,8 +29,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def run(args: argparse.Namespace) -> int:
+    # The long-running processes log their work; one-shot commands print only their answer
+    # (library chatter such as migration steps only with --verbose).
+    quiet = args.command in ("apikey", "migrate") and not args.verbose
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = Settings.load()
     if not settings.database_url:

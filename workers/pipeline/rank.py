@@ -1,6 +1,7 @@
 """The rank job as one plain function: dataset -> models -> features -> ranking.
 
-The CLI calls it directly; the Celery task (later) wraps the same steps.
+The CLI calls it directly; the service runs the same pipeline one model at a time
+(``workers.jobs.steps``).
 """
 
 from __future__ import annotations
