@@ -42,7 +42,10 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column(
-            "model_id", sa.String(32), sa.ForeignKey("models.id", ondelete="CASCADE"), nullable=False
+            "model_id",
+            sa.String(32),
+            sa.ForeignKey("models.id", ondelete="CASCADE"),
+            nullable=False,
         ),
         sa.Column("measure", sa.String(64), nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
