@@ -37,7 +37,8 @@ class ResponseCache:
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
 
-    def drop(self, predicate: Callable[[Hashable], bool]) -> None:
+    def drop(self, predicate: Callable[[Hashable, object], bool]) -> None:
+        """Remove every entry for which ``predicate(key, validator)`` holds."""
         with self._lock:
-            for key in [k for k in self._data if predicate(k)]:
+            for key in [k for k, (v, _) in self._data.items() if predicate(k, v)]:
                 del self._data[key]

@@ -35,13 +35,15 @@ class Reads:
 
     def ranking(self, job_id: str) -> bytes:
         """A ranking's JSON body; 404 (``NotFound``) when there is none."""
-        body = self.cache.get(("ranking", job_id))
+        hit = self.cache.peek(("ranking", job_id))
+        body = hit[1] if hit else None
         if body is None:
             with self.db.session() as session:
                 out = rankings.describe(session, rankings.get(session, job_id))
             body = out.model_dump_json().encode()
             if JobStatus(out.status).terminal:
-                self.cache.put(("ranking", job_id), body)
+                # the validator slot names the dataset, so forget_dataset finds it
+                self.cache.put(("ranking", job_id), body, out.dataset_id)
         return body
 
     def fresh_leaderboard(self, dataset_id: str, metric: str) -> bytes | None:
@@ -91,7 +93,11 @@ class Reads:
 
     def forget_dataset(self, dataset_id: str) -> None:
         """Drop everything cached about a dataset (it was deleted)."""
-        self.cache.drop(lambda key: isinstance(key, tuple) and dataset_id in key)
+        self.cache.drop(
+            lambda key, validator: (
+                validator == dataset_id or (isinstance(key, tuple) and dataset_id in key)
+            )
+        )
 
     def _bucket(self) -> int:
         return int(time.monotonic() / self.max_age_s)

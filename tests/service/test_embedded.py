@@ -233,3 +233,23 @@ def test_cli_and_api_rank_the_same_features_alike(embedded, small_zip: bytes):
     assert sorted(ranks.values()) in ([1, 1, 3], [1, 2, 2])
     board = client.get(f"/v1/datasets/{ds['id']}/leaderboard", params={"metric": "logme"}).json()
     assert {e["model"]: e["rank"] for e in board["entries"]} == ranks
+
+
+def test_a_deleted_datasets_cached_ranking_is_gone(embedded, small_zip: bytes):
+    client, _, _ = embedded
+    ds = _upload(client, small_zip).json()
+    r = client.post(
+        "/v1/rankings",
+        json={
+            "dataset_id": ds["id"],
+            "model_ids": model_ids(client, MODELS[0]),
+            "metrics": ["logme"],
+        },
+    )
+    job = wait_for_job(client, r.json()["id"])
+    assert job["status"] == "done"
+    assert job["recommendation"]["calibrated"] is False  # no outcomes anywhere
+    assert job["results"][0]["scores"]["recommended"] is not None
+    assert client.get(f"/v1/rankings/{job['id']}").status_code == 200  # now cached
+    assert client.delete(f"/v1/datasets/{ds['id']}").status_code == 204
+    assert client.get(f"/v1/rankings/{job['id']}").status_code == 404
