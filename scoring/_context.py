@@ -19,6 +19,7 @@ from scoring import _linalg
 from scoring._validation import Labels
 
 F64 = npt.NDArray[np.float64]
+_BLOCK = 4096  # rows centred at a time
 
 
 class FeatureStats:
@@ -72,8 +73,9 @@ class FeatureStats:
 
     @cached_property
     def gram(self) -> F64:
-        """(D, D) uncentred Gram matrix X^T X."""
-        return _linalg.gram(self.x64, self.device)
+        """(D, D) uncentred Gram matrix X^T X = scatter + N mu mu^T (from the centred scatter:
+        one N D^2 pass serves both, and the sum has no cancellation)."""
+        return self.scatter + self.n * np.outer(self.mean, self.mean)
 
     @cached_property
     def centered(self) -> F64:
@@ -82,8 +84,9 @@ class FeatureStats:
 
     @cached_property
     def scatter(self) -> F64:
-        """(D, D) centred scatter matrix Xc^T Xc = X^T X - N mu mu^T."""
-        return self.gram - self.n * np.outer(self.mean, self.mean)
+        """(D, D) centred scatter matrix Xc^T Xc, formed from centred rows so that it stays
+        exact under a large common offset (X^T X - N mu mu^T would cancel)."""
+        return _linalg.centred_gram(self.x64, self.mean, self.device)
 
     @cached_property
     def raw_spectrum(self) -> tuple[F64, F64]:
@@ -153,11 +156,21 @@ class FeatureStats:
 
     @cached_property
     def centered_row_norms2(self) -> F64:
-        """(N,) squared norms of the centred rows, ||x||^2 - 2 x.mu + ||mu||^2, without
-        materialising the centred N x D matrix."""
-        x = self.x64
-        sq = np.einsum("ij,ij->i", x, x) - 2.0 * (x @ self.mean) + float(self.mean @ self.mean)
-        return np.asarray(np.maximum(sq, 0.0))
+        """(N,) squared norms of the centred rows ||x - mu||^2, centred one row block at a time
+        (no N x D copy, and no cancellation under a large common offset)."""
+        out = np.empty(self.n)
+        for start in range(0, self.n, _BLOCK):
+            rows = self.x64[start : start + _BLOCK] - self.mean
+            out[start : start + _BLOCK] = np.einsum("ij,ij->i", rows, rows)
+        return out
+
+    @cached_property
+    def centred_class_second_moments(self) -> F64:
+        """(C, D) per-class means of (x - mu)^2, mu the global mean: second moments that a
+        large common offset cannot swamp."""
+        squares = self.x64 - self.mean
+        squares *= squares
+        return np.asarray(self.indicator @ squares) / self.labels.counts[:, None]
 
     @cached_property
     def class_mean_offsets(self) -> F64:

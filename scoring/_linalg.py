@@ -58,6 +58,22 @@ def gram(x: npt.NDArray[Any], device: str = "cpu") -> F64:
     return _symmetrize_upper(np.asarray(g, dtype=np.float64))
 
 
+def centred_gram(x: npt.NDArray[Any], mean: F64, device: str = "cpu", block: int = 4096) -> F64:
+    """``(x - mean).T @ (x - mean)`` for x: (N, D), mean: (D,), as a (D, D) float64 matrix.
+
+    Centring first (one row block at a time: no N x D copy) keeps the result exact under a
+    large common offset, where ``X^T X - N mu mu^T`` cancels catastrophically.
+    """
+    if device != "cpu":
+        return _torch_gram(np.asarray(x, dtype=np.float64) - mean, device, transpose=False)
+    d = x.shape[1]
+    g = np.zeros((d, d), dtype=np.float64, order="F")
+    for start in range(0, x.shape[0], block):
+        rows = np.asarray(x[start : start + block], dtype=np.float64) - mean
+        g = blas.dsyrk(1.0, rows.T, beta=1.0, c=g, trans=0, lower=0, overwrite_c=1)
+    return _symmetrize_upper(np.asarray(g, dtype=np.float64))
+
+
 def kernel(x: npt.NDArray[Any], device: str = "cpu") -> F64:
     """``x @ x.T`` for x: (N, D), as an (N, N) symmetric float64 matrix."""
     if device != "cpu":

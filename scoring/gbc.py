@@ -29,9 +29,9 @@ VARIANCE_FLOOR = 1e-4
 
 
 def _gbc(stats: FeatureStats, gaussian: Literal["diagonal", "spherical"] = "diagonal") -> float:
-    means = stats.class_means  # (C, D)
-    counts = stats.labels.counts
-    second = np.asarray(stats.indicator @ (stats.x64 * stats.x64)) / counts[:, None]
+    # Moments about the global mean, so that a common offset of the features cancels exactly.
+    means = stats.class_mean_offsets  # (C, D)
+    second = stats.centred_class_second_moments
     var = np.maximum(second - means**2, VARIANCE_FLOOR)  # (C, D), population variance
     d = stats.d
     total = 0.0

@@ -35,10 +35,24 @@ _BLOCK = 512
 
 
 def _within_scatter(stats: FeatureStats) -> F64:
-    """Prior-weighted within-class covariance (bias 1/n_c per class): (D, D)."""
+    """Prior-weighted within-class covariance (bias 1/n_c per class): (D, D), from the
+    centred scatter and the class means' offsets (exact under a common feature offset)."""
     counts = stats.labels.counts.astype(np.float64)
-    between = (stats.class_means * counts[:, None]).T @ stats.class_means
-    return np.asarray((stats.gram - between) / stats.n)
+    offsets = stats.class_mean_offsets
+    between = (offsets * counts[:, None]).T @ offsets
+    return np.asarray((stats.scatter - between) / stats.n)
+
+
+def _solve_shrunk(a: F64, b: F64, floor: float) -> F64:
+    """a^-1 b for the shrunk within-class covariance a, whose eigenvalues are >= ``floor`` in
+    exact arithmetic. Cholesky first; when rounding has pushed an eigenvalue of a nearly
+    singular a (N <= D, tiny shrinkage) below zero, the eigendecomposition with eigenvalues
+    clipped at that floor gives the inverse the maths describes instead of failing."""
+    try:
+        return np.asarray(scipy.linalg.solve(a, b, assume_a="pos", check_finite=False))
+    except np.linalg.LinAlgError:
+        w, v = scipy.linalg.eigh(a, check_finite=False)
+        return np.asarray(v @ ((v.T @ b) / np.maximum(w, floor)[:, None]))
 
 
 def _posteriors(stats: FeatureStats, shrinkage: float | None) -> tuple[F64, float]:
@@ -51,11 +65,17 @@ def _posteriors(stats: FeatureStats, shrinkage: float | None) -> tuple[F64, floa
     mu = float(np.trace(sw)) / d
     shrunk = (1.0 - shrinkage) * sw
     shrunk[np.diag_indices_from(shrunk)] += shrinkage * mu
-    means = stats.class_means
-    coef = scipy.linalg.solve(shrunk, means.T, assume_a="pos", check_finite=False).T  # (C, D)
+    # In coordinates centred on the global mean mu: the logits change by a per-sample
+    # constant (mu S^-1 x - mu S^-1 mu / 2), which the softmax ignores, and a large common
+    # offset of the features cancels before it can swamp them.
+    means = stats.class_mean_offsets
+    coef = _solve_shrunk(shrunk, means.T, floor=shrinkage * mu).T  # (C, D)
     priors = stats.labels.counts / stats.n
     intercept = -0.5 * np.einsum("cd,cd->c", means, coef) + np.log(priors)
-    logits = stats.x64 @ coef.T + intercept
+    logits = np.empty((stats.n, means.shape[0]))
+    for start in range(0, stats.n, _BLOCK):
+        rows = slice(start, start + _BLOCK)
+        logits[rows] = (stats.x64[rows] - stats.mean) @ coef.T + intercept
     return np.asarray(softmax(logits, axis=1)), shrinkage
 
 

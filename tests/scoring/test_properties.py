@@ -91,3 +91,28 @@ def test_compute_together_equals_each_alone(problem):
     for name in names:
         alone = scoring.compute([name], labels, features=x, probs=probs)[name]
         assert together[name] == pytest.approx(alone, rel=1e-12), name
+
+
+OFFSET_INVARIANT = ["hscore", "hscore_shrinkage", "transrate", "gbc", "sfda"]
+SCALE_INVARIANT = ["hscore", "hscore_shrinkage", "gbc", "logme", "knn"]
+
+
+@pytest.mark.parametrize(("n", "d"), [(400, 24), (60, 200)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_invariant_to_a_common_offset_and_scale_where_the_maths_is(n: int, d: int, seed: int):
+    """Second moments are formed from centred rows, so a common offset of 1e5 (which
+    X^T X - N mu mu^T would cancel away) moves no offset-invariant metric by more than 1e-9
+    relative; a positive scale moves no scale-invariant one."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    x = rng.normal(size=(n, d)) + 0.5 * labels[:, None] * rng.normal(size=d)
+    wide = n <= d
+    offset = [m for m in OFFSET_INVARIANT if not (wide and m == "hscore")]
+    scale = [m for m in SCALE_INVARIANT if not (wide and m == "hscore")]
+    base = scoring.compute(sorted({*offset, *scale}), labels, features=x)
+    shifted = scoring.compute(offset, labels, features=x + 1e5)
+    scaled = scoring.compute(scale, labels, features=7.5 * x)
+    for metric in offset:
+        assert shifted[metric] == pytest.approx(base[metric], rel=1e-9, abs=1e-12), metric
+    for metric in scale:
+        assert scaled[metric] == pytest.approx(base[metric], rel=1e-9, abs=1e-12), metric
