@@ -299,3 +299,13 @@ def test_leaderboard_shows_a_new_score_within_its_cache_bound(api):
     time.sleep(LEADERBOARD_MAX_AGE_S + 0.1)
     (entry,) = client.get(url).json()["entries"]
     assert (entry["value"], entry["metric_version"]) == (2.5, 3)  # the newest metric version
+
+
+def test_timestamps_keep_their_utc_offset_and_405_says_what_is_allowed(api):
+    client, _ = api
+    models = client.get("/v1/models").json()
+    assert models and all(m["created_at"].endswith(("+00:00", "Z")) for m in models)
+    r = client.put("/v1/models")
+    assert r.status_code == 405
+    assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+    assert r.headers["content-type"] == "application/problem+json"

@@ -5,7 +5,7 @@ worker left. Run every ``TB_SCHEDULER_TICK_S`` by Celery beat or the embedded ru
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
@@ -25,11 +25,6 @@ from app.services import recommender
 from workers.jobs.steps import JobRunner, current_scores
 
 log = logging.getLogger("transferbench.scheduler")
-
-
-def _as_utc(ts: datetime) -> datetime:
-    """SQLite hands timestamps back without their offset; every stored one is UTC."""
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 class Scheduler:
@@ -78,9 +73,9 @@ class Scheduler:
         created = []
         with self.db.session() as s:
             for ds in s.scalars(select(DatasetRow).where(DatasetRow.schedule.is_not(None))):
-                base = _as_utc(ds.last_scheduled_at or ds.created_at)
+                base = ds.last_scheduled_at or ds.created_at
                 due: datetime = croniter(str(ds.schedule), base).get_next(datetime)
-                if _as_utc(due) > at:
+                if due > at:
                     continue
                 models = model_service.candidates(s, ds.modality)
                 if models:
@@ -99,7 +94,7 @@ class Scheduler:
         with self.db.session() as s:
             in_work = (ModelStatus.EXTRACTING, ModelStatus.SCORING)
             for jm in s.scalars(select(JobModelRow).where(JobModelRow.status.in_(in_work))):
-                if jm.heartbeat_at is None or _as_utc(jm.heartbeat_at) < cutoff:
+                if jm.heartbeat_at is None or jm.heartbeat_at < cutoff:
                     jm.heartbeat_at = now()  # one re-queue per timeout, not one per tick
                     log.warning("re-queueing job %s model %s: no heartbeat", jm.job_id, jm.model_id)
                     defer(s, self.queue, ModelStatus(jm.status).task, jm.job_id, jm.model_id)
