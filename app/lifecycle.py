@@ -3,7 +3,8 @@
 A ranking job is a row in ``ranking_jobs`` plus one row per candidate model in
 ``ranking_job_models``. This module owns everything about it that more than one caller needs:
 
-- its states (``JobStatus``, ``ModelStatus``) and the legal moves between them; an illegal
+- its states (``JobStatus``, ``ModelStatus``; declared in ``app.states``, which needs no
+  database, for the wire schemas and the client) and the legal moves between them; an illegal
   move raises ``IllegalTransition`` instead of silently writing a state no reader expects;
 - the tasks that move it on (``Task``) and which worker queue each goes to;
 - its creation (``create_job``), used alike by the API and the scheduler;
@@ -22,67 +23,16 @@ Model states::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from enum import StrEnum
 from typing import Any, Protocol
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, now
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobStatus.DONE, JobStatus.FAILED)
-
-
-class ModelStatus(StrEnum):
-    QUEUED = "queued"
-    EXTRACTING = "extracting"
-    SCORING = "scoring"
-    DONE = "done"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (ModelStatus.DONE, ModelStatus.FAILED)
-
-    @property
-    def task(self) -> Task:
-        """The task that moves a model in this state on."""
-        return Task.SCORE if self is ModelStatus.SCORING else Task.EXTRACT
-
-
-class Trigger(StrEnum):
-    """Why a job exists."""
-
-    API = "api"
-    RERANK = "rerank"
-    SCHEDULE = "schedule"
-
-
-class Task(StrEnum):
-    """Every task a worker runs, by its wire name."""
-
-    EXTRACT = "tb.extract"
-    RESOLVE_MODEL = "tb.resolve_model"
-    SCORE = "tb.score"
-    RERANK_MISSING = "tb.rerank_missing"
-    REQUEUE_STALE = "tb.requeue_stale"
-    RUN_SCHEDULES = "tb.run_schedules"
-    REFIT_RECOMMENDER = "tb.refit_recommender"
-
-    @property
-    def queue(self) -> str:
-        """Forward passes (and loading weights) go to ``gpu`` workers, the rest to ``cpu``."""
-        return "gpu" if self in (Task.EXTRACT, Task.RESOLVE_MODEL) else "cpu"
-
+from app.states import JobStatus as JobStatus
+from app.states import ModelStatus as ModelStatus
+from app.states import Task as Task
+from app.states import Trigger as Trigger
 
 #: The queues, for workers and queue-depth metrics.
 QUEUES: tuple[str, ...] = tuple(sorted({t.queue for t in Task}))

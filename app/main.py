@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Response
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import text
 
 from app import errors, observability
 from app.api import datasets, evaluation, models, rankings
+from app.dashboard.pages import install as install_dashboard
 from app.db.session import Database
 from app.lifecycle import TaskQueue
 from app.queue import CeleryQueue
@@ -46,8 +48,18 @@ def create_app(
     app.state.verified_keys = {}
     errors.install(app)
     observability.install(app, db, queue)
+    if settings.cors_origins:  # browser clients on other origins; none: no CORS headers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["ETag", "Location", "Link", "X-Next-Cursor"],
+            max_age=600,
+        )
     for router in (datasets.router, models.router, rankings.router, evaluation.router):
         app.include_router(router)
+    install_dashboard(app)  # /dashboard: pages, static files, browser sessions
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -1,4 +1,7 @@
-"""Request and response bodies (pydantic v2)."""
+"""Request and response bodies (pydantic v2).
+
+No database and no FastAPI here: the Python client (``app.client``) parses its answers with
+these same models."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.lifecycle import JobStatus, ModelStatus
+from app.states import JobStatus, ModelStatus
 
 
 class ClassCount(BaseModel):
@@ -91,6 +94,16 @@ class RankingSummary(BaseModel):
     finished_at: datetime | None
 
 
+class RankingProgress(BaseModel):
+    """The data of a ``progress`` event of ``GET /v1/rankings/{id}/events``: the ranking's
+    status and per-model progress, as in ``RankingOut``."""
+
+    id: str
+    status: JobStatus
+    error: str | None
+    progress: list[ModelProgress]
+
+
 class RankingOut(RankingSummary):
     started_at: datetime | None
     error: str | None
@@ -169,3 +182,28 @@ class BenchmarkImported(BaseModel):
     rows: int
     metrics: list[str]
     external: list[str]
+
+
+class DatasetEvaluation(BaseModel):
+    """How each metric and the recommender ordered one dataset's models against its outcomes."""
+
+    dataset_id: str
+    measure: str
+    models: int = Field(description="models with an outcome under this measure")
+    methods: dict[str, dict[str, float | None]] = Field(
+        description="method (each metric, and recommended) -> figure (kendall_tau, "
+        "weighted_tau, pearson, top1_hit, top1_regret) -> value; null where undefined"
+    )
+
+
+class Evaluation(BaseModel):
+    """The same figures over every dataset of a scope with outcomes."""
+
+    scope: str = Field(description="modality/task/measure")
+    measure: str
+    datasets: int
+    mean: dict[str, dict[str, float | None]]
+    median: dict[str, dict[str, float | None]]
+    count: dict[str, dict[str, int]] = Field(
+        description="method -> figure -> the number of datasets where it is finite"
+    )

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TRUE = {"1", "true", "yes", "on"}
 
@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     Pipeline: ``data_dir`` (``TB_DATA_DIR``), ``device`` (``TB_DEVICE``: auto, cpu, cuda),
     ``batch_size`` (``TB_BATCH_SIZE``; unset picks one from free memory), ``num_threads``
     (``TB_NUM_THREADS``), ``offline`` (``TB_OFFLINE`` or ``HF_HUB_OFFLINE``: never download).
-    Service: the database, broker, auth, upload cap, and the scheduler's clocks.
+    Service: the database, broker, auth, upload cap, the scheduler's clocks, CORS origins.
+    Remote CLI: ``server`` (``TB_SERVER``) and ``api_key`` (``TB_API_KEY``).
     """
 
     model_config = SettingsConfigDict(env_prefix="TB_", env_nested_delimiter="__", extra="ignore")
@@ -47,6 +48,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     batch_size: int | None = Field(default=None, ge=1)
     num_threads: int | None = Field(default=None, ge=1)
+    runtime: Literal["auto", "onnx", "torch"] = "auto"
     offline: bool = False
     # the service
     database_url: str | None = None
@@ -59,6 +61,22 @@ class Settings(BaseSettings):
     rerank_interval_s: int = Field(default=300, ge=5)
     scheduler_tick_s: int = Field(default=60, ge=1)
     model_resolve_timeout_s: int = Field(default=300, ge=1)
+    #: browser origins allowed to call the API (``TB_CORS_ORIGINS``, comma-separated; none: no
+    #: CORS headers at all)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # the remote CLI: the server to drive (``TB_SERVER``) and its key (``TB_API_KEY``)
+    server: str | None = None
+    api_key: SecretStr | None = None
+    # the dashboard: signs its session cookies; the same value on every API replica
+    # (unset: a random secret per process, so a restart logs browsers out)
+    session_secret: SecretStr | None = None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
 
     @model_validator(mode="after")
     def _hub_offline(self) -> Settings:

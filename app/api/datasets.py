@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from app import schemas
-from app.api.deps import Authorized, ReadsDep, SessionDep, SettingsDep
+from app.api.deps import Authorized, PageDep, ReadsDep, SessionDep, SettingsDep
+from app.api.http import conditional
 from app.db.models import DatasetRow
 from app.services import datasets as service
 
@@ -36,8 +38,17 @@ async def upload(
 
 
 @router.get("", response_model=list[schemas.DatasetOut])
-def list_datasets(session: SessionDep) -> list[DatasetRow]:
-    return service.list_datasets(session)
+def list_datasets(
+    session: SessionDep,
+    page: PageDep,
+    response: Response,
+    content_hash: Annotated[
+        str | None, Query(max_length=64, description="only the dataset with this content")
+    ] = None,
+) -> Sequence[DatasetRow]:
+    """Newest first, ``limit`` at a time (the next page: ``X-Next-Cursor``)."""
+    found = service.page(session, page.limit, page.cursor, content_hash=content_hash)
+    return page.respond(response, found)
 
 
 @router.get("/{dataset_id}", response_model=schemas.DatasetOut)
@@ -59,10 +70,11 @@ def set_schedule(dataset_id: str, body: schemas.ScheduleIn, session: SessionDep)
 
 @router.get("/{dataset_id}/leaderboard", response_model=schemas.Leaderboard)
 async def leaderboard(
-    dataset_id: str, reads: ReadsDep, metric: Annotated[str, Query()] = "logme"
+    dataset_id: str, request: Request, reads: ReadsDep, metric: Annotated[str, Query()] = "logme"
 ) -> Response:
-    """Best first (tied models share a rank); a new score shows within a second."""
+    """Best first (tied models share a rank); a new score shows within a second. With
+    ``If-None-Match: <its ETag>``, 304 while nothing changed."""
     body = reads.fresh_leaderboard(dataset_id, metric)
     if body is None:
         body = await run_in_threadpool(reads.leaderboard, dataset_id, metric)
-    return Response(body, media_type="application/json")
+    return conditional(request, body)

@@ -3,15 +3,17 @@ against them, and imported benchmark tables."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, File, Form, Query, UploadFile
+from fastapi import APIRouter, Body, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from app import schemas
-from app.api.deps import Authorized, QueueDep, SessionDep, SettingsDep
+from app.api.deps import Authorized, PageDep, QueueDep, SessionDep, SettingsDep
+from app.api.http import conditional
 from app.db.models import OutcomeRow
 from app.errors import Invalid, TooLarge
 from app.lifecycle import Task, defer
@@ -38,31 +40,46 @@ def add_outcomes(
 
 @router.get("/v1/datasets/{dataset_id}/outcomes", response_model=list[schemas.OutcomeOut])
 def list_outcomes(
-    dataset_id: str, session: SessionDep, measure: Measure | None = None
-) -> list[OutcomeRow]:
-    return outcomes.list_for(session, dataset_id, measure)
+    dataset_id: str,
+    session: SessionDep,
+    page: PageDep,
+    response: Response,
+    measure: Measure | None = None,
+) -> Sequence[OutcomeRow]:
+    """By measure, best value first, ``limit`` at a time (the next page: ``X-Next-Cursor``)."""
+    found = outcomes.page(session, dataset_id, measure, page.limit, page.cursor)
+    return page.respond(response, found)
 
 
-@router.get("/v1/datasets/{dataset_id}/evaluation")
+@router.get("/v1/datasets/{dataset_id}/evaluation", response_model=schemas.DatasetEvaluation)
 def dataset_evaluation(
-    dataset_id: str, session: SessionDep, measure: Measure = recommender.DEFAULT_MEASURE
-) -> dict[str, Any]:
+    dataset_id: str,
+    request: Request,
+    session: SessionDep,
+    measure: Measure = recommender.DEFAULT_MEASURE,
+) -> Response:
     """Every metric scored on the dataset and the recommender (fitted without this dataset)
-    against its outcomes: Kendall tau, weighted tau, Pearson, top-1 hit and regret."""
+    against its outcomes: Kendall tau, weighted tau, Pearson, top-1 hit and regret. With
+    ``If-None-Match: <its ETag>``, 304 while nothing changed."""
     dataset = dataset_service.get(session, dataset_id)
-    return recommender.evaluation(session, recommender.Scope.of(dataset, measure), dataset.id)
+    found = recommender.evaluation(session, recommender.Scope.of(dataset, measure), dataset.id)
+    body = schemas.DatasetEvaluation.model_validate(found).model_dump_json().encode()
+    return conditional(request, body)
 
 
-@router.get("/v1/evaluation")
+@router.get("/v1/evaluation", response_model=schemas.Evaluation)
 def evaluation(
+    request: Request,
     session: SessionDep,
     modality: Literal["image", "text"] = "image",
     task: Literal["classification", "regression"] = "classification",
     measure: Measure = recommender.DEFAULT_MEASURE,
-) -> dict[str, Any]:
+) -> Response:
     """The same figures over every dataset with outcomes (mean, median, datasets), the
-    recommender's leave-one-dataset-out."""
-    return recommender.evaluation(session, recommender.Scope(modality, task, measure))
+    recommender's leave-one-dataset-out. With ``If-None-Match: <its ETag>``, 304 while
+    nothing changed."""
+    found = recommender.evaluation(session, recommender.Scope(modality, task, measure))
+    return conditional(request, schemas.Evaluation.model_validate(found).model_dump_json().encode())
 
 
 @router.post("/v1/benchmarks", status_code=201, response_model=schemas.BenchmarkImported)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app import schemas
-from app.api.deps import Authorized, QueueDep, SessionDep, SettingsDep
+from app.api.deps import Authorized, PageDep, QueueDep, SessionDep, SettingsDep
 from app.db.models import ModelRow
 from app.services import models as service
 
@@ -12,8 +14,9 @@ router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Authorize
 
 
 @router.get("", response_model=list[schemas.ModelOut])
-def list_models(session: SessionDep) -> list[ModelRow]:
-    return service.list_models(session)
+def list_models(session: SessionDep, page: PageDep, response: Response) -> Sequence[ModelRow]:
+    """By modality, then name, ``limit`` at a time (the next page: ``X-Next-Cursor``)."""
+    return page.respond(response, service.page(session, page.limit, page.cursor))
 
 
 @router.post("", status_code=201, response_model=schemas.ModelOut)

@@ -32,6 +32,15 @@ def upsert(
     session.execute(stmt, list(rows))
 
 
+def insert_ignore(
+    session: Session, table: type[Base], row: dict[str, Any], key: Sequence[str]
+) -> None:
+    """Insert ``row`` unless a row with the same unique ``key`` exists (then leave it)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(table).values(**row).on_conflict_do_nothing(index_elements=list(key)))
+
+
 def upsert_scores(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Insert each score, or overwrite the value of the one already stored under the same key.
 

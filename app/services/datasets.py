@@ -15,10 +15,13 @@ from sqlalchemy.orm import Session
 
 from app.db.models import DatasetRow
 from app.errors import Invalid, NotFound, TooLarge
+from app.services import pages
 from workers.settings import Settings
 
 CHUNK = 1 << 20
 SUFFIXES = (".zip", ".csv", ".jsonl", ".npz", ".npy", ".parquet")
+#: newest first
+ORDER = pages.Order("datasets", ((DatasetRow.created_at, True), (DatasetRow.id, True)))
 
 
 def _suffix(filename: str) -> str:
@@ -118,7 +121,17 @@ def get(session: Session, dataset_id: str) -> DatasetRow:
 
 
 def list_datasets(session: Session) -> list[DatasetRow]:
-    return list(session.scalars(select(DatasetRow).order_by(DatasetRow.created_at.desc())))
+    return list(session.scalars(select(DatasetRow).order_by(*ORDER.clauses)))
+
+
+def page(
+    session: Session, limit: int, cursor: str | None, *, content_hash: str | None = None
+) -> pages.Page[DatasetRow]:
+    """Newest first; ``content_hash`` finds the dataset holding that content, if any."""
+    query = select(DatasetRow)
+    if content_hash is not None:
+        query = query.where(DatasetRow.content_hash == content_hash)
+    return pages.fetch(session, query, ORDER, limit, cursor)
 
 
 def set_schedule(session: Session, dataset_id: str, schedule: str | None) -> DatasetRow:

@@ -12,14 +12,23 @@ from sqlalchemy.orm import Session
 from app.db.models import ModelRow
 from app.errors import Conflict, Invalid, NotFound, Unavailable
 from app.lifecycle import Task, TaskQueue
+from app.services import pages
 from workers.settings import Settings
 
 #: Name prefix of the models named by imported benchmark tables.
 REFERENCE_PREFIX = "ref:"
 
 
+#: by modality, then name (unique)
+ORDER = pages.Order("models", ((ModelRow.modality, False), (ModelRow.name, False)))
+
+
 def list_models(session: Session) -> list[ModelRow]:
-    return list(session.scalars(select(ModelRow).order_by(ModelRow.modality, ModelRow.name)))
+    return list(session.scalars(select(ModelRow).order_by(*ORDER.clauses)))
+
+
+def page(session: Session, limit: int, cursor: str | None) -> pages.Page[ModelRow]:
+    return pages.fetch(session, select(ModelRow), ORDER, limit, cursor)
 
 
 def candidates(session: Session, modality: str | None = None) -> list[ModelRow]:

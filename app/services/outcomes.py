@@ -7,13 +7,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from app.db.models import ModelRow, OutcomeRow, now
 from app.db.scores import upsert
 from app.errors import Invalid, NotFound
 from app.services import datasets as dataset_service
+from app.services import pages
 
 
 def measure_direction(session: Session, measure: str) -> bool | None:
@@ -101,11 +102,28 @@ def store(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
-def list_for(session: Session, dataset_id: str, measure: str | None = None) -> list[OutcomeRow]:
+#: by measure, best value first (ties by model id: one row per dataset, model and measure)
+ORDER = pages.Order(
+    "outcomes",
+    ((OutcomeRow.measure, False), (OutcomeRow.value, True), (OutcomeRow.model_id, False)),
+)
+
+
+def _query(session: Session, dataset_id: str, measure: str | None) -> Select[OutcomeRow]:
     dataset_service.get(session, dataset_id)
     query = select(OutcomeRow).where(OutcomeRow.dataset_id == dataset_id)
     if measure is not None:
         query = query.where(OutcomeRow.measure == measure)
-    query = query.order_by(OutcomeRow.measure, OutcomeRow.value.desc())
-    rows = session.scalars(query.execution_options(populate_existing=True))
-    return list(rows)
+    # an upsert just rewrote these rows behind the ORM's back: read them afresh
+    return query.execution_options(populate_existing=True)
+
+
+def list_for(session: Session, dataset_id: str, measure: str | None = None) -> list[OutcomeRow]:
+    query = _query(session, dataset_id, measure).order_by(*ORDER.clauses)
+    return list(session.scalars(query))
+
+
+def page(
+    session: Session, dataset_id: str, measure: str | None, limit: int, cursor: str | None
+) -> pages.Page[OutcomeRow]:
+    return pages.fetch(session, _query(session, dataset_id, measure), ORDER, limit, cursor)

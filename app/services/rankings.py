@@ -22,7 +22,7 @@ from app.errors import Invalid, NotFound
 from app.lifecycle import Dispatcher, JobStatus, ModelStatus, Trigger, create_job
 from app.services import datasets as dataset_service
 from app.services import models as model_service
-from app.services import recommender
+from app.services import pages, recommender
 from scoring.recommend import RECOMMENDED
 
 
@@ -100,12 +100,23 @@ def create(
     )
 
 
+#: newest first
+ORDER = pages.Order("rankings", ((JobRow.created_at, True), (JobRow.id, True)))
+
+
 def list_jobs(session: Session, status: JobStatus | None, limit: int) -> list[JobRow]:
     """The newest ``limit`` jobs, optionally only those in ``status``."""
-    query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+    return page(session, status, limit, None).items
+
+
+def page(
+    session: Session, status: JobStatus | None, limit: int, cursor: str | None
+) -> pages.Page[JobRow]:
+    """Newest first, optionally only the jobs in ``status``."""
+    query = select(JobRow)
     if status is not None:
         query = query.where(JobRow.status == status)
-    return list(session.scalars(query))
+    return pages.fetch(session, query, ORDER, limit, cursor)
 
 
 def get(session: Session, job_id: str) -> JobRow:

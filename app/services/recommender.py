@@ -26,7 +26,9 @@ from app.db.models import (
     OutcomeRow,
     RecommenderFitRow,
     ScoreRow,
+    now,
 )
+from app.db.scores import insert_ignore
 from app.errors import Invalid
 from app.services import models as model_service
 from scoring.recommend import MIN_OUTCOMES, RECOMMENDED, Fit
@@ -150,27 +152,35 @@ def current_fit(session: Session, scope: Scope) -> tuple[Fit, RecommenderFitRow]
     if not recs.datasets:
         return None
     fit = scoring.fit_recommender(recs.datasets, directions=recs.directions)
-    row = session.scalar(
-        select(RecommenderFitRow).where(
-            RecommenderFitRow.scope == scope.key, RecommenderFitRow.fingerprint == fit.fingerprint
-        )
+    lookup = select(RecommenderFitRow).where(
+        RecommenderFitRow.scope == scope.key, RecommenderFitRow.fingerprint == fit.fingerprint
     )
+    row = session.scalar(lookup)
     if row is None:
         quality: dict[str, Any] = {}
         if fit.calibrated:
             evaluation = scoring.evaluate_lodo(recs.datasets, directions=recs.directions)
             quality = quality_of(evaluation)
-        row = RecommenderFitRow(
-            scope=scope.key,
-            fingerprint=fit.fingerprint,
-            version=fit.version,
-            calibrated=fit.calibrated,
-            n_datasets=fit.n_datasets,
-            weights=dict(fit.weights),
-            quality=quality,
+        # Another process (the scheduled refit, a concurrent request) may record the same
+        # fit at the same moment: insert-or-ignore on (scope, fingerprint), then read it back.
+        insert_ignore(
+            session,
+            RecommenderFitRow,
+            {
+                "scope": scope.key,
+                "fingerprint": fit.fingerprint,
+                "version": fit.version,
+                "calibrated": fit.calibrated,
+                "n_datasets": fit.n_datasets,
+                "weights": dict(fit.weights),
+                "quality": quality,
+                "created_at": now(),
+            },
+            key=("scope", "fingerprint"),
         )
-        session.add(row)
-        session.flush()
+        row = session.scalar(lookup)
+        if row is None:  # pragma: no cover - the insert or the other writer made it
+            raise RuntimeError(f"the fit {fit.fingerprint} of {scope.key} could not be stored")
     return fit, row
 
 

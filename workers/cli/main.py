@@ -1,6 +1,7 @@
 """``transferbench``: rank candidate models on a dataset from the command line.
 
-Needs no server, database or broker. Bad input prints one line on stderr and exits 2.
+Needs no server, database or broker (``rank --server URL`` drives a service instead:
+``workers.cli.remote``). Bad input prints one line on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--models", type=_csv_list, help="zoo names or specs, comma separated")
     rank.add_argument("--metrics", type=_csv_list, help="comma separated (default: logme,leep,...)")
     rank.add_argument("--per-class", type=int, help="at most K samples per class (seeded)")
-    rank.add_argument("--seed", type=int, default=0, help="subsampling seed (default 0)")
+    rank.add_argument("--seed", type=int, help="subsampling seed (default 0)")
     rank.add_argument("--format", choices=("table", "json", "csv"), default="table")
     rank.add_argument("--output", type=Path, help="write the ranking here instead of stdout")
     rank.add_argument("--plot", type=Path, help="save a bar chart PNG")
@@ -49,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--batch-size", type=int, help="forward batch (default: from free memory)")
     rank.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     rank.add_argument("--quiet", action="store_true", help="no progress bars")
+    rank.add_argument(
+        "--server",
+        metavar="URL",
+        help="rank on this transferbench service instead of here (default: TB_SERVER); "
+        "the dataset is uploaded unless the server already holds its content",
+    )
+    rank.add_argument("--api-key", help="the service's API key (default: TB_API_KEY)")
     sub.add_parser("models", help="list the default model zoo")
     from workers.cli import evaluation, service
 
@@ -73,6 +81,16 @@ def _cmd_models() -> int:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
+    settings = Settings.load()
+    server = args.server or settings.server
+    if server:
+        try:
+            from workers.cli import remote
+        except ImportError as exc:  # httpx: the client's one dependency beyond the core
+            _err(f"--server needs the HTTP client ({exc.name}): pip install httpx")
+            return EXIT_BAD_INPUT
+        key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+        return remote.run(args, server, key)
     from workers.cli.report import plot, render
     from workers.pipeline.rank import RankRequest, run_rank
 
@@ -81,7 +99,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         models=args.models,
         metrics=args.metrics,
         per_class=args.per_class,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
         batch_size=args.batch_size,
         use_cache=not args.no_cache,
         save_features=args.save_features,

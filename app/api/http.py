@@ -1,0 +1,62 @@
+"""HTTP mechanics the routes share: conditional GETs and cursor pagination.
+
+- ``conditional``: a strong ETag computed from the body bytes; ``If-None-Match`` with a
+  matching tag (or ``*``) gets 304 and no body. ``Cache-Control: no-cache`` tells browsers to
+  keep the body but revalidate it every time, which then costs a 304.
+- ``Pagination.respond``: the page's rows stay the JSON list the body always was; the next
+  page is named by ``Link: <...>; rel="next"`` and ``X-Next-Cursor`` (none on the last page).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from fastapi import Request, Response
+from starlette.datastructures import URL
+
+from app.services.pages import Page
+
+JSON = "application/json"
+T = TypeVar("T")
+
+
+def etag(body: bytes) -> str:
+    """A strong validator of ``body``: the first 128 bits of its sha256, quoted."""
+    return f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+
+
+def _none_match(header: str, tag: str) -> bool:
+    """``If-None-Match`` compares weakly (RFC 9110, 13.1.2): a W/ prefix does not matter."""
+    if header.strip() == "*":
+        return True
+    return any(t.strip().removeprefix("W/") == tag for t in header.split(","))
+
+
+def conditional(request: Request, body: bytes, media_type: str = JSON) -> Response:
+    """``body`` with its ETag, or 304 with no body when the client already holds it."""
+    tag = etag(body)
+    headers = {"ETag": tag, "Cache-Control": "no-cache"}
+    sent = request.headers.get("if-none-match")
+    if sent is not None and _none_match(sent, tag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+@dataclass(frozen=True)
+class Pagination:
+    """A list request's ``?limit=&cursor=`` and its URL (to link the next page)."""
+
+    limit: int
+    cursor: str | None
+    url: URL
+
+    def respond(self, response: Response, page: Page[T]) -> Sequence[T]:
+        """The page's rows; the next page's cursor goes into the headers."""
+        if page.next_cursor is not None:
+            following = self.url.include_query_params(cursor=page.next_cursor, limit=self.limit)
+            response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
+            response.headers["X-Next-Cursor"] = page.next_cursor
+        return page.items

@@ -1,0 +1,272 @@
+"""The dashboard's forms: log in and out, upload a dataset, start a ranking, record outcomes,
+set a schedule. Each posts here with its page's CSRF token and, done, redirects to a page
+(post, redirect, get); a problem shows the page again with the message beside the form."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import File, Form, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse
+from sqlalchemy.orm import Session
+
+from app.api import deps
+from app.api.deps import QueueDep, SessionDep, SettingsDep
+from app.errors import Invalid, NotFound, ProblemError
+from app.lifecycle import Task, defer
+from app.services import datasets as dataset_service
+from app.services import outcomes as outcome_service
+from app.services import rankings as ranking_service
+from app.services import recommender
+
+from . import queries, sessions, views
+from .web import (
+    PREFIX,
+    Viewer,
+    ViewerDep,
+    check_csrf,
+    gather,
+    make_router,
+    render,
+    safe_next,
+    secret_of,
+)
+
+router = make_router()
+
+
+@router.get("/login")
+def login_form(request: Request, next: str | None = None) -> Response:
+    if not request.app.state.auth_required:
+        return RedirectResponse(PREFIX, status_code=303)
+    viewer = Viewer(sessions.csrf_token(secret_of(request), None), session=False)
+    return render(request, "login.html", {"viewer": viewer, "next": safe_next(next)})
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    key: Annotated[str, Form(max_length=500)] = "",
+    next: Annotated[str, Form(max_length=2000)] = PREFIX,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    secret = secret_of(request)
+    if not request.app.state.auth_required:
+        return RedirectResponse(PREFIX, status_code=303)
+    anonymous = Viewer(sessions.csrf_token(secret, None), session=False)
+    check_csrf(request, anonymous, csrf_token)
+
+    def find() -> str | None:
+        with deps.get_db(request).session() as session:
+            return queries.key_id(session, key.strip())
+
+    key_id = await run_in_threadpool(find) if key.strip() else None
+    if key_id is None:
+        context = {
+            "viewer": anonymous,
+            "next": safe_next(next),
+            "error": "That API key is unknown or revoked. Create one with "
+            "`transferbench apikey create NAME`.",
+        }
+        return render(request, "login.html", context, status_code=401)
+    response = RedirectResponse(safe_next(next), status_code=303)
+    response.set_cookie(
+        sessions.COOKIE,
+        sessions.issue(secret, key_id),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(
+    request: Request, viewer: ViewerDep, csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    check_csrf(request, viewer, csrf_token)
+    response = RedirectResponse(f"{PREFIX}/login", status_code=303)
+    response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# ---- pages -------------------------------------------------------------------------------
+
+
+@router.post("/upload")
+async def upload(
+    request: Request,
+    viewer: ViewerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File()],
+    name: Annotated[str, Form(max_length=200)] = "",
+    modality: Annotated[str, Form()] = "",
+    task: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    """The upload page's form without JavaScript (its script posts to /v1/datasets)."""
+    check_csrf(request, viewer, csrf_token)
+    try:
+        if modality not in ("", "image", "text", "features") or task not in (
+            "",
+            "classification",
+            "regression",
+        ):
+            raise Invalid("choose a modality and task from the lists, or leave them to be detected")
+        tmp = await dataset_service.save_upload(file, settings)
+        row, _ = await run_in_threadpool(
+            dataset_service.register,
+            session,
+            settings,
+            tmp,
+            name=name.strip() or (file.filename or "dataset"),
+            modality=modality or None,
+            task=task or None,
+        )
+    except ProblemError as exc:
+        context = {
+            "viewer": viewer,
+            "max_mb": settings.max_upload_mb,
+            "suffixes": dataset_service.SUFFIXES,
+            "error": exc.detail,
+        }
+        return render(request, "upload.html", context, status_code=exc.status)
+    return RedirectResponse(f"{PREFIX}/datasets/{row.id}", status_code=303)
+
+
+@router.post("/datasets/{dataset_id}/rankings")
+async def start_ranking(
+    request: Request,
+    viewer: ViewerDep,
+    session: SessionDep,
+    queue: QueueDep,
+    dataset_id: str,
+) -> Response:
+    form = await request.form()
+    check_csrf(request, viewer, _text(form.get(sessions.CSRF_FIELD)))
+    model_ids = [str(v) for v in form.getlist("model_ids")]
+    metrics = [str(v) for v in form.getlist("metrics")]
+    per_class_text = _text(form.get("per_class")).strip()
+
+    def create() -> str:
+        if not model_ids:
+            raise Invalid("choose at least one model to rank")
+        if not metrics:
+            raise Invalid("choose at least one metric")
+        per_class = None
+        if per_class_text:
+            if not per_class_text.isdigit() or int(per_class_text) < 1:
+                raise Invalid("samples per class must be a whole number of at least 1")
+            per_class = int(per_class_text)
+        job = ranking_service.create(session, queue, dataset_id, model_ids, metrics, per_class)
+        return job.id
+
+    return await _post_then_redirect(
+        request, viewer, session, dataset_id, create, anchor="rankings", section="rank"
+    )
+
+
+@router.post("/datasets/{dataset_id}/outcomes")
+async def add_outcomes(
+    request: Request,
+    viewer: ViewerDep,
+    session: SessionDep,
+    queue: QueueDep,
+    dataset_id: str,
+) -> Response:
+    """One value per model (blank: not recorded), under one measure."""
+    form = await request.form()
+    check_csrf(request, viewer, _text(form.get(sessions.CSRF_FIELD)))
+    measure = _text(form.get("measure")).strip() or recommender.DEFAULT_MEASURE
+    higher = _text(form.get("direction")) != "lower"
+    values = {
+        key.removeprefix("value:"): _text(raw).strip()
+        for key, raw in form.multi_items()
+        if key.startswith("value:")
+    }
+
+    def record() -> str:
+        entries = []
+        for model_id, text in values.items():
+            if not text:
+                continue
+            try:
+                value = float(text)
+            except ValueError as exc:
+                raise Invalid(f"{text!r} is not a number; enter outcomes like 91.2") from exc
+            entries.append(
+                {
+                    "model_id": model_id,
+                    "value": value,
+                    "measure": measure,
+                    "higher_is_better": higher,
+                    "details": {"source": "dashboard"},
+                }
+            )
+        if not entries:
+            raise Invalid("enter at least one model's outcome")
+        outcome_service.record(session, dataset_id, entries)
+        defer(session, queue, Task.REFIT_RECOMMENDER)
+        return measure
+
+    return await _post_then_redirect(
+        request, viewer, session, dataset_id, record, anchor="outcomes", section="outcomes"
+    )
+
+
+@router.post("/datasets/{dataset_id}/schedule")
+async def set_schedule(
+    request: Request, viewer: ViewerDep, session: SessionDep, dataset_id: str
+) -> Response:
+    form = await request.form()
+    check_csrf(request, viewer, _text(form.get(sessions.CSRF_FIELD)))
+    cron = _text(form.get("schedule")).strip() or None
+
+    def update() -> str:
+        dataset_service.set_schedule(session, dataset_id, cron)
+        return cron or ""
+
+    return await _post_then_redirect(
+        request, viewer, session, dataset_id, update, anchor="schedule", section="schedule"
+    )
+
+
+async def _post_then_redirect(
+    request: Request,
+    viewer: Viewer,
+    session: Session,
+    dataset_id: str,
+    action: Callable[[], str],
+    *,
+    anchor: str,
+    section: str,
+) -> Response:
+    """Run a form's action; on success redirect to the dataset page (its section), on a
+    problem show the page again with the message beside the form."""
+    try:
+        await run_in_threadpool(action)
+    except NotFound:
+        raise
+    except ProblemError as exc:
+        session.rollback()
+        problem = {"section": section, "detail": exc.detail}
+        status = exc.status
+
+        def page(fresh: Session) -> dict[str, Any]:
+            figures = views.dataset_page(fresh, dataset_id, None, recommender.DEFAULT_MEASURE)
+            return {"viewer": viewer, "form_error": problem, **figures}
+
+        context = await run_in_threadpool(gather, deps.get_db(request), page)
+        return render(request, "dataset.html", context, status_code=status)
+    return RedirectResponse(f"{PREFIX}/datasets/{dataset_id}#{anchor}", status_code=303)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+# ---- assets ------------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""The ranking job's states and the tasks that move it on, as plain enums.
+
+They live apart from ``app.lifecycle`` (which owns the rules: legal transitions, creation, the
+hand-off to the queue, and re-exports these) only so that code with no database can use them:
+the wire schemas in ``app.schemas`` and the Python client (``app.client``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.DONE, JobStatus.FAILED)
+
+
+class ModelStatus(StrEnum):
+    QUEUED = "queued"
+    EXTRACTING = "extracting"
+    SCORING = "scoring"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (ModelStatus.DONE, ModelStatus.FAILED)
+
+    @property
+    def task(self) -> Task:
+        """The task that moves a model in this state on."""
+        return Task.SCORE if self is ModelStatus.SCORING else Task.EXTRACT
+
+
+class Trigger(StrEnum):
+    """Why a job exists."""
+
+    API = "api"
+    RERANK = "rerank"
+    SCHEDULE = "schedule"
+
+
+class Task(StrEnum):
+    """Every task a worker runs, by its wire name."""
+
+    EXTRACT = "tb.extract"
+    RESOLVE_MODEL = "tb.resolve_model"
+    SCORE = "tb.score"
+    RERANK_MISSING = "tb.rerank_missing"
+    REQUEUE_STALE = "tb.requeue_stale"
+    RUN_SCHEDULES = "tb.run_schedules"
+    REFIT_RECOMMENDER = "tb.refit_recommender"
+
+    @property
+    def queue(self) -> str:
+        """Forward passes (and loading weights) go to ``gpu`` workers, the rest to ``cpu``."""
+        return "gpu" if self in (Task.EXTRACT, Task.RESOLVE_MODEL) else "cpu"

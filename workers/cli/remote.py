@@ -1,0 +1,162 @@
+"""``transferbench rank DATASET --server URL``: the same ranking, computed by a service.
+
+The dataset is read and validated here first (so a bad one fails before any upload) and
+looked up on the server by its content hash; only a dataset the server lacks is uploaded: a
+file as it is, a folder zipped on the fly, a built-in (subsampled here, as the local command
+does) or an image manifest exported to a zip of class folders. The server's progress feeds
+the bar, and the result prints exactly as the local command prints its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from app.client import Client, Dataset, Ranking, TransferbenchError
+from scoring import RECOMMENDED
+from workers.cli.main import EXIT_BAD_INPUT, _err
+from workers.cli.report import plot, render
+from workers.pipeline.datasets import BUILTINS, open_dataset
+from workers.pipeline.datasets import Dataset as LocalDataset
+from workers.pipeline.datasets.archive import read_member
+from workers.pipeline.datasets.images import ArrayImage, FileImage, ZipImage
+from workers.pipeline.ranking import RankedModel
+
+#: options of the local pipeline that a server decides for itself
+LOCAL_ONLY = {"save_features": "--save-features", "batch_size": "--batch-size"}
+
+
+def run(args: argparse.Namespace, server: str, api_key: str | None) -> int:
+    """Rank ``args.dataset`` on ``server`` and print it like ``_cmd_rank``. The server's
+    errors (and an unreachable server) print its detail in one line and return 2."""
+    try:
+        return _run(args, server, api_key)
+    except TransferbenchError as exc:
+        _err(exc.detail)
+        return EXIT_BAD_INPUT
+
+
+def _run(args: argparse.Namespace, server: str, api_key: str | None) -> int:
+    for option, flag in LOCAL_ONLY.items():
+        if getattr(args, option) is not None:
+            raise TransferbenchError(f"{flag} applies to local ranking only; drop it or --server")
+    if args.no_cache:
+        raise TransferbenchError("--no-cache applies to local ranking only; drop it or --server")
+    with Client(server, api_key=api_key) as tb, tempfile.TemporaryDirectory() as tmp:
+        dataset, per_class = _dataset_on(tb, args, Path(tmp))
+        ranking = tb.rank(
+            dataset, args.models, args.metrics, per_class=per_class, progress=not args.quiet
+        )
+    rows = _rows(ranking)
+    columns = list(ranking.metrics)
+    if any(r.scores.get(RECOMMENDED) is not None for r in rows):
+        columns.insert(0, RECOMMENDED)
+    text = render(rows, columns, args.format)
+    if args.output:
+        from workers.pipeline.rank import write_text_atomic
+
+        write_text_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        n = max((p.samples_total for p in ranking.progress), default=dataset.n_samples)
+        plot(rows, columns, args.plot, f"{dataset.name} (N={n})")
+    return 0
+
+
+def _rows(ranking: Ranking) -> list[RankedModel]:
+    """The server's results as the local command's rows; why a metric is missing goes to
+    stderr once, as locally."""
+    progress = {p.model_id: p for p in ranking.progress}
+    rows = []
+    for result in ranking.results or []:
+        state = progress.get(result.model_id)
+        if state and state.error:
+            _err(f"{result.model}: failed: {state.error}")
+        errors = dict(state.errors) if state else {}
+        for metric, reason in errors.items():
+            _err(f"{result.model}: {metric} not computed: {reason}")
+        rows.append(RankedModel(result.model, result.rank, dict(result.scores), errors))
+    return rows
+
+
+def _dataset_on(tb: Client, args: argparse.Namespace, tmp: Path) -> tuple[Dataset, int | None]:
+    """The server's dataset for ``args.dataset`` (uploaded if it lacks it), and the
+    per-class cap the server should still apply."""
+    spec: str = args.dataset
+    per_class: int | None = args.per_class
+    if spec in BUILTINS:  # subsampled here, with the local command's defaults and seed
+        builtin = BUILTINS[spec]
+        local = builtin.load()
+        cap = per_class or builtin.default_per_class
+        if cap:
+            local = local.subsample(cap, args.seed or 0)
+        upload, per_class = _export(local, tmp), None
+    elif not Path(spec).expanduser().exists() and _looks_like_id(spec):
+        return tb.dataset(spec), per_class
+    else:
+        if args.seed:
+            raise TransferbenchError(
+                "--seed: the server subsamples --per-class with seed 0; drop --seed, or rank "
+                "locally (without --server)"
+            )
+        upload = Path(spec).expanduser()
+        local = open_dataset(str(upload))  # validates here, before any upload
+        if upload.is_file() and local.modality == "image" and upload.suffix.lower() != ".zip":
+            upload = _export(local, tmp)  # a manifest: its images must travel with it
+    # the hash the server will compute: of the file it gets, where that is not the original
+    digest = local.content_hash if upload.parent != tmp else open_dataset(str(upload)).content_hash
+    found = tb.find_dataset(digest)
+    if found is None:
+        if not args.quiet:
+            print(f"uploading {local.name} ({len(local)} samples) to {tb.url}", file=sys.stderr)
+        found = tb.upload_dataset(upload, name=local.name)
+    return found, per_class
+
+
+def _looks_like_id(spec: str) -> bool:
+    return len(spec) == 32 and all(c in "0123456789abcdef" for c in spec)
+
+
+def _export(dataset: LocalDataset, tmp: Path) -> Path:
+    """A file the server can read holding ``dataset``: text as ``text,label`` CSV, images as a
+    zip of ``<class>/<image>`` (a class name's slashes become underscores)."""
+    if dataset.modality == "text":
+        path = tmp / "dataset.csv"
+        with path.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out)
+            writer.writerow(["text", "label"])
+            writer.writerows(zip(dataset.samples, dataset.labels.tolist(), strict=True))
+        return path
+    if dataset.modality != "image" or dataset.target != "classification":
+        raise TransferbenchError(
+            f"{dataset.origin or dataset.name}: only class-labelled image, text and feature "
+            "datasets can be uploaded; give the file itself, or rank locally"
+        )
+    path = tmp / "dataset.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for i, (sample, label) in enumerate(zip(dataset.samples, dataset.labels, strict=True)):
+            name, data = _image_bytes(sample)
+            folder = str(label).replace("/", "_").replace("\\", "_").lstrip(".") or "_"
+            z.writestr(f"{folder}/{i:06d}{Path(name).suffix.lower()}", data)
+    return path
+
+
+def _image_bytes(sample: object) -> tuple[str, bytes]:
+    """(a file name, the image's bytes): a file's own bytes, or an array encoded as PNG."""
+    if isinstance(sample, FileImage):
+        return sample.path.name, sample.path.read_bytes()
+    if isinstance(sample, ZipImage):
+        return sample.member, read_member(sample.archive, sample.member)
+    if isinstance(sample, ArrayImage):
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(sample.pixels).save(buffer, format="PNG")
+        return "image.png", buffer.getvalue()
+    raise TransferbenchError(f"cannot upload a sample of type {type(sample).__name__}")
