@@ -13,6 +13,7 @@ from app.api import datasets, evaluation, models, rankings
 from app.dashboard.pages import install as install_dashboard
 from app.db.session import Database
 from app.lifecycle import TaskQueue
+from app.limits import BodyGuard
 from app.queue import CeleryQueue
 from app.services.reads import Reads
 from workers.settings import Settings
@@ -48,6 +49,7 @@ def create_app(
     app.state.verified_keys = {}
     errors.install(app)
     observability.install(app, db, queue)
+    app.add_middleware(BodyGuard)  # size cap and auth before an upload's body is read
     if settings.cors_origins:  # browser clients on other origins; none: no CORS headers
         app.add_middleware(
             CORSMiddleware,

@@ -1,0 +1,107 @@
+"""The upload cap and authentication answered from the headers, before the body is read,
+against a real uvicorn server: a client that declares a huge body, or has no key, gets its
+answer while the body is still unsent, and nothing is spooled to disk."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from app.db.migrate import upgrade
+from app.db.session import Database
+from app.main import create_app
+from app.services import apikeys
+from workers.jobs.embedded import LocalQueue
+from workers.settings import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
+    data_dir = tmp_path_factory.mktemp("limits")
+    settings = Settings(data_dir=data_dir, max_upload_mb=1, scheduler_tick_s=3600)
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    with db.session() as s:
+        key = apikeys.create(s, "limits")
+    queue = LocalQueue(db, settings)
+    app = create_app(settings, queue=queue, db=db, auth_required=True)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield port, key, settings.uploads_dir
+    srv.should_exit = True
+    thread.join(timeout=15)
+    db.dispose()
+
+
+def _headers_only(port: int, length: int, key: str | None) -> tuple[int, float]:
+    """Send a multipart upload's headers and no body; the status line and how long it took."""
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    head = (
+        f"POST /v1/datasets HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}"
+        "Content-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head.encode())
+        reply = sock.recv(4096).decode(errors="replace")
+    return int(reply.split(" ", 2)[1]), time.monotonic() - started
+
+
+def test_a_declared_body_over_the_cap_is_refused_unread(server) -> None:
+    port, key, uploads = server
+    status, took = _headers_only(port, 50 * 1024 * 1024, key)
+    assert status == 413 and took < 3  # the 50 MiB were never sent, nor waited for
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_no_key_is_refused_before_the_body(server) -> None:
+    port, _, uploads = server
+    status, took = _headers_only(port, 200_000, None)
+    assert status == 401 and took < 3
+    status, _ = _headers_only(port, 200_000, "tb_wrong")
+    assert status == 401
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_a_body_streamed_past_the_cap_is_cut_off(server) -> None:
+    """No Content-Length (chunked): the count of bytes received decides."""
+    import httpx
+
+    port, key, uploads = server
+
+    def chunks() -> Iterator[bytes]:
+        yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.npy"\r\n\r\n'
+        for _ in range(40):  # 2.5 MiB in all, over the 1 MiB cap and its framing allowance
+            yield b"\0" * 65536
+
+    r = httpx.post(
+        f"http://127.0.0.1:{port}/v1/datasets",
+        content=chunks(),
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "multipart/form-data; boundary=x",
+        },
+        timeout=10,
+    )
+    assert r.status_code == 413, r.text
+    assert "TB_MAX_UPLOAD_MB" in r.json()["detail"]
+    assert not uploads.exists() or not any(uploads.iterdir())
