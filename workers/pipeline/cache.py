@@ -1,7 +1,8 @@
 """Content-addressed on-disk feature cache.
 
 A key is the sha256 of everything that determines the arrays: the weights fingerprint, the
-layer, the preprocessing recipe and the dataset's content hash. Entries are ``.npz`` files
+layer, the preprocessing recipe, the runtime that computed the forward pass (PyTorch, or ONNX
+Runtime and its version) and the dataset's content hash. Entries are ``.npz`` files
 written atomically (a temp file in the same folder, then ``os.replace``), so a reader sees a
 whole entry or none.
 """
@@ -35,13 +36,14 @@ class CachedFeatures:
 
 
 def feature_key(model: CandidateModel, dataset_hash: str) -> str:
-    """sha256 (hex) of the weights fingerprint, layer, recipe, head and dataset hash."""
+    """sha256 (hex) of the weights fingerprint, layer, recipe, head, runtime and dataset hash."""
     identity = {
         "format": FORMAT_VERSION,
         "fingerprint": model.fingerprint,
         "layer": model.layer,
         "recipe": model.recipe.cache_identity(),
         "head": model.has_head,
+        "runtime": model.runtime,
         "dataset": dataset_hash,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from workers.pipeline.models.preprocessing import ImageRecipe, Recipe, TextRecipe
 
@@ -25,6 +29,31 @@ class ModelOutput:
     probs: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class ExportSpec:
+    """What a PyTorch model hands the ONNX exporter (:mod:`workers.pipeline.models.exported`).
+
+    - ``module``: the very ``nn.Module`` the PyTorch path runs: the feeds, positionally in the
+      order of ``example``, -> ``(features (B, D),)`` or ``(features (B, D), logits (B, Z))``.
+    - ``example``: input name -> tensor the graph is traced with; ``check``: other inputs (other
+      batch size, other length) the exported graph is verified with against the module.
+    - ``dynamic``: input name -> its dynamic axes, e.g. ``{0: "batch", 1: "tokens"}``.
+    - ``weights``: fingerprint of the weights inside ``module`` (two models sharing a trunk
+      share the exported file).
+    - ``identity``: everything else that decides the graph (layer, input size, ...).
+    - ``tracing``: a context the export runs in (e.g. attention traced as plain ops).
+    """
+
+    module: nn.Module
+    example: dict[str, torch.Tensor]
+    check: dict[str, torch.Tensor]
+    dynamic: dict[str, dict[int, str]]
+    outputs: tuple[str, ...]
+    weights: str
+    identity: dict[str, Any]
+    tracing: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
+
+
 class CandidateModel(ABC):
     """A loaded model plus everything the pipeline needs to run it and key its features.
 
@@ -36,6 +65,15 @@ class CandidateModel(ABC):
     - ``layer``: which layer gives the features, e.g. ``penultimate:classifier.1``.
     - ``fingerprint``: sha256 of the weights (hex).
     - ``head_classes``: names of the source classes when it has a classifier head, else None.
+    - ``runtime``: what computes the forward pass (``torch``, or ONNX Runtime with its version);
+      part of the feature cache key, so cached features never mix runtimes.
+    - ``trunk``: set when the features come from an encoder that other models may share, with
+      the head applied afterwards in :meth:`finish` (MiniLM with and without its intent head):
+      models with equal trunks give equal features for a batch, so extraction runs it once.
+
+    A model the optimised CPU runtime can run also implements :meth:`export_spec`,
+    :meth:`feeds` and :meth:`finish`; its own :meth:`forward` is then
+    ``finish(*module(*feeds(batch).values()))``, and the exported graph replaces only the middle.
     """
 
     name: str
@@ -45,6 +83,8 @@ class CandidateModel(ABC):
     fingerprint: str
     head_classes: tuple[str, ...] | None
     device: torch.device = torch.device("cpu")
+    runtime: str = "torch"
+    trunk: str | None = None
 
     @property
     def modality(self) -> str:
@@ -62,6 +102,7 @@ class CandidateModel(ABC):
             "modality": self.modality,
             "layer": self.layer,
             "fingerprint": self.fingerprint,
+            "runtime": self.runtime,
             "recipe": self.recipe.to_dict(),
             "num_source_classes": len(self.head_classes) if self.head_classes else None,
         }
@@ -75,6 +116,24 @@ class CandidateModel(ABC):
         """Text models only: ``texts`` -> padded token tensors ``(B, T)``."""
         raise NotImplementedError(f"{self.name} is not a text model")
 
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Text models: each text's length in tokens after truncation (batches of similar
+        lengths pad less). This default counts characters."""
+        return [len(t) for t in texts]
+
+    def export_spec(self) -> ExportSpec | None:
+        """How to export the forward pass to ONNX, or None for a model that cannot be."""
+        return None
+
+    def feeds(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The tensors :attr:`ExportSpec.module` takes for ``batch``, by input name."""
+        raise NotImplementedError(f"{self.name} has no exportable forward pass")
+
+    def finish(self, features: torch.Tensor, logits: torch.Tensor | None) -> ModelOutput:
+        """The module's outputs ``(B, D)`` and ``(B, Z)`` -> :class:`ModelOutput` (softmax or the
+        model's own head)."""
+        raise NotImplementedError(f"{self.name} has no exportable forward pass")
+
     @abstractmethod
     def forward(self, batch: Any) -> ModelOutput:
         """Image models: ``(B, 3, H, W)`` uint8 tensor from the recipe's geometry.
@@ -84,6 +143,15 @@ class CandidateModel(ABC):
 def softmax(logits: torch.Tensor) -> np.ndarray:
     """``(B, Z)`` logits -> ``(B, Z)`` float32 probabilities, computed in float32."""
     return torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+
+def random_images(recipe: ImageRecipe, n: int, seed: int) -> torch.Tensor:
+    """``(n, 3, S, S)`` uint8 noise at the recipe's size, normalised by the recipe: the inputs
+    an image model is exported and verified with."""
+    generator = torch.Generator().manual_seed(seed)
+    size = recipe.size
+    raw = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+    return recipe.normalize(raw)
 
 
 def pool(activations: torch.Tensor) -> torch.Tensor:
@@ -96,4 +164,13 @@ def pool(activations: torch.Tensor) -> torch.Tensor:
     return activations.reshape(activations.shape[0], -1)
 
 
-__all__ = ["CandidateModel", "ImageRecipe", "ModelOutput", "TextRecipe", "pool", "softmax"]
+__all__ = [
+    "CandidateModel",
+    "ExportSpec",
+    "ImageRecipe",
+    "ModelOutput",
+    "TextRecipe",
+    "pool",
+    "random_images",
+    "softmax",
+]

@@ -6,12 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from workers.pipeline.errors import PipelineError
-from workers.pipeline.models.base import CandidateModel, ModelOutput, pool, softmax
+from workers.pipeline.models.base import CandidateModel, ModelOutput, pool, random_images, softmax
 from workers.pipeline.models.fingerprint import file_sha256
+from workers.pipeline.models.onnxrt import (
+    FOLD_VERSION,
+    ORT_VERSION,
+    GraphStore,
+    disagreement,
+    graph_key,
+    make_session,
+    note_fallback,
+    optimise_native,
+)
 from workers.pipeline.models.preprocessing import ImageRecipe
 
 
@@ -30,6 +39,11 @@ class OnnxImageModel(CandidateModel):
 
     The graph's first output is taken as the head: probabilities when the graph ends in a
     Softmax, logits otherwise (a softmax is applied).
+
+    With a ``store`` (the optimised runtime is on) the graph is first made cheaper for the
+    CPU (:func:`~workers.pipeline.models.onnxrt.optimise_native`: batch norms exported as
+    arithmetic folded into the convolutions), checked against the graph as it is, and kept in
+    the store; without one, or if that fails, the graph runs as it is.
     """
 
     def __init__(
@@ -42,6 +56,7 @@ class OnnxImageModel(CandidateModel):
         layer: str = "auto",
         head_classes: tuple[str, ...] | None = None,
         num_threads: int = 1,
+        store: GraphStore | None = None,
     ) -> None:
         if not path.is_file():
             raise PipelineError(f"ONNX file not found: {path}")
@@ -58,14 +73,6 @@ class OnnxImageModel(CandidateModel):
         self._head_name = graph.output[0].name
         if value != self._head_name:
             graph.output.append(onnx.helper.make_empty_tensor_value_info(value))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(
-            graph_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        self._input = self._session.get_inputs()[0].name
         self._value = value
         self.name = name
         self.source = source
@@ -73,6 +80,45 @@ class OnnxImageModel(CandidateModel):
         self.layer = value
         self.fingerprint = file_sha256(path)
         self.head_classes = head_classes if value != self._head_name else None
+        self.runtime = f"onnxruntime-{ORT_VERSION}"
+        original = graph_model.SerializeToString()
+        optimised = self._optimised(graph_model, store, num_threads) if store else None
+        self._session = make_session(optimised or original, num_threads)
+        self._input = self._session.get_inputs()[0].name
+
+    def _optimised(self, graph: onnx.ModelProto, store: GraphStore, threads: int) -> bytes | None:
+        """The optimised graph from the store, or built, checked and stored; None on failure
+        (logged once)."""
+        key = graph_key(
+            {
+                "kind": "onnx-file-optimised",
+                "file": self.fingerprint,
+                "outputs": [self._value, self._head_name],
+                "fold": FOLD_VERSION,
+                "onnxruntime": ORT_VERSION,
+                "onnx": onnx.__version__,
+            }
+        )
+        path = store.path(key)
+        try:
+            if path.is_file():
+                data = path.read_bytes()
+            else:
+                data = optimise_native(graph)
+                x = random_images(self.recipe, 3, seed=1).numpy()
+                names = [self._value, self._head_name]
+                feed = {graph.graph.input[0].name: x}
+                reference = make_session(graph.SerializeToString(), threads).run(names, feed)
+                candidate = make_session(data, threads).run(names, feed)
+                reason = disagreement(reference, candidate)
+                if reason:
+                    raise PipelineError(reason)
+                store.put(key, data)
+        except Exception as exc:
+            note_fallback(key, f"{self.name}: running its ONNX graph unoptimised: {exc}")
+            return None
+        self.runtime = f"onnxruntime-{ORT_VERSION}+fold{FOLD_VERSION}"
+        return data
 
     def forward(self, batch: torch.Tensor) -> ModelOutput:
         """``batch``: ``(B, 3, H, W)`` uint8 -> features ``(B, D)``, probs ``(B, Z)``."""

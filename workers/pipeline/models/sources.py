@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from functools import cache
@@ -15,6 +16,7 @@ from torch import nn
 
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.models.base import CandidateModel
+from workers.pipeline.models.exported import choose_runtime, store_for
 from workers.pipeline.models.onnx_image import OnnxImageModel
 from workers.pipeline.models.preprocessing import ImageRecipe, TextRecipe
 from workers.pipeline.models.spec import ModelSpec
@@ -185,9 +187,17 @@ def _state_dict(spec: ModelSpec, name: str, settings: Settings) -> CandidateMode
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 of a fast tokenizer's full JSON (vocab, normaliser, special tokens)."""
+    """sha256 of a fast tokenizer's full JSON (vocab, normaliser, special tokens), without its
+    padding and truncation state: every call with ``padding=True`` rewrites that state, and a
+    fingerprint taken after one must equal one taken before."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is None:
+        text = repr(sorted(tokenizer.get_vocab().items()))
+    else:
+        state = json.loads(backend.to_str())
+        state.pop("padding", None)
+        state.pop("truncation", None)
+        text = json.dumps(state, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -249,6 +259,7 @@ def _onnx(spec: ModelSpec, name: str, settings: Settings) -> CandidateModel:
         layer=spec.options.get("layer", "auto"),
         head_classes=_onnx_head_classes(Path(spec.ref).expanduser()) if head else None,
         num_threads=configure(settings.num_threads),
+        store=store_for(settings) if choose_runtime(settings) == "onnx" else None,
     )
 
 

@@ -3,13 +3,17 @@ linear head (weights as plain arrays) on top."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from workers.pipeline.models.base import CandidateModel, ModelOutput, softmax
+from workers.pipeline.models.base import CandidateModel, ExportSpec, ModelOutput, softmax
 from workers.pipeline.models.fingerprint import module_sha256, tensors_sha256
 from workers.pipeline.models.preprocessing import TextRecipe
 
@@ -45,6 +49,84 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
+# Export and verification inputs: lengths that differ within a batch (padding) and between
+# the two batches, so a traced constant batch size or length cannot pass the check.
+EXAMPLE_TEXTS = ["a short one", "a noticeably longer sentence, so that this batch needs padding"]
+CHECK_TEXTS = [
+    "compilers turn source code into programs that machines can run, one pass after another",
+    "hi",
+    "the weather is nice today",
+]
+
+
+def tensor_names(tokens: dict[str, Any]) -> tuple[str, ...]:
+    """The names of a tokenizer's tensor outputs, in its order: the encoder's inputs."""
+    return tuple(name for name, value in tokens.items() if isinstance(value, torch.Tensor))
+
+
+class MeanPooled(nn.Module):
+    """A transformers encoder: token tensors (positionally, in ``names`` order) ->
+    ``(features (B, D),)``, the mask-weighted mean of the last hidden state."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tokens: torch.Tensor) -> tuple[torch.Tensor]:
+        inputs = dict(zip(self.names, tokens, strict=True))
+        hidden = self.model(**inputs).last_hidden_state
+        return (mean_pool(hidden, inputs["attention_mask"]),)
+
+
+class SentenceEmbedding(nn.Module):
+    """A sentence-transformers pipeline: token tensors -> ``(sentence_embedding (B, D),)``."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tokens: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model(dict(zip(self.names, tokens, strict=True)))["sentence_embedding"],)
+
+
+@contextlib.contextmanager
+def eager_attention(encoder: Any) -> Iterator[None]:
+    """A transformers encoder with its attention as plain MatMul/Softmax ops while inside.
+
+    For the export: the exporter's graph of ``scaled_dot_product_attention`` guards every
+    softmax with Where/IsNaN, ~15% of ONNX Runtime's time on MiniLM; eager attention is the
+    same arithmetic (the export's check compares it with the SDPA the PyTorch path runs).
+    """
+    config = getattr(encoder, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    setter = getattr(encoder, "set_attn_implementation", None)
+    if before in (None, "eager") or setter is None:
+        yield
+        return
+    setter("eager")
+    try:
+        yield
+    finally:
+        setter(before)
+
+
+def _text_export_spec(
+    model: CandidateModel, module: nn.Module, weights: str, kind: str, encoder: Any
+) -> ExportSpec:
+    example = model.feeds(model.tokenize(EXAMPLE_TEXTS))
+    axes = {0: "batch", 1: "tokens"}
+    return ExportSpec(
+        module=module,
+        example=example,
+        check=model.feeds(model.tokenize(CHECK_TEXTS)),
+        dynamic={name: axes for name in example},
+        outputs=("features",),
+        weights=weights,
+        identity={"kind": kind, "layer": model.layer, "inputs": list(example)},
+        tracing=partial(eager_attention, encoder),
+    )
+
+
 class HFTextModel(CandidateModel):
     """A transformers encoder (``AutoModel``); features: mean-pooled last hidden state."""
 
@@ -65,11 +147,13 @@ class HFTextModel(CandidateModel):
         self.recipe: TextRecipe = recipe
         self.head = head
         self.layer = "last_hidden_state:mean"
-        weights = module_sha256(model)
+        self.encoder_fingerprint = module_sha256(model)
         self.fingerprint = tensors_sha256(
-            {}, salt=f"{weights}|{head.fingerprint() if head else ''}"
+            {}, salt=f"{self.encoder_fingerprint}|{head.fingerprint() if head else ''}"
         )
         self.head_classes = head.classes if head else None
+        self.net = MeanPooled(self.model, tensor_names(self.tokenize(EXAMPLE_TEXTS)))
+        self.trunk = f"torch:{self.encoder_fingerprint}:{self.layer}:{id(self.model)}"
 
     def to(self, device: torch.device) -> HFTextModel:
         self.device = device
@@ -86,14 +170,28 @@ class HFTextModel(CandidateModel):
         )
         return dict(encoded)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        """``batch``: token tensors ``(B, T)`` -> features ``(B, D)``, probs ``(B, Z)``."""
-        inputs = {k: v.to(self.device) for k, v in batch.items()}
-        with torch.inference_mode():
-            hidden = self.model(**inputs).last_hidden_state
-            feats = mean_pool(hidden, inputs["attention_mask"]).float()
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        ids = self.tokenizer(texts, truncation=True, max_length=self.recipe.max_length)
+        return [len(row) for row in ids["input_ids"]]
+
+    def feeds(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: batch[name].to(self.device) for name in self.net.names}
+
+    def finish(self, features: torch.Tensor, logits: torch.Tensor | None = None) -> ModelOutput:
+        feats = features.float()
         probs = self.head(feats) if self.head is not None else None
         return ModelOutput(feats.cpu().numpy().astype(np.float32), probs)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        """``batch``: token tensors ``(B, T)`` -> features ``(B, D)``, probs ``(B, Z)``."""
+        with torch.inference_mode():
+            (features,) = self.net(*self.feeds(batch).values())
+        return self.finish(features)
+
+    def export_spec(self) -> ExportSpec:
+        """Batch and token axes dynamic; the head stays outside the graph (see :meth:`finish`),
+        so models sharing this encoder share the exported file."""
+        return _text_export_spec(self, self.net, self.encoder_fingerprint, "hf-mean", self.model)
 
 
 class SentenceTransformerModel(CandidateModel):
@@ -108,6 +206,7 @@ class SentenceTransformerModel(CandidateModel):
         self.layer = "sentence_embedding"
         self.fingerprint = module_sha256(model)
         self.head_classes = None
+        self.net = SentenceEmbedding(self.model, tensor_names(self.tokenize(EXAMPLE_TEXTS)))
 
     def to(self, device: torch.device) -> SentenceTransformerModel:
         self.device = device
@@ -119,10 +218,22 @@ class SentenceTransformerModel(CandidateModel):
         prepare = getattr(self.model, "preprocess", None) or self.model.tokenize
         return dict(prepare(texts))
 
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        limit = int(self.model.max_seq_length or self.recipe.max_length)
+        ids = self.model.tokenizer(texts, truncation=True, max_length=limit)
+        return [len(row) for row in ids["input_ids"]]
+
+    def feeds(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: batch[name].to(self.device) for name in self.net.names}
+
+    def finish(self, features: torch.Tensor, logits: torch.Tensor | None = None) -> ModelOutput:
+        return ModelOutput(features.float().cpu().numpy().astype(np.float32), None)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        inputs = {
-            k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-        }
         with torch.inference_mode():
-            feats = self.model(inputs)["sentence_embedding"].float()
-        return ModelOutput(feats.cpu().numpy().astype(np.float32), None)
+            (features,) = self.net(*self.feeds(batch).values())
+        return self.finish(features)
+
+    def export_spec(self) -> ExportSpec:
+        encoder = getattr(self.model[0], "auto_model", None) if len(self.model) else None
+        return _text_export_spec(self, self.net, self.fingerprint, "st-embedding", encoder)

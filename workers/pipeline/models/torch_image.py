@@ -7,14 +7,20 @@ penultimate, pooled layer), or the output of any named module (pooled to ``(B, D
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from workers.pipeline.errors import PipelineError
-from workers.pipeline.models.base import CandidateModel, ModelOutput, pool, softmax
+from workers.pipeline.models.base import (
+    CandidateModel,
+    ExportSpec,
+    ModelOutput,
+    pool,
+    random_images,
+    softmax,
+)
 from workers.pipeline.models.fingerprint import module_sha256
 from workers.pipeline.models.preprocessing import ImageRecipe
 
@@ -28,6 +34,38 @@ def last_linear(module: nn.Module) -> str | None:
         if isinstance(child, nn.Linear):
             found = name
     return found
+
+
+class Tapped(nn.Module):
+    """``module`` with its feature layer tapped: ``x`` -> ``(features (B, D),)``, or
+    ``(features, logits)`` with ``logits``. The PyTorch path runs this module and the ONNX
+    export traces it, so both compute the same layer and head.
+
+    ``tap``: the submodule whose ``capture`` (its input or output) is the feature; None takes
+    the module's own output.
+    """
+
+    def __init__(self, module: nn.Module, tap: str | None, capture: str, logits: bool) -> None:
+        super().__init__()
+        self.module = module
+        self.tap, self.capture, self.logits = tap, capture, logits
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        store: list[torch.Tensor] = []
+        handle = None
+        if self.tap is not None:
+
+            def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+                store.append(args[0] if self.capture == "input" else out)
+
+            handle = self.module.get_submodule(self.tap).register_forward_hook(hook)
+        try:
+            out = self.module(x)
+        finally:
+            if handle is not None:
+                handle.remove()
+        features = pool(store[-1] if store else out)
+        return (features, out) if self.logits else (features,)
 
 
 class TorchImageModel(CandidateModel):
@@ -73,6 +111,7 @@ class TorchImageModel(CandidateModel):
                     " class names were given"
                 )
         self.head_classes = head_classes if logits_out else None
+        self.net = Tapped(self.module, self._tap, self._capture, self.head_classes is not None)
         self.fingerprint = fingerprint or module_sha256(module)
         # channels_last on the CPU too: oneDNN's NHWC convolutions ran MobileNetV2 ~40% faster
         # than NCHW on the 2-core build machine (33 -> 48 images/s, batch 8).
@@ -89,35 +128,37 @@ class TorchImageModel(CandidateModel):
             )
         return self
 
-    @contextlib.contextmanager
-    def _hooked(self, store: list[torch.Tensor]) -> Iterator[None]:
-        if self._tap is None:
-            yield
-            return
-        target = dict(self.module.named_modules())[self._tap]
+    def feeds(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``batch``: ``(B, 3, H, W)`` uint8 -> the normalised float input, contiguous."""
+        return {"pixels": self.recipe.normalize(batch.to(self.device, non_blocking=True))}
 
-        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            store.append(args[0] if self._capture == "input" else out)
-
-        handle = target.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+    def finish(self, features: torch.Tensor, logits: torch.Tensor | None) -> ModelOutput:
+        probs = softmax(logits) if self.head_classes is not None and logits is not None else None
+        return ModelOutput(features.float().cpu().numpy().astype(np.float32, copy=False), probs)
 
     def forward(self, batch: torch.Tensor) -> ModelOutput:
         """``batch``: ``(B, 3, H, W)`` uint8 -> features ``(B, D)``, probs ``(B, 1000)``."""
-        x = self.recipe.normalize(batch.to(self.device, non_blocking=True))
+        x = self.feeds(batch)["pixels"]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        store: list[torch.Tensor] = []
         autocast = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
             else contextlib.nullcontext()
         )
-        with torch.inference_mode(), autocast, self._hooked(store):
-            out = self.module(x)
-        feats = pool(store[-1] if store else out).float()
-        probs = softmax(out) if self.head_classes is not None else None
-        return ModelOutput(feats.cpu().numpy().astype(np.float32, copy=False), probs)
+        with torch.inference_mode(), autocast:
+            out = self.net(x)
+        return self.finish(out[0], out[1] if len(out) > 1 else None)
+
+    def export_spec(self) -> ExportSpec:
+        """Random images, normalised as the recipe does; batch axis dynamic."""
+        example = random_images(self.recipe, 2, seed=0)
+        return ExportSpec(
+            module=self.net,
+            example={"pixels": example},
+            check={"pixels": random_images(self.recipe, 3, seed=1)},
+            dynamic={"pixels": {0: "batch"}},
+            outputs=("features", "logits") if self.net.logits else ("features",),
+            weights=self.fingerprint,
+            identity={"kind": "torch-image", "layer": self.layer, "input": list(example.shape[1:])},
+        )

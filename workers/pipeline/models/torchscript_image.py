@@ -13,7 +13,14 @@ import numpy as np
 import torch
 
 from workers.pipeline.errors import PipelineError
-from workers.pipeline.models.base import CandidateModel, ModelOutput, pool, softmax
+from workers.pipeline.models.base import (
+    CandidateModel,
+    ExportSpec,
+    ModelOutput,
+    pool,
+    random_images,
+    softmax,
+)
 from workers.pipeline.models.fingerprint import file_sha256
 from workers.pipeline.models.preprocessing import ImageRecipe
 
@@ -41,35 +48,59 @@ class TorchScriptImageModel(CandidateModel):
         self.layer = "output[0]" if has_head else "output"
         self.fingerprint = file_sha256(path)
         self._has_head = has_head
-        self.head_classes = None  # known after the first batch, see forward
+        self.head_classes = None  # known after the first batch, see finish
 
     def to(self, device: torch.device) -> TorchScriptImageModel:
         self.device = device
         self.module.to(device)
         return self
 
+    def feeds(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pixels": self.recipe.normalize(batch.to(self.device))}
+
+    def finish(self, features: torch.Tensor, logits: torch.Tensor | None) -> ModelOutput:
+        """The module's outputs (features of any shape, pooled here) -> :class:`ModelOutput`."""
+        if logits is not None and not self._has_head:
+            raise PipelineError(
+                f"{self.name}: the module returned 2 outputs; expected a tensor, or "
+                "(features, logits) with ?head=1"
+            )
+        if logits is None and self._has_head:
+            raise PipelineError(
+                f"{self.name}: ?head=1 but the module returned one tensor, not (features, logits)"
+            )
+        probs = None
+        if logits is not None:
+            probs = softmax(logits)
+            if self.head_classes is None:
+                self.head_classes = tuple(str(i) for i in range(probs.shape[1]))
+        return ModelOutput(pool(features).float().cpu().numpy().astype(np.float32), probs)
+
     def forward(self, batch: torch.Tensor) -> ModelOutput:
-        x = self.recipe.normalize(batch.to(self.device))
         with torch.inference_mode():
-            out = self.module(x)
+            out = self.module(self.feeds(batch)["pixels"])
         if isinstance(out, tuple | list):
-            if not self._has_head or len(out) != 2:
+            if len(out) != 2:
                 raise PipelineError(
                     f"{self.name}: the module returned {len(out)} outputs; "
                     "expected a tensor, or (features, logits) with ?head=1"
                 )
-            feats, logits = out
-            probs = softmax(logits)
-            if self.head_classes is None:
-                self.head_classes = tuple(str(i) for i in range(probs.shape[1]))
-        else:
-            if self._has_head:
-                raise PipelineError(
-                    f"{self.name}: ?head=1 but the module returned one tensor, not "
-                    "(features, logits)"
-                )
-            feats, probs = out, None
-        return ModelOutput(pool(feats).float().cpu().numpy().astype(np.float32), probs)
+            return self.finish(out[0], out[1])
+        return self.finish(out, None)
+
+    def export_spec(self) -> ExportSpec:
+        """The scripted module itself (a wrapper around it cannot be traced); its outputs are
+        pooled in :meth:`finish`, on either runtime. Batch axis dynamic."""
+        example = random_images(self.recipe, 2, seed=0)
+        return ExportSpec(
+            module=self.module,
+            example={"pixels": example},
+            check={"pixels": random_images(self.recipe, 3, seed=1)},
+            dynamic={"pixels": {0: "batch"}},
+            outputs=("features", "logits") if self._has_head else ("features",),
+            weights=self.fingerprint,
+            identity={"kind": "torchscript", "layer": self.layer, "input": list(example.shape[1:])},
+        )
 
     @property
     def has_head(self) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.models.base import CandidateModel
+from workers.pipeline.models.exported import accelerate, choose_runtime, store_for
 from workers.pipeline.models.fingerprint import file_sha256
 from workers.pipeline.models.onnx_image import OnnxImageModel
 from workers.pipeline.models.preprocessing import ImageRecipe, TextRecipe
@@ -123,6 +124,7 @@ def _open_nsfw(settings: Settings) -> CandidateModel:
         recipe=recipe,
         head_classes=("sfw", "nsfw"),
         num_threads=configure(settings.num_threads),
+        store=store_for(settings) if choose_runtime(settings) == "onnx" else None,
     )
 
 
@@ -244,9 +246,10 @@ def zoo_names(modality: str | None = None) -> list[str]:
 
 
 def load_model(name: str, settings: Settings | None = None) -> CandidateModel:
-    """A zoo name (``mobilenet-v2``) or a spec (``timm:resnet18``) -> a loaded model on CPU."""
+    """A zoo name (``mobilenet-v2``) or a spec (``timm:resnet18``) -> a loaded model on CPU,
+    on ONNX Runtime where ``TB_RUNTIME`` says so and it exports (see
+    :mod:`workers.pipeline.models.exported`)."""
     settings = settings or Settings.load()
     configure(settings.num_threads)
-    if name in ZOO:
-        return ZOO[name].loader(settings)
-    return load_spec(parse_spec(name), settings)
+    model = ZOO[name].loader(settings) if name in ZOO else load_spec(parse_spec(name), settings)
+    return accelerate(model, settings)

@@ -1,0 +1,230 @@
+"""The optimised CPU runtime: PyTorch models exported to ONNX and run by ONNX Runtime.
+
+:func:`accelerate` is the one entry (``load_model`` calls it). Per model it:
+
+1. picks the runtime (:func:`choose_runtime`: ``TB_RUNTIME=auto`` is ONNX Runtime when the
+   extraction device is a CPU and PyTorch on CUDA; ``onnx`` and ``torch`` force one);
+2. exports the module the PyTorch path runs (:meth:`CandidateModel.export_spec`: the tapped
+   feature layer and the source head, exactly as ``forward`` computes them) with a dynamic batch
+   axis (and token axis for text), once per weights fingerprint, layer, input, opset and
+   exporter/ONNX Runtime versions, into ``TB_DATA_DIR/runtimes/onnx/<key>.onnx``;
+3. checks the exported graph against PyTorch on inputs of another batch size (and length)
+   before storing it (:func:`~workers.pipeline.models.onnxrt.disagreement`);
+4. wraps the model in :class:`OnnxRuntimeModel`, whose ``runtime`` names ONNX Runtime, so its
+   features get their own cache keys.
+
+PyTorch stays the reference: a model that cannot be exported, whose graph disagrees, or whose
+session cannot be built runs on PyTorch, with the reason logged once per process.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from workers.pipeline.errors import PipelineError
+from workers.pipeline.models.base import CandidateModel, ExportSpec, ModelOutput
+from workers.pipeline.models.onnxrt import (
+    ORT_VERSION,
+    GraphStore,
+    disagreement,
+    graph_key,
+    make_session,
+    note_fallback,
+)
+from workers.pipeline.runtime import configure, resolve_device
+from workers.settings import Settings
+
+OPSET = 17
+EXPORT_FORMAT = 1  # bump when what an exported graph computes changes
+RUNTIME = f"onnxruntime-{ORT_VERSION}/torch-{torch.__version__}-opset{OPSET}-v{EXPORT_FORMAT}"
+
+# Sessions by (graph file, threads): models sharing a trunk (minilm-l6 and minilm-intent) and
+# repeated loads of one model share one session and its weights.
+_SESSIONS: dict[tuple[str, int], ort.InferenceSession] = {}
+_FAILED: dict[str, str] = {}
+
+
+def store_for(settings: Settings) -> GraphStore:
+    """The graph store beside the feature cache: ``TB_DATA_DIR/runtimes/onnx``."""
+    return GraphStore(settings.data_dir / "runtimes" / "onnx")
+
+
+def choose_runtime(settings: Settings) -> Literal["onnx", "torch"]:
+    """``TB_RUNTIME``: ``torch``; ``onnx``; ``auto`` = ONNX Runtime unless the device is CUDA."""
+    if settings.runtime != "auto":
+        return settings.runtime
+    try:
+        device = resolve_device(settings.device)
+    except PipelineError:  # TB_DEVICE=cuda without a GPU: extraction reports it
+        return "torch"
+    return "torch" if device.type == "cuda" else "onnx"
+
+
+class OnnxRuntimeModel(CandidateModel):
+    """A PyTorch model whose forward pass runs on ONNX Runtime (CPU).
+
+    Only the middle of ``forward`` changes: the reference model still turns a batch into
+    input tensors (:meth:`feeds`) and the graph's outputs into features and probabilities
+    (:meth:`finish`: softmax, or its own linear head). Every other attribute is the reference
+    model's (``name``, ``recipe``, ``layer``, ``fingerprint``, ``module``, ...).
+    """
+
+    def __init__(
+        self, reference: CandidateModel, session: ort.InferenceSession, graph: str
+    ) -> None:
+        self.reference = reference
+        self.runtime = RUNTIME
+        # Models sharing a trunk share the exported graph, so its key names the trunk here.
+        self.trunk = f"onnx:{graph}" if reference.trunk is not None else None
+        self._session = session
+        self._inputs = [i.name for i in session.get_inputs()]
+        self._outputs = [o.name for o in session.get_outputs()]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "reference":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.reference, name)
+
+    @property
+    def modality(self) -> str:
+        return self.reference.modality
+
+    @property
+    def has_head(self) -> bool:
+        return self.reference.has_head
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.reference.tokenize(texts)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        return self.reference.token_lengths(texts)
+
+    def feeds(self, batch: Any) -> dict[str, torch.Tensor]:
+        return self.reference.feeds(batch)
+
+    def finish(self, features: torch.Tensor, logits: torch.Tensor | None) -> ModelOutput:
+        return self.reference.finish(features, logits)
+
+    def to(self, device: torch.device) -> OnnxRuntimeModel:
+        return self  # ONNX Runtime's CPU provider; the reference stays on the CPU too
+
+    def forward(self, batch: Any) -> ModelOutput:
+        feeds = self.reference.feeds(batch)
+        arrays = {name: np.ascontiguousarray(feeds[name].cpu().numpy()) for name in self._inputs}
+        try:
+            outputs = self._session.run(self._outputs, arrays)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            if "allocat" in str(exc).lower():
+                raise RuntimeError(f"{self.name}: out of memory in ONNX Runtime") from exc
+            raise PipelineError(
+                f"{self.name}: ONNX Runtime failed ({exc.__class__.__name__}: {exc}); "
+                "TB_RUNTIME=torch runs it on PyTorch"
+            ) from exc
+        tensors = [torch.from_numpy(np.asarray(o)) for o in outputs]
+        return self.reference.finish(tensors[0], tensors[1] if len(tensors) > 1 else None)
+
+
+def export_identity(model: CandidateModel, spec: ExportSpec) -> dict[str, Any]:
+    """Everything that decides the exported graph; its sha256 names the file."""
+    return {
+        "format": EXPORT_FORMAT,
+        "class": type(model).__name__,
+        "weights": spec.weights,
+        **spec.identity,
+        "outputs": list(spec.outputs),
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ORT_VERSION,
+    }
+
+
+def export_onnx(spec: ExportSpec) -> bytes:
+    """Trace ``spec.module`` on ``spec.example`` into an ONNX graph (bytes)."""
+    names = list(spec.example)
+    axes: dict[str, dict[int, str]] = {**spec.dynamic}
+    axes.update({name: {0: "batch"} for name in spec.outputs})
+    with (
+        tempfile.TemporaryDirectory(prefix="tb-export-") as folder,
+        warnings.catch_warnings(),
+        torch.no_grad(),
+        spec.tracing(),
+    ):
+        # The TorchScript-based exporter: it needs no onnxscript, and it warns that it is
+        # deprecated and about traced Python conditions; the check below is the real test.
+        warnings.simplefilter("ignore")
+        target = Path(folder) / "model.onnx"
+        torch.onnx.export(
+            spec.module.eval(),
+            tuple(spec.example.values()),
+            target,
+            input_names=names,
+            output_names=list(spec.outputs),
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        return target.read_bytes()
+
+
+def check(spec: ExportSpec, session: ort.InferenceSession) -> None:
+    """Raise ``PipelineError`` unless the session reproduces ``spec.module`` on ``spec.check``."""
+    with torch.no_grad():
+        out = spec.module(*spec.check.values())
+    reference = [t.float().numpy() for t in (out if isinstance(out, tuple | list) else (out,))]
+    inputs = [i.name for i in session.get_inputs()]
+    candidate = session.run(None, {n: spec.check[n].numpy() for n in inputs})
+    reason = disagreement(reference, candidate)
+    if reason:
+        raise PipelineError(f"the exported graph disagrees with PyTorch: {reason}")
+
+
+def exported_session(
+    spec: ExportSpec, key: str, store: GraphStore, threads: int
+) -> ort.InferenceSession:
+    """The graph named ``key`` from the store (exported from ``spec``, checked and stored the
+    first time) in a session; raises on any failure."""
+    path = store.path(key)
+    if (str(path), threads) in _SESSIONS:
+        return _SESSIONS[(str(path), threads)]
+    session = None
+    if path.is_file():
+        try:
+            session = make_session(path, threads)
+        except Exception:  # a damaged file: export again
+            path.unlink(missing_ok=True)
+    if session is None:
+        data = export_onnx(spec)
+        session = make_session(data, threads)
+        check(spec, session)
+        store.put(key, data)
+    _SESSIONS[(str(path), threads)] = session
+    return session
+
+
+def accelerate(model: CandidateModel, settings: Settings) -> CandidateModel:
+    """``model`` on ONNX Runtime when the runtime says so and it exports; else ``model``."""
+    if choose_runtime(settings) != "onnx":
+        return model
+    spec = model.export_spec()
+    if spec is None:
+        return model
+    key = graph_key(export_identity(model, spec))
+    if key in _FAILED:
+        return model
+    try:
+        session = exported_session(spec, key, store_for(settings), configure(settings.num_threads))
+    except Exception as exc:
+        _FAILED[key] = f"{exc.__class__.__name__}: {str(exc)[:300]}"
+        note_fallback(key, f"{model.name}: running on PyTorch, not ONNX Runtime: {_FAILED[key]}")
+        return model
+    return OnnxRuntimeModel(model, session, key)
