@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scoring import RECOMMENDED, DatasetRecord, Fit, fit_recommender
+from scoring import DatasetRecord, Fit, fit_recommender
 from scoring.recommend import MIN_OUTCOMES
 from workers.pipeline.ranking import with_recommendation
 from workers.settings import Settings
@@ -91,7 +91,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
         key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
         return remote.run(args, server, key)
-    from workers.cli.report import plot, render
+    from workers.cli.report import emit
     from workers.pipeline.rank import RankRequest, run_rank
 
     request = RankRequest(
@@ -113,18 +113,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     fit = _stored_fit(result)
     if fit is not None:
         rows = with_recommendation(rows, result.metrics, fit)
-    columns = list(result.metrics)
-    if any(r.scores.get(RECOMMENDED) is not None for r in rows):
-        columns.insert(0, RECOMMENDED)
-    text = render(rows, columns, args.format)
-    if args.output:
-        from workers.pipeline.rank import write_text_atomic
-
-        write_text_atomic(args.output, text)
-    else:
-        sys.stdout.write(text)
-    if args.plot:
-        plot(rows, columns, args.plot, f"{result.dataset_name} (N={result.n})")
+    emit(rows, result.metrics, args, f"{result.dataset_name} (N={result.n})")
     return 0
 
 

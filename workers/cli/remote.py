@@ -18,9 +18,8 @@ import zipfile
 from pathlib import Path
 
 from app.client import Client, Dataset, Ranking, TransferbenchError
-from scoring import RECOMMENDED
 from workers.cli.main import EXIT_BAD_INPUT, _err
-from workers.cli.report import plot, render
+from workers.cli.report import emit
 from workers.pipeline.datasets import BUILTINS, open_dataset
 from workers.pipeline.datasets import Dataset as LocalDataset
 from workers.pipeline.datasets.archive import read_member
@@ -52,20 +51,8 @@ def _run(args: argparse.Namespace, server: str, api_key: str | None) -> int:
         ranking = tb.rank(
             dataset, args.models, args.metrics, per_class=per_class, progress=not args.quiet
         )
-    rows = _rows(ranking)
-    columns = list(ranking.metrics)
-    if any(r.scores.get(RECOMMENDED) is not None for r in rows):
-        columns.insert(0, RECOMMENDED)
-    text = render(rows, columns, args.format)
-    if args.output:
-        from workers.pipeline.rank import write_text_atomic
-
-        write_text_atomic(args.output, text)
-    else:
-        sys.stdout.write(text)
-    if args.plot:
-        n = max((p.samples_total for p in ranking.progress), default=dataset.n_samples)
-        plot(rows, columns, args.plot, f"{dataset.name} (N={n})")
+    n = max((p.samples_total for p in ranking.progress), default=dataset.n_samples)
+    emit(_rows(ranking), ranking.metrics, args, f"{dataset.name} (N={n})")
     return 0
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from scoring import RECOMMENDED
 from workers.pipeline.ranking import RankedModel
 
 
@@ -73,3 +76,21 @@ def plot(rows: Sequence[RankedModel], metrics: Sequence[str], path: Path, title:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def emit(rows: Sequence[RankedModel], metrics: Sequence[str], args: Any, title: str) -> None:
+    """Print (or write to ``args.output``) a ranking in ``args.format``, the recommender's
+    column first when there is one, and save ``args.plot``: the local and the remote
+    ``rank`` commands alike."""
+    from workers.pipeline.rank import write_text_atomic
+
+    columns = list(metrics)
+    if any(r.scores.get(RECOMMENDED) is not None for r in rows):
+        columns.insert(0, RECOMMENDED)
+    text = render(rows, columns, args.format)
+    if args.output:
+        write_text_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        plot(rows, columns, args.plot, title)
