@@ -53,4 +53,39 @@ def open_dataset(spec: str) -> Dataset:
     )
 
 
-__all__ = ["BUILTINS", "Dataset", "PrecomputedModel", "open_dataset"]
+def open_upload(path: Path) -> Dataset:
+    """An uploaded file, validated in full before it is stored: every image decoded, every row
+    parsed, every cap checked. Only self-contained files: a zip of images, a text table, or a
+    feature file; an image manifest's images cannot travel with it.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        return read_image_zip(path, decode=True)
+    if suffix in PRECOMPUTED_SUFFIXES:
+        return read_precomputed(path)
+    if suffix in (".csv", ".jsonl"):
+        rows = read_rows(path)
+        cols = columns(rows)
+        if "text" in cols:
+            return read_text_table(path, rows)
+        if any(c in cols for c in FILE_COLUMNS):
+            raise PipelineError(
+                f"{path}: an image manifest names image files that an upload cannot carry; "
+                "upload a .zip of the images instead, one folder per class"
+            )
+        raise PipelineError(
+            f"{path}: expected a 'text' column (a text dataset); found {', '.join(sorted(cols))}"
+        )
+    raise PipelineError(
+        f"{path}: unsupported upload type {suffix or '(no suffix)'}; give a .zip of images, a "
+        ".csv or .jsonl text table, or .npz, .npy or .parquet features"
+    )
+
+
+__all__ = [
+    "BUILTINS",
+    "Dataset",
+    "PrecomputedModel",
+    "open_dataset",
+    "open_upload",
+]

@@ -15,6 +15,10 @@ from workers.pipeline.errors import PipelineError
 Modality = Literal["image", "text", "features"]
 Target = Literal["classification", "regression"]
 
+#: A class label is a name; a longer one would make every row of the label array that wide
+#: (numpy strings are fixed-width), so one long label in a big file would expand hugely.
+MAX_LABEL_CHARS = 256
+
 
 @dataclass(frozen=True)
 class PrecomputedModel:
@@ -121,6 +125,21 @@ class Dataset:
             keep.append(members)
         indices = np.sort(np.concatenate(keep))
         return self.select(indices, suffix=f"[{per_class}/class,seed={seed}]")
+
+
+def label_array(labels: Sequence[object], target: Target, where: str) -> np.ndarray:
+    """``labels`` as an array: float targets, or class names of at most ``MAX_LABEL_CHARS``."""
+    if target == "regression":
+        return np.asarray(labels, dtype=np.float64)
+    for label in labels:
+        text = str(label)
+        if len(text) > MAX_LABEL_CHARS:
+            raise PipelineError(
+                f"{where}: the label {text[:40]!r}... is {len(text)} characters long, over the "
+                f"{MAX_LABEL_CHARS}-character cap (MAX_LABEL_CHARS); labels are class names: "
+                "shorten them"
+            )
+    return np.asarray(labels)
 
 
 def sha256_bytes(data: bytes) -> bytes:

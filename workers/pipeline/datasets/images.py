@@ -1,21 +1,26 @@
 """Image datasets: a folder or zip of one subfolder per class, or images plus a manifest.
 
-Headers are checked when the dataset is read (format, size caps, readability) and every file's
-bytes are hashed; pixels are decoded later, once per batch, by the extraction.
+Every image's header is checked when the dataset is read (format, pixel cap, structure) and
+its bytes are hashed. With ``decode=True`` (uploads) every image is also decoded in full, so a
+corrupt one fails when the dataset is read, never later in the extraction: JPEGs at 1/8 scale,
+which still reads every byte of their compressed data but skips most of the pixel work.
+
+Caps: ``MAX_PIXELS`` per image and ``MAX_JPEG_SCANS`` per JPEG (checked before decoding), and
+``MAX_TOTAL_PIXELS`` decoded per dataset (with ``decode=True``).
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from workers.pipeline.datasets.archive import list_members, read_member
-from workers.pipeline.datasets.base import Dataset, sha256_bytes
+from workers.pipeline.datasets.archive import ZipReader, list_members, read_member
+from workers.pipeline.datasets.base import Dataset, label_array, sha256_bytes
 from workers.pipeline.datasets.tables import (
     cell,
     columns,
@@ -29,58 +34,114 @@ from workers.pipeline.errors import PipelineError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 FORMATS = {"JPEG", "PNG", "WEBP"}
 MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; larger is treated as a decompression bomb
+#: decoded pixels per dataset, JPEGs counted at the 1/8 scale they are checked at: 200,000
+#: images (the zip's entry cap) of ~280 x 280 each
+MAX_TOTAL_PIXELS = 16_000_000_000
+#: a progressive JPEG is decoded once per scan; encoders write about 10
+MAX_JPEG_SCANS = 100
 FILE_COLUMNS = ("file", "path", "image", "filename")
 
 
-def check_image(data: bytes, origin: str) -> None:
-    """Header-level validation: a JPEG/PNG/WebP under the pixel cap whose structure verifies."""
+def _open(data: bytes, origin: str) -> Image.Image:
+    """The image's header: JPEG, PNG or WebP (no other parser sees the bytes), within the caps."""
     if not data:
         raise PipelineError(f"{origin}: empty file")
+    scans = data.count(b"\xff\xda") if data[:2] == b"\xff\xd8" else 0
+    if scans > MAX_JPEG_SCANS:
+        raise PipelineError(
+            f"{origin}: a JPEG of {scans} scans, over the {MAX_JPEG_SCANS}-scan "
+            "cap (MAX_JPEG_SCANS; each scan decodes the whole image again); re-save it as a "
+            "baseline JPEG"
+        )
     try:
         with warnings.catch_warnings():
             # Pillow warns above ~89M pixels; our own cap is lower and raises below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data))
-        with image:
-            if image.format not in FORMATS:
-                raise PipelineError(
-                    f"{origin}: {image.format} images are not supported; use JPEG, PNG or WebP"
-                )
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise PipelineError(
-                    f"{origin}: {width}x{height} pixels is over the {MAX_PIXELS}-pixel cap "
-                    "(a decompression bomb?); downscale the image"
-                )
-            image.verify()
-    except PipelineError:
-        raise
+            image: Image.Image = Image.open(io.BytesIO(data), formats=sorted(FORMATS))
     except Image.DecompressionBombError as exc:
         raise PipelineError(
             f"{origin}: over Pillow's pixel limit (a decompression bomb?); downscale the image"
         ) from exc
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-    ) as exc:
+    except UnidentifiedImageError as exc:
+        raise PipelineError(
+            f"{origin}: not a readable image: not JPEG, PNG or WebP, or its header is corrupt; "
+            "re-save it as JPEG, PNG or WebP"
+        ) from exc
+    except Exception as exc:  # any parser error on hostile bytes means the same
+        raise PipelineError(
+            f"{origin}: not a readable image ({exc.__class__.__name__}: {exc})"
+        ) from exc
+    if image.format not in FORMATS:
+        image.close()
+        raise PipelineError(
+            f"{origin}: {image.format} images are not supported; use JPEG, PNG or WebP"
+        )
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        image.close()
+        raise PipelineError(
+            f"{origin}: {width}x{height} pixels is over the {MAX_PIXELS}-pixel cap "
+            "(MAX_PIXELS; a decompression bomb?); downscale the image"
+        )
+    return image
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """Greyscale, palette and RGBA converted to RGB, as the extraction sees them."""
+    if image.mode in {"RGBA", "LA"} or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def check_image(data: bytes, origin: str, *, decode: bool = False) -> int:
+    """Validate one image; returns the pixels decoded (0 without ``decode``).
+
+    Header checks always; without ``decode``, also the structure Pillow can verify cheaply;
+    with it, a full decode (JPEGs at 1/8 scale) and the conversion to RGB.
+    """
+    image = _open(data, origin)
+    try:
+        with image:
+            if not decode:
+                image.verify()
+                return 0
+            if image.format == "JPEG":
+                image.draft("RGB", (1, 1))  # the smallest scale libjpeg offers: 1/8
+            image.load()
+            _rgb(image.crop((0, 0, 1, 1)))
+            return image.width * image.height
+    except Exception as exc:  # a decoder's error on hostile bytes, whatever its class
         raise PipelineError(
             f"{origin}: not a readable image ({exc.__class__.__name__}: {exc})"
         ) from exc
 
 
+class _Budget:
+    """Decoded pixels so far, against ``MAX_TOTAL_PIXELS``."""
+
+    def __init__(self, where: object) -> None:
+        self.where = where
+        self.pixels = 0
+
+    def add(self, pixels: int) -> None:
+        self.pixels += pixels
+        if self.pixels > MAX_TOTAL_PIXELS:
+            raise PipelineError(
+                f"{self.where}: the images hold more than {MAX_TOTAL_PIXELS:,} pixels in all, "
+                "over the cap (MAX_TOTAL_PIXELS; decompression bombs?); downscale the images or "
+                "split the dataset"
+            )
+
+
 def decode(data: bytes, origin: str, draft: int | None = None) -> Image.Image:
     """Bytes -> RGB image (greyscale, palette and RGBA converted). ``draft``: the smallest side
     the consumer needs, so large JPEGs decode at reduced scale."""
+    image = _open(data, origin)
     try:
-        image: Image.Image = Image.open(io.BytesIO(data))
         if draft and image.format == "JPEG":
             image.draft("RGB", (draft, draft))
-        if image.mode in {"RGBA", "LA"} or (image.mode == "P" and "transparency" in image.info):
-            image = image.convert("RGBA")
-        return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return _rgb(image)
+    except Exception as exc:  # a decoder's error on hostile bytes, whatever its class
         raise PipelineError(
             f"{origin}: cannot decode image ({exc.__class__.__name__}: {exc})"
         ) from exc
@@ -113,15 +174,24 @@ class FileImage(ImageSample):
 
 @dataclass(frozen=True)
 class ZipImage(ImageSample):
+    """One entry of a zip; the samples of one dataset share ``reader``, so its handle is
+    opened once and closed with the dataset."""
+
     archive: Path
     member: str
+    reader: ZipReader | None = field(default=None, compare=False, repr=False)
 
     @property
     def origin(self) -> str:  # type: ignore[override]
         return f"{self.archive}!{self.member}"
 
+    def read(self) -> bytes:
+        if self.reader is None:
+            return read_member(self.archive, self.member)
+        return self.reader.read(self.member)
+
     def load(self, draft: int | None = None) -> Image.Image:
-        return decode(read_member(self.archive, self.member), self.origin, draft)
+        return decode(self.read(), self.origin, draft)
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,14 +213,17 @@ def _hidden(part: str) -> bool:
     return part.startswith(".") or part == "__MACOSX"
 
 
-def read_image_folder(root: Path) -> Dataset:
-    """``root/<class>/<image>``: one subfolder per class."""
+def read_image_folder(root: Path, *, decode: bool = False) -> Dataset:
+    """``root/<class>/<image>``: one subfolder per class. ``decode``: see :func:`check_image`."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
     if not class_dirs:
         raise PipelineError(
             f"{root}: no class subfolders; lay images out as {root}/<class>/<image>"
         )
-    samples, labels, digests = [], [], []
+    samples: list[ImageSample] = []
+    labels: list[object] = []
+    digests: list[bytes] = []
+    budget = _Budget(root)
     for class_dir in class_dirs:
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not _hidden(p.name))
         if not files:
@@ -159,17 +232,24 @@ def read_image_folder(root: Path) -> Dataset:
             if not _is_image_name(path.name):
                 raise PipelineError(f"{path}: not a .jpg/.jpeg/.png/.webp image")
             data = path.read_bytes()
-            check_image(data, str(path))
+            budget.add(check_image(data, str(path), decode=decode))
             samples.append(FileImage(path))
             labels.append(class_dir.name)
             digests.append(sha256_bytes(data))
     return Dataset(
-        root.name, "image", samples, np.asarray(labels), digests, origin=str(root)
+        root.name,
+        "image",
+        samples,
+        label_array(labels, "classification", str(root)),
+        digests,
+        origin=str(root),
     ).validate()
 
 
-def read_image_zip(archive: Path) -> Dataset:
-    """A zip holding ``<class>/<image>`` (optionally under one top folder)."""
+def read_image_zip(archive: Path, *, decode: bool = False) -> Dataset:
+    """A zip holding ``<class>/<image>`` (optionally under one top folder). Read through one
+    handle, closed when this returns; the samples reopen it on demand (see :class:`ZipReader`).
+    ``decode``: see :func:`check_image`."""
     members = [
         m
         for m in list_members(archive)
@@ -178,31 +258,41 @@ def read_image_zip(archive: Path) -> Dataset:
     paths = [PurePosixPath(m.filename) for m in members]
     tops = {p.parts[0] for p in paths if len(p.parts) > 1}
     strip = 1 if len(tops) == 1 and all(len(p.parts) >= 3 for p in paths) else 0
-    samples, labels, digests = [], [], []
-    for info, path in zip(members, paths, strict=True):
-        parts = path.parts[strip:]
-        origin = f"{archive}!{info.filename}"
-        if len(parts) < 2:
-            raise PipelineError(f"{origin}: not inside a class folder; lay out <class>/<image>")
-        if not _is_image_name(path.name):
-            raise PipelineError(f"{origin}: not a .jpg/.jpeg/.png/.webp image")
-        data = read_member(archive, info.filename)
-        check_image(data, origin)
-        samples.append(ZipImage(archive, info.filename))
-        labels.append(parts[0])
-        digests.append(sha256_bytes(data))
+    samples: list[ZipImage] = []
+    labels: list[object] = []
+    digests: list[bytes] = []
+    budget = _Budget(archive)
+    with ZipReader(archive) as reader:
+        for info, path in zip(members, paths, strict=True):
+            parts = path.parts[strip:]
+            origin = f"{archive}!{info.filename}"
+            if len(parts) < 2:
+                raise PipelineError(f"{origin}: not inside a class folder; lay out <class>/<image>")
+            if not _is_image_name(path.name):
+                raise PipelineError(f"{origin}: not a .jpg/.jpeg/.png/.webp image")
+            data = reader.read(info.filename)
+            budget.add(check_image(data, origin, decode=decode))
+            samples.append(ZipImage(archive, info.filename, reader))
+            labels.append(parts[0])
+            digests.append(sha256_bytes(data))
     if not samples:
         raise PipelineError(f"{archive}: no images in the zip")
     order = np.argsort(np.asarray([s.member for s in samples]), kind="stable")
     dataset = Dataset(
-        archive.stem, "image", samples, np.asarray(labels), digests, origin=str(archive)
+        archive.stem,
+        "image",
+        samples,
+        label_array(labels, "classification", str(archive)),
+        digests,
+        origin=str(archive),
     )
     return dataset.select(order).validate()
 
 
-def read_image_manifest(manifest: Path) -> Dataset:
+def read_image_manifest(manifest: Path, *, decode: bool = False) -> Dataset:
     """CSV/JSONL rows ``file,label`` (class) or ``file,target`` (number, regression); files are
-    relative to the manifest's folder and must stay inside it."""
+    relative to the manifest's folder and must stay inside it. ``decode``: see
+    :func:`check_image`."""
     rows = read_rows(manifest)
     cols = columns(rows)
     file_col = next((c for c in FILE_COLUMNS if c in cols), None)
@@ -210,7 +300,10 @@ def read_image_manifest(manifest: Path) -> Dataset:
         raise PipelineError(f"{manifest}: no file column (one of {', '.join(FILE_COLUMNS)})")
     label_col, target = label_column(cols, manifest)
     root = manifest.parent.resolve()
-    samples, labels, digests = [], [], []
+    samples: list[ImageSample] = []
+    labels: list[object] = []
+    digests: list[bytes] = []
+    budget = _Budget(manifest)
     for line, row in enumerate(rows, start=first_line(manifest)):
         name = str(cell(row, file_col, manifest, line))
         path = (root / name).resolve()
@@ -223,10 +316,15 @@ def read_image_manifest(manifest: Path) -> Dataset:
         value = cell(row, label_col, manifest, line)
         labels.append(parse_target(value, manifest, line) if target == "regression" else str(value))
         data = path.read_bytes()
-        check_image(data, str(path))
+        budget.add(check_image(data, str(path), decode=decode))
         samples.append(FileImage(path))
         digests.append(sha256_bytes(data))
-    label_array = np.asarray(labels, dtype=np.float64 if target == "regression" else None)
     return Dataset(
-        manifest.stem, "image", samples, label_array, digests, target=target, origin=str(manifest)
+        manifest.stem,
+        "image",
+        samples,
+        label_array(labels, target, str(manifest)),
+        digests,
+        target=target,
+        origin=str(manifest),
     ).validate()

@@ -5,43 +5,102 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TextIO
 
 from workers.pipeline.datasets.base import Target
 from workers.pipeline.errors import PipelineError
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+#: Rows become Python objects (~10x their bytes); past this many, split the dataset.
+MAX_ROWS = 1_000_000
+
+
+def _too_many(path: Path) -> PipelineError:
+    return PipelineError(
+        f"{path}: more than {MAX_ROWS:,} rows, over the cap (MAX_ROWS); split the dataset or "
+        "subsample it"
+    )
+
+
+def _csv_rows(handle: TextIO, path: Path, rows: list[dict[str, object]]) -> None:
+    reader = csv.DictReader(handle, strict=True)
+    try:
+        if not reader.fieldnames:
+            raise PipelineError(f"{path}: no header row")
+        for row in reader:
+            if None in row:
+                raise PipelineError(
+                    f"{path}:{reader.reader.line_num}: more cells than header columns"
+                )
+            if len(rows) == MAX_ROWS:
+                raise _too_many(path)
+            rows.append(dict(row))
+    except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            limit = csv.field_size_limit()
+            raise PipelineError(
+                f"{path}:{reader.reader.line_num}: a cell is longer than {limit:,} characters; "
+                "shorten it"
+            ) from exc
+        raise PipelineError(
+            f"{path}:{reader.reader.line_num}: not valid CSV ({exc}); quote cells holding commas, "
+            'quotes or line breaks ("like ""this""")'
+        ) from exc
+
+
+def _json_rows(handle: TextIO, path: Path, rows: list[dict[str, object]]) -> None:
+    for line, raw in enumerate(handle, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except RecursionError as exc:
+            raise PipelineError(
+                f"{path}:{line}: JSON nested too deeply; write one flat object per line"
+            ) from exc
+        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise PipelineError(f"{path}:{line}: not valid JSON ({reason})") from exc
+        if not isinstance(row, dict):
+            raise PipelineError(f"{path}:{line}: each line must be a JSON object")
+        if len(rows) == MAX_ROWS:
+            raise _too_many(path)
+        rows.append(row)
+
+
+def _not_utf8(path: Path) -> PipelineError:
+    """Where the first byte that is not UTF-8 is: line and byte offset."""
+    offset = 0
+    with path.open("rb") as handle:
+        for line, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return PipelineError(
+                    f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {offset + exc.start}); "
+                    "save the file as UTF-8"
+                )
+            offset += len(raw)
+    return PipelineError(f"{path}: not UTF-8 text; save the file as UTF-8")
 
 
 def read_rows(path: Path) -> list[dict[str, object]]:
-    """Rows of a CSV (with a header) or JSONL file as dicts; errors name the file and line."""
+    """Rows of a CSV (with a header) or JSONL file as dicts, every row parsed; errors name the
+    file and line. Read as a stream: memory grows with the rows, not with a copy of the text."""
     if not path.is_file():
         raise PipelineError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise PipelineError(f"{path}: the file is empty")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PipelineError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     rows: list[dict[str, object]] = []
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames:
-            raise PipelineError(f"{path}: no header row")
-        for line, row in enumerate(reader, start=2):
-            if None in row:
-                raise PipelineError(f"{path}:{line}: more cells than header columns")
-            rows.append(dict(row))
-    else:
-        for line, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise PipelineError(f"{path}:{line}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise PipelineError(f"{path}:{line}: each line must be a JSON object")
-            rows.append(row)
+    try:
+        # newline="": line breaks inside quoted CSV cells are kept as written
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            if path.suffix.lower() == ".csv":
+                _csv_rows(handle, path, rows)
+            else:
+                _json_rows(handle, path, rows)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path) from exc
     if not rows:
         raise PipelineError(f"{path}: no data rows")
     return rows

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from workers.pipeline.datasets.base import Dataset, sha256_bytes
+from workers.pipeline.datasets.base import Dataset, label_array, sha256_bytes
 from workers.pipeline.datasets.tables import (
     cell,
     columns,
@@ -18,24 +16,35 @@ from workers.pipeline.datasets.tables import (
 from workers.pipeline.errors import PipelineError
 
 
-def read_text_table(path: Path) -> Dataset:
-    """Rows ``text,label``; empty texts and missing labels are errors naming the row."""
-    rows = read_rows(path)
+def read_text_table(path: Path, rows: list[dict[str, object]] | None = None) -> Dataset:
+    """Rows ``text,label``; empty texts and missing labels are errors naming the row.
+    ``rows``: the file's rows when the caller has read them already."""
+    rows = read_rows(path) if rows is None else rows
     cols = columns(rows)
     if "text" not in cols:
         raise PipelineError(f"{path}: no 'text' column (found {', '.join(sorted(cols))})")
     label_col, target = label_column(cols, path)
-    texts, labels = [], []
+    texts: list[str] = []
+    labels: list[object] = []
+    digests: list[bytes] = []
     for line, row in enumerate(rows, start=first_line(path)):
-        texts.append(str(cell(row, "text", path, line)))
+        text = str(cell(row, "text", path, line))
+        try:
+            digests.append(sha256_bytes(text.encode()))
+        except UnicodeEncodeError as exc:  # a JSON "\ud800" escape: no tokenizer takes it
+            raise PipelineError(
+                f"{path}: row {line}: the text holds an unpaired surrogate "
+                f"({text[exc.start]!r}), which is not a character; remove it"
+            ) from exc
+        texts.append(text)
         value = cell(row, label_col, path, line)
         labels.append(parse_target(value, path, line) if target == "regression" else str(value))
     return Dataset(
         path.stem,
         "text",
         texts,
-        np.asarray(labels, dtype=np.float64 if target == "regression" else None),
-        [sha256_bytes(t.encode()) for t in texts],
+        label_array(labels, target, str(path)),
+        digests,
         target=target,
         origin=str(path),
     ).validate()
