@@ -236,8 +236,28 @@ class _Calls:
 
     def _register_model(self, name: str, source: str | None) -> Op[Model]:
         body = {"name": name, "source": source or name}
-        response = yield self._request("POST", "/v1/models", slow=True, json=body)
+        response = yield self._request("POST", "/v1/models", json=body)
         return _parse(Model, response)
+
+    def _model(self, model_id: str) -> Op[Model]:
+        response = yield self._request("GET", f"/v1/models/{model_id}")
+        return _parse(Model, response)
+
+    @staticmethod
+    def _registered(model: Model, deadline: float) -> bool:
+        """True once the registration is ready; raises when it failed or time ran out."""
+        if model.status == "ready":
+            return True
+        if model.status == "failed":
+            raise TransferbenchError(
+                model.error or f"model {model.name} could not be loaded", title="Model failed"
+            )
+        if time.monotonic() > deadline:
+            raise TransferbenchError(
+                f"model {model.name} was still pending after the wait; a worker loads it: "
+                f"poll GET /v1/models/{model.id}"
+            )
+        return False
 
     def _model_ids(self, models: Sequence[Model | str]) -> Op[list[str]]:
         """Ids of models given as Model, id or name."""
@@ -485,9 +505,18 @@ class Client(_Calls):
         """Every registered model, by modality and name."""
         return self._run(self._models())
 
-    def register_model(self, name: str, source: str | None = None) -> Model:
-        """Register a model: ``source`` a zoo name or ``SOURCE:REF`` spec (default: ``name``)."""
-        return self._run(self._register_model(name, source))
+    def register_model(
+        self, name: str, source: str | None = None, *, wait: bool = True, timeout: float = 600
+    ) -> Model:
+        """Register a model: ``source`` a zoo name or ``SOURCE:REF`` spec (default: ``name``).
+        A worker loads its weights; ``wait`` returns once it is ready (raising if it failed),
+        else at once with the ``pending`` model."""
+        model = self._run(self._register_model(name, source))
+        deadline = time.monotonic() + timeout
+        while wait and not self._registered(model, deadline):
+            time.sleep(POLL_S)
+            model = self._run(self._model(model.id))
+        return model
 
     def rank(
         self,
@@ -674,8 +703,15 @@ class AsyncClient(_Calls):
     async def models(self) -> list[Model]:
         return await self._run(self._models())
 
-    async def register_model(self, name: str, source: str | None = None) -> Model:
-        return await self._run(self._register_model(name, source))
+    async def register_model(
+        self, name: str, source: str | None = None, *, wait: bool = True, timeout: float = 600
+    ) -> Model:
+        model = await self._run(self._register_model(name, source))
+        deadline = time.monotonic() + timeout
+        while wait and not self._registered(model, deadline):
+            await asyncio.sleep(POLL_S)
+            model = await self._run(self._model(model.id))
+        return model
 
     async def rank(
         self,

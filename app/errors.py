@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("transferbench.api")
@@ -48,6 +49,14 @@ class Unauthorized(ProblemError):
     status, title = 401, "Unauthorized"
 
 
+class Forbidden(ProblemError):
+    status, title = 403, "Forbidden"
+
+
+class TooManyRequests(ProblemError):
+    status, title = 429, "Too many requests"
+
+
 class Unavailable(ProblemError):
     status, title = 503, "Service unavailable"
 
@@ -82,6 +91,15 @@ def install(app: FastAPI) -> None:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return problem(422, "Invalid request", "; ".join(parts), errors=parts)
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_: Request, exc: DataError) -> JSONResponse:
+        # A value from the request the database refuses to hold: on PostgreSQL a NUL
+        # character in a string, an integer out of its column's range.
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+        return problem(
+            422, "Invalid request", f"a value of this request cannot be stored: {reason}"
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

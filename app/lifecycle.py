@@ -10,7 +10,11 @@ A ranking job is a row in ``ranking_jobs`` plus one row per candidate model in
 - its creation (``create_job``), used alike by the API and the scheduler;
 - its hand-off to the queue (``defer``): tasks are collected on the database session and sent
   only once that session's transaction has committed, and dropped if it rolls back, so a worker
-  never receives a task for a row it cannot see yet, and a failed request sends nothing.
+  never receives a task for a row it cannot see yet, and a failed request sends nothing. A
+  task that cannot be sent after the commit (the broker is down) is logged, never raised: the
+  rows are committed, the scheduler re-sends the next task of every job model no worker is
+  moving on (``workers.jobs.scheduler.Scheduler.requeue_stale``), and periodic tasks come
+  round again on their own.
 
 Model states::
 
@@ -22,6 +26,7 @@ Model states::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -33,6 +38,8 @@ from app.states import JobStatus as JobStatus
 from app.states import ModelStatus as ModelStatus
 from app.states import Task as Task
 from app.states import Trigger as Trigger
+
+log = logging.getLogger("transferbench.lifecycle")
 
 #: The queues, for workers and queue-depth metrics.
 QUEUES: tuple[str, ...] = tuple(sorted({t.queue for t in Task}))
@@ -112,7 +119,13 @@ def defer(session: Session, queue: Dispatcher, task: Task, *args: Any) -> None:
 @event.listens_for(Session, "after_commit")
 def _send_outbox(session: Session) -> None:
     for queue, task, args in session.info.pop(_OUTBOX, []):
-        queue.enqueue(task, args)
+        try:
+            queue.enqueue(task, args)
+        except Exception as exc:  # committed already: failing the caller would not undo it
+            log.warning(
+                "could not send %s%s after the commit (%s: %s); left to the scheduler",
+                task.value, args, type(exc).__name__, exc,
+            )  # fmt: skip
 
 
 @event.listens_for(Session, "after_rollback")
@@ -137,6 +150,7 @@ def create_job(
         total = sum(min(per_class, int(c["count"])) for c in dataset.classes)
     job = JobRow(
         dataset_id=dataset.id,
+        tenant=dataset.tenant,
         metrics=list(metrics),
         per_class=per_class,
         trigger=trigger,

@@ -9,12 +9,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import text
 
 from app import errors, observability
-from app.api import datasets, evaluation, models, rankings
+from app.api import datasets, evaluation, models, openapi, rankings
 from app.dashboard.pages import install as install_dashboard
 from app.db.session import Database
 from app.lifecycle import TaskQueue
 from app.limits import BodyGuard
 from app.queue import CeleryQueue
+from app.ratelimit import make_limiter
 from app.services.reads import Reads
 from workers.settings import Settings
 
@@ -46,8 +47,9 @@ def create_app(
     app.state.settings, app.state.db, app.state.queue = settings, db, queue
     app.state.auth_required = auth_required
     app.state.reads = Reads(db)
-    app.state.verified_keys = {}
+    app.state.limiter = make_limiter(settings.broker_url, settings.rate_limit_per_min)
     errors.install(app)
+    openapi.install(app)  # every operation's problems and the API key, in /openapi.json
     observability.install(app, db, queue)
     app.add_middleware(BodyGuard)  # size cap and auth before an upload's body is read
     if settings.cors_origins:  # browser clients on other origins; none: no CORS headers

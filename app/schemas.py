@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.states import JobStatus, ModelStatus
+from app.states import JobStatus, ModelState, ModelStatus
 
 
 class ClassCount(BaseModel):
@@ -28,6 +28,8 @@ class DatasetOut(BaseModel):
     n_samples: int
     classes: list[ClassCount]
     content_hash: str
+    tenant: str | None = Field(description="its tenant; null: shared by every tenant")
+    size_bytes: int = Field(description="stored on disk, counted against the tenant's quota")
     schedule: str | None
     created_at: datetime
 
@@ -48,11 +50,16 @@ class ModelOut(BaseModel):
 
     id: str
     name: str
-    modality: str
+    status: ModelState = Field(
+        description="pending until a worker has loaded the weights, then ready or failed"
+    )
+    error: str | None = Field(None, description="why the weights could not be loaded")
+    tenant: str | None = Field(description="its tenant; null: shared by every tenant")
+    modality: str | None = Field(description="null while pending")
     source: dict[str, str]
-    has_head: bool
+    has_head: bool | None
     num_source_classes: int | None
-    fingerprint: str
+    fingerprint: str | None
     builtin: bool
     created_at: datetime
 

@@ -20,6 +20,10 @@ class JobStatus(StrEnum):
     def terminal(self) -> bool:
         return self in (JobStatus.DONE, JobStatus.FAILED)
 
+    @classmethod
+    def active(cls) -> tuple[JobStatus, ...]:
+        return tuple(s for s in cls if not s.terminal)
+
 
 class ModelStatus(StrEnum):
     QUEUED = "queued"
@@ -38,6 +42,14 @@ class ModelStatus(StrEnum):
         return Task.SCORE if self is ModelStatus.SCORING else Task.EXTRACT
 
 
+class ModelState(StrEnum):
+    """A model registration: ``pending`` until a worker has loaded the weights."""
+
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+
+
 class Trigger(StrEnum):
     """Why a job exists."""
 
@@ -51,6 +63,7 @@ class Task(StrEnum):
 
     EXTRACT = "tb.extract"
     RESOLVE_MODEL = "tb.resolve_model"
+    REGISTER_MODEL = "tb.register_model"
     SCORE = "tb.score"
     RERANK_MISSING = "tb.rerank_missing"
     REQUEUE_STALE = "tb.requeue_stale"
@@ -60,4 +73,4 @@ class Task(StrEnum):
     @property
     def queue(self) -> str:
         """Forward passes (and loading weights) go to ``gpu`` workers, the rest to ``cpu``."""
-        return "gpu" if self in (Task.EXTRACT, Task.RESOLVE_MODEL) else "cpu"
+        return "gpu" if self in (Task.EXTRACT, Task.RESOLVE_MODEL, Task.REGISTER_MODEL) else "cpu"

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     rerank_interval_s: int = Field(default=300, ge=5)
     scheduler_tick_s: int = Field(default=60, ge=1)
     model_resolve_timeout_s: int = Field(default=300, ge=1)
+    #: local model files (statedict:, onnx:, torchscript:, hf: paths) a remote client may
+    #: name, relative to this directory; unset: remote clients may name hub models only
+    model_dir: Path | None = None
+    #: per API key; 0: no limit
+    rate_limit_per_min: int = Field(default=1200, ge=0)
+    #: per tenant: bytes of stored datasets, and ranking jobs queued or running at once
+    tenant_max_stored_mb: int = Field(default=20_480, ge=1)
+    tenant_max_active_jobs: int = Field(default=20, ge=1)
     #: browser origins allowed to call the API (``TB_CORS_ORIGINS``, comma-separated; none: no
     #: CORS headers at all)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

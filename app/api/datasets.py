@@ -7,16 +7,28 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from app import schemas
-from app.api.deps import Authorized, PageDep, ReadsDep, SessionDep, SettingsDep
+from app.api.deps import Authorized, PageDep, PrincipalDep, ReadsDep, SessionDep, SettingsDep
 from app.api.http import conditional
 from app.db.models import DatasetRow
 from app.services import datasets as service
+from app.tenancy import DEFAULT_TENANT
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Authorized])
 
 
-@router.post("", status_code=201, response_model=schemas.DatasetOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=schemas.DatasetOut,
+    responses={
+        200: {
+            "model": schemas.DatasetOut,
+            "description": "this tenant uploaded the same content before: that dataset",
+        }
+    },
+)
 async def upload(
+    principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
@@ -27,9 +39,17 @@ async def upload(
     modality: Annotated[Literal["image", "text", "features"] | None, Form()] = None,
     task: Annotated[Literal["classification", "regression"] | None, Form()] = None,
 ) -> DatasetRow:
+    tenant = principal.tenant or DEFAULT_TENANT
     tmp = await service.save_upload(file, settings)
     row, created = await run_in_threadpool(
-        service.register, session, settings, tmp, name=name, modality=modality, task=task
+        service.register,
+        session,
+        settings,
+        tmp,
+        tenant=tenant,
+        name=name,
+        modality=modality,
+        task=task,
     )
     if not created:
         response.status_code = 200
@@ -39,6 +59,7 @@ async def upload(
 
 @router.get("", response_model=list[schemas.DatasetOut])
 def list_datasets(
+    principal: PrincipalDep,
     session: SessionDep,
     page: PageDep,
     response: Response,
@@ -47,34 +68,42 @@ def list_datasets(
     ] = None,
 ) -> Sequence[DatasetRow]:
     """Newest first, ``limit`` at a time (the next page: ``X-Next-Cursor``)."""
-    found = service.page(session, page.limit, page.cursor, content_hash=content_hash)
+    found = service.page(
+        session, principal.tenant, page.limit, page.cursor, content_hash=content_hash
+    )
     return page.respond(response, found)
 
 
 @router.get("/{dataset_id}", response_model=schemas.DatasetOut)
-def get_dataset(dataset_id: str, session: SessionDep) -> DatasetRow:
-    return service.get(session, dataset_id)
+def get_dataset(dataset_id: str, principal: PrincipalDep, session: SessionDep) -> DatasetRow:
+    return service.get(session, dataset_id, principal.tenant)
 
 
 @router.delete("/{dataset_id}", status_code=204)
-def delete_dataset(dataset_id: str, session: SessionDep, reads: ReadsDep) -> Response:
-    service.delete(session, dataset_id)
+def delete_dataset(
+    dataset_id: str, principal: PrincipalDep, session: SessionDep, reads: ReadsDep
+) -> Response:
+    service.delete(session, dataset_id, principal.tenant)
     reads.forget_dataset(dataset_id)
     return Response(status_code=204)
 
 
 @router.put("/{dataset_id}/schedule", response_model=schemas.DatasetOut)
-def set_schedule(dataset_id: str, body: schemas.ScheduleIn, session: SessionDep) -> DatasetRow:
-    return service.set_schedule(session, dataset_id, body.schedule)
+def set_schedule(
+    dataset_id: str, body: schemas.ScheduleIn, principal: PrincipalDep, session: SessionDep
+) -> DatasetRow:
+    return service.set_schedule(session, dataset_id, body.schedule, principal.tenant)
 
 
 @router.get("/{dataset_id}/leaderboard", response_model=schemas.Leaderboard)
 async def leaderboard(
-    dataset_id: str, request: Request, reads: ReadsDep, metric: Annotated[str, Query()] = "logme"
+    dataset_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    reads: ReadsDep,
+    metric: Annotated[str, Query(max_length=64)] = "logme",
 ) -> Response:
-    """Best first (tied models share a rank); a new score shows within a second. With
-    ``If-None-Match: <its ETag>``, 304 while nothing changed."""
-    body = reads.fresh_leaderboard(dataset_id, metric)
-    if body is None:
-        body = await run_in_threadpool(reads.leaderboard, dataset_id, metric)
+    """Best first (tied models share a rank); a new score shows as soon as it is stored.
+    With ``If-None-Match: <its ETag>``, 304 while nothing changed."""
+    body = await run_in_threadpool(reads.leaderboard, dataset_id, metric, principal.tenant)
     return conditional(request, body)

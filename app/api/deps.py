@@ -4,7 +4,6 @@ This is the one module that reads ``request.app.state``."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -13,17 +12,18 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from app.api.http import Pagination
-from app.dashboard import queries as dashboard_queries
 from app.dashboard import sessions
 from app.db.session import Database
-from app.errors import Unauthorized
+from app.errors import TooManyRequests, Unauthorized
 from app.lifecycle import TaskQueue
+from app.ratelimit import RateLimiter
 from app.services import apikeys
 from app.services.pages import DEFAULT_LIMIT, MAX_LIMIT
 from app.services.reads import Reads
+from app.tenancy import LOCAL, Principal, Role
 from workers.settings import Settings
 
-KEY_TTL_S = 60.0
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 def get_db(request: Request) -> Database:
@@ -80,43 +80,63 @@ def get_session_secret(request: Request) -> bytes | None:
     return secret
 
 
-async def require_key(request: Request) -> None:
-    """Bearer API key, unless this app was started without key checks. A verified key is
-    remembered for KEY_TTL_S, so a polling client costs no database query per request.
+async def require_key(request: Request) -> Principal:
+    """Who the request acts as: its Bearer key's tenant and role, or, for a request with no
+    Authorization header at all, the dashboard's session cookie (``app.dashboard.sessions``).
+    Checked against the database on every request, so a revoked key fails on the next one.
+    A GET needs the ``read`` role, anything else ``write``; then the key's rate limit.
+    Without key checks (``TB_AUTH=off``) every request is the ``default`` tenant's admin.
 
-    A request with no Authorization header at all may instead carry the dashboard's session
-    cookie (``app.dashboard.sessions``); one with the header is judged by the header alone."""
+    Decided once per request (the upload guard asks before the body is read; the route's
+    dependency gets the same answer)."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
     if not request.app.state.auth_required:
-        return
-    cookie = request.cookies.get(sessions.COOKIE)
-    secret = get_session_secret(request)
-    if "authorization" not in request.headers and cookie and secret is not None:
-        await _require_session(request, cookie, secret)
-        return
+        principal = LOCAL
+    else:
+        cookie = request.cookies.get(sessions.COOKIE)
+        secret = get_session_secret(request)
+        if "authorization" not in request.headers and cookie and secret is not None:
+            principal = await _require_session(request, cookie, secret)
+        else:
+            principal = await _require_bearer(request)
+        if request.method not in SAFE_METHODS:
+            principal.require(Role.WRITE, f"{request.method} {request.url.path}")
+        limiter: RateLimiter = request.app.state.limiter
+        retry_after = await run_in_threadpool(limiter.hit, principal.key_id or "")
+        if retry_after is not None:
+            raise TooManyRequests(
+                f"this key made more than {limiter.per_minute} requests in a minute "
+                f"(TB_RATE_LIMIT_PER_MIN); retry in {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+            )
+    request.state.principal = principal
+    return principal
+
+
+async def _require_bearer(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     challenge = {"WWW-Authenticate": "Bearer"}
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized(
             "this endpoint needs an API key: send 'Authorization: Bearer <key>' "
-            "(create one with `transferbench apikey create NAME`)",
+            "(an operator creates one with `transferbench apikey create NAME --tenant TENANT`)",
             headers=challenge,
         )
-    digest = apikeys.hash_key(key.strip())
-    verified: dict[str, float] = request.app.state.verified_keys
-    if verified.get(digest, 0.0) > time.monotonic():
-        return
 
-    def check() -> bool:
+    def check() -> Principal | None:
         with get_db(request).session() as session:
-            return apikeys.verify(session, key.strip())
+            return apikeys.authenticate(session, key.strip())
 
-    if not await run_in_threadpool(check):
+    principal = await run_in_threadpool(check)
+    if principal is None:
         raise Unauthorized("the API key is unknown or revoked", headers=challenge)
-    verified[digest] = time.monotonic() + KEY_TTL_S
+    return principal
 
 
-async def _require_session(request: Request, cookie: str, secret: bytes) -> None:
+async def _require_session(request: Request, cookie: str, secret: bytes) -> Principal:
     """The dashboard's cookie, and for a request that changes state the session's CSRF token
     in the X-CSRF-Token header (a page of another site can send neither)."""
     if request.method in sessions.UNSAFE_METHODS and not sessions.csrf_ok(
@@ -126,29 +146,27 @@ async def _require_session(request: Request, cookie: str, secret: bytes) -> None
             "a request authorised by the dashboard's cookie must carry its CSRF token in the "
             "X-CSRF-Token header (or send 'Authorization: Bearer <key>' instead)"
         )
-    await verify_session(request, cookie, secret)
+    return await verify_session(request, cookie, secret)
 
 
-async def verify_session(request: Request, cookie: str, secret: bytes) -> None:
+async def verify_session(request: Request, cookie: str, secret: bytes) -> Principal:
     """A dashboard session cookie: signed by this service, unexpired, naming a key that is
-    still valid (remembered for KEY_TTL_S, like a Bearer key)."""
+    still valid (checked on every request, like a Bearer key)."""
     key_id = sessions.key_of(secret, cookie)
     if key_id is None:
         raise Unauthorized(
             "the dashboard session has expired or is not valid; log in again at /dashboard/login"
         )
-    verified: dict[str, float] = request.app.state.verified_keys
-    slot = f"session:{key_id}"
-    if verified.get(slot, 0.0) > time.monotonic():
-        return
 
-    def check() -> bool:
+    def check() -> Principal | None:
         with get_db(request).session() as session:
-            return dashboard_queries.key_active(session, key_id)
+            return apikeys.by_id(session, key_id)
 
-    if not await run_in_threadpool(check):
+    principal = await run_in_threadpool(check)
+    if principal is None:
         raise Unauthorized("the API key of this dashboard session is unknown or revoked")
-    verified[slot] = time.monotonic() + KEY_TTL_S
+    return principal
 
 
 Authorized = Depends(require_key)
+PrincipalDep = Annotated[Principal, Depends(require_key)]

@@ -12,13 +12,14 @@ from fastapi import APIRouter, Body, File, Form, Query, Request, Response, Uploa
 from fastapi.concurrency import run_in_threadpool
 
 from app import schemas
-from app.api.deps import Authorized, PageDep, QueueDep, SessionDep, SettingsDep
+from app.api.deps import Authorized, PageDep, PrincipalDep, QueueDep, SessionDep, SettingsDep
 from app.api.http import conditional
 from app.db.models import OutcomeRow
 from app.errors import Invalid, TooLarge
 from app.lifecycle import Task, defer
 from app.services import benchmarks, outcomes, recommender
 from app.services import datasets as dataset_service
+from app.tenancy import Role
 
 router = APIRouter(tags=["evaluation"], dependencies=[Authorized])
 Measure = Annotated[str, Query(min_length=1, max_length=64)]
@@ -28,12 +29,13 @@ Measure = Annotated[str, Query(min_length=1, max_length=64)]
 def add_outcomes(
     dataset_id: str,
     body: Annotated[list[schemas.OutcomeIn], Body(min_length=1, max_length=10_000)],
+    principal: PrincipalDep,
     session: SessionDep,
     queue: QueueDep,
 ) -> list[OutcomeRow]:
     """Record real fine-tuning results; one value per (dataset, model, measure), a later post
     replaces it. All or nothing: one bad entry stores none. The recommender refits after."""
-    rows = outcomes.record(session, dataset_id, [o.model_dump() for o in body])
+    rows = outcomes.record(session, dataset_id, [o.model_dump() for o in body], principal.tenant)
     defer(session, queue, Task.REFIT_RECOMMENDER)
     return rows
 
@@ -41,13 +43,14 @@ def add_outcomes(
 @router.get("/v1/datasets/{dataset_id}/outcomes", response_model=list[schemas.OutcomeOut])
 def list_outcomes(
     dataset_id: str,
+    principal: PrincipalDep,
     session: SessionDep,
     page: PageDep,
     response: Response,
     measure: Measure | None = None,
 ) -> Sequence[OutcomeRow]:
     """By measure, best value first, ``limit`` at a time (the next page: ``X-Next-Cursor``)."""
-    found = outcomes.page(session, dataset_id, measure, page.limit, page.cursor)
+    found = outcomes.page(session, dataset_id, principal.tenant, measure, page.limit, page.cursor)
     return page.respond(response, found)
 
 
@@ -55,14 +58,16 @@ def list_outcomes(
 def dataset_evaluation(
     dataset_id: str,
     request: Request,
+    principal: PrincipalDep,
     session: SessionDep,
     measure: Measure = recommender.DEFAULT_MEASURE,
 ) -> Response:
     """Every metric scored on the dataset and the recommender (fitted without this dataset)
     against its outcomes: Kendall tau, weighted tau, Pearson, top-1 hit and regret. With
     ``If-None-Match: <its ETag>``, 304 while nothing changed."""
-    dataset = dataset_service.get(session, dataset_id)
-    found = recommender.evaluation(session, recommender.Scope.of(dataset, measure), dataset.id)
+    dataset = dataset_service.get(session, dataset_id, principal.tenant)
+    scope = recommender.Scope.of(dataset, measure, tenant=principal.tenant)
+    found = recommender.evaluation(session, scope, dataset.id)
     body = schemas.DatasetEvaluation.model_validate(found).model_dump_json().encode()
     return conditional(request, body)
 
@@ -70,6 +75,7 @@ def dataset_evaluation(
 @router.get("/v1/evaluation", response_model=schemas.Evaluation)
 def evaluation(
     request: Request,
+    principal: PrincipalDep,
     session: SessionDep,
     modality: Literal["image", "text"] = "image",
     task: Literal["classification", "regression"] = "classification",
@@ -78,12 +84,14 @@ def evaluation(
     """The same figures over every dataset with outcomes (mean, median, datasets), the
     recommender's leave-one-dataset-out. With ``If-None-Match: <its ETag>``, 304 while
     nothing changed."""
-    found = recommender.evaluation(session, recommender.Scope(modality, task, measure))
+    scope = recommender.Scope(modality, task, measure, tenant=principal.tenant)
+    found = recommender.evaluation(session, scope)
     return conditional(request, schemas.Evaluation.model_validate(found).model_dump_json().encode())
 
 
 @router.post("/v1/benchmarks", status_code=201, response_model=schemas.BenchmarkImported)
 async def import_benchmark(
+    principal: PrincipalDep,
     session: SessionDep,
     queue: QueueDep,
     settings: SettingsDep,
@@ -94,6 +102,9 @@ async def import_benchmark(
     lower_is_better: Annotated[str, Form(description="comma-separated column names")] = "",
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> dict[str, Any]:
+    """A published table as the tenant's reference datasets (admin keys): its scores and
+    outcomes inform the tenant's recommender."""
+    principal.require(Role.ADMIN, "importing a benchmark table")
     data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise TooLarge(f"the table is larger than the {settings.max_upload_mb} MiB limit")
@@ -106,6 +117,7 @@ async def import_benchmark(
         benchmarks.import_table, session, text, table=table, outcome=outcome,
         modality=modality, task=task,
         lower_is_better=[c.strip() for c in lower_is_better.split(",") if c.strip()],
+        tenant=principal.tenant,
     )  # fmt: skip
     defer(session, queue, Task.REFIT_RECOMMENDER)
     return asdict(imported)

@@ -20,6 +20,7 @@ from app.services import datasets as dataset_service
 from app.services import outcomes as outcome_service
 from app.services import rankings as ranking_service
 from app.services import recommender
+from app.tenancy import DEFAULT_TENANT, Role
 
 from . import queries, sessions, views
 from .web import (
@@ -117,12 +118,14 @@ async def upload(
             "regression",
         ):
             raise Invalid("choose a modality and task from the lists, or leave them to be detected")
+        viewer.principal.require(Role.WRITE, "uploading a dataset")
         tmp = await dataset_service.save_upload(file, settings)
         row, _ = await run_in_threadpool(
             dataset_service.register,
             session,
             settings,
             tmp,
+            tenant=viewer.tenant or DEFAULT_TENANT,
             name=name.strip() or (file.filename or "dataset"),
             modality=modality or None,
             task=task or None,
@@ -144,6 +147,7 @@ async def start_ranking(
     viewer: ViewerDep,
     session: SessionDep,
     queue: QueueDep,
+    settings: SettingsDep,
     dataset_id: str,
 ) -> Response:
     form = await request.form()
@@ -162,7 +166,17 @@ async def start_ranking(
             if not per_class_text.isdigit() or int(per_class_text) < 1:
                 raise Invalid("samples per class must be a whole number of at least 1")
             per_class = int(per_class_text)
-        job = ranking_service.create(session, queue, dataset_id, model_ids, metrics, per_class)
+        viewer.principal.require(Role.WRITE, "starting a ranking")
+        job = ranking_service.create(
+            session,
+            queue,
+            dataset_id,
+            model_ids,
+            metrics,
+            per_class,
+            tenant=viewer.tenant,
+            max_active_jobs=settings.tenant_max_active_jobs,
+        )
         return job.id
 
     return await _post_then_redirect(
@@ -209,7 +223,8 @@ async def add_outcomes(
             )
         if not entries:
             raise Invalid("enter at least one model's outcome")
-        outcome_service.record(session, dataset_id, entries)
+        viewer.principal.require(Role.WRITE, "recording outcomes")
+        outcome_service.record(session, dataset_id, entries, viewer.tenant)
         defer(session, queue, Task.REFIT_RECOMMENDER)
         return measure
 
@@ -227,7 +242,8 @@ async def set_schedule(
     cron = _text(form.get("schedule")).strip() or None
 
     def update() -> str:
-        dataset_service.set_schedule(session, dataset_id, cron)
+        viewer.principal.require(Role.WRITE, "scheduling re-rankings")
+        dataset_service.set_schedule(session, dataset_id, cron, viewer.tenant)
         return cron or ""
 
     return await _post_then_redirect(
@@ -257,7 +273,9 @@ async def _post_then_redirect(
         status = exc.status
 
         def page(fresh: Session) -> dict[str, Any]:
-            figures = views.dataset_page(fresh, dataset_id, None, recommender.DEFAULT_MEASURE)
+            figures = views.dataset_page(
+                fresh, dataset_id, None, recommender.DEFAULT_MEASURE, viewer.tenant
+            )
             return {"viewer": viewer, "form_error": problem, **figures}
 
         context = await run_in_threadpool(gather, deps.get_db(request), page)

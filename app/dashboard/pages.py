@@ -30,7 +30,7 @@ router = make_router()
 
 @router.get("")
 def overview(request: Request, viewer: ViewerDep, session: SessionDep) -> Response:
-    datasets = dataset_service.list_datasets(session)
+    datasets = dataset_service.list_datasets(session, viewer.tenant)
     scored, outcomes = queries.scored_model_counts(session), queries.outcome_counts(session)
     context = {
         "viewer": viewer,
@@ -38,8 +38,8 @@ def overview(request: Request, viewer: ViewerDep, session: SessionDep) -> Respon
             {"row": d, "models": scored.get(d.id, 0), "outcomes": outcomes.get(d.id, 0)}
             for d in datasets
         ],
-        "models": model_service.list_models(session),
-        "jobs": views.recent_jobs(session),
+        "models": model_service.list_models(session, viewer.tenant),
+        "jobs": views.recent_jobs(session, viewer.tenant),
     }
     return render(request, "overview.html", context)
 
@@ -51,7 +51,7 @@ def jobs_partial(
     """The jobs table's body, for the pages' live refresh."""
     context = {
         "viewer": viewer,
-        "jobs": views.recent_jobs(session, dataset_id),
+        "jobs": views.recent_jobs(session, viewer.tenant, dataset_id),
         "show_dataset": not dataset_id,
     }
     return render(request, "_jobs_rows.html", context)
@@ -66,15 +66,21 @@ def dataset_page(
     metric: str | None = None,
     measure: str = recommender.DEFAULT_MEASURE,
 ) -> Response:
-    context = gather(db, lambda s: views.dataset_page(s, dataset_id, metric, measure))
+    context = gather(
+        db, lambda s: views.dataset_page(s, dataset_id, metric, measure, viewer.tenant)
+    )
     return render(request, "dataset.html", {"viewer": viewer, **context})
 
 
 @router.get("/models/{model_id}")
 def model_page(request: Request, viewer: ViewerDep, db: DatabaseDep, model_id: str) -> Response:
     def build(session: Session) -> dict[str, Any]:
-        model = model_service.get(session, model_id)
-        return {"viewer": viewer, "model": model, **views.model_page(session, model)}
+        model = model_service.get(session, model_id, viewer.tenant)
+        return {
+            "viewer": viewer,
+            "model": model,
+            **views.model_page(session, model, viewer.tenant),
+        }
 
     return render(request, "model.html", gather(db, build))
 
@@ -83,7 +89,7 @@ def model_page(request: Request, viewer: ViewerDep, db: DatabaseDep, model_id: s
 def metrics_page(
     request: Request, viewer: ViewerDep, session: SessionDep, scope: str | None = None
 ) -> Response:
-    scopes = queries.scopes_with_outcomes(session)
+    scopes = queries.scopes_with_outcomes(session, viewer.tenant)
     chosen = next((s for s in scopes if s.key == scope), scopes[0] if scopes else None)
     context: dict[str, Any] = {"viewer": viewer, "scopes": scopes, "scope": chosen}
     if chosen is not None:

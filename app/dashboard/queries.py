@@ -7,8 +7,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.db.models import ApiKeyRow, DatasetRow, JobModelRow, JobRow, OutcomeRow, ScoreRow
-from app.services import apikeys
+from app.services import apikeys, recommender
 from app.services.recommender import Scope
+from app.tenancy import owned, visible
 
 
 def key_id(session: Session, key: str) -> str | None:
@@ -23,10 +24,13 @@ def key_active(session: Session, key_id: str) -> bool:
     return row is not None and row.revoked_at is None
 
 
-def jobs(session: Session, *, dataset_id: str | None = None, limit: int = 20) -> list[JobRow]:
-    """The newest jobs (of one dataset), with their models' progress loaded."""
+def jobs(
+    session: Session, tenant: str | None, *, dataset_id: str | None = None, limit: int = 20
+) -> list[JobRow]:
+    """The tenant's newest jobs (of one dataset), with their models' progress loaded."""
     query = (
         select(JobRow)
+        .where(owned(JobRow.tenant, tenant))
         .options(selectinload(JobRow.models).selectinload(JobModelRow.model))
         .order_by(JobRow.created_at.desc())
         .limit(limit)
@@ -36,12 +40,14 @@ def jobs(session: Session, *, dataset_id: str | None = None, limit: int = 20) ->
     return list(session.scalars(query))
 
 
-def jobs_with_model(session: Session, model_id: str, limit: int = 50) -> list[JobRow]:
-    """The newest jobs that included the model."""
+def jobs_with_model(
+    session: Session, model_id: str, tenant: str | None, limit: int = 50
+) -> list[JobRow]:
+    """The tenant's newest jobs that included the model."""
     query = (
         select(JobRow)
         .join(JobModelRow, JobModelRow.job_id == JobRow.id)
-        .where(JobModelRow.model_id == model_id)
+        .where(JobModelRow.model_id == model_id, owned(JobRow.tenant, tenant))
         .options(selectinload(JobRow.models).selectinload(JobModelRow.model))
         .order_by(JobRow.created_at.desc())
         .limit(limit)
@@ -49,10 +55,10 @@ def jobs_with_model(session: Session, model_id: str, limit: int = 50) -> list[Jo
     return list(session.scalars(query))
 
 
-def datasets_scoring(session: Session, model_id: str) -> list[DatasetRow]:
-    """The datasets on which the model has at least one score, newest first."""
+def datasets_scoring(session: Session, model_id: str, tenant: str | None) -> list[DatasetRow]:
+    """The datasets the tenant can see on which the model has a score, newest first."""
     scored = select(ScoreRow.dataset_id).where(ScoreRow.model_id == model_id).distinct()
-    query = select(DatasetRow).where(DatasetRow.id.in_(scored))
+    query = select(DatasetRow).where(DatasetRow.id.in_(scored), visible(DatasetRow.tenant, tenant))
     return list(session.scalars(query.order_by(DatasetRow.created_at.desc())))
 
 
@@ -70,11 +76,7 @@ def outcome_counts(session: Session) -> dict[str, int]:
     return {str(d): int(n) for d, n in session.execute(query)}
 
 
-def scopes_with_outcomes(session: Session) -> list[Scope]:
-    """Every (modality, task, measure) that has outcomes: what an evaluation can cover."""
-    rows = session.execute(
-        select(DatasetRow.modality, DatasetRow.task, OutcomeRow.measure)
-        .join(OutcomeRow, OutcomeRow.dataset_id == DatasetRow.id)
-        .distinct()
-    )
-    return sorted((Scope(m, t, s) for m, t, s in rows), key=lambda s: s.key)
+def scopes_with_outcomes(session: Session, tenant: str | None) -> list[Scope]:
+    """Every (modality, task, measure) with outcomes the tenant can see: what an evaluation
+    can cover."""
+    return sorted(recommender.scopes_with_outcomes(session, tenant), key=lambda s: s.key)

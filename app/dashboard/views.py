@@ -176,19 +176,19 @@ def _metric_order(metric: str) -> tuple[int, str]:
 
 
 def dataset_page(
-    session: Session, dataset_id: str, metric: str | None, measure: str
+    session: Session, dataset_id: str, metric: str | None, measure: str, tenant: str | None
 ) -> dict[str, Any]:
     """Everything the dataset page shows: its figures, the leaderboard by ``metric`` (by
     default the recommended order), the jobs, and what its forms offer."""
-    dataset = dataset_service.get(session, dataset_id)
-    figures = _dataset_figures(session, dataset, measure)
+    dataset = dataset_service.get(session, dataset_id, tenant)
+    figures = _dataset_figures(session, dataset, measure, tenant)
     board_metrics = [
         m for m in figures["heatmap"]["metrics"] if m == RECOMMENDED or m in scoring.REGISTRY
     ]
     if metric not in board_metrics:
         metric = board_metrics[0] if board_metrics else None
     board = ranking_service.leaderboard(session, dataset, metric) if metric else None
-    candidates = model_service.candidates(session, dataset.modality)
+    candidates = model_service.candidates(session, dataset.modality, tenant)
     scored = {row["model_id"] for row in figures["heatmap"]["rows"]}
     return {
         "dataset": dataset,
@@ -199,18 +199,22 @@ def dataset_page(
         "outcome_models": [m for m in candidates if m.id in scored] or candidates,
         "metric_choices": metric_choices(dataset) if not dataset.reference else [],
         "schedule": schedule_view(dataset),
-        "jobs": recent_jobs(session, dataset.id),
+        "jobs": recent_jobs(session, tenant, dataset.id),
         **figures,
     }
 
 
-def recent_jobs(session: Session, dataset_id: str | None = None) -> list[dict[str, Any]]:
+def recent_jobs(
+    session: Session, tenant: str | None, dataset_id: str | None = None
+) -> list[dict[str, Any]]:
     """The newest jobs (of one dataset) as table rows."""
-    names = names_by_id(dataset_service.list_datasets(session))
-    return [job_view(j, names) for j in queries.jobs(session, dataset_id=dataset_id)]
+    names = names_by_id(dataset_service.list_datasets(session, tenant))
+    return [job_view(j, names) for j in queries.jobs(session, tenant, dataset_id=dataset_id)]
 
 
-def _dataset_figures(session: Session, dataset: DatasetRow, measure: str) -> dict[str, Any]:
+def _dataset_figures(
+    session: Session, dataset: DatasetRow, measure: str, tenant: str | None
+) -> dict[str, Any]:
     """The dataset page's figures: heat-map, outcomes, evaluation, scatter."""
     scores = recommender.current_scores(session, [dataset.id]).get(dataset.id, {})
     model_ids = {m for per in scores.values() for m in per}
@@ -219,7 +223,7 @@ def _dataset_figures(session: Session, dataset: DatasetRow, measure: str) -> dic
     names = model_service.names_of(session, model_ids | set(recommended))
     directions = recommender.directions(session, scores)
     heat = heatmap(scores, recommended, names, directions)
-    outcomes = outcome_service.list_for(session, dataset.id)
+    outcomes = outcome_service.list_for(session, dataset.id, tenant)
     measures = sorted({o.measure for o in outcomes})
     if measures and measure not in measures:
         measure = (
@@ -233,7 +237,7 @@ def _dataset_figures(session: Session, dataset: DatasetRow, measure: str) -> dic
     if chosen:
         try:
             evaluation = recommender.evaluation(
-                session, recommender.Scope.of(dataset, measure), dataset.id
+                session, recommender.Scope.of(dataset, measure, tenant=tenant), dataset.id
             )
         except Invalid as exc:
             evaluation_note = exc.detail
@@ -314,10 +318,10 @@ def metric_choices(dataset: DatasetRow) -> list[dict[str, Any]]:
     ]
 
 
-def model_page(session: Session, model: ModelRow) -> dict[str, Any]:
+def model_page(session: Session, model: ModelRow, tenant: str | None) -> dict[str, Any]:
     """Where the model has been ranked (each dataset it has scores on: its rank by the
     recommended ordering, by each metric, and after real fine-tuning) and where it won."""
-    datasets = queries.datasets_scoring(session, model.id)
+    datasets = queries.datasets_scoring(session, model.id, tenant)
     all_scores = recommender.current_scores(session, [d.id for d in datasets])
     directions = recommender.directions(session, {m for s in all_scores.values() for m in s})
     rows = []
@@ -336,7 +340,9 @@ def model_page(session: Session, model: ModelRow) -> dict[str, Any]:
             rec_rank = dict(scoring.rank_best_first(rec["scores"])).get(model.id)
         measured = {
             o.model_id: o.value if o.higher_is_better else -o.value
-            for o in outcome_service.list_for(session, dataset.id, recommender.DEFAULT_MEASURE)
+            for o in outcome_service.list_for(
+                session, dataset.id, tenant, recommender.DEFAULT_MEASURE
+            )
         }
         outcome_rank = dict(scoring.rank_best_first(measured)).get(model.id)
         competitors = {m for values in scores.values() for m in values}
@@ -353,8 +359,8 @@ def model_page(session: Session, model: ModelRow) -> dict[str, Any]:
                 "won_outcome": outcome_rank == 1,
             }
         )
-    jobs = queries.jobs_with_model(session, model.id)
-    names = names_by_id(dataset_service.list_datasets(session))
+    jobs = queries.jobs_with_model(session, model.id, tenant)
+    names = names_by_id(dataset_service.list_datasets(session, tenant))
     return {
         "rows": rows,
         "wins": sum(1 for r in rows if r["won"]),

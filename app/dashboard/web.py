@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.api import deps
 from app.db.session import Database
 from app.errors import ProblemError, Unauthorized
+from app.tenancy import DEFAULT_TENANT, LOCAL, Principal
 from scoring.recommend import RECOMMENDED
 
 from . import assets, sessions, views
@@ -87,6 +88,9 @@ class Viewer:
 
     csrf: str
     session: bool
+    #: whose data the pages show (the key's tenant; without keys: the default tenant)
+    tenant: str | None = DEFAULT_TENANT
+    principal: Principal = LOCAL
 
 
 async def get_viewer(request: Request) -> Viewer:
@@ -97,10 +101,15 @@ async def get_viewer(request: Request) -> Viewer:
     if not cookie:
         raise LoginRequired
     try:
-        await deps.verify_session(request, cookie, secret)
+        principal = await deps.verify_session(request, cookie, secret)
     except Unauthorized as exc:
         raise LoginRequired from exc
-    return Viewer(sessions.csrf_token(secret, cookie), session=True)
+    return Viewer(
+        sessions.csrf_token(secret, cookie),
+        session=True,
+        tenant=principal.tenant,
+        principal=principal,
+    )
 
 
 ViewerDep = Annotated[Viewer, Depends(get_viewer)]

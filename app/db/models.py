@@ -8,11 +8,13 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -51,14 +53,23 @@ class Base(DeclarativeBase):
     pass
 
 
+#: The tenant column of datasets, models and jobs: NULL is shared with every tenant (the
+#: built-in zoo, benchmark tables the operator imported), read-only to them.
+TENANT_LENGTH = 64
+
+
 class DatasetRow(Base):
     __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("tenant", "content_hash", name="uq_dataset_content"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str | None] = mapped_column(String(TENANT_LENGTH), index=True)
     name: Mapped[str] = mapped_column(String(200))
     modality: Mapped[str] = mapped_column(String(16))
     task: Mapped[str] = mapped_column(String(16))
-    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    #: bytes stored on disk for it (tenant quotas)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     n_samples: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list[Any]] = mapped_column(JSON)  # [{"name": ..., "count": ...}]
     path: Mapped[str] = mapped_column(Text)
@@ -70,15 +81,24 @@ class DatasetRow(Base):
 
 
 class ModelRow(Base):
+    """A candidate model. A registration is ``pending`` until a worker has loaded its weights
+    (then ``ready``, with modality, head and fingerprint) or could not (``failed``, ``error``)."""
+
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_model_name"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    modality: Mapped[str] = mapped_column(String(16))
+    tenant: Mapped[str | None] = mapped_column(String(TENANT_LENGTH), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the API key that registered it (its owner may delete it)
+    created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
     source: Mapped[dict[str, Any]] = mapped_column(JSON)
-    has_head: Mapped[bool] = mapped_column(Boolean)
+    has_head: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     num_source_classes: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    fingerprint: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     #: a model named in a published benchmark table: it has scores and outcomes, no weights
     reference: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -89,6 +109,7 @@ class JobRow(Base):
     __tablename__ = "ranking_jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str | None] = mapped_column(String(TENANT_LENGTH), index=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     metrics: Mapped[list[Any]] = mapped_column(JSON)
@@ -189,7 +210,7 @@ class RecommenderFitRow(Base):
     __table_args__ = (UniqueConstraint("scope", "fingerprint", name="uq_fit"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    scope: Mapped[str] = mapped_column(String(100), index=True)
+    scope: Mapped[str] = mapped_column(String(200), index=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)
     calibrated: Mapped[bool] = mapped_column(Boolean)
@@ -200,10 +221,36 @@ class RecommenderFitRow(Base):
 
 
 class ApiKeyRow(Base):
+    """A key of one tenant with one role (``read``, ``write``, ``admin``)."""
+
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), default="default")
+    role: Mapped[str] = mapped_column(String(16), default="write")
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class LeaderboardRow(Base):
+    """One dataset's leaderboard under one metric (or ``recommended``), as the API serves it.
+
+    Written in the transaction that changes the dataset's scores (``app.services.leaderboards``),
+    so a read is one primary-key lookup in any API process. The recommended board also names
+    the recommender fit it was computed with: the scheduled refit rewrites it when its scope's
+    fit moves on.
+    """
+
+    __tablename__ = "leaderboards"
+
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True
+    )
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: the JSON body (``schemas.Leaderboard``)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    #: the recommended board: the fingerprint of its scope's fit when it was computed
+    fit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)

@@ -17,14 +17,15 @@ import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 import scoring
 from app.db.models import DatasetRow, ExternalMetricRow, ModelRow, now
-from app.db.scores import upsert_scores
 from app.errors import Invalid
+from app.services import leaderboards
 from app.services import outcomes as outcome_service
 from app.services.models import REFERENCE_PREFIX
 
@@ -62,8 +63,10 @@ def import_table(
     modality: str = "image",
     task: str = "classification",
     lower_is_better: Iterable[str] = (),
+    tenant: str | None = None,
 ) -> Imported:
-    """Store one published table (CSV text). Raises ``Invalid`` with what to fix."""
+    """Store one published table (CSV text) as the tenant's (None: shared with every tenant,
+    the operator's import). Raises ``Invalid`` with what to fix."""
     if modality not in ("image", "text"):
         raise Invalid(f"modality must be image or text, not {modality!r}")
     scoring.target_kind(task)
@@ -98,16 +101,18 @@ def import_table(
                 f"the external score {name!r} was imported before as "
                 f"{'higher' if row.higher_is_better else 'lower'}-is-better; keep it consistent"
             )
-    models = _reference_models(session, {m for r in records.values() for m in _models(r)}, modality)
+    models = _reference_models(
+        session, {m for r in records.values() for m in _models(r)}, modality, tenant
+    )
     score_rows: list[dict[str, object]] = []
     outcome_rows: list[dict[str, object]] = []
     stamp = now()
     higher_outcome = canonical(outcome) not in lower
-    stored = outcome_service.measure_direction(session, outcome)
+    stored = outcome_service.measure_direction(session, outcome, tenant)
     if stored is not None and stored != higher_outcome:
         raise Invalid(f"outcomes under {outcome!r} are stored with the other direction")
     for ds_name, record in records.items():
-        dataset = _reference_dataset(session, table, ds_name, modality, task)
+        dataset = _reference_dataset(session, table, ds_name, modality, task, tenant)
         for column, per in record.scores.items():
             for model, value in per.items():
                 score_rows.append(
@@ -131,8 +136,9 @@ def import_table(
                     "created_at": stamp,
                 }
             )
-    upsert_scores(session, score_rows)
     outcome_service.store(session, outcome_rows)
+    # then the scores and their leaderboards (the recommended ones see these outcomes)
+    leaderboards.store_scores(session, score_rows)
     session.flush()
     return Imported(
         table=table,
@@ -148,9 +154,16 @@ def _models(record: scoring.DatasetRecord) -> set[str]:
     return {m for per in record.scores.values() for m in per} | set(record.outcomes)
 
 
-def _reference_models(session: Session, names: set[str], modality: str) -> dict[str, ModelRow]:
+def _reference_models(
+    session: Session, names: set[str], modality: str, tenant: str | None
+) -> dict[str, ModelRow]:
+    """The reference model of each name the tenant can see (a shared one first), made the
+    tenant's where there is none."""
     wanted = {REFERENCE_PREFIX + n: n for n in names}
-    found = {m.name: m for m in session.scalars(select(ModelRow).where(ModelRow.name.in_(wanted)))}
+    query = select(ModelRow).where(ModelRow.name.in_(wanted), _mine_or_shared(ModelRow, tenant))
+    found: dict[str, ModelRow] = {}
+    for m in session.scalars(query.order_by(ModelRow.tenant.is_not(None))):
+        found.setdefault(m.name, m)
     out = {}
     for full, short in wanted.items():
         row = found.get(full)
@@ -158,6 +171,7 @@ def _reference_models(session: Session, names: set[str], modality: str) -> dict[
             row = ModelRow(
                 name=full, modality=modality, source={"reference": short}, has_head=False,
                 num_source_classes=None, fingerprint="", builtin=False, reference=True,
+                tenant=tenant,
             )  # fmt: skip
             session.add(row)
         elif row.modality != modality:
@@ -167,15 +181,20 @@ def _reference_models(session: Session, names: set[str], modality: str) -> dict[
     return out
 
 
+def _mine_or_shared(row: type[ModelRow] | type[DatasetRow], tenant: str | None) -> Any:
+    return or_(row.tenant.is_(None), row.tenant == tenant) if tenant else row.tenant.is_(None)
+
+
 def _reference_dataset(
-    session: Session, table: str, name: str, modality: str, task: str
+    session: Session, table: str, name: str, modality: str, task: str, tenant: str | None
 ) -> DatasetRow:
     digest = hashlib.sha256(f"transferbench-reference|{table}|{name}".encode()).hexdigest()
-    row = session.scalar(select(DatasetRow).where(DatasetRow.content_hash == digest))
+    owner = DatasetRow.tenant == tenant if tenant else DatasetRow.tenant.is_(None)
+    row = session.scalar(select(DatasetRow).where(DatasetRow.content_hash == digest, owner))
     if row is None:
         row = DatasetRow(
             name=name, modality=modality, task=task, content_hash=digest, n_samples=0,
-            classes=[], path="", reference=True,
+            classes=[], path="", reference=True, tenant=tenant,
         )  # fmt: skip
         session.add(row)
         session.flush()

@@ -10,12 +10,14 @@ from pathlib import Path, PurePath
 
 import numpy as np
 from fastapi import UploadFile
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import DatasetRow
 from app.errors import Invalid, NotFound, TooLarge
 from app.services import pages
+from app.tenancy import can_change, can_see, visible
 from workers.settings import Settings
 
 CHUNK = 1 << 20
@@ -31,7 +33,7 @@ def _suffix(filename: str) -> str:
             return suffix
     raise Invalid(
         f"cannot tell the format of {filename!r}: upload a .zip of images (one folder per "
-        "class, or images plus a manifest), a .csv/.jsonl table, or .npz/.npy/.parquet features"
+        "class), a .csv/.jsonl text table, or .npz/.npy/.parquet features"
     )
 
 
@@ -64,20 +66,25 @@ def register(
     settings: Settings,
     tmp: Path,
     *,
+    tenant: str,
     name: str,
     modality: str | None,
     task: str | None,
 ) -> tuple[DatasetRow, bool]:
-    """Validate the saved file and store it; returns (row, created). Same content, same row."""
-    from workers.pipeline.datasets import open_dataset
+    """Validate the saved file and store it as the tenant's; returns (row, created). The same
+    content uploaded again by the same tenant is the same row."""
+    from workers.pipeline.datasets import open_upload
     from workers.pipeline.errors import PipelineError
 
-    try:
-        dataset = open_dataset(str(tmp))
+    try:  # every image decoded and every row parsed, within the readers' caps
+        dataset = open_upload(tmp)
         dataset.validate()
     except PipelineError as exc:
         tmp.unlink(missing_ok=True)
         raise Invalid(str(exc).replace(str(tmp), "the upload")) from exc
+    except BaseException:  # unforeseen: a 500, but the upload is not left behind either
+        tmp.unlink(missing_ok=True)
+        raise
     if modality and modality != dataset.modality:
         tmp.unlink(missing_ok=True)
         raise Invalid(
@@ -87,11 +94,23 @@ def register(
         tmp.unlink(missing_ok=True)
         raise Invalid(f"task={task!r} was given, but the upload's labels make it {dataset.target}")
     digest = dataset.content_hash
-    existing = session.scalar(select(DatasetRow).where(DatasetRow.content_hash == digest))
+    existing = session.scalar(
+        select(DatasetRow).where(DatasetRow.content_hash == digest, DatasetRow.tenant == tenant)
+    )
     if existing is not None:
         tmp.unlink(missing_ok=True)
         return existing, False
-    final_dir = settings.datasets_dir / digest
+    size = tmp.stat().st_size
+    used = stored_bytes(session, tenant)
+    if used + size > settings.tenant_max_stored_mb * 1024 * 1024:
+        tmp.unlink(missing_ok=True)
+        raise TooLarge(
+            f"storing this {size / 2**20:.1f} MiB dataset would take tenant {tenant!r} past its "
+            f"{settings.tenant_max_stored_mb} MiB quota ({used / 2**20:.1f} MiB in use; "
+            "TB_TENANT_MAX_STORED_MB); delete datasets you no longer need"
+        )
+    # per tenant: deleting one tenant's copy never touches another's
+    final_dir = settings.datasets_dir / tenant / digest
     final_dir.mkdir(parents=True, exist_ok=True)
     final = final_dir / f"data{tmp.suffix}"
     os.replace(tmp, final)
@@ -104,49 +123,81 @@ def register(
         modality=dataset.modality,
         task=dataset.target,
         content_hash=digest,
+        tenant=tenant,
+        size_bytes=size,
         n_samples=len(dataset),
         classes=classes,
         path=str(final),
     )
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():  # the same content uploaded twice at the same moment
+            session.add(row)
+    except IntegrityError:
+        existing = session.scalar(
+            select(DatasetRow).where(DatasetRow.content_hash == digest, DatasetRow.tenant == tenant)
+        )
+        if existing is None:
+            raise
+        return existing, False  # the other upload's row; the file at ``final`` is the same
     return row, True
 
 
-def get(session: Session, dataset_id: str) -> DatasetRow:
+def stored_bytes(session: Session, tenant: str) -> int:
+    """Bytes the tenant's datasets take on disk."""
+    query = select(func.coalesce(func.sum(DatasetRow.size_bytes), 0))
+    return int(session.scalar(query.where(DatasetRow.tenant == tenant)) or 0)
+
+
+def get(session: Session, dataset_id: str, tenant: str | None) -> DatasetRow:
+    """The dataset, if the tenant may see it (its own or a shared one); else ``NotFound``."""
     row = session.get(DatasetRow, dataset_id)
-    if row is None:
+    if row is None or not can_see(row.tenant, tenant):
         raise NotFound(f"no dataset with id {dataset_id!r}; list them at GET /v1/datasets")
     return row
 
 
-def list_datasets(session: Session) -> list[DatasetRow]:
-    return list(session.scalars(select(DatasetRow).order_by(*ORDER.clauses)))
+def get_own(session: Session, dataset_id: str, tenant: str | None) -> DatasetRow:
+    """The dataset, to change it: ``Forbidden`` for a shared one."""
+    row = get(session, dataset_id, tenant)
+    can_change(row.tenant, tenant, f"dataset {row.name!r}")
+    return row
+
+
+def list_datasets(session: Session, tenant: str | None) -> list[DatasetRow]:
+    query = select(DatasetRow).where(visible(DatasetRow.tenant, tenant))
+    return list(session.scalars(query.order_by(*ORDER.clauses)))
 
 
 def page(
-    session: Session, limit: int, cursor: str | None, *, content_hash: str | None = None
+    session: Session,
+    tenant: str | None,
+    limit: int,
+    cursor: str | None,
+    *,
+    content_hash: str | None = None,
 ) -> pages.Page[DatasetRow]:
     """Newest first; ``content_hash`` finds the dataset holding that content, if any."""
-    query = select(DatasetRow)
+    query = select(DatasetRow).where(visible(DatasetRow.tenant, tenant))
     if content_hash is not None:
         query = query.where(DatasetRow.content_hash == content_hash)
     return pages.fetch(session, query, ORDER, limit, cursor)
 
 
-def set_schedule(session: Session, dataset_id: str, schedule: str | None) -> DatasetRow:
+def set_schedule(
+    session: Session, dataset_id: str, schedule: str | None, tenant: str | None
+) -> DatasetRow:
     """Set (or with None clear) a dataset's cron schedule for re-ranking."""
     from croniter import croniter
 
-    row = get(session, dataset_id)
+    row = get_own(session, dataset_id, tenant)
     if schedule is not None and not croniter.is_valid(schedule):
         raise Invalid(f"{schedule!r} is not a cron expression (e.g. '0 3 * * *': daily at 03:00)")
     row.schedule = schedule
     return row
 
 
-def delete(session: Session, dataset_id: str) -> None:
-    row = get(session, dataset_id)
+def delete(session: Session, dataset_id: str, tenant: str | None) -> None:
+    row = get_own(session, dataset_id, tenant)
     session.delete(row)
     session.flush()
     if not row.reference:  # an imported table's dataset has no files

@@ -38,6 +38,7 @@ def _event(name: str, data: str) -> bytes:
 async def ranking_events(
     reads: Reads,
     job_id: str,
+    tenant: str | None,
     first: bytes,
     disconnected: Callable[[], Awaitable[bool]],
     *,
@@ -65,7 +66,7 @@ async def ranking_events(
         if await disconnected():
             return
         try:
-            body = await run_in_threadpool(reads.ranking, job_id)
+            body = await run_in_threadpool(reads.ranking, job_id, tenant)
         except NotFound as exc:
             gone = {**progress, "status": JobStatus.FAILED.value, "error": exc.detail}
             yield _event(JobStatus.FAILED.value, json.dumps(gone, separators=(",", ":")))

@@ -1,39 +1,61 @@
-"""The candidate-model registry. Registering loads the weights on a worker (the API never
-imports torch): the source must resolve and the weights load, or the request fails."""
+"""The candidate-model registry. Registering answers at once with a ``pending`` model; a
+worker loads the weights (the API never imports torch) and marks it ``ready`` or ``failed``.
+A remote client names hub models, or files under the operator's TB_MODEL_DIR
+(``workers.pipeline.remote_sources``); the zoo is shared by every tenant, read-only."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from app.db.models import ModelRow
-from app.errors import Conflict, Invalid, NotFound, Unavailable
-from app.lifecycle import Task, TaskQueue
+from app.db.models import JobModelRow, ModelRow
+from app.errors import Conflict, Forbidden, Invalid, NotFound
+from app.lifecycle import Task, TaskQueue, defer
 from app.services import pages
+from app.states import ModelState, ModelStatus
+from app.tenancy import Principal, Role, can_see, visible
+from workers.pipeline import remote_sources
 from workers.settings import Settings
 
 #: Name prefix of the models named by imported benchmark tables.
 REFERENCE_PREFIX = "ref:"
 
 
-#: by modality, then name (unique)
-ORDER = pages.Order("models", ((ModelRow.modality, False), (ModelRow.name, False)))
+#: by modality, then name (unique per tenant), then id
+ORDER = pages.Order(
+    "models", ((ModelRow.modality, False), (ModelRow.name, False), (ModelRow.id, False))
+)
 
 
-def list_models(session: Session) -> list[ModelRow]:
-    return list(session.scalars(select(ModelRow).order_by(*ORDER.clauses)))
+def list_models(session: Session, tenant: str | None) -> list[ModelRow]:
+    query = select(ModelRow).where(visible(ModelRow.tenant, tenant))
+    return list(session.scalars(query.order_by(*ORDER.clauses)))
 
 
-def page(session: Session, limit: int, cursor: str | None) -> pages.Page[ModelRow]:
-    return pages.fetch(session, select(ModelRow), ORDER, limit, cursor)
+def page(
+    session: Session, tenant: str | None, limit: int, cursor: str | None
+) -> pages.Page[ModelRow]:
+    """The shared models and the tenant's own."""
+    query = select(ModelRow).where(visible(ModelRow.tenant, tenant))
+    return pages.fetch(session, query, ORDER, limit, cursor)
 
 
-def candidates(session: Session, modality: str | None = None) -> list[ModelRow]:
-    """Models a ranking can run (reference models of imported tables have no weights)."""
-    query = select(ModelRow).where(ModelRow.reference.is_(False)).order_by(ModelRow.name)
+def candidates(
+    session: Session, modality: str | None = None, tenant: str | None = None
+) -> list[ModelRow]:
+    """Ready models a ranking can run for the tenant: the shared ones and its own (reference
+    models of imported tables have no weights). ``tenant`` None: every tenant's."""
+    query = (
+        select(ModelRow)
+        .where(
+            ModelRow.reference.is_(False),
+            ModelRow.status == ModelState.READY,
+            visible(ModelRow.tenant, tenant),
+        )
+        .order_by(ModelRow.name)
+    )
     if modality is not None:
         query = query.where(ModelRow.modality == modality)
     return list(session.scalars(query))
@@ -45,35 +67,78 @@ def names_of(session: Session, ids: Iterable[str]) -> dict[str, str]:
     return {str(i): str(n) for i, n in session.execute(query)}
 
 
-def get(session: Session, model_id: str) -> ModelRow:
+def get(session: Session, model_id: str, tenant: str | None) -> ModelRow:
     row = session.get(ModelRow, model_id)
-    if row is None:
+    if row is None or not can_see(row.tenant, tenant):
         raise NotFound(f"no model with id {model_id!r}; list them at GET /v1/models")
     return row
 
 
+def visible_by_name(session: Session, names: Iterable[str], tenant: str | None) -> list[ModelRow]:
+    """The models the tenant can see, by id or name."""
+    keys = list(names)
+    query = select(ModelRow).where(
+        or_(ModelRow.id.in_(keys), ModelRow.name.in_(keys)), visible(ModelRow.tenant, tenant)
+    )
+    return list(session.scalars(query))
+
+
 def register(
-    session: Session, queue: TaskQueue, settings: Settings, name: str, source: str
+    session: Session,
+    queue: TaskQueue,
+    settings: Settings,
+    name: str,
+    source: str,
+    principal: Principal,
 ) -> ModelRow:
+    """A pending model of the principal's tenant; a worker loads it after the commit."""
     if name.startswith(REFERENCE_PREFIX):
         raise Invalid(f"names starting with {REFERENCE_PREFIX!r} are kept for imported tables")
-    if session.scalar(select(ModelRow).where(ModelRow.name == name)) is not None:
+    taken = select(ModelRow).where(
+        ModelRow.name == name,
+        or_(ModelRow.tenant.is_(None), ModelRow.tenant == principal.tenant),
+    )
+    if session.scalar(taken) is not None:
         raise Conflict(f"a model named {name!r} is already registered; pick another name")
-    try:
-        info: dict[str, Any] = queue.call(
-            Task.RESOLVE_MODEL, [source], settings.model_resolve_timeout_s
-        )
-    except TimeoutError as exc:
-        raise Unavailable(
-            f"no worker answered within {settings.model_resolve_timeout_s} s; "
-            "check that a gpu-queue worker is running"
-        ) from exc
-    except Exception as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if type(exc).__name__ in {"TimeoutError", "OperationalError"}:
-            raise Unavailable(f"the worker could not be reached: {message}") from exc
-        raise Invalid(f"the model could not be loaded from {source!r}: {message}") from exc
-    row = ModelRow(name=name, source={"spec": source}, builtin=False, **info)
+    if principal.tenant is not None:  # a remote client: hub names and TB_MODEL_DIR files only
+        try:
+            remote_sources.check(source, model_dir_set=settings.model_dir is not None)
+        except remote_sources.SourceRefused as exc:
+            raise Invalid(str(exc)) from exc
+    row = ModelRow(
+        name=name,
+        tenant=principal.tenant,
+        status=ModelState.PENDING,
+        created_by=principal.key_id,
+        source={"spec": source, "origin": "remote" if principal.tenant is not None else "operator"},
+        builtin=False,
+    )
     session.add(row)
     session.flush()
+    defer(session, queue, Task.REGISTER_MODEL, row.id)
     return row
+
+
+def delete(session: Session, model_id: str, principal: Principal) -> None:
+    """Delete a model (with its scores and outcomes): its registering key, or an admin of
+    its tenant. Shared models are read-only."""
+    row = get(session, model_id, principal.tenant)
+    if row.tenant is None and principal.tenant is not None:
+        raise Forbidden(f"{row.name} is shared by every tenant and read-only")
+    if principal.key_id is None or row.created_by != principal.key_id:
+        principal.require(Role.ADMIN, f"deleting {row.name}, which another key registered,")
+    busy = select(JobModelRow.job_id).where(
+        JobModelRow.model_id == row.id,
+        JobModelRow.status.not_in([s.value for s in ModelStatus if s.terminal]),
+    )
+    if session.scalar(busy.limit(1)) is not None:
+        raise Conflict(
+            f"{row.name} is in a ranking that is still running; delete it when that finishes"
+        )
+    # its scores go with it (foreign keys), so the leaderboards they were on are rewritten
+    from app.services import leaderboards  # lazily: leaderboards builds on this module
+
+    boards = leaderboards.scored_by(session, row.id)
+    session.delete(row)
+    session.flush()
+    leaderboards.rewrite(session, boards)

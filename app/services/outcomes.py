@@ -10,36 +10,44 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from app.db.models import ModelRow, OutcomeRow, now
+from app.db.models import DatasetRow, OutcomeRow, now
 from app.db.scores import upsert
 from app.errors import Invalid, NotFound
 from app.services import datasets as dataset_service
+from app.services import models as model_service
 from app.services import pages
+from app.tenancy import visible
 
 
-def measure_direction(session: Session, measure: str) -> bool | None:
-    """higher_is_better of the outcomes stored under ``measure``, or None when none are."""
-    return session.scalar(
-        select(OutcomeRow.higher_is_better).where(OutcomeRow.measure == measure).limit(1)
+def measure_direction(session: Session, measure: str, tenant: str | None) -> bool | None:
+    """higher_is_better of the outcomes the tenant can see under ``measure`` (its own and the
+    shared ones), or None when there are none."""
+    query = (
+        select(OutcomeRow.higher_is_better)
+        .join(DatasetRow, DatasetRow.id == OutcomeRow.dataset_id)
+        .where(OutcomeRow.measure == measure, visible(DatasetRow.tenant, tenant))
     )
+    return session.scalar(query.limit(1))
 
 
 def record(
-    session: Session, dataset_id: str, entries: Sequence[dict[str, Any]]
+    session: Session, dataset_id: str, entries: Sequence[dict[str, Any]], tenant: str | None
 ) -> list[OutcomeRow]:
     """Validate every entry first, then upsert them all (nothing is stored if one is bad).
 
     entries: ``{model_id, value, measure, higher_is_better, details}`` each; ``model_id`` may
     also be the model's name.
     """
-    dataset = dataset_service.get(session, dataset_id)
+    dataset = dataset_service.get_own(session, dataset_id, tenant)
     if not entries:
         raise Invalid("no outcomes given; send a list of {model_id, value[, measure]}")
     keys = {e["model_id"] for e in entries}
     models = {
         key: m
-        for m in session.scalars(
-            select(ModelRow).where(ModelRow.id.in_(keys) | ModelRow.name.in_(keys))
+        for m in sorted(
+            model_service.visible_by_name(session, keys, tenant),
+            key=lambda m: m.tenant is None,  # a name of the tenant's own before a shared one
+            reverse=True,
         )
         for key in (m.id, m.name)
         if key in keys
@@ -57,7 +65,7 @@ def record(
             raise Invalid(f"outcome {i}: value must be a finite number, not {value!r}")
         if directions.setdefault(measure, higher) != higher:
             raise Invalid(f"measure {measure!r} is given as both higher- and lower-is-better")
-        stored = measure_direction(session, measure)
+        stored = measure_direction(session, measure, tenant)
         if stored is not None and stored != higher:
             word = "higher" if stored else "lower"
             raise Invalid(
@@ -88,7 +96,7 @@ def record(
     ]
     store(session, rows)
     session.flush()
-    return list_for(session, dataset.id)
+    return list_for(session, dataset.id, tenant)
 
 
 def store(session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -109,8 +117,10 @@ ORDER = pages.Order(
 )
 
 
-def _query(session: Session, dataset_id: str, measure: str | None) -> Select[OutcomeRow]:
-    dataset_service.get(session, dataset_id)
+def _query(
+    session: Session, dataset_id: str, measure: str | None, tenant: str | None
+) -> Select[OutcomeRow]:
+    dataset_service.get(session, dataset_id, tenant)
     query = select(OutcomeRow).where(OutcomeRow.dataset_id == dataset_id)
     if measure is not None:
         query = query.where(OutcomeRow.measure == measure)
@@ -118,12 +128,20 @@ def _query(session: Session, dataset_id: str, measure: str | None) -> Select[Out
     return query.execution_options(populate_existing=True)
 
 
-def list_for(session: Session, dataset_id: str, measure: str | None = None) -> list[OutcomeRow]:
-    query = _query(session, dataset_id, measure).order_by(*ORDER.clauses)
+def list_for(
+    session: Session, dataset_id: str, tenant: str | None, measure: str | None = None
+) -> list[OutcomeRow]:
+    query = _query(session, dataset_id, measure, tenant).order_by(*ORDER.clauses)
     return list(session.scalars(query))
 
 
 def page(
-    session: Session, dataset_id: str, measure: str | None, limit: int, cursor: str | None
+    session: Session,
+    dataset_id: str,
+    tenant: str | None,
+    measure: str | None,
+    limit: int,
+    cursor: str | None,
 ) -> pages.Page[OutcomeRow]:
-    return pages.fetch(session, _query(session, dataset_id, measure), ORDER, limit, cursor)
+    query = _query(session, dataset_id, measure, tenant)
+    return pages.fetch(session, query, ORDER, limit, cursor)

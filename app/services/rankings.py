@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 import scoring
@@ -18,11 +18,13 @@ from app.db.models import (
     RecommenderFitRow,
     ScoreRow,
 )
-from app.errors import Invalid, NotFound
+from app.errors import Invalid, NotFound, TooManyRequests
 from app.lifecycle import Dispatcher, JobStatus, ModelStatus, Trigger, create_job
 from app.services import datasets as dataset_service
 from app.services import models as model_service
 from app.services import pages, recommender
+from app.states import ModelState
+from app.tenancy import can_change, owned, visible
 from scoring.recommend import RECOMMENDED
 
 
@@ -33,16 +35,34 @@ def create(
     model_ids: Sequence[str] | None,
     metrics: Sequence[str] | None,
     per_class: int | None,
+    *,
+    tenant: str | None,
+    max_active_jobs: int | None = None,
 ) -> JobRow:
-    dataset = dataset_service.get(session, dataset_id)
+    """A job ranking the dataset (the tenant's own) with models the tenant can see; at most
+    ``max_active_jobs`` of the tenant's jobs queued or running at once."""
+    dataset = dataset_service.get(session, dataset_id, tenant)
     target = scoring.target_kind(dataset.task)
     if dataset.reference:
         raise Invalid(
             f"{dataset.name} is a dataset of an imported benchmark table: it has scores and "
             "outcomes but no samples to extract features from; rank an uploaded dataset"
         )
+    can_change(dataset.tenant, tenant, f"dataset {dataset.name!r}")
+    if max_active_jobs is not None and tenant is not None:
+        active = session.scalar(
+            select(func.count(JobRow.id)).where(
+                JobRow.tenant == tenant, JobRow.status.in_(list(JobStatus.active()))
+            )
+        )
+        if (active or 0) >= max_active_jobs:
+            raise TooManyRequests(
+                f"tenant {tenant!r} has {active} ranking jobs queued or running, its limit "
+                f"(TB_TENANT_MAX_ACTIVE_JOBS); retry when one finishes",
+                headers={"Retry-After": "30"},
+            )
     if model_ids is None:
-        models = model_service.candidates(session, dataset.modality)
+        models = model_service.candidates(session, dataset.modality, tenant)
         if not models:
             raise Invalid(
                 f"no registered model handles {dataset.modality} data; "
@@ -50,11 +70,22 @@ def create(
             )
     else:
         ids = list(dict.fromkeys(model_ids))
-        found = {m.id: m for m in session.scalars(select(ModelRow).where(ModelRow.id.in_(ids)))}
+        found = {
+            m.id: m
+            for m in session.scalars(
+                select(ModelRow).where(ModelRow.id.in_(ids), visible(ModelRow.tenant, tenant))
+            )
+        }
         missing = [i for i in ids if i not in found]
         if missing:
             raise NotFound(f"no model with id {', '.join(map(repr, missing))}; see GET /v1/models")
         models = [found[i] for i in ids]
+        pending = [f"{m.name} ({m.status})" for m in models if m.status != ModelState.READY]
+        if pending:
+            raise Invalid(
+                f"{', '.join(pending)} cannot run yet: a model ranks once its registration is "
+                "ready (see GET /v1/models/{id})"
+            )
         imported = [m.name for m in models if m.reference]
         if imported:
             raise Invalid(
@@ -83,7 +114,9 @@ def create(
             m
             for m in chosen
             if any(
-                scoring.applicable([m], has_features=True, has_probs=x.has_head, target=target)
+                scoring.applicable(
+                    [m], has_features=True, has_probs=bool(x.has_head), target=target
+                )
                 for x in models
             )
         ]
@@ -104,28 +137,30 @@ def create(
 ORDER = pages.Order("rankings", ((JobRow.created_at, True), (JobRow.id, True)))
 
 
-def list_jobs(session: Session, status: JobStatus | None, limit: int) -> list[JobRow]:
-    """The newest ``limit`` jobs, optionally only those in ``status``."""
-    return page(session, status, limit, None).items
+def list_jobs(
+    session: Session, tenant: str | None, status: JobStatus | None, limit: int
+) -> list[JobRow]:
+    """The tenant's newest ``limit`` jobs, optionally only those in ``status``."""
+    return page(session, tenant, status, limit, None).items
 
 
 def page(
-    session: Session, status: JobStatus | None, limit: int, cursor: str | None
+    session: Session, tenant: str | None, status: JobStatus | None, limit: int, cursor: str | None
 ) -> pages.Page[JobRow]:
-    """Newest first, optionally only the jobs in ``status``."""
-    query = select(JobRow)
+    """The tenant's jobs, newest first, optionally only those in ``status``."""
+    query = select(JobRow).where(owned(JobRow.tenant, tenant))
     if status is not None:
         query = query.where(JobRow.status == status)
     return pages.fetch(session, query, ORDER, limit, cursor)
 
 
-def get(session: Session, job_id: str) -> JobRow:
+def get(session: Session, job_id: str, tenant: str | None) -> JobRow:
     job = session.get(
         JobRow,
         job_id,
         options=[selectinload(JobRow.models).selectinload(JobModelRow.model)],
     )
-    if job is None:
+    if job is None or (tenant is not None and job.tenant != tenant):
         raise NotFound(f"no ranking with id {job_id!r}; list them at GET /v1/rankings")
     return job
 

@@ -1,103 +1,81 @@
 """The read-heavy endpoints (dashboards poll them), served as pre-serialised JSON.
 
-- A finished ranking never changes: its response is cached until evicted.
-- A leaderboard changes only when a score row for its (dataset, metric) is written. Its entry
-  carries a validator (row count and newest row id) that is checked against the scores table
-  at most every ``max_age_s``, by one request per key at a time; concurrent clients meanwhile
-  get the previous body. A new score therefore shows within ``max_age_s``.
+- A finished ranking never changes: its response is cached in this process until evicted.
+- A leaderboard is stored as served, written with the scores it shows
+  (``app.services.leaderboards``): a read is one primary-key lookup, so every API process
+  serves a new score as soon as its transaction has committed.
+
+Who owns a dataset or job never changes, so the ownership check is cached too (dropped when
+the dataset is deleted, or found gone).
 """
 
 from __future__ import annotations
 
-import time
-
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from app.cache import ResponseCache
-from app.db.models import OutcomeRow, ScoreRow
 from app.db.session import Database
+from app.errors import NotFound
 from app.lifecycle import JobStatus
-from app.services import datasets, rankings
-from scoring.recommend import RECOMMENDED
-
-LEADERBOARD_MAX_AGE_S = 1.0
+from app.services import datasets, leaderboards, rankings
+from app.tenancy import can_see
 
 
 class Reads:
-    """Cached bodies of rankings and leaderboards for one database."""
+    """Cached bodies of finished rankings, stored leaderboards, for one database."""
 
-    def __init__(self, db: Database, *, max_age_s: float = LEADERBOARD_MAX_AGE_S) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.max_age_s = max_age_s
+        #: leaderboard lookups: one statement each, no transaction around it
+        self._autocommit = db.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.cache = ResponseCache()
-        self._revalidating: set[tuple[str, ...]] = set()
+        #: dataset or job id -> its tenant (never changes; dropped when the dataset goes)
+        self._owners: dict[str, str | None] = {}
 
-    def ranking(self, job_id: str) -> bytes:
-        """A ranking's JSON body; 404 (``NotFound``) when there is none."""
-        hit = self.cache.peek(("ranking", job_id))
+    def _visible(self, object_id: str, tenant: str | None) -> bool:
+        """Whether the tenant may see the dataset or job, from what was cached (False: ask
+        the database)."""
+        return object_id in self._owners and can_see(self._owners[object_id], tenant)
+
+    def ranking(self, job_id: str, tenant: str | None) -> bytes:
+        """A ranking's JSON body; 404 (``NotFound``) when there is none the tenant may see."""
+        hit = self.cache.peek(("ranking", job_id)) if self._visible(job_id, tenant) else None
         body = hit[1] if hit else None
         if body is None:
             with self.db.session() as session:
-                out = rankings.describe(session, rankings.get(session, job_id))
+                job = rankings.get(session, job_id, tenant)
+                self._owners[job_id] = job.tenant
+                out = rankings.describe(session, job)
             body = out.model_dump_json().encode()
             if JobStatus(out.status).terminal:
                 # the validator slot names the dataset, so forget_dataset finds it
                 self.cache.put(("ranking", job_id), body, out.dataset_id)
         return body
 
-    def fresh_leaderboard(self, dataset_id: str, metric: str) -> bytes | None:
-        """The cached body if it was validated within ``max_age_s``, or another request is
-        revalidating it right now; else None (call ``leaderboard``). Never touches the database,
-        so the event loop can call it."""
-        key = ("leaderboard", dataset_id, metric)
-        seen = self.cache.peek(("fresh", *key))
-        if seen is not None and (seen[0] == self._bucket() or key in self._revalidating):
-            return seen[1]
-        return None
-
-    def leaderboard(self, dataset_id: str, metric: str) -> bytes:
-        """Revalidate against the scores table and return the current body (blocking)."""
-        key = ("leaderboard", dataset_id, metric)
-        self._revalidating.add(key)
+    def leaderboard(self, dataset_id: str, metric: str, tenant: str | None) -> bytes:
+        """The dataset's stored board under ``metric`` (blocking); 404 (``NotFound``) when
+        there is no dataset the tenant may see, 422 (``Invalid``) for an unknown metric."""
+        if self._visible(dataset_id, tenant):  # the usual case: one primary-key lookup
+            with self._autocommit.connect() as conn:
+                body = leaderboards.stored(conn, dataset_id, metric)
+            if body is not None:
+                return body
         try:
             with self.db.session() as session:
-                validator = self._validator(session, dataset_id, metric)
-                body = self.cache.get(key, validator)
-                if body is None:  # a score for this (dataset, metric) was written since
-                    dataset = datasets.get(session, dataset_id)
-                    board = rankings.leaderboard(session, dataset, metric)
-                    body = board.model_dump_json().encode()
-                    self.cache.put(key, body, validator)
-            self.cache.put(("fresh", *key), body, self._bucket())
-            return body
-        finally:
-            self._revalidating.discard(key)
-
-    @staticmethod
-    def _validator(session: Session, dataset_id: str, metric: str) -> tuple[object, ...]:
-        """What changes when the leaderboard does: its (dataset, metric) scores; for the
-        recommended board, any score or outcome (other datasets inform the fit)."""
-        if metric != RECOMMENDED:
-            where = (ScoreRow.dataset_id == dataset_id, ScoreRow.metric == metric)
-            return tuple(
-                session.execute(
-                    select(func.count(ScoreRow.id), func.max(ScoreRow.id)).where(*where)
-                ).one()
-            )
-        scores = session.execute(select(func.count(ScoreRow.id), func.max(ScoreRow.id))).one()
-        outcomes = session.execute(
-            select(func.count(OutcomeRow.id), func.max(OutcomeRow.created_at))
-        ).one()
-        return (*scores, *outcomes)
+                if not self._visible(dataset_id, tenant):
+                    self._owners[dataset_id] = datasets.get(session, dataset_id, tenant).tenant
+                return leaderboards.load(session, dataset_id, metric, tenant)
+        except NotFound:
+            self._owners.pop(dataset_id, None)  # deleted, maybe by another process
+            raise
 
     def forget_dataset(self, dataset_id: str) -> None:
         """Drop everything cached about a dataset (it was deleted)."""
+        self._owners.pop(dataset_id, None)
         self.cache.drop(
             lambda key, validator: (
                 validator == dataset_id or (isinstance(key, tuple) and dataset_id in key)
             )
         )
 
-    def _bucket(self) -> int:
-        return int(time.monotonic() / self.max_age_s)
+    def forget_rankings(self) -> None:
+        """Drop every cached ranking (a model they may name was deleted)."""
+        self.cache.drop(lambda key, validator: isinstance(key, tuple) and key[0] == "ranking")

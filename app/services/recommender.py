@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 import scoring
@@ -31,6 +31,7 @@ from app.db.models import (
 from app.db.scores import insert_ignore
 from app.errors import Invalid
 from app.services import models as model_service
+from app.tenancy import visible
 from scoring.recommend import MIN_OUTCOMES, RECOMMENDED, Fit
 
 DEFAULT_MEASURE = "finetune_top1"
@@ -38,19 +39,31 @@ DEFAULT_MEASURE = "finetune_top1"
 
 @dataclass(frozen=True)
 class Scope:
-    """Datasets whose outcomes inform each other: same modality, task and outcome measure."""
+    """Datasets whose outcomes inform each other: same modality, task and outcome measure,
+    within one tenant's view: its own datasets and the shared ones (``tenant`` None: only the
+    shared ones). A tenant never learns from another tenant's outcomes."""
 
     modality: str
     task: str
     measure: str = DEFAULT_MEASURE
+    tenant: str | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.modality}/{self.task}/{self.measure}"
+        base = f"{self.modality}/{self.task}/{self.measure}"
+        return base if self.tenant is None else f"{self.tenant}:{base}"
 
     @classmethod
-    def of(cls, dataset: DatasetRow, measure: str = DEFAULT_MEASURE) -> Scope:
-        return cls(dataset.modality, dataset.task, measure)
+    def of(
+        cls, dataset: DatasetRow, measure: str = DEFAULT_MEASURE, *, tenant: str | None = None
+    ) -> Scope:
+        """The dataset's scope, seen by ``tenant`` (default: the dataset's own tenant)."""
+        return cls(dataset.modality, dataset.task, measure, tenant or dataset.tenant)
+
+    def datasets(self) -> ColumnElement[bool]:
+        """The datasets this scope learns from."""
+        shared = DatasetRow.tenant.is_(None)
+        return shared if self.tenant is None else or_(shared, DatasetRow.tenant == self.tenant)
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,7 @@ def outcome_values(session: Session, scope: Scope) -> dict[str, dict[str, float]
             OutcomeRow.measure == scope.measure,
             DatasetRow.modality == scope.modality,
             DatasetRow.task == scope.task,
+            scope.datasets(),
         )
     ).scalars()
     out: dict[str, dict[str, float]] = {}
@@ -118,7 +132,7 @@ def records(session: Session, scope: Scope, *, reference_only: bool = False) -> 
     """Every dataset of the scope that has scores, with its outcomes under the measure
     (``reference_only``: only the datasets of imported benchmark tables)."""
     query = select(DatasetRow.id).where(
-        DatasetRow.modality == scope.modality, DatasetRow.task == scope.task
+        DatasetRow.modality == scope.modality, DatasetRow.task == scope.task, scope.datasets()
     )
     if reference_only:
         query = query.where(DatasetRow.reference.is_(True))
@@ -184,16 +198,28 @@ def current_fit(session: Session, scope: Scope) -> tuple[Fit, RecommenderFitRow]
     return fit, row
 
 
+def scopes_with_outcomes(session: Session, tenant: str | None = None) -> set[Scope]:
+    """Every scope with outcomes the tenant can see; ``tenant`` None: every tenant's scopes
+    (shared outcomes inform each tenant that has datasets of their modality and task)."""
+    rows = session.execute(
+        select(DatasetRow.tenant, DatasetRow.modality, DatasetRow.task, OutcomeRow.measure)
+        .join(OutcomeRow, OutcomeRow.dataset_id == DatasetRow.id)
+        .where(visible(DatasetRow.tenant, tenant))
+        .distinct()
+    ).all()
+    if tenant is not None:
+        return {Scope(m, t, measure, tenant) for _, m, t, measure in rows}
+    tenants = set(session.scalars(select(DatasetRow.tenant).distinct()))
+    scopes = set()
+    for owner, modality, task, measure in rows:
+        for t in tenants if owner is None else {owner}:
+            scopes.add(Scope(modality, task, measure, t))
+    return scopes
+
+
 def refit_all(session: Session) -> list[str]:
     """Record the current fit of every scope that has outcomes; returns the new fingerprints."""
-    scopes = {
-        Scope(modality, task, measure)
-        for modality, task, measure in session.execute(
-            select(DatasetRow.modality, DatasetRow.task, OutcomeRow.measure)
-            .join(OutcomeRow, OutcomeRow.dataset_id == DatasetRow.id)
-            .distinct()
-        )
-    }
+    scopes = scopes_with_outcomes(session)
     before = set(session.scalars(select(RecommenderFitRow.fingerprint)))
     made = []
     for scope in sorted(scopes, key=lambda s: s.key):

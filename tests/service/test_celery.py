@@ -25,7 +25,7 @@ from app.queue import CeleryQueue
 from workers.settings import Settings
 
 from .conftest import fashion_zip
-from .helpers import model_ids, wait_for_job
+from .helpers import model_ids, register_model, wait_for_job
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -147,18 +147,16 @@ def test_end_to_end_on_postgres_redis_and_a_celery_worker(deployment, tmp_path: 
     ranked = [e["model"] for e in board["entries"] if e["model"] in {"mobilenet-v2", "open-nsfw"}]
     assert ranked == [row.model for row in direct.rows]
 
-    # Registering a model resolves and loads it on the worker; a bad source is a 422.
-    ok = client.post("/v1/models", json={"name": "lite0-again", "source": "efficientnet-lite0"})
-    assert ok.status_code == 201, ok.text
-    assert ok.json()["fingerprint"] == next(
+    # Registering a model: 202 at once, then the worker loads it; a bad source fails there.
+    ok = register_model(client, "lite0-again", "efficientnet-lite0")
+    assert ok["status"] == "ready", ok
+    assert ok["fingerprint"] == next(
         m["fingerprint"]
         for m in client.get("/v1/models").json()
         if m["name"] == "efficientnet-lite0"
     )
-    bad = client.post("/v1/models", json={"name": "nope", "source": "torchvision:not_a_real_arch"})
-    assert bad.status_code == 422, bad.text
-    assert bad.headers["content-type"] == "application/problem+json"
-    assert "not_a_real_arch" in bad.json()["detail"]
+    bad = register_model(client, "nope", "torchvision:not_a_real_arch")
+    assert bad["status"] == "failed" and "not_a_real_arch" in bad["error"], bad
 
     metrics = client.get("/metrics").text
     assert 'tb_jobs{status="done"} 1.0' in metrics

@@ -193,7 +193,8 @@ def test_outcomes_and_evaluation(live: Live, ranked, with_outcomes):
         assert one.models == 3 and {"logme", "recommended"} <= set(one.methods)
         overall = tb.evaluation()
         assert isinstance(overall, Evaluation)
-        assert overall.datasets >= 4 and overall.scope == "image/classification/finetune_top1"
+        assert overall.datasets >= 4
+        assert overall.scope == "default:image/classification/finetune_top1"  # tenant:scope
 
 
 def test_errors_carry_the_problem_fields(live: Live, ranked, tmp_path: Path):
@@ -458,9 +459,9 @@ def test_event_stream_stops_polling_when_the_client_leaves(live: Live, ranked, m
     polls = []
     original = live.reads.ranking
 
-    def counting(job: str) -> bytes:
+    def counting(job: str, tenant: str | None) -> bytes:
         polls.append(time.monotonic())
-        return original(job)
+        return original(job, tenant)
 
     monkeypatch.setattr(live.reads, "ranking", counting)
     with httpx.Client(base_url=live.url, timeout=30) as http:

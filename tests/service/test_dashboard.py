@@ -34,7 +34,7 @@ from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
 from .conftest import fashion_zip
-from .helpers import wait_for_job
+from .helpers import register_model, wait_for_job
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -214,8 +214,7 @@ def test_dashboard_end_to_end(open_server: Server, browser: Any, zip_file: Path)
     the evaluation; every page at desktop and phone width; a page without JavaScript."""
     with open_server.api() as api:
         for name, source in MODELS.items():
-            r = api.post("/v1/models", json={"name": name, "source": source})
-            assert r.status_code == 201, r.text
+            assert register_model(api, name, source)["status"] == "ready"
         _earlier_dataset(api)
 
     context = browser.new_context(viewport=DESKTOP, base_url=open_server.url)
@@ -446,14 +445,13 @@ def test_dashboard_with_api_keys(keyed_server: Server, browser: Any, zip_file: P
     with keyed_server.api() as api:
         assert api.get("/v1/datasets").status_code == 401
 
-    # Revoking the key ends its sessions (once the verification cache lapses).
+    # Revoking the key ends its sessions on their next request.
     from sqlalchemy import update
 
     from app.db.models import ApiKeyRow, now
 
     with keyed_server.db.session() as session:
         session.execute(update(ApiKeyRow).values(revoked_at=now()))
-    keyed_server.app.state.verified_keys.clear()
     with keyed_server.api(cookies=cookies, follow_redirects=False) as api:
         assert api.get("/v1/datasets").status_code == 401
         assert api.get("/dashboard").status_code == 303
@@ -461,7 +459,6 @@ def test_dashboard_with_api_keys(keyed_server: Server, browser: Any, zip_file: P
     # Logging out drops the cookie.
     with keyed_server.db.session() as session:
         session.execute(update(ApiKeyRow).values(revoked_at=None))
-    keyed_server.app.state.verified_keys.clear()
     page.goto("/dashboard")
     page.click("text=Log out")
     page.wait_for_url("**/dashboard/login")

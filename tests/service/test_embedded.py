@@ -18,7 +18,7 @@ from app.main import create_app
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-from .helpers import model_ids, wait_for_job
+from .helpers import model_ids, register_model, wait_for_job
 
 MODELS = ("mobilenet-v2", "open-nsfw")
 
@@ -33,8 +33,7 @@ def embedded(data_dir: Path):
     app = create_app(settings, queue=queue, db=db, auth_required=False)
     with TestClient(app) as client:
         for name in MODELS:
-            r = client.post("/v1/models", json={"name": name, "source": name})
-            assert r.status_code == 201, r.text
+            assert register_model(client, name, name)["status"] == "ready"
         yield client, queue, settings
     queue.stop()
     db.dispose()
@@ -170,8 +169,7 @@ def test_headless_model_gets_no_leep_and_says_why(embedded):
         for w in ("alpha", "beta", "gamma")
     ]
     body = "\n".join(json.dumps(t) for t in texts).encode()
-    r = client.post("/v1/models", json={"name": "minilm-l6", "source": "minilm-l6"})
-    assert r.status_code == 201, r.text
+    assert register_model(client, "minilm-l6", "minilm-l6")["status"] == "ready"
     ds = client.post(
         "/v1/datasets", files={"file": ("t.jsonl", io.BytesIO(body))}, data={"name": "t"}
     ).json()
@@ -195,8 +193,7 @@ def test_cli_and_api_rank_the_same_features_alike(embedded, small_zip: bytes):
     from workers.pipeline.ranking import ModelArrays, rank_models
 
     client, queue, _ = embedded
-    r = client.post("/v1/models", json={"name": "mnv2-copy", "source": "mobilenet-v2"})
-    assert r.status_code == 201, r.text
+    assert register_model(client, "mnv2-copy", "mobilenet-v2")["status"] == "ready"
     ds = _upload(client, small_zip).json()
     metrics = ["logme", "hscore_shrinkage", "leep"]
     names = [*MODELS, "mnv2-copy"]

@@ -44,7 +44,7 @@ class Harness:
             task, args = self.tasks.pop(0)
             table[task](*args)
 
-    def register(self, name: str, spec: str | None = None) -> str:
+    def register(self, name: str, spec: str | None = None, tenant: str | None = None) -> str:
         info = self.runner.resolve_model(spec or name)
         model = self.runner.load(spec or name)
         forward = model.forward
@@ -55,7 +55,9 @@ class Harness:
 
         model.forward = counted
         with self.db.session() as s:
-            row = ModelRow(name=name, source={"spec": spec or name}, builtin=False, **info)
+            row = ModelRow(
+                name=name, source={"spec": spec or name}, builtin=False, tenant=tenant, **info
+            )
             s.add(row)
             s.flush()
             return row.id
@@ -71,7 +73,7 @@ def harness(pg_url: str, tmp_path: Path, small_zip: bytes, data_dir: Path):
     upload.write_bytes(small_zip)
     with db.session() as s:
         row, _ = dataset_service.register(
-            s, settings, upload, name="fashion", modality=None, task=None
+            s, settings, upload, tenant="default", name="fashion", modality=None, task=None
         )
         h.dataset_id = row.id
     yield h
@@ -101,6 +103,15 @@ def test_registering_a_model_reranks_only_the_missing_work(harness: Harness):
     assert _count_scores(harness, model_id=second) == len(scoring.DEFAULT_METRICS)
     assert harness.forward_calls > calls_after_first
     assert harness.scheduler.rerank_missing() == []  # nothing left to do
+
+
+def test_another_tenants_model_is_never_ranked_on_a_tenants_dataset(harness: Harness):
+    harness.register("mobilenet-v2", tenant="other")
+    assert harness.scheduler.rerank_missing() == []  # the dataset is the default tenant's
+    own = harness.register("own-net", "mobilenet-v2", tenant="default")
+    (job,) = harness.scheduler.rerank_missing()
+    with harness.db.session() as s:
+        assert [m.model_id for m in s.get(JobRow, job).models] == [own]
 
 
 def test_a_metric_version_bump_recomputes_only_that_metric(harness: Harness, monkeypatch):
@@ -163,7 +174,9 @@ def test_one_unloadable_model_fails_alone(harness: Harness):
         assert job.status == "done"
     assert states[good] == ("done", None)
     assert states[bad_id][0] == "failed"
-    assert "nonexistent/model.onnx" in states[bad_id][1]
+    # the reason says what failed; clients read it, so it names no server path
+    assert "ONNX file not found: <server path>" in states[bad_id][1]
+    assert "nonexistent" not in states[bad_id][1]
 
 
 def test_requeue_only_models_whose_heartbeat_stopped(harness: Harness):

@@ -28,6 +28,8 @@ from workers.cli.main import main
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
+from .helpers import register_model
+
 MODELS = [f"net{i}" for i in range(8)]
 
 
@@ -182,7 +184,7 @@ def test_leave_one_out_ignores_the_held_out_outcomes(service) -> None:
     assert _import(client, rows).status_code == 201
     with db.session() as s:
         target = s.scalar(select(DatasetRow).where(DatasetRow.name == "set0")).id
-        scope = recommender.Scope("image", "classification", "top1")
+        scope = recommender.Scope("image", "classification", "top1", tenant="default")
         before = scoring.evaluate_lodo(recommender.records(s, scope).datasets)
         for o in s.scalars(select(OutcomeRow).where(OutcomeRow.dataset_id == target)):
             o.value = -o.value  # the opposite ranking
@@ -195,9 +197,7 @@ def test_leave_one_out_ignores_the_held_out_outcomes(service) -> None:
 
 def test_outcomes_api_replace_and_bad_input(service, small_zip: bytes) -> None:
     client, _, _ = service
-    r = client.post("/v1/models", json={"name": "mobilenet-v2", "source": "mobilenet-v2"})
-    assert r.status_code == 201, r.text
-    model_id = r.json()["id"]
+    model_id = register_model(client, "mobilenet-v2", "mobilenet-v2")["id"]
     ds = client.post(
         "/v1/datasets",
         files={"file": ("f.zip", small_zip, "application/zip")},
@@ -246,7 +246,8 @@ def test_refit_after_new_outcomes_changes_the_order(service) -> None:
             for n in ("model-a", "model-b", "model-c")
         ]  # fmt: skip
         datasets = [DatasetRow(name=f"d{i}", modality="image", task="classification",
-                               content_hash=f"{i:064d}", n_samples=10, classes=[], path="")
+                               content_hash=f"{i:064d}", n_samples=10, classes=[], path="",
+                               tenant="default")
                     for i in range(4)]  # fmt: skip
         s.add_all(models + datasets)
         s.flush()
@@ -278,9 +279,7 @@ def test_refit_after_new_outcomes_changes_the_order(service) -> None:
     with db.session() as s:
         fits = recommender.refit_all(s)
     assert fits == []  # the worker already recorded the fit for these outcomes
-    import time
-
-    time.sleep(1.1)  # past the leaderboard's revalidation bound
+    # ... and rewrote the stored recommended board with it
     second = client.get(f"/v1/datasets/{target}/leaderboard", params={"metric": "recommended"})
     body = second.json()
     assert body["recommendation"]["calibrated"] is True

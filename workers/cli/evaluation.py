@@ -53,6 +53,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _scope_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tenant",
+        default="default",
+        help="whose datasets, besides the shared tables (default: default, the embedded service's)",
+    )
     parser.add_argument("--measure", default="finetune_top1")
     parser.add_argument("--modality", choices=("image", "text"), default="image")
     parser.add_argument(
@@ -70,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "outcomes" and args.outcomes_command == "list":
             dataset = _dataset(s, args.dataset)
             names = _names(s)
-            for row in outcomes.list_for(s, dataset.id):
+            for row in outcomes.list_for(s, dataset.id, None):
                 print(f"{names[row.model_id]}\t{row.measure}\t{row.value:g}")
             return 0
         if args.command == "outcomes":
@@ -79,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
             for dataset_key, entry in entries:
                 by_dataset.setdefault(_dataset(s, dataset_key).id, []).append(entry)
             for dataset_id, items in by_dataset.items():  # one transaction: all or nothing
-                outcomes.record(s, dataset_id, items)
+                outcomes.record(s, dataset_id, items, None)
             recommender.refit_all(s)
+            _rewrite_recommended(s)
             print(f"stored {len(entries)} outcome(s) for {len(by_dataset)} dataset(s)")
             return 0
         if args.command == "benchmark" and args.benchmark_command == "import":
@@ -90,13 +96,14 @@ def run(args: argparse.Namespace) -> int:
                 modality=args.modality, task=args.task, lower_is_better=args.lower_is_better,
             )  # fmt: skip
             recommender.refit_all(s)
+            _rewrite_recommended(s)
             print(
                 f"imported {imported.table}: {imported.datasets} datasets, {imported.models} "
                 f"models, {imported.rows} rows; metrics {', '.join(imported.metrics)}; "
                 f"external scores {', '.join(imported.external) or 'none'}"
             )
             return 0
-        scope = recommender.Scope(args.modality, args.task, args.measure)
+        scope = recommender.Scope(args.modality, args.task, args.measure, args.tenant)
         if args.command == "benchmark":
             result = recommender.evaluation(s, scope, reference_only=True)
         else:
@@ -200,3 +207,11 @@ def _dataset(session: Any, key: str) -> Any:
         found = "no dataset" if not rows else f"{len(rows)} datasets"
         raise PipelineError(f"{found} with id or name {key!r}; use the id from GET /v1/datasets")
     return rows[0]
+
+
+def _rewrite_recommended(session: Any) -> None:
+    """The recommended leaderboards the refit made stale, as the service's refit does."""
+    from app.services import leaderboards
+
+    for dataset_id in leaderboards.stale_recommended(session):
+        leaderboards.rewrite_recommended(session, dataset_id)

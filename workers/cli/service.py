@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import sys
+from typing import TYPE_CHECKING
 
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -17,6 +23,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes; more than one needs TB_BROKER_URL and TB_DATABASE_URL (Celery and "
+        "a shared database: embedded, the worker lives in the API process)",
+    )
     worker = sub.add_parser("worker", help="run a Celery worker (needs TB_BROKER_URL)")
     worker.add_argument("--queues", default="gpu,cpu", help="gpu, cpu or gpu,cpu")
     worker.add_argument("--concurrency", type=int, default=None, help="cpu worker processes")
@@ -24,8 +37,50 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     sub.add_parser("migrate", help="bring the database schema up to date (alembic upgrade head)")
     apikey = sub.add_parser("apikey", help="manage API keys")
     apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True)
-    create = apikey_sub.add_parser("create", help="create a key; it is printed once")
-    create.add_argument("name")
+    create = apikey_sub.add_parser("create", help="create a key; only the key is printed")
+    create.add_argument("name", help="who or what uses it (unique among active keys)")
+    create.add_argument("--tenant", default="default", help="whose data it reaches")
+    create.add_argument(
+        "--role",
+        choices=("read", "write", "admin"),
+        default="write",
+        help="read: GET only; write: upload, rank, outcomes, own models; admin: every model "
+        "of the tenant, benchmark tables",
+    )
+    apikey_sub.add_parser("list", help="every key: name, tenant, role, created, revoked")
+    revoke = apikey_sub.add_parser("revoke", help="revoke a key: refused from the next request")
+    revoke.add_argument("name")
+
+
+def _apikey(args: argparse.Namespace, settings: Settings) -> int:
+    from app.errors import ProblemError
+    from app.services import apikeys
+    from workers.cli.database import local_database
+
+    try:
+        with local_database(settings).session() as s:
+            if args.apikey_command == "create":
+                key = apikeys.create(s, args.name, tenant=args.tenant, role=args.role)
+                print(key)
+                print(
+                    f"API key {args.name!r} ({args.role} of tenant {args.tenant!r}): shown "
+                    "once, only its hash is stored.",
+                    file=sys.stderr,
+                )
+            elif args.apikey_command == "revoke":
+                apikeys.revoke(s, args.name)
+                print(f"revoked {args.name!r}: refused from its next request", file=sys.stderr)
+            else:
+                rows = apikeys.list_keys(s)
+                print("name\ttenant\trole\tcreated\trevoked")
+                for r in rows:
+                    revoked = r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else "-"
+                    created = r.created_at.isoformat(timespec="seconds")
+                    print(f"{r.name}\t{r.tenant}\t{r.role}\t{created}\t{revoked}")
+    except ProblemError as exc:
+        print(f"transferbench: error: {exc.detail}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,16 +101,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"database at head: {settings.db_url.split('@')[-1]}")
         return 0
     if args.command == "apikey":
-        from app.services import apikeys
-        from workers.cli.database import local_database
-
-        with local_database(settings).session() as s:
-            key = apikeys.create(s, args.name)
-        print(key)
-        print(f"API key for {args.name!r}: shown once, only its hash is stored.", file=sys.stderr)
-        return 0
+        return _apikey(args, settings)
     if args.command == "serve":
-        return _serve(settings, args.host, args.port)
+        return _serve(settings, args.host, args.port, args.workers)
     if settings.embedded:
         print(
             "transferbench: error: set TB_BROKER_URL (redis://...) to run Celery", file=sys.stderr
@@ -82,39 +130,68 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(settings: Settings, host: str, port: int) -> int:
+def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> int:
     import uvicorn
 
     from app.db.migrate import upgrade
-    from app.db.session import Database
-    from app.lifecycle import TaskQueue
-    from app.main import create_app
-    from app.queue import CeleryQueue
 
     log = logging.getLogger("transferbench.serve")
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    queue: TaskQueue
-    if settings.broker_url:
-        queue = CeleryQueue.connect(settings.broker_url, settings.backend_url)
-    else:
-        from workers.jobs.embedded import LocalQueue
-
-        local = LocalQueue(db, settings)
-        local.start()
-        queue = local
-        log.info(
-            "embedded mode: SQLite at %s, worker and scheduler in this process", settings.db_url
+    if workers < 1:
+        print(
+            "transferbench: error: --workers takes a number of processes, 1 or more",
+            file=sys.stderr,
         )
-    if settings.auth == "required":
-        auth = True
-    elif settings.auth == "off":
-        auth = False
-    else:
-        auth = not (settings.embedded and host in LOCAL_HOSTS)
+        return 2
+    if settings.embedded and workers > 1:
+        print(
+            "transferbench: error: --workers above 1 needs TB_BROKER_URL (redis://...) and "
+            "TB_DATABASE_URL (postgresql+psycopg://...): in the embedded mode the worker and the "
+            "scheduler run inside the API process, so a second process would run them twice on "
+            "one SQLite file; set both and run `transferbench worker`, or serve with --workers 1",
+            file=sys.stderr,
+        )
+        return 2
+    upgrade(settings.db_url)  # once, before any API process starts
+    auth = _auth_required(settings, host)
     if not auth:
         log.warning(
             "API keys are NOT required (bound to %s); set TB_AUTH=required to require them", host
         )
+    if not settings.embedded:
+        if not settings.database_url:
+            log.warning("TB_DATABASE_URL is not set: every process shares the SQLite file %s",
+                        settings.db_url)  # fmt: skip
+        if workers > 1 and settings.session_secret is None:
+            # dashboard sessions signed by one process must verify in the others
+            os.environ["TB_SESSION_SECRET"] = secrets.token_urlsafe(32)
+        # each process builds its own app, engine and broker connection (uvicorn's factory)
+        uvicorn.run(f"{__name__}:api_app", factory=True, host=host, port=port, workers=workers)
+        return 0
+    from app.db.session import Database
+    from app.main import create_app
+    from workers.jobs.embedded import LocalQueue
+
+    db = Database(settings.db_url)
+    queue = LocalQueue(db, settings)
+    queue.start()
+    log.info("embedded mode: SQLite at %s, worker and scheduler in this process", settings.db_url)
     uvicorn.run(create_app(settings, queue=queue, db=db, auth_required=auth), host=host, port=port)
     return 0
+
+
+def api_app() -> FastAPI:
+    """One API process of ``serve`` with a broker (uvicorn calls this in each worker process):
+    its own database engine and broker connection."""
+    from app.main import create_app
+
+    settings = Settings.load()
+    return create_app(settings, auth_required=_auth_required(settings, None))
+
+
+def _auth_required(settings: Settings, host: str | None) -> bool:
+    """TB_AUTH, where ``auto`` means keys unless embedded and bound to localhost."""
+    if settings.auth == "required":
+        return True
+    if settings.auth == "off":
+        return False
+    return not (settings.embedded and host in LOCAL_HOSTS)

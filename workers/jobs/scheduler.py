@@ -1,5 +1,6 @@
-"""Scheduled work: re-rank what is missing, run due dataset schedules, re-queue what a dead
-worker left. Run every ``TB_SCHEDULER_TICK_S`` by Celery beat or the embedded runner's clock.
+"""Scheduled work: re-rank what is missing, run due dataset schedules, re-send what a dead
+worker or a lost broker queue left. Run every ``TB_SCHEDULER_TICK_S`` by Celery beat or the
+embedded runner's clock.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from app.lifecycle import (
     resume,
     unfinished_jobs,
 )
+from app.services import leaderboards, recommender
 from app.services import models as model_service
-from app.services import recommender
+from app.tenancy import can_see
 from workers.jobs.steps import JobRunner, current_scores
 
 log = logging.getLogger("transferbench.scheduler")
@@ -40,7 +42,7 @@ class Scheduler:
         created = []
         with self.db.session() as s:
             datasets = list(s.scalars(select(DatasetRow).where(DatasetRow.reference.is_(False))))
-            models = model_service.candidates(s)
+            models = model_service.candidates(s, tenant=None)
             active = (JobStatus.QUEUED, JobStatus.RUNNING)
             busy = {
                 (j.dataset_id, m.model_id)
@@ -55,8 +57,10 @@ class Scheduler:
                 for model in models:
                     if model.modality != ds.modality or (ds.id, model.id) in busy:
                         continue
+                    if not can_see(model.tenant, ds.tenant):  # another tenant's model
+                        continue
                     wanted = scoring.applicable(
-                        metrics, has_features=True, has_probs=model.has_head, target=target
+                        metrics, has_features=True, has_probs=bool(model.has_head), target=target
                     )
                     if set(wanted) - current_scores(s, ds.id, model.id, wanted):
                         todo.append(model)
@@ -77,7 +81,7 @@ class Scheduler:
                 due: datetime = croniter(str(ds.schedule), base).get_next(datetime)
                 if due > at:
                     continue
-                models = model_service.candidates(s, ds.modality)
+                models = model_service.candidates(s, ds.modality, ds.tenant)
                 if models:
                     metrics = scoring.default_metrics(scoring.target_kind(ds.task))
                     job = create_job(s, self.queue, ds, models, metrics, trigger=Trigger.SCHEDULE)
@@ -86,28 +90,53 @@ class Scheduler:
         return created
 
     def requeue_stale(self) -> list[str]:
-        """Models a dead worker left half done (extracting or scoring, no heartbeat for
-        heartbeat_timeout_s) go back on the queue; returns "job/model" for each. The heartbeat
-        is per model, so a sibling model's progress does not hide a dead extraction."""
+        """Re-send the next task of every model of an unfinished job that no worker has moved
+        on for heartbeat_timeout_s; returns "job/model" for each. That is a model in work
+        (extracting or scoring) whose worker died or whose next task was lost, and a model
+        still queued that long after its job was created: its task never reached a worker (the
+        broker was down when the job was committed, or lost its queues in a restart). Once per
+        timeout, not once per tick: the re-send is stamped on the heartbeat. A copy of a task
+        still on its way is harmless: the steps claim their model (one worker at a time), skip
+        what is done, and store each score once. The heartbeat is per model, so a sibling
+        model's progress does not hide a dead extraction."""
         cutoff = now() - timedelta(seconds=self.settings.heartbeat_timeout_s)
         stale = []
         with self.db.session() as s:
-            in_work = (ModelStatus.EXTRACTING, ModelStatus.SCORING)
-            for jm in s.scalars(select(JobModelRow).where(JobModelRow.status.in_(in_work))):
-                if jm.heartbeat_at is None or jm.heartbeat_at < cutoff:
-                    jm.heartbeat_at = now()  # one re-queue per timeout, not one per tick
-                    log.warning("re-queueing job %s model %s: no heartbeat", jm.job_id, jm.model_id)
-                    defer(s, self.queue, ModelStatus(jm.status).task, jm.job_id, jm.model_id)
-                    stale.append(f"{jm.job_id}/{jm.model_id}")
+            waiting = (ModelStatus.QUEUED, ModelStatus.EXTRACTING, ModelStatus.SCORING)
+            rows = s.execute(
+                select(JobModelRow, JobRow.created_at)
+                .join(JobRow, JobRow.id == JobModelRow.job_id)
+                .where(
+                    JobModelRow.status.in_(waiting),
+                    JobRow.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+                )
+            ).all()
+            for jm, created_at in rows:
+                if (jm.heartbeat_at or created_at) >= cutoff:
+                    continue
+                jm.heartbeat_at = now()  # one re-send per timeout, not one per tick
+                status = ModelStatus(jm.status)
+                log.warning(
+                    "re-sending job %s model %s (%s): no progress for %d s",
+                    jm.job_id, jm.model_id, status, self.settings.heartbeat_timeout_s,
+                )  # fmt: skip
+                defer(s, self.queue, status.task, jm.job_id, jm.model_id)
+                stale.append(f"{jm.job_id}/{jm.model_id}")
         return stale
 
     def refit_recommender(self) -> list[str]:
-        """Record a new recommender fit for every scope whose outcomes or scores changed;
-        returns the new fits' fingerprints (none when nothing changed)."""
+        """Record a new recommender fit for every scope whose outcomes or scores changed, and
+        rewrite the recommended leaderboards computed with an older fit (one transaction per
+        dataset); returns the new fits' fingerprints (none when nothing changed)."""
         with self.db.session() as s:
             made = recommender.refit_all(s)
         for fingerprint in made:
             log.info("recommender refitted: %s", fingerprint)
+        with self.db.session() as s:
+            stale = leaderboards.stale_recommended(s)
+        for dataset_id in stale:
+            with self.db.session() as s:
+                leaderboards.rewrite_recommended(s, dataset_id)
         return made
 
     def resume_unfinished(self) -> int:

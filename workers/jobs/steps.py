@@ -3,6 +3,9 @@ for a job, score them. The Celery tasks and the embedded runner are thin shells 
 (``workers.jobs.tasks`` maps each task name to its step).
 
 Every step is idempotent: it reads the database first and does only what is not done yet.
+A task may arrive twice (a re-delivery, the scheduler's re-send of a task the broker lost): a
+step first claims its model (``Claims``), so two workers never extract, or score, the same
+model of a job at the same time; the copy that finds it claimed does nothing.
 Arrays never travel through the broker: the feature cache holds them, the rows hold the state.
 State changes go through ``app.lifecycle``; the next task is deferred until the step's
 transaction commits.
@@ -10,17 +13,20 @@ transaction commits.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 import scoring
 from app.db.models import DatasetRow, JobModelRow, ModelRow, ScoreRow, now
-from app.db.scores import upsert_score
 from app.db.session import Database
 from app.lifecycle import (
     Dispatcher,
@@ -32,13 +38,20 @@ from app.lifecycle import (
     move_job,
     move_model,
 )
-from app.services import recommender
+from app.services import leaderboards, recommender
+from app.states import ModelState
+from workers.pipeline import remote_sources
 from workers.pipeline.cache import FeatureCache, feature_key
 from workers.pipeline.datasets import Dataset, open_dataset
 from workers.pipeline.errors import PipelineError
 from workers.settings import Settings
 
 log = logging.getLogger("transferbench.worker")
+
+
+def shared(name: str) -> tuple[Any, ...]:
+    """The shared (zoo) model named ``name``."""
+    return (ModelRow.name == name, ModelRow.tenant.is_(None))
 
 
 def current_scores(s: Session, dataset_id: str, model_id: str, metrics: list[str]) -> set[str]:
@@ -53,6 +66,57 @@ def current_scores(s: Session, dataset_id: str, model_id: str, metrics: list[str
     return {r.metric for r in rows if r.metric_version == scoring.REGISTRY[r.metric].version}
 
 
+class Claims:
+    """Which step of which job model a worker is doing now, deployment-wide.
+
+    On PostgreSQL a claim is a session-level advisory lock held on a connection of its own for
+    the step's duration: the server releases it when the step ends or its worker process dies
+    (the connection closes), so a claim never outlives its worker and needs no expiry. On
+    SQLite (the embedded default: one process) it is a lock of this process.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def claim(self, task: Task, job_id: str, model_id: str) -> Iterator[bool]:
+        """Yields True when this worker holds the claim on ``task`` for the job model until
+        the block ends, False when another worker holds it (then do nothing)."""
+        name = f"{task.value}:{job_id}:{model_id}"
+        if self.db.engine.dialect.name != "postgresql":
+            with self._lock:
+                mine = name not in self._held
+                self._held.add(name)
+            try:
+                yield mine
+            finally:
+                if mine:
+                    with self._lock:
+                        self._held.discard(name)
+            return
+        key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), signed=True)
+        conn = self.db.engine.connect()
+        try:
+            mine = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
+            conn.commit()  # the lock outlives the transaction; hold no transaction open
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            yield mine
+        finally:
+            try:
+                if mine:
+                    conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            except DBAPIError:  # the connection died (a database restart), and the lock with it
+                conn.invalidate()
+            finally:
+                conn.close()
+
+
 class JobRunner:
     """Runs ranking work against one database, one feature cache and one queue."""
 
@@ -60,6 +124,7 @@ class JobRunner:
         self.db = db
         self.settings = settings
         self.queue = queue
+        self.claims = Claims(db)
         self.cache = FeatureCache(settings.feature_cache_dir)
         self._models: dict[str, Any] = {}
 
@@ -82,6 +147,44 @@ class JobRunner:
             "fingerprint": model.fingerprint,
         }
 
+    def loadable(self, source: dict[str, Any]) -> str:
+        """The spec to load for a model row: a remote client's confined to TB_MODEL_DIR."""
+        spec = str(source["spec"])
+        if source.get("origin") != "remote":
+            return spec
+        return remote_sources.resolve(spec, self.settings.model_dir)
+
+    def register_model(self, model_id: str) -> None:
+        """Load a pending registration's weights: the row becomes ready, described, or
+        failed with the reason (no server path in it)."""
+        with self.db.session() as s:
+            row = s.get(ModelRow, model_id)
+            if row is None or row.status != ModelState.PENDING:
+                return
+            source = dict(row.source)
+        try:
+            info: dict[str, Any] | None = self.resolve_model(self.loadable(source))
+            error = None
+        except Exception as exc:
+            info = None
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            model_dir = str(self.settings.model_dir or "")
+            error = remote_sources.redact(
+                f"the model could not be loaded from {source['spec']!r}: {message}",
+                (model_dir, "$TB_MODEL_DIR"),
+            )
+        with self.db.session() as s:
+            row = s.get(ModelRow, model_id)
+            if row is None or row.status != ModelState.PENDING:
+                return
+            if info is None:
+                row.status, row.error = ModelState.FAILED, error
+                return
+            for key, value in info.items():
+                setattr(row, key, value)
+            row.status = ModelState.READY
+            defer(s, self.queue, Task.RERANK_MISSING)
+
     def register_zoo(self) -> int:
         """Register the offline default zoo; returns how many models were added."""
         from workers.pipeline.models.zoo import ZOO
@@ -89,7 +192,7 @@ class JobRunner:
         added = 0
         for name in ZOO:
             with self.db.session() as s:
-                if s.scalar(select(ModelRow).where(ModelRow.name == name)) is not None:
+                if s.scalar(select(ModelRow).where(*shared(name))) is not None:
                     continue
             try:
                 info = self.resolve_model(name)
@@ -97,7 +200,7 @@ class JobRunner:
                 log.warning("zoo model %s is unavailable: %s", name, exc)
                 continue
             with self.db.session() as s:
-                if s.scalar(select(ModelRow).where(ModelRow.name == name)) is None:
+                if s.scalar(select(ModelRow).where(*shared(name))) is None:
                     s.add(ModelRow(name=name, source={"spec": name}, builtin=True, **info))
                     added += 1
                     defer(s, self.queue, Task.RERANK_MISSING)
@@ -112,9 +215,26 @@ class JobRunner:
 
     # -- one model of one job ------------------------------------------------------------
     def extract(self, job_id: str, model_id: str) -> None:
-        """Features of one model on the job's dataset, into the feature cache; then score."""
+        """Features of one model on the job's dataset, into the feature cache; then score.
+        Nothing when another worker is extracting it now."""
+        with self.claims.claim(Task.EXTRACT, job_id, model_id) as mine:
+            if mine:
+                self._extract(job_id, model_id)
+            else:
+                log.info("job %s model %s is being extracted elsewhere; skipped", job_id, model_id)
+
+    def score(self, job_id: str, model_id: str) -> None:
+        """The job's metrics on one model's cached features; each stored once (upsert).
+        Nothing when another worker is scoring it now."""
+        with self.claims.claim(Task.SCORE, job_id, model_id) as mine:
+            if mine:
+                self._score(job_id, model_id)
+            else:
+                log.info("job %s model %s is being scored elsewhere; skipped", job_id, model_id)
+
+    def _extract(self, job_id: str, model_id: str) -> None:
         with self.db.session() as s:
-            jm = s.get(JobModelRow, (job_id, model_id))
+            jm = s.get(JobModelRow, (job_id, model_id), with_for_update=True)
             if jm is None:
                 log.warning("extract: job %s has no model %s; ignoring the task", job_id, model_id)
                 return
@@ -135,7 +255,7 @@ class JobRunner:
             model_row = jm.model
             if dataset_row is None:  # deleted since: the cascade removes the job too
                 return
-            spec, per_class = str(model_row.source["spec"]), job.per_class
+            spec, per_class = self.loadable(model_row.source), job.per_class
         try:
             dataset = self.open(dataset_row, per_class)
             model = self.load(spec)
@@ -158,8 +278,8 @@ class JobRunner:
             self._fail(job_id, model_id, str(exc))
             return
         with self.db.session() as s:
-            jm = s.get(JobModelRow, (job_id, model_id))
-            if jm is None:
+            jm = s.get(JobModelRow, (job_id, model_id), with_for_update=True)
+            if jm is None or ModelStatus(jm.status) is not ModelStatus.EXTRACTING:
                 return
             move_model(jm, ModelStatus.SCORING)
             jm.feature_key = key
@@ -168,11 +288,11 @@ class JobRunner:
             jm.job.heartbeat_at = jm.heartbeat_at = now()
             defer(s, self.queue, Task.SCORE, job_id, model_id)
 
-    def score(self, job_id: str, model_id: str) -> None:
-        """The job's metrics on one model's cached features; each stored once (upsert)."""
+    def _score(self, job_id: str, model_id: str) -> None:
         with self.db.session() as s:
-            jm = s.get(JobModelRow, (job_id, model_id))
-            if jm is None or ModelStatus(jm.status).terminal:
+            jm = s.get(JobModelRow, (job_id, model_id), with_for_update=True)
+            # only a model waiting to be scored: a late copy finds it done, or back in extraction
+            if jm is None or ModelStatus(jm.status) is not ModelStatus.SCORING:
                 return
             job, model_row = jm.job, jm.model
             dataset_row = s.get(DatasetRow, job.dataset_id)
@@ -204,18 +324,18 @@ class JobRunner:
             except scoring.TransferabilityError as exc:
                 errors.update({m: str(exc) for m in todo})
         with self.db.session() as s:
-            for metric, value in values.items():
-                upsert_score(
-                    s,
-                    dataset_id=dataset_id,
-                    model_id=model_id,
-                    metric=metric,
-                    metric_version=scoring.REGISTRY[metric].version,
-                    value=value,
-                    job_id=job_id,
-                )
-            jm = s.get(JobModelRow, (job_id, model_id))
-            if jm is None:
+            # the scores and the leaderboards showing them, in one transaction
+            leaderboards.store_scores(
+                s,
+                [
+                    {"dataset_id": dataset_id, "model_id": model_id, "metric": metric,
+                     "metric_version": scoring.REGISTRY[metric].version, "value": value,
+                     "job_id": job_id}
+                    for metric, value in values.items()
+                ],
+            )  # fmt: skip
+            jm = s.get(JobModelRow, (job_id, model_id), with_for_update=True)
+            if jm is None or ModelStatus(jm.status) is not ModelStatus.SCORING:
                 return
             jm.metrics_done = sorted(set(done) | set(values))
             jm.metric_errors = errors
@@ -226,6 +346,8 @@ class JobRunner:
                 jm.error = "no metric could be computed: " + "; ".join(errors.values())
             if finish_if_complete(s, job_id) is JobStatus.DONE:
                 recommender.attach(s, jm.job)
+                # the scope's fit moved on: its other datasets' recommended boards follow
+                defer(s, self.queue, Task.REFIT_RECOMMENDER)
 
     # -- helpers -------------------------------------------------------------------------
     def _progress(self, job_id: str, model_id: str) -> Callable[[int, int], None]:
@@ -241,16 +363,27 @@ class JobRunner:
         return progress
 
     def _update(self, job_id: str, model_id: str, **fields: Any) -> None:
-        with self.db.session() as s:
-            jm = s.get(JobModelRow, (job_id, model_id))
-            if jm is None:
-                return
-            for k, v in fields.items():
-                setattr(jm, k, v)
-            jm.job.heartbeat_at = jm.heartbeat_at = now()
+        """Progress and the heartbeat: best effort, so a database restart does not cost the
+        extraction in progress (a heartbeat missed for long is the scheduler's to handle)."""
+        try:
+            with self.db.session() as s:
+                jm = s.get(JobModelRow, (job_id, model_id))
+                if jm is None:
+                    return
+                for k, v in fields.items():
+                    setattr(jm, k, v)
+                jm.job.heartbeat_at = jm.heartbeat_at = now()
+        except OperationalError as exc:
+            log.warning("job %s model %s: progress not recorded: %s", job_id, model_id, exc)
 
     def _fail(self, job_id: str, model_id: str, reason: str) -> None:
         log.warning("job %s model %s failed: %s", job_id, model_id, reason)
+        # clients read the reason: no server path in it
+        reason = remote_sources.redact(
+            reason,
+            (str(self.settings.model_dir or ""), "$TB_MODEL_DIR"),
+            (str(self.settings.data_dir), "$TB_DATA_DIR"),
+        )
         with self.db.session() as s:
             jm = s.get(JobModelRow, (job_id, model_id))
             if jm is None or ModelStatus(jm.status).terminal:

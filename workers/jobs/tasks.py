@@ -16,6 +16,7 @@ def handlers(runner: JobRunner, scheduler: Scheduler) -> dict[Task, Callable[...
         Task.EXTRACT: runner.extract,
         Task.SCORE: runner.score,
         Task.RESOLVE_MODEL: runner.resolve_model,
+        Task.REGISTER_MODEL: runner.register_model,
         Task.RERANK_MISSING: scheduler.rerank_missing,
         Task.REQUEUE_STALE: scheduler.requeue_stale,
         Task.RUN_SCHEDULES: scheduler.run_schedules,

@@ -153,7 +153,7 @@ class HFTextModel(CandidateModel):
         )
         self.head_classes = head.classes if head else None
         self.net = MeanPooled(self.model, tensor_names(self.tokenize(EXAMPLE_TEXTS)))
-        self.trunk = f"torch:{self.encoder_fingerprint}:{self.layer}:{id(self.model)}"
+        self.trunk = f"torch:{self.encoder_fingerprint}:{self.layer}"
 
     def to(self, device: torch.device) -> HFTextModel:
         self.device = device

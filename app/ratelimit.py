@@ -1,0 +1,86 @@
+"""Per-key rate limits: at most ``per_minute`` requests in each clock minute.
+
+With Redis (the broker of a deployed service) the count is shared by every API process, so
+``serve --workers N`` does not multiply a key's allowance; embedded, one process counts alone.
+A minute over its limit answers 429 with ``Retry-After``: the seconds left in the minute.
+If Redis cannot be reached the request is let through (the limit protects the service; the
+broker being down is reported by ``/readyz``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+log = logging.getLogger("transferbench.api")
+WINDOW_S = 60
+
+
+class RateLimiter(Protocol):
+    per_minute: int
+
+    def hit(self, key: str) -> int | None:
+        """Count one request of ``key``: None when allowed, else seconds until it may retry."""
+
+
+def _window(now: float) -> tuple[int, int]:
+    """(this minute's number, whole seconds until the next one, at least 1)."""
+    window = int(now // WINDOW_S)
+    return window, max(1, int((window + 1) * WINDOW_S - now + 0.999))
+
+
+class LocalLimiter:
+    """Counts in this process."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._counts: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: str) -> int | None:
+        if self.per_minute <= 0:
+            return None
+        window, left = _window(time.time())
+        with self._lock:
+            seen, count = self._counts.get(key, (window, 0))
+            count = count + 1 if seen == window else 1
+            self._counts[key] = (window, count)
+            if len(self._counts) > 100_000:  # keys of past minutes
+                self._counts = {k: v for k, v in self._counts.items() if v[0] == window}
+        return left if count > self.per_minute else None
+
+
+class RedisLimiter:
+    """Counts in Redis: one INCR (and EXPIRE) per request, shared by every API process."""
+
+    def __init__(self, url: str, per_minute: int) -> None:
+        import redis
+
+        self.per_minute = per_minute
+        self.client: Any = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._warned = 0.0
+
+    def hit(self, key: str) -> int | None:
+        if self.per_minute <= 0:
+            return None
+        window, left = _window(time.time())
+        slot = f"tb:ratelimit:{key}:{window}"
+        try:
+            pipe = self.client.pipeline()
+            pipe.incr(slot)
+            pipe.expire(slot, WINDOW_S * 2)
+            count = int(pipe.execute()[0])
+        except Exception as exc:  # let it through; say so at most once a minute
+            if time.monotonic() - self._warned > WINDOW_S:
+                self._warned = time.monotonic()
+                log.warning("rate limits not enforced: Redis unreachable (%s)", exc)
+            return None
+        return left if count > self.per_minute else None
+
+
+def make_limiter(broker_url: str | None, per_minute: int) -> RateLimiter:
+    if broker_url and broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisLimiter(broker_url, per_minute)
+    return LocalLimiter(per_minute)

@@ -1,0 +1,136 @@
+"""What a remote client may name as a model source (the API checks it; the worker confines it
+again when it loads the weights, on its own view of the disk).
+
+- The zoo by name, and hub models by name: ``torchvision:NAME``, ``timm:NAME`` (or
+  ``timm:hf-hub:ORG/NAME``), ``hf:ORG/NAME``, ``st:ORG/NAME``.
+- Local files (``onnx:``, ``torchscript:``, ``statedict:``, and ``hf:``/``st:`` directories)
+  only by a path relative to the operator's ``TB_MODEL_DIR``, never outside it (no ``..``, no
+  absolute path, no symbolic link out of it). Without ``TB_MODEL_DIR``, no local file at all:
+  a file a caller managed to place anywhere on the server never gets loaded (loading a
+  TorchScript or pickled state dict runs code).
+- Error messages never show a server path: ``redact`` replaces them.
+
+Torch-free: the API imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+FILE_SOURCES = ("onnx", "torchscript", "statedict")
+HUB_OR_DIR_SOURCES = ("hf", "st")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+_TORCHVISION = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_TIMM = re.compile(r"(hf-hub:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,127}")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/])(?:/[^\s/'\"<>:]+)+/?")
+
+
+class SourceRefused(ValueError):
+    """A source a remote client may not name; the message says what is allowed."""
+
+
+def _relative(ref: str, source: str) -> PurePosixPath:
+    path = PurePosixPath(ref)
+    if (
+        not ref
+        or "\\" in ref
+        or "\x00" in ref
+        or path.is_absolute()
+        or ref.startswith("~")
+        or any(part in ("..", "") for part in ref.split("/"))
+    ):
+        raise SourceRefused(
+            f"{source}: sources name a file by its path relative to the server's model "
+            "directory (TB_MODEL_DIR), e.g. 'onnx:team/net.onnx'; absolute paths, '~' and '..' "
+            "are not accepted"
+        )
+    return path
+
+
+_ZOO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check(spec: str, *, model_dir_set: bool) -> None:
+    """Raise ``SourceRefused`` for a spec a remote client may not register. A bare name is a
+    zoo name (the worker refuses one the zoo lacks)."""
+    source, sep, rest = spec.partition(":")
+    ref, _, query = rest.partition("?")
+    if not sep:
+        if _ZOO_NAME.fullmatch(spec):
+            return
+        raise SourceRefused(
+            f"unknown model {spec!r}: give a zoo name or SOURCE:REF (torchvision:, timm:, "
+            "hf:, st:, and with TB_MODEL_DIR set onnx:, torchscript:, statedict:)"
+        )
+    options = dict(p.partition("=")[::2] for p in query.split("&") if p)
+    arch = options.get("arch", "")
+    if arch.startswith("timm:") and not _TIMM.fullmatch(arch[5:]):
+        raise SourceRefused(f"arch={arch!r}: name a timm architecture, not a path")
+    if source == "torchvision":
+        if not _TORCHVISION.fullmatch(ref):
+            raise SourceRefused(f"torchvision:{ref}: name a torchvision architecture")
+    elif source == "timm":
+        if not _TIMM.fullmatch(ref):
+            raise SourceRefused(
+                f"timm:{ref}: name a timm model (or hf-hub:ORG/NAME), not a local directory"
+            )
+    elif source in HUB_OR_DIR_SOURCES:
+        if not _HUB_NAME.fullmatch(ref) or ".." in ref:
+            _relative(ref, source)  # the message for a path
+            raise SourceRefused(f"{source}:{ref}: name a hub model as ORG/NAME")
+        _relative(ref, source)
+    elif source in FILE_SOURCES:
+        if not model_dir_set:
+            raise SourceRefused(
+                f"{source}: this server takes no model files from remote clients (its operator "
+                "has not set TB_MODEL_DIR); name a hub model (hf:, st:, timm:, torchvision:)"
+            )
+        _relative(ref, source)
+    else:
+        raise SourceRefused(f"unknown model source {source!r}")
+
+
+def confine(ref: str, model_dir: Path | None, source: str) -> Path | None:
+    """The real path of ``ref`` inside ``model_dir`` when it exists there; None when it does
+    not (a hub name). ``SourceRefused`` when it resolves outside (a symbolic link out)."""
+    _relative(ref, source)
+    if model_dir is None:
+        return None
+    root = Path(os.path.realpath(model_dir))
+    real = Path(os.path.realpath(root / ref))
+    if not real.exists():
+        return None
+    if os.path.commonpath([root, real]) != str(root):
+        raise SourceRefused(f"{source}:{ref} leads outside the model directory; not loaded")
+    return real
+
+
+def redact(message: str, *known: tuple[str, str]) -> str:
+    """``message`` without server paths: each (path, shown-as) pair first, then any other
+    absolute path as ``<server path>``."""
+    for path, shown in known:
+        if path:
+            message = message.replace(path, shown)
+    return _ABSOLUTE_PATH.sub("<server path>", message)
+
+
+def resolve(spec: str, model_dir: Path | None) -> str:
+    """The spec a worker loads for a remote client's ``spec``: file references made real
+    paths inside ``model_dir`` (checked again here: the file may have changed since)."""
+    check(spec, model_dir_set=model_dir is not None)
+    source, _, rest = spec.partition(":")
+    ref, sep, query = rest.partition("?")
+    if source not in FILE_SOURCES + HUB_OR_DIR_SOURCES:
+        return spec
+    real = confine(ref, model_dir, source)
+    if real is None:
+        if source in FILE_SOURCES:
+            raise SourceRefused(
+                f"{source}:{ref}: no such file in the server's model directory (TB_MODEL_DIR)"
+            )
+        if os.path.lexists(ref):  # a hub name that is also a directory here: never load it
+            raise SourceRefused(f"{source}:{ref} is ambiguous on this server; name ORG/NAME")
+        return spec
+    return f"{source}:{real}{sep}{query}"
