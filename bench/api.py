@@ -1,18 +1,29 @@
-"""Benchmark of the service: read latency under load, and a ranking's end-to-end time.
+"""Load benchmark of the API against a deployment it starts itself.
 
-1. p50 / p99 latency and throughput of ``GET /v1/rankings/{id}`` and
-   ``GET /v1/datasets/{id}/leaderboard`` with 50 concurrent clients, against the Postgres +
-   Redis + Celery deployment (a real ``transferbench serve`` process on localhost, a fresh
-   database on the local PostgreSQL). Target: p99 under 50 ms on the 2-core machine.
-   The load generator runs in its own process (asyncio + httpx, keep-alive connections).
-2. The time from ``POST /v1/rankings`` to done for two zoo models on 1,000 Fashion-MNIST
-   images (features not cached), against the same work through the CLI's pipeline
-   (``run_rank``): the service's overhead.
+The deployment: a PostgreSQL database created for the run (dropped after), Redis,
+``transferbench serve --workers N`` as a subprocess (uvicorn processes, API keys required)
+and one Celery worker (``--concurrency 1``) for the rankings the writes queue. The load
+generator is a process of its own (asyncio + httpx, keep-alive connections), pinned with
+``os.sched_setaffinity`` to a core the API processes are not pinned to when the machine has
+more cores than API processes; otherwise it shares a core with them, and the output says so.
+PostgreSQL, Redis and the Celery worker are not pinned.
+
+(a) reads: ``GET /v1/datasets/{id}/leaderboard`` (logme and recommended) and
+    ``GET /v1/rankings/{id}`` of a finished ranking, 50 concurrent clients, with
+    ``--workers 1`` and ``--workers 2``: p50 / p95 / p99 latency and requests per second.
+(b) mixed: 200 concurrent clients reading leaderboards, rankings and lists, posting
+    outcomes (each client group on its own datasets), uploading small text datasets and
+    asking for rankings (``--workers 2``): errors (must be 0) and p99, per operation and
+    overall.
+
+Each group of 10 clients sends its own API key. ``TB_RATE_LIMIT_PER_MIN`` and
+``TB_TENANT_MAX_ACTIVE_JOBS`` are set far above what the run reaches (the limiter still
+counts every request in Redis), so a 429 would be a failure of the service, not of the plan.
 
 Run from the repository root (PostgreSQL and Redis must be up: ``make services``):
 
-    .venv/bin/python bench/api.py                 # both parts
-    .venv/bin/python bench/api.py --skip-ranking  # latency only (about a minute)
+    .venv/bin/python bench/api.py           # the full run (about 4 minutes on 2 cores)
+    .venv/bin/python bench/api.py --quick   # a short smoke run
 
 Prints a table and writes ``bench/results/api.json``.
 """
@@ -21,12 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import multiprocessing as mp
 import os
 import platform
-import re
+import random
 import shutil
 import signal
 import socket
@@ -35,7 +45,8 @@ import sys
 import tempfile
 import time
 import uuid
-import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +58,30 @@ PG_ADMIN = os.environ.get(
     "TB_BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS = os.environ.get("TB_BENCH_REDIS", "redis://127.0.0.1:6379/14")
-MODELS = ("mobilenet-v2", "open-nsfw")
+TEXT_MODELS = ("minilm-l6", "minilm-intent")
+GROUP = 10  # clients per API key
+IDLE_S = 4.0  # a keep-alive connection idle this long is replaced before it is used
+LIMITS = {"TB_RATE_LIMIT_PER_MIN": "100000000", "TB_TENANT_MAX_ACTIVE_JOBS": "100000"}
+
+TOPICS = {
+    "sport": "the {} team won the match after a late goal in the {} half",
+    "weather": "expect {} rain and strong wind across the coast on {} morning",
+    "cooking": "simmer the {} sauce for ten minutes and then add {} and stir gently",
+}
+WORDS = ("home", "away", "heavy", "light", "tomato", "garlic", "first", "second", "cold", "warm")
+
+
+def texts_csv(tag: str, per_class: int = 10) -> bytes:
+    """A small text classification CSV (30 rows); ``tag`` makes its content new."""
+    lines = ["text,label"]
+    for label, template in TOPICS.items():
+        for i in range(per_class):
+            a, b = (
+                WORDS[(i + len(tag)) % len(WORDS)],
+                WORDS[(3 * i + sum(map(ord, tag))) % len(WORDS)],
+            )
+            lines.append(f"{template.format(a, b)} ({tag}.{i}),{label}")
+    return "\n".join(lines).encode()
 
 
 def free_port() -> int:
@@ -56,252 +90,554 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fashion_zip(per_class: int) -> bytes:
-    from PIL import Image
-
-    from workers.pipeline.datasets.builtin import fashion_mnist
-
-    ds = fashion_mnist().subsample(per_class, 0)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for i, (sample, label) in enumerate(zip(ds.samples, ds.labels, strict=True)):
-            img = io.BytesIO()
-            Image.fromarray(np.asarray(sample.load().convert("L"))).save(img, format="PNG")
-            z.writestr(f"{label}/{i:05d}.png", img.getvalue())
-    return buf.getvalue()
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
-def _load(url: str, clients: int, seconds: float, queue: Any) -> None:
-    import httpx
-
-    async def one(
-        client: httpx.AsyncClient, stop: float, out: list[float], errors: list[int]
-    ) -> None:
-        while time.perf_counter() < stop:
-            t = time.perf_counter()
-            r = await client.get(url)
-            out.append(time.perf_counter() - t)
-            if r.status_code != 200:
-                errors.append(r.status_code)
-
-    async def main() -> tuple[list[float], list[int], float]:
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-            for _ in range(20):  # warm-up
-                await client.get(url)
-            out: list[float] = []
-            errors: list[int] = []
-            start = time.perf_counter()
-            stop = start + seconds
-            await asyncio.gather(*(one(client, stop, out, errors) for _ in range(clients)))
-            return out, errors, time.perf_counter() - start
-
-    queue.put(asyncio.run(main()))
+# -- the load generator (a process of its own) -------------------------------------------------
 
 
-def _wrk_ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+class Connection:
+    """One keep-alive HTTP/1.1 connection, requests one at a time (a closed-loop client).
+
+    Not httpx: on this kind of machine its AsyncClient spends about 3 ms of CPU per request
+    and, with 50 connections, tops out near 70 requests/s on its core, so it measured itself
+    rather than the API. This client writes each request in one call and reads the answer by
+    its Content-Length (or chunks): tens of microseconds per request.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.used = 0.0
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes = b""
+    ) -> tuple[int, bytes]:
+        if self.writer is not None and time.monotonic() - self.used > IDLE_S:
+            self.close()  # the server may be closing it (uvicorn keeps idle ones 5 s)
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if body or method != "GET":
+            lines.append(f"Content-Length: {len(body)}")
+        try:
+            self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            status = int(status_line.split(" ", 2)[1])
+            fields = {}
+            for line in header_lines:
+                if line:
+                    name, _, value = line.partition(":")
+                    fields[name.strip().lower()] = value.strip()
+            if "content-length" in fields:
+                data = await self.reader.readexactly(int(fields["content-length"]))
+            elif fields.get("transfer-encoding") == "chunked":
+                data = b""
+                while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
+                    data += (await self.reader.readexactly(size + 2))[:-2]
+                await self.reader.readuntil(b"\r\n")
+            else:
+                data = b""  # 204, 304
+            if fields.get("connection") == "close":
+                self.close()
+            self.used = time.monotonic()
+            return status, data
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
-def load_test_wrk(url: str, clients: int, seconds: float) -> dict[str, Any]:
-    """wrk (C, one thread, keep-alive): the client costs the server's cores far less than a
-    Python client, so the figures are the server's."""
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", "--latency", url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", out, flags=re.M))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    return {
-        "client": "wrk",
-        "requests": total,
-        "errors": int(non2xx.group(1)) if non2xx else 0,
-        "throughput_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": _wrk_ms(pct["50"]),
-        "p99_ms": _wrk_ms(pct["99"]),
-        "max_ms": _wrk_ms(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-    }
+def multipart(fields: dict[str, str], filename: str, content: bytes) -> tuple[str, bytes]:
+    """(content type, body) of a form with text ``fields`` and one ``file``."""
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"'
+        f"\r\nContent-Type: text/csv\r\n\r\n".encode()
+        + content
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return f"multipart/form-data; boundary={boundary}", b"".join(parts)
 
 
-def load_test(url: str, clients: int, seconds: float) -> dict[str, Any]:
-    if shutil.which("wrk"):
-        return load_test_wrk(url, clients, seconds)
-    print("note: wrk is not installed (apt-get install wrk); the Python client limits the rate")
+def _generate(spec: dict[str, Any], out: Any) -> None:
+    """Run ``spec`` (closed-loop clients for ``seconds``) and put what was measured on ``out``."""
+    if spec["core"] is not None:
+        os.sched_setaffinity(0, {spec["core"]})
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    host, port = spec["base"].removeprefix("http://").rsplit(":", 1)
+    keys: list[str] = spec["keys"]
+    known: dict[str, list[str]] = {k: list(v) for k, v in spec.get("known", {}).items()}
+    made = Counter[str]()
+    JSON = {"Content-Type": "application/json"}
+
+    def headers(i: int) -> dict[str, str]:
+        return {"Authorization": f"Bearer {keys[(i // GROUP) % len(keys)]}"}
+
+    async def get(conn: Connection, i: int, rng: random.Random) -> tuple[str, int]:
+        path = spec["paths"][i % len(spec["paths"])]
+        return path, (await conn.request("GET", path, headers(i)))[0]
+
+    async def mixed(conn: Connection, i: int, rng: random.Random) -> tuple[str, int]:
+        h = headers(i)
+        op = rng.choices(list(spec["mix"]), weights=list(spec["mix"].values()))[0]
+        if op == "GET leaderboard":
+            metric = rng.choice(("logme", "leep", "recommended"))
+            path = f"/v1/datasets/{rng.choice(known['datasets'])}/leaderboard?metric={metric}"
+            return op, (await conn.request("GET", path, h))[0]
+        if op == "GET ranking":
+            path = f"/v1/rankings/{rng.choice(known['jobs'])}"
+            return op, (await conn.request("GET", path, h))[0]
+        if op == "GET list":
+            path = rng.choice(("/v1/datasets?limit=20", "/v1/models", "/v1/rankings?limit=20"))
+            return op, (await conn.request("GET", path, h))[0]
+        if op == "POST outcomes":
+            # a client records fine-tuning results of its own group's datasets
+            path = f"/v1/datasets/{rng.choice(known[f'group-{i // GROUP}'])}/outcomes"
+            body = [{"model_id": m, "value": round(rng.uniform(50, 95), 2)} for m in TEXT_MODELS]
+            return op, (await conn.request("POST", path, {**h, **JSON}, json.dumps(body).encode()))[
+                0
+            ]
+        if op == "POST dataset":
+            made["uploads"] += 1
+            tag = f"{os.getpid()}-{i}-{made['uploads']}-{rng.random()}"
+            kind, form = multipart({"name": tag}, "texts.csv", texts_csv(tag))
+            status, data = await conn.request(
+                "POST", "/v1/datasets", {**h, "Content-Type": kind}, form
+            )
+            if status == 201:
+                known["datasets"].append(json.loads(data)["id"])
+                known[f"group-{i // GROUP}"].append(known["datasets"][-1])
+            return op, status
+        # POST ranking: one model, one metric
+        ds = rng.choice(known["datasets"])
+        rank = {"dataset_id": ds, "model_ids": [spec["ranking_model"]], "metrics": ["logme"]}
+        status, data = await conn.request(
+            "POST", "/v1/rankings", {**h, **JSON}, json.dumps(rank).encode()
+        )
+        if status == 202:
+            known["jobs"].append(json.loads(data)["id"])
+        return op, status
+
+    pick: Callable[..., Any] = mixed if spec.get("mix") else get
+
+    async def main() -> tuple[dict[str, list[float]], Counter[str], float]:
+        n = spec["clients"]
+        conns = [Connection(host, int(port)) for _ in range(n)]
+        latencies: dict[str, list[float]] = defaultdict(list)
+        errors = Counter[str]()
+
+        async def one(i: int, start: float, stop: float) -> None:
+            """Requests back to back until ``stop``; those begun after ``start`` are measured
+            (no pause between the warm-up and the measurement: every connection stays busy)."""
+            rng = random.Random(i * 7919)
+            while (t := time.perf_counter()) < stop:
+                try:
+                    op, status = await asyncio.wait_for(pick(conns[i], i, rng), 60)
+                except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                    op, status = "transport", type(exc).__name__
+                if t >= start:
+                    latencies[op].append(time.perf_counter() - t)
+                    if not isinstance(status, int) or status >= 400:
+                        errors[f"{op}: {status}"] += 1
+
+        start = time.perf_counter() + spec["warmup"]  # connections open, caches filled
+        stop = start + spec["seconds"]
+        await asyncio.gather(*(one(i, start, stop) for i in range(n)))
+        elapsed = stop - start
+        for conn in conns:
+            conn.close()
+        return latencies, errors, elapsed
+
+    cpu = time.process_time()
+    started = time.perf_counter()
+    latencies, errors, elapsed = asyncio.run(main())
+    cpu_share = (time.process_time() - cpu) / (time.perf_counter() - started)
+    out.put(
+        {
+            "latencies": dict(latencies),
+            "errors": dict(errors),
+            "elapsed": elapsed,
+            "client_cpu": cpu_share,
+            "known": known,
+        }
+    )
+
+
+def generate(spec: dict[str, Any]) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_load, args=(url, clients, seconds, q))
+    p = ctx.Process(target=_generate, args=(spec, q))
     p.start()
-    latencies, errors, elapsed = q.get()
+    result: dict[str, Any] = q.get()
     p.join()
-    lat = np.array(latencies) * 1000.0
+    return result
+
+
+def stats(latencies_s: list[float], elapsed: float, errors: int) -> dict[str, Any]:
+    lat = np.asarray(latencies_s) * 1000.0
+    if lat.size == 0:
+        return {"requests": 0, "errors": errors}
     return {
-        "client": "httpx",
         "requests": int(lat.size),
-        "errors": len(errors),
-        "throughput_rps": lat.size / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "max_ms": float(lat.max()),
+        "errors": errors,
+        "rps": round(lat.size / elapsed, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p95_ms": round(float(np.percentile(lat, 95)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "max_ms": round(float(lat.max()), 2),
     }
+
+
+# -- the deployment ----------------------------------------------------------------------------
+
+
+class Deployment:
+    """A database, the Celery worker and ``serve`` processes; everything torn down at the end."""
+
+    def __init__(self) -> None:
+        import redis
+        from sqlalchemy import create_engine, text
+
+        self.name = f"tb_bench_{uuid.uuid4().hex[:8]}"
+        self.admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        self.pg_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.name}"
+        redis.Redis.from_url(REDIS).flushdb()
+        self.tmp = Path(tempfile.mkdtemp(prefix="tb-bench-"))
+        self.env = {
+            **os.environ,
+            "TB_DATABASE_URL": self.pg_url,
+            "TB_BROKER_URL": REDIS,
+            "TB_DATA_DIR": str(self.tmp),
+            "TB_AUTH": "required",
+            "TB_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            **LIMITS,
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.api: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, *cmd: str, cores: list[int] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{cmd[0]}-{len(self.procs)}.log", "wb")
+
+        def pin() -> None:
+            if cores is not None:
+                os.sched_setaffinity(0, set(cores))
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", *cmd], cwd=ROOT, env=self.env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin,
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def serve(self, workers: int, cores: list[int] | None) -> str:
+        import httpx
+
+        self.stop_api()
+        port = free_port()
+        self.api = self.spawn(
+            "serve", "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port),
+            cores=cores,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.api.poll() is not None:
+                raise SystemExit(f"serve exited; see {self.tmp}")
+            try:
+                if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                    return base
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise SystemExit(f"serve did not come up; see {self.tmp}")
+
+    def stop_api(self) -> None:
+        if self.api is not None:
+            self._stop(self.api)
+            self.procs.remove(self.api)
+            self.api = None
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def close(self, keep_logs: bool) -> None:
+        from sqlalchemy import text
+
+        for proc in list(self.procs):
+            self._stop(proc)
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self.admin.dispose()
+        if keep_logs:
+            print(f"the processes' logs are in {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def layout(workers: int) -> tuple[list[int] | None, int | None, str]:
+    """(the API's cores or None: not pinned, the load generator's core, what that means)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) == 1:
+        return None, None, "one core: the load generator, the API and everything else share it"
+    load = cores[-1]
+    if len(cores) > workers:
+        api = cores[:workers]
+        return api, load, f"API pinned to cores {api}, load generator to core {load}"
+    return (
+        None,
+        load,
+        (
+            f"{len(cores)} cores for {workers} API processes: the API is not pinned and the load "
+            f"generator (pinned to core {load}) shares a core with an API process"
+        ),
+    )
+
+
+def setup(base: str, keys: list[str]) -> dict[str, Any]:
+    """A text dataset ranked by both text models of the zoo, with outcomes: the objects read."""
+    import httpx
+
+    h = {"Authorization": f"Bearer {keys[0]}"}
+    with httpx.Client(base_url=base, timeout=120, headers=h) as client:
+        deadline = time.time() + 300
+        while True:
+            models = {m["name"]: m["id"] for m in client.get("/v1/models").json()}
+            if all(m in models for m in TEXT_MODELS):
+                break
+            if time.time() > deadline:
+                raise SystemExit("the worker did not register the zoo's text models in time")
+            time.sleep(1)
+        datasets, jobs = [], []
+        for tag in ("setup-a", "setup-b"):
+            r = client.post("/v1/datasets", files={"file": ("t.csv", texts_csv(tag))},
+                            data={"name": tag})  # fmt: skip
+            r.raise_for_status()
+            datasets.append(r.json()["id"])
+            r = client.post(
+                "/v1/rankings",
+                json={"dataset_id": datasets[-1], "model_ids": [models[m] for m in TEXT_MODELS]},
+            )
+            r.raise_for_status()
+            jobs.append(r.json()["id"])
+        for job in jobs:
+            while (body := client.get(f"/v1/rankings/{job}").json())["status"] not in (
+                "done",
+                "failed",
+            ):
+                time.sleep(0.3)
+            if body["status"] != "done":
+                raise SystemExit(f"the setup ranking failed: {body}")
+        outcomes = [
+            {"model_id": m, "value": v} for m, v in zip(TEXT_MODELS, (81.5, 88.0), strict=True)
+        ]
+        client.post(f"/v1/datasets/{datasets[1]}/outcomes", json=outcomes).raise_for_status()
+        groups = {}
+        for g, key in enumerate(keys):  # each client group's own dataset
+            r = client.post(
+                "/v1/datasets",
+                files={"file": ("t.csv", texts_csv(f"group-{g}"))},
+                data={"name": f"group-{g}"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            r.raise_for_status()
+            groups[f"group-{g}"] = [r.json()["id"]]
+    return {"datasets": datasets, "jobs": jobs, "models": models, "groups": groups}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--seconds", type=float, default=15.0)
-    ap.add_argument("--api-workers", type=int, default=1, help="uvicorn processes")
-    ap.add_argument("--skip-ranking", action="store_true")
+    ap.add_argument(
+        "--quick", action="store_true", help="a short smoke run (under a minute of load)"
+    )
+    ap.add_argument("--clients", type=int, default=50, help="(a): concurrent clients")
+    ap.add_argument("--mixed-clients", type=int, default=200, help="(b): concurrent clients")
+    ap.add_argument("--seconds", type=float, default=None, help="(a): per endpoint and --workers")
+    ap.add_argument("--mixed-seconds", type=float, default=None, help="(b): its length")
+    ap.add_argument("--skip-reads", action="store_true", help="only (b), the mixed load")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
+    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    mixed_seconds = args.mixed_seconds or (8.0 if args.quick else 30.0)
+    warmup = 1.0 if args.quick else 2.0
 
-    import httpx
-    import redis
-    from sqlalchemy import create_engine, text
+    from app.db.migrate import upgrade
+    from app.db.session import Database
+    from app.services import apikeys
 
-    name = f"tb_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    pg_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    redis.Redis.from_url(REDIS).flushdb()
-    tmp = Path(tempfile.mkdtemp(prefix="tb-bench-"))
-    port = free_port()
-    env = {
-        **os.environ,
-        "TB_DATABASE_URL": pg_url,
-        "TB_BROKER_URL": REDIS,
-        "TB_DATA_DIR": str(tmp),
-        "TB_AUTH": "off",
-        "HF_HUB_OFFLINE": "1",
-    }
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(*cmd: str) -> None:
-        log = open(tmp / f"{cmd[0]}-{len(procs)}.log", "wb")
-        procs.append(
-            subprocess.Popen([sys.executable, "-m", "workers.cli", *cmd], cwd=ROOT, env=env,
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )  # fmt: skip
-
+    started = time.time()
     results: dict[str, Any] = {
         "machine": {
-            "cpu": next(
-                (
-                    line.split(":", 1)[1].strip()
-                    for line in open("/proc/cpuinfo")
-                    if line.startswith("model name")
-                ),
-                platform.processor(),
-            ),  # fmt: skip
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         },
-        "clients": args.clients,
-        "seconds": args.seconds,
+        "quick": args.quick,
+        "settings": {
+            **LIMITS,
+            "TB_AUTH": "required",
+            "clients_per_key": GROUP,
+            "celery_worker": "--queues gpu,cpu --concurrency 1, TB_NUM_THREADS=1",
+        },  # fmt: skip
+        "reads": {},
     }
+    dep = Deployment()
     try:
-        from app.db.migrate import upgrade
+        upgrade(dep.pg_url)
+        n_keys = max(args.clients, args.mixed_clients) // GROUP
+        db = Database(dep.pg_url)
+        with db.session() as s:
+            keys = [
+                apikeys.create(s, f"group-{i}", tenant="bench", role="write") for i in range(n_keys)
+            ]
+        db.dispose()
+        dep.spawn("worker", "--queues", "gpu,cpu", "--concurrency", "1")
+        base = dep.serve(1, layout(1)[0])
+        objects = setup(base, keys)
+        ds, job = objects["datasets"][1], objects["jobs"][1]
+        endpoints = {
+            "GET leaderboard?metric=logme": f"/v1/datasets/{ds}/leaderboard?metric=logme",
+            "GET leaderboard?metric=recommended": f"/v1/datasets/{ds}/leaderboard?metric=recommended",
+            "GET rankings/{id} (finished)": f"/v1/rankings/{job}",
+        }
+        notes = []
+        for workers in () if args.skip_reads else (1, 2):
+            api_cores, load_core, note = layout(workers)
+            notes.append(f"--workers {workers}: {note}")
+            base = dep.serve(workers, api_cores)
+            runs: dict[str, Any] = {"layout": note}
+            for label, path in endpoints.items():
+                got = generate({"base": base, "clients": args.clients, "seconds": seconds,
+                                "warmup": warmup, "keys": keys, "paths": [path], "core": load_core})  # fmt: skip
+                lat = [x for v in got["latencies"].values() for x in v]
+                runs[label] = {**stats(lat, got["elapsed"], sum(got["errors"].values())),
+                               "client_cpu": round(got["client_cpu"], 2), "error_kinds": got["errors"]}  # fmt: skip
+            results["reads"][f"workers={workers}"] = runs
 
-        upgrade(pg_url)
-        spawn("serve", "--host", "127.0.0.1", "--port", str(port))
-        spawn("worker", "--queues", "gpu,cpu", "--concurrency", "1")
-        base = f"http://127.0.0.1:{port}"
-        client = httpx.Client(base_url=base, timeout=60)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if len(client.get("/v1/models").json()) >= 7:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise SystemExit("the worker did not register the zoo in time; see " + str(tmp))
-        ids = {m["name"]: m["id"] for m in client.get("/v1/models").json()}
-
-        # A finished ranking to read under load.
-        small = client.post(
-            "/v1/datasets", files={"file": ("s.zip", fashion_zip(10))}, data={"name": "s"}
-        ).json()
-        job = client.post(
-            "/v1/rankings", json={"dataset_id": small["id"], "model_ids": [ids[m] for m in MODELS]}
-        ).json()
-        while client.get(f"/v1/rankings/{job['id']}").json()["status"] not in ("done", "failed"):
-            time.sleep(0.5)
-
-        rows = []
-        for label, path in (
-            ("GET /v1/rankings/{id}", f"/v1/rankings/{job['id']}"),
-            (
-                "GET /v1/datasets/{id}/leaderboard",
-                f"/v1/datasets/{small['id']}/leaderboard?metric=logme",
-            ),
-        ):
-            stats = load_test(base + path, args.clients, args.seconds)
-            results[label] = stats
-            rows.append((label, stats))
-
-        print(f"\nRead latency, {args.clients} concurrent clients, {args.seconds:.0f} s each "
-              f"(transferbench serve on Postgres, {os.cpu_count()} cores)")  # fmt: skip
-        print(
-            f"{'endpoint':<36} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}"
-        )
-        for label, s in rows:
-            print(f"{label:<36} {s['requests']:>9} {s['throughput_rps']:>8.0f} {s['p50_ms']:>8.1f} "
-                  f"{s['p99_ms']:>8.1f} {s['max_ms']:>8.1f} {s['errors']:>7}")  # fmt: skip
-        for _, s in rows:
-            print(("PASS" if s["p99_ms"] < 50 else "FAIL") + f"  p99 {s['p99_ms']:.1f} ms < 50 ms")
-
-        if not args.skip_ranking:
-            content = fashion_zip(100)  # 1,000 images
-            big = client.post(
-                "/v1/datasets", files={"file": ("b.zip", content)}, data={"name": "b"}
-            ).json()
-            start = time.perf_counter()
-            job = client.post(
-                "/v1/rankings",
-                json={"dataset_id": big["id"], "model_ids": [ids[m] for m in MODELS]},
-            ).json()
-            while (body := client.get(f"/v1/rankings/{job['id']}").json())["status"] not in (
-                "done",
-                "failed",
-            ):
-                time.sleep(0.25)
-            service_s = time.perf_counter() - start
-            zip_path = tmp / "b.zip"
-            zip_path.write_bytes(content)
-            from workers.pipeline.rank import RankRequest, run_rank
-
-            start = time.perf_counter()
-            run_rank(
-                RankRequest(
-                    dataset=str(zip_path),
-                    models=list(MODELS),
-                    metrics=body["metrics"],
-                    use_cache=False,
-                )
-            )
-            cli_s = time.perf_counter() - start
-            results["ranking_1000_images_2_models"] = {
-                "service_s": service_s, "cli_s": cli_s, "overhead_s": service_s - cli_s, "status": body["status"],
-            }  # fmt: skip
-            print(f"\nPOST /v1/rankings -> done, 2 models x 1,000 images: {service_s:.1f} s "
-                  f"(CLI, same work: {cli_s:.1f} s; service overhead {service_s - cli_s:+.1f} s)")  # fmt: skip
+        # (b) the mixed load, on the two-process API
+        api_cores, load_core, note = layout(2)
+        base = dep.serve(2, api_cores)
+        mix = {"GET leaderboard": 35, "GET ranking": 20, "GET list": 15, "POST outcomes": 15,
+               "POST dataset": 10, "POST ranking": 5}  # fmt: skip
+        got = generate({
+            "base": base, "clients": args.mixed_clients, "seconds": mixed_seconds,
+            "warmup": warmup, "keys": keys, "mix": mix, "core": load_core,
+            "known": {"datasets": objects["datasets"], "jobs": objects["jobs"], **objects["groups"]},
+            "ranking_model": objects["models"][TEXT_MODELS[0]],
+        })  # fmt: skip
+        errors_by_op = Counter[str]()
+        for kind, n in got["errors"].items():
+            errors_by_op[kind.split(":")[0]] += n
+        every = [x for v in got["latencies"].values() for x in v]
+        results["mixed"] = {
+            "workers": 2,
+            "clients": args.mixed_clients,
+            "seconds": mixed_seconds,
+            "layout": note,
+            "mix_percent": mix,
+            "total": {
+                **stats(every, got["elapsed"], sum(got["errors"].values())),
+                "client_cpu": round(got["client_cpu"], 2),
+            },  # fmt: skip
+            "ops": {
+                op: stats(v, got["elapsed"], errors_by_op[op])
+                for op, v in sorted(got["latencies"].items())
+            },
+            "error_kinds": got["errors"],
+            "created": {
+                "datasets": len(got["known"]["datasets"]) - len(objects["datasets"]),
+                "rankings": len(got["known"]["jobs"]) - len(objects["jobs"]),
+            },  # fmt: skip
+        }
+        results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["layout_notes"] = notes
+        results["wall_s"] = round(time.time() - started, 1)
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-                p.wait(timeout=20)
-            except Exception:
-                os.killpg(p.pid, signal.SIGKILL)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        failed = sys.exc_info()[0] is not None or bool(results.get("mixed", {}).get("error_kinds"))
+        dep.close(keep_logs=failed)
+
+    print_report(results, seconds)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "api.json").write_text(json.dumps(results, indent=2))
+    (args.out / "api.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out / 'api.json'}")
-    return 0
+    bad = results["mixed"]["total"]["errors"] + sum(
+        r["errors"] for runs in results["reads"].values() for k, r in runs.items() if k != "layout"
+    )
+    return 1 if bad else 0
+
+
+def print_report(results: dict[str, Any], seconds: float) -> None:
+    m = results["machine"]
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}; load average at "
+          f"start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end')}")  # fmt: skip
+    print(f"TB_RATE_LIMIT_PER_MIN={LIMITS['TB_RATE_LIMIT_PER_MIN']} and TB_TENANT_MAX_ACTIVE_JOBS="
+          f"{LIMITS['TB_TENANT_MAX_ACTIVE_JOBS']} for the run; one API key per {GROUP} clients")  # fmt: skip
+    for note in results.get("layout_notes", []):
+        print("layout: " + note)
+    head = f"{'':<38} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} {'client cpu':>10}"
+    for config, runs in results["reads"].items():
+        print(f"\n(a) reads, {seconds:.0f} s each, 50 clients, {config}")
+        print(head)
+        for label, s in runs.items():
+            if label == "layout":
+                continue
+            print(f"{label:<38} {s['requests']:>9} {s['rps']:>8.0f} {s['p50_ms']:>8.1f} {s['p95_ms']:>8.1f} "
+                  f"{s['p99_ms']:>8.1f} {s['max_ms']:>8.1f} {s['errors']:>7} {s['client_cpu']:>10.0%}")  # fmt: skip
+    mixed = results["mixed"]
+    print(f"\n(b) mixed, {mixed['seconds']:.0f} s, {mixed['clients']} clients, --workers 2 "
+          f"(created {mixed['created']['datasets']} datasets, {mixed['created']['rankings']} rankings)")  # fmt: skip
+    print(head)
+    rows = [*mixed["ops"].items(), ("all", mixed["total"])]
+    for label, s in rows:
+        if not s.get("requests"):
+            continue
+        cpu = f"{s['client_cpu']:>10.0%}" if "client_cpu" in s else f"{'':>10}"
+        print(f"{label:<38} {s['requests']:>9} {s['rps']:>8.0f} {s['p50_ms']:>8.1f} {s['p95_ms']:>8.1f} "
+              f"{s['p99_ms']:>8.1f} {s['max_ms']:>8.1f} {s['errors']:>7} {cpu}")  # fmt: skip
+    if mixed["error_kinds"]:
+        print("errors: " + ", ".join(f"{k} x{n}" for k, n in mixed["error_kinds"].items()))
+    print(
+        ("PASS" if mixed["total"]["errors"] == 0 else "FAIL")
+        + f"  mixed load: {mixed['total']['errors']} errors"
+    )
 
 
 if __name__ == "__main__":

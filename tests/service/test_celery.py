@@ -147,6 +147,10 @@ def test_end_to_end_on_postgres_redis_and_a_celery_worker(deployment, tmp_path: 
     ranked = [e["model"] for e in board["entries"] if e["model"] in {"mobilenet-v2", "open-nsfw"}]
     assert ranked == [row.model for row in direct.rows]
 
+    metrics = client.get("/metrics").text  # (before a new model starts its re-ranking job)
+    assert 'tb_jobs{status="done"} 1.0' in metrics
+    assert "tb_queue_depth" in metrics and "tb_extraction_samples_per_second" in metrics
+
     # Registering a model: 202 at once, then the worker loads it; a bad source fails there.
     ok = register_model(client, "lite0-again", "efficientnet-lite0")
     assert ok["status"] == "ready", ok
@@ -157,10 +161,6 @@ def test_end_to_end_on_postgres_redis_and_a_celery_worker(deployment, tmp_path: 
     )
     bad = register_model(client, "nope", "torchvision:not_a_real_arch")
     assert bad["status"] == "failed" and "not_a_real_arch" in bad["error"], bad
-
-    metrics = client.get("/metrics").text
-    assert 'tb_jobs{status="done"} 1.0' in metrics
-    assert "tb_queue_depth" in metrics and "tb_extraction_samples_per_second" in metrics
 
 
 def test_a_worker_killed_mid_extraction_loses_nothing(deployment):
