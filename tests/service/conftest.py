@@ -30,9 +30,8 @@ def _unreachable(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+def _fresh_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped when the generator closes."""
     from sqlalchemy import create_engine, text
 
     name = f"tb_test_{uuid.uuid4().hex[:12]}"
@@ -47,6 +46,18 @@ def pg_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    yield from _fresh_database()
+
+
+@pytest.fixture(scope="module")
+def pg_module_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database shared by one test module, dropped afterwards."""
+    yield from _fresh_database()
 
 
 @pytest.fixture

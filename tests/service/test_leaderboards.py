@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select, text
 
 import scoring
 from app.db.migrate import upgrade
@@ -35,7 +34,6 @@ from workers.cli.main import main
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-from .conftest import PG_ADMIN, _unreachable
 from .helpers import register_model, wait_for_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,16 +85,10 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    name = f"tb_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        _unreachable("PostgreSQL at 127.0.0.1:5432", exc)
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, pg_module_url: str
+) -> Iterator[Deployment]:
+    url = pg_module_url
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("boards"),
         database_url=url,
@@ -133,9 +125,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     queue.stop()
     db_one.dispose()
     db_two.dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def stored(url: str, dataset_id: str) -> dict[str, tuple[bytes, str | None]]:

@@ -43,22 +43,8 @@ class Shared:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    from .conftest import PG_ADMIN, _unreachable
-
-    name = f"tb_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        _unreachable("PostgreSQL at 127.0.0.1:5432", exc)
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+def shared(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> Iterator[Shared]:
+    url = pg_module_url
     data_dir = tmp_path_factory.mktemp("tenants")
     settings = Settings(
         data_dir=data_dir, database_url=url, scheduler_tick_s=3600, rate_limit_per_min=0
@@ -116,9 +102,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
         yield env
     queue.stop()
     db.dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 #: a valid body for each route with one, so only the ownership check can refuse it
