@@ -11,12 +11,14 @@ from sqlalchemy import text
 from app import errors, observability
 from app.api import datasets, evaluation, models, openapi, rankings
 from app.dashboard.pages import install as install_dashboard
+from app.db.permits import Permits, permits_for
 from app.db.session import Database
 from app.lifecycle import TaskQueue
 from app.limits import BodyGuard
 from app.queue import CeleryQueue
 from app.ratelimit import make_limiter
 from app.services.reads import Reads
+from app.timeouts import RequestTimeout
 from workers.settings import Settings
 
 log = logging.getLogger("transferbench.api")
@@ -36,7 +38,13 @@ def create_app(
         if not settings.broker_url:
             raise RuntimeError("no task queue: set TB_BROKER_URL, or start `transferbench serve`")
         queue = CeleryQueue.connect(settings.broker_url, settings.backend_url)
-    db = db or Database(settings.db_url)
+    db = db or Database(
+        settings.db_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout_s=settings.db_pool_timeout_s,
+        statement_timeout_s=settings.request_timeout_s,
+        lock_timeout_s=settings.lock_timeout_s,
+    )
     if auth_required is None:
         auth_required = settings.auth != "off"
     app = FastAPI(
@@ -47,11 +55,13 @@ def create_app(
     app.state.settings, app.state.db, app.state.queue = settings, db, queue
     app.state.auth_required = auth_required
     app.state.reads = Reads(db)
+    app.state.db_permits = Permits(permits_for(db.pool_size))
     app.state.limiter = make_limiter(settings.broker_url, settings.rate_limit_per_min)
     errors.install(app)
     openapi.install(app)  # every operation's problems and the API key, in /openapi.json
     observability.install(app, db, queue)
     app.add_middleware(BodyGuard)  # size cap and auth before an upload's body is read
+    app.add_middleware(RequestTimeout, timeout_s=settings.request_timeout_s)
     if settings.cors_origins:  # browser clients on other origins; none: no CORS headers
         app.add_middleware(
             CORSMiddleware,

@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     #: per tenant: bytes of stored datasets, and ranking jobs queued or running at once
     tenant_max_stored_mb: int = Field(default=20_480, ge=1)
     tenant_max_active_jobs: int = Field(default=20, ge=1)
+    #: an API process's database connections, and how long a request waits for one
+    db_pool_size: int = Field(default=30, ge=2)
+    db_pool_timeout_s: float = Field(default=30, gt=0)
+    #: the API's bound on a request: its work before the response starts, not counting the
+    #: wait for the client's body (then 503); each wait for a body chunk (then 408); and, on
+    #: PostgreSQL, each statement it runs and each wait for a row lock
+    request_timeout_s: float = Field(default=30, gt=0)
+    lock_timeout_s: float = Field(default=10, gt=0)
+    #: a ranking job still queued or running this long after it was created fails, saying so
+    job_timeout_s: int = Field(default=86_400, ge=60)
     #: browser origins allowed to call the API (``TB_CORS_ORIGINS``, comma-separated; none: no
     #: CORS headers at all)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from app import schemas
+from app import schemas, timeouts
 from app.api.deps import Authorized, PageDep, PrincipalDep, ReadsDep, SessionDep, SettingsDep
 from app.api.http import conditional
 from app.db.models import DatasetRow
@@ -28,6 +28,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Autho
     },
 )
 async def upload(
+    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -40,6 +41,8 @@ async def upload(
     task: Annotated[Literal["classification", "regression"] | None, Form()] = None,
 ) -> DatasetRow:
     tenant = principal.tenant or DEFAULT_TENANT
+    # validation grows with the upload (every image decoded), which TB_MAX_UPLOAD_MB bounds
+    timeouts.lift(request.scope)
     tmp = await service.save_upload(file, settings)
     row, created = await run_in_threadpool(
         service.register,

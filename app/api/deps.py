@@ -4,15 +4,18 @@ This is the one module that reads ``request.app.state``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
+from app import timeouts
 from app.api.http import Pagination
 from app.dashboard import sessions
+from app.db.permits import Permits
 from app.db.session import Database
 from app.errors import TooManyRequests, Unauthorized
 from app.lifecycle import TaskQueue
@@ -31,12 +34,39 @@ def get_db(request: Request) -> Database:
     return db
 
 
-def get_session(request: Request) -> Iterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """The request's session: committed when the route returns, before the response is sent
     (so a client never sees an id the database does not hold yet, and tasks deferred with
-    ``app.lifecycle.defer`` go out after that commit)."""
-    with get_db(request).session() as session:
-        yield session
+    ``app.lifecycle.defer`` go out after that commit).
+
+    A session lives across several hops to the thread pool (the route, then the commit), and
+    holds its connection between them. Without a bound, requests holding connections could
+    wait for a thread while every thread waits for a connection, until the pool's timeout
+    (answering 500s). So a request takes a permit (``app.db.permits``) before its session
+    opens, without holding a thread while it waits; the permits are fewer than the pool's
+    connections, and one-hop database work (key checks, cached reads) always finds one.
+
+    Once the commit starts, the request's timeout no longer applies (``app.timeouts``): a
+    client is never told a request failed that the database has kept."""
+    db = get_db(request)
+    async with get_permits(request).hold():
+        session = db.sessions()
+        try:
+            yield session
+            timeouts.lift(request.scope)
+            await run_in_threadpool(session.commit)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(session.rollback)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(session.close)
+
+
+def get_permits(request: Request) -> Permits:
+    permits: Permits = request.app.state.db_permits
+    return permits
 
 
 def get_queue(request: Request) -> TaskQueue:

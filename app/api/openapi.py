@@ -13,6 +13,7 @@ without touching this module:
 - POST, PUT, PATCH (``app.limits.BodyGuard`` caps every body): 413, and with a body 400
   (a body that cannot be parsed at all);
 - any parameter or body: 422, the problem replacing FastAPI's ``HTTPValidationError``;
+- every operation: 503 past the request timeout (``app.timeouts``), and with a body 408;
 - paginated (``get_pagination``): the ``Link`` and ``X-Next-Cursor`` headers of its 200.
 
 A status a route declares itself (``responses={...}``, e.g. a 503 when it waits on a worker)
@@ -75,7 +76,9 @@ DESCRIPTIONS = {
     "`errors` lists each one.",
     429: "This key made too many requests this minute (TB_RATE_LIMIT_PER_MIN), or its tenant "
     "has too many rankings under way: retry after Retry-After seconds.",
-    503: "A worker or the task queue cannot be reached; try again later.",
+    408: "The client stopped sending the body for longer than TB_REQUEST_TIMEOUT_S.",
+    503: "The server took longer than TB_REQUEST_TIMEOUT_S on the request (nothing was "
+    "changed), or a worker or the task queue cannot be reached; try again later.",
 }
 
 HEADERS: dict[int, dict[str, Any]] = {
@@ -171,7 +174,7 @@ def describe(document: dict[str, Any], app: FastAPI) -> dict[str, Any]:
 
 def statuses(method: str, shape: Shape, body_schema: dict[str, Any] | None) -> set[int]:
     """The problems an operation of this shape can answer."""
-    found: set[int] = set()
+    found: set[int] = {503}  # app.timeouts: past TB_REQUEST_TIMEOUT_S
     if shape.keyed:
         found |= {401, 429}
         if method in CHANGES:
@@ -181,7 +184,7 @@ def statuses(method: str, shape: Shape, body_schema: dict[str, Any] | None) -> s
     if method in CHANGES:
         found.add(409)
     if method in BODY_METHODS:
-        found.add(413)
+        found |= {408, 413}
         if shape.has_body:
             found.add(400)
     if shape.has_params:

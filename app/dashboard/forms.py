@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
+from app import timeouts
 from app.api import deps
 from app.api.deps import QueueDep, SessionDep, SettingsDep
 from app.errors import Invalid, NotFound, ProblemError
@@ -119,6 +120,7 @@ async def upload(
         ):
             raise Invalid("choose a modality and task from the lists, or leave them to be detected")
         viewer.principal.require(Role.WRITE, "uploading a dataset")
+        timeouts.lift(request.scope)  # validation grows with the upload, which the cap bounds
         tmp = await dataset_service.save_upload(file, settings)
         row, _ = await run_in_threadpool(
             dataset_service.register,

@@ -9,7 +9,17 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 30,
+    pool_timeout_s: float = 30,
+    statement_timeout_s: float | None = None,
+    lock_timeout_s: float | None = None,
+) -> Engine:
+    """An engine for ``url``. On PostgreSQL, ``statement_timeout_s`` and ``lock_timeout_s``
+    bound every statement of the engine's connections (the server cancels it with SQLSTATE
+    57014 or 55P03), so a request never waits without end behind another's row lock."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -22,15 +32,43 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=30, max_overflow=0)
+    options = []
+    if statement_timeout_s:
+        options.append(f"-c statement_timeout={int(statement_timeout_s * 1000)}")
+    if lock_timeout_s:
+        options.append(f"-c lock_timeout={int(lock_timeout_s * 1000)}")
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=pool_timeout_s,
+        connect_args={"options": " ".join(options)} if options else {},
+    )
 
 
 class Database:
-    """An engine and its session factory."""
+    """An engine and its session factory. ``pool_size`` is the most connections the process
+    opens (a SQLite file has no pool)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 30,
+        pool_timeout_s: float = 30,
+        statement_timeout_s: float | None = None,
+        lock_timeout_s: float | None = None,
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.pool_size = pool_size
+        self.engine = make_engine(
+            url,
+            pool_size=pool_size,
+            pool_timeout_s=pool_timeout_s,
+            statement_timeout_s=statement_timeout_s,
+            lock_timeout_s=lock_timeout_s,
+        )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -266,8 +266,9 @@ def test_document_describes_problems_and_the_key(tmp_path: Path) -> None:
             assert {"401", "429"} <= set(responses) if keyed else "401" not in responses
             if "{" in path:
                 assert "404" in responses, (method, path)
+            assert "503" in responses, (method, path)  # past TB_REQUEST_TIMEOUT_S
             if method in {"post", "put", "patch"}:
-                assert {"413", "422"} <= set(responses), (method, path)
+                assert {"408", "413", "422"} <= set(responses), (method, path)
                 assert ("403" in responses) is keyed
             for code, response in responses.items():
                 if int(code) >= 400:
@@ -275,4 +276,4 @@ def test_document_describes_problems_and_the_key(tmp_path: Path) -> None:
     assert "404" in document["paths"]["/v1/rankings"]["post"]["responses"]  # names a dataset
     assert "404" not in document["paths"]["/v1/models"]["post"]["responses"]
     assert "400" in document["paths"]["/v1/datasets"]["post"]["responses"]  # a multipart body
-    assert document["paths"]["/healthz"]["get"]["responses"].keys() == {"200"}
+    assert document["paths"]["/healthz"]["get"]["responses"].keys() == {"200", "503"}

@@ -171,11 +171,11 @@ def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> int:
     from app.main import create_app
     from workers.jobs.embedded import LocalQueue
 
-    db = Database(settings.db_url)
-    queue = LocalQueue(db, settings)
+    # the worker's own engine: the API's carries the request timeouts, a worker's steps do not
+    queue = LocalQueue(Database(settings.db_url), settings)
     queue.start()
     log.info("embedded mode: SQLite at %s, worker and scheduler in this process", settings.db_url)
-    uvicorn.run(create_app(settings, queue=queue, db=db, auth_required=auth), host=host, port=port)
+    uvicorn.run(create_app(settings, queue=queue, auth_required=auth), host=host, port=port)
     return 0
 
 
