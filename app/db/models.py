@@ -103,6 +103,8 @@ class ModelRow(Base):
     #: a model named in a published benchmark table: it has scores and outcomes, no weights
     reference: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    #: a pending registration's task was last sent (re-sent by the scheduler when lost)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class JobRow(Base):

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from app.db.models import JobModelRow, ModelRow
+from app.db.models import JobModelRow, ModelRow, now
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.lifecycle import Task, TaskQueue, defer
 from app.services import pages
@@ -112,6 +112,7 @@ def register(
         created_by=principal.key_id,
         source={"spec": source, "origin": "remote" if principal.tenant is not None else "operator"},
         builtin=False,
+        sent_at=now(),
     )
     session.add(row)
     session.flush()

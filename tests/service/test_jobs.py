@@ -5,6 +5,8 @@ schedules, one failing model among good ones, and scores stored exactly once."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from app.db.session import Database
 from app.lifecycle import Task, Trigger, create_job
 from app.services import datasets as dataset_service
 from workers.jobs.scheduler import Scheduler
-from workers.jobs.steps import JobRunner
+from workers.jobs.steps import Abandoned, JobRunner
 from workers.jobs.tasks import handlers
 from workers.settings import Settings
 
@@ -209,3 +211,75 @@ def test_scores_are_stored_exactly_once(harness: Harness):
         assert [r.value for r in s.scalars(select(ScoreRow).filter_by(**key))] == [2.0]
     with pytest.raises(IntegrityError), harness.db.session() as s:
         s.add(ScoreRow(value=3.0, **key))
+
+
+def _unloaded_model(h: Harness, name: str, **fields) -> str:
+    """A model row the steps never load (no forward pass needed by these tests)."""
+    with h.db.session() as s:
+        row = ModelRow(name=name, source={"spec": name}, modality="image", has_head=False,
+                       fingerprint="0" * 64, **fields)  # fmt: skip
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def test_a_job_past_its_timeout_fails_with_the_reason(harness: Harness):
+    model = _unloaded_model(harness, "slow-net")
+    with harness.db.session() as s:
+        ds = s.get(DatasetRow, harness.dataset_id)
+        models = [s.get(ModelRow, model)]
+        old = create_job(s, harness, ds, models, ["logme"], trigger=Trigger.API)
+        fresh = create_job(s, harness, ds, models, ["logme"], trigger=Trigger.API)
+        old.created_at = now() - timedelta(seconds=harness.runner.settings.job_timeout_s + 1)
+        old_id, fresh_id = old.id, fresh.id
+    harness.tasks.clear()
+    assert harness.scheduler.expire_overdue() == [old_id]
+    assert harness.scheduler.expire_overdue() == []  # once
+    with harness.db.session() as s:
+        job, other = s.get(JobRow, old_id), s.get(JobRow, fresh_id)
+        assert job.status == "failed" and "TB_JOB_TIMEOUT_S" in (job.error or "")
+        assert [(m.status, "TB_JOB_TIMEOUT_S" in (m.error or "")) for m in job.models] == [
+            ("failed", True)
+        ]
+        assert other.status == "queued"
+    # a worker still extracting it stops at its next progress report
+    progress = harness.runner._progress(old_id, model)
+    with pytest.raises(Abandoned, match="TB_JOB_TIMEOUT_S"):
+        progress(10, 100)
+    harness.runner._progress(fresh_id, model)(10, 100)  # a live job goes on
+
+
+def test_a_lost_registration_is_sent_again_once_per_timeout(harness: Harness):
+    timeout = harness.runner.settings.heartbeat_timeout_s
+    lost = _unloaded_model(harness, "lost", status="pending",
+                           sent_at=now() - timedelta(seconds=timeout + 1))  # fmt: skip
+    recent = _unloaded_model(harness, "recent", status="pending", sent_at=now())
+    _unloaded_model(harness, "ready-long-ago", created_at=now() - timedelta(days=1))
+    harness.tasks.clear()
+    assert harness.scheduler.requeue_stale() == [f"model/{lost}"]
+    assert harness.tasks == [(Task.REGISTER_MODEL, [lost])]
+    assert harness.scheduler.requeue_stale() == []  # stamped: not again on the next tick
+    assert recent not in str(harness.tasks)
+
+
+def test_files_a_killed_process_left_are_swept(harness: Harness):
+    settings = harness.runner.settings
+    day_ago = time.time() - 86_400
+
+    def made(path: Path, *, old: bool) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        if old:
+            os.utime(path, (day_ago, day_ago))
+        return path
+
+    stale_upload = made(settings.uploads_dir / "tmpabc.zip", old=True)
+    live_upload = made(settings.uploads_dir / "tmpdef.zip", old=False)
+    orphan = made(settings.datasets_dir / "default" / ("f" * 64) / "data.zip", old=True)
+    with harness.db.session() as s:
+        kept = Path(s.get(DatasetRow, harness.dataset_id).path)
+    os.utime(kept, (day_ago, day_ago))  # old, but a dataset row names it
+    assert sorted(harness.scheduler.sweep_files()) == sorted([stale_upload, orphan])
+    assert live_upload.exists() and kept.exists()
+    assert not orphan.parent.exists()
+    assert harness.scheduler.upkeep() == []  # nothing left to do

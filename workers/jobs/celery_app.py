@@ -41,6 +41,9 @@ def make_celery(settings: Settings) -> Celery:
         result_expires=3600,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        # A broker restart does not stop an extraction under way: it finishes and stores its
+        # features, and the copy redelivered after the restart finds the step done (claims).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         beat_schedule={
             "requeue-stale": {
                 "task": Task.REQUEUE_STALE.value,

@@ -5,24 +5,32 @@ embedded runner's clock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 import scoring
-from app.db.models import DatasetRow, JobModelRow, JobRow, now
+from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, now
 from app.lifecycle import (
     JobStatus,
     ModelStatus,
+    Task,
     Trigger,
     create_job,
     defer,
+    finish_if_complete,
+    move_job,
+    move_model,
     resume,
     unfinished_jobs,
 )
 from app.services import leaderboards, recommender
 from app.services import models as model_service
+from app.states import ModelState
 from app.tenancy import can_see
 from workers.jobs.steps import JobRunner, current_scores
 
@@ -122,7 +130,84 @@ class Scheduler:
                 )  # fmt: skip
                 defer(s, self.queue, status.task, jm.job_id, jm.model_id)
                 stale.append(f"{jm.job_id}/{jm.model_id}")
+            # a registration still pending: its task was lost (a worker that loads it twice
+            # is harmless; the first to finish decides)
+            pending = select(ModelRow).where(
+                ModelRow.status == ModelState.PENDING,
+                func.coalesce(ModelRow.sent_at, ModelRow.created_at) < cutoff,
+            )
+            for model in s.scalars(pending):
+                model.sent_at = now()
+                log.warning(
+                    "re-sending the registration of model %s (%s): still pending after %d s",
+                    model.id, model.name, self.settings.heartbeat_timeout_s,
+                )  # fmt: skip
+                defer(s, self.queue, Task.REGISTER_MODEL, model.id)
+                stale.append(f"model/{model.id}")
         return stale
+
+    def upkeep(self) -> list[str]:
+        """The tick's repairs: re-send what was lost, fail what ran out of time, sweep files a
+        killed process left; returns what each did ("job/model", "model/ID", job ids, paths)."""
+        done = self.requeue_stale() + self.expire_overdue()
+        return done + [str(path) for path in self.sweep_files()]
+
+    def expire_overdue(self) -> list[str]:
+        """Fail every ranking job still unfinished ``TB_JOB_TIMEOUT_S`` after it was created;
+        returns their ids. Each model not done yet fails with the reason, and the job closes
+        (done, with the models that finished, or failed); a worker still extracting one of
+        them stops at its next progress report."""
+        cutoff = now() - timedelta(seconds=self.settings.job_timeout_s)
+        expired = []
+        with self.db.session() as s:
+            overdue = select(JobRow).where(
+                JobRow.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+                JobRow.created_at < cutoff,
+            )
+            for job in s.scalars(overdue.with_for_update(skip_locked=True)):
+                reason = (
+                    f"the ranking job did not finish within {self.settings.job_timeout_s} s "
+                    "(TB_JOB_TIMEOUT_S); start it again, or raise the limit"
+                )
+                for jm in job.models:
+                    if not ModelStatus(jm.status).terminal:
+                        move_model(jm, ModelStatus.FAILED)
+                        jm.error = reason
+                finish_if_complete(s, job.id)
+                if not JobStatus(job.status).terminal:  # a job with no model at all
+                    move_job(job, JobStatus.FAILED)
+                if job.status == JobStatus.FAILED:
+                    job.error = reason
+                log.warning("ranking job %s expired: %s", job.id, reason)
+                expired.append(job.id)
+        return expired
+
+    def sweep_files(self, older_than_s: float = 6 * 3600) -> list[Path]:
+        """Delete what a killed process left on disk, untouched for ``older_than_s``:
+        temporary uploads, and stored dataset files no dataset row names (moved into place
+        before a commit that never came). Returns the paths removed."""
+        cutoff = time.time() - older_than_s
+        removed: list[Path] = []
+        uploads = self.settings.uploads_dir
+        for path in uploads.iterdir() if uploads.is_dir() else ():
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        stored = self.settings.datasets_dir
+        if not stored.is_dir():
+            return removed
+        with self.db.session() as s:
+            known = {Path(p) for p in s.scalars(select(DatasetRow.path))}
+        for path in stored.glob("*/*/*"):
+            if path in known or not path.is_file() or path.stat().st_mtime >= cutoff:
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            with contextlib.suppress(OSError):  # the folder, once empty
+                path.parent.rmdir()
+        if removed:
+            log.warning("removed %d files left by killed processes", len(removed))
+        return removed
 
     def refit_recommender(self) -> list[str]:
         """Record a new recommender fit for every scope whose outcomes or scores changed, and

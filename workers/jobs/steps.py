@@ -66,6 +66,11 @@ def current_scores(s: Session, dataset_id: str, model_id: str, metrics: list[str
     return {r.metric for r in rows if r.metric_version == scoring.REGISTRY[r.metric].version}
 
 
+class Abandoned(PipelineError):
+    """The model's work ended while a worker was still on it (its job was deleted, or ran out
+    of time): the worker stops instead of finishing work nobody will read."""
+
+
 class Claims:
     """Which step of which job model a worker is doing now, deployment-wide.
 
@@ -358,23 +363,30 @@ class JobRunner:
             if t - last[0] < 1.0 and done < total:
                 return
             last[0] = t
-            self._update(job_id, model_id, samples_done=done, samples_total=total)
+            if not self._update(job_id, model_id, samples_done=done, samples_total=total):
+                raise Abandoned(
+                    f"job {job_id} model {model_id} ended while it was being extracted "
+                    "(deleted, or past TB_JOB_TIMEOUT_S); stopping"
+                )
 
         return progress
 
-    def _update(self, job_id: str, model_id: str, **fields: Any) -> None:
+    def _update(self, job_id: str, model_id: str, **fields: Any) -> bool:
         """Progress and the heartbeat: best effort, so a database restart does not cost the
-        extraction in progress (a heartbeat missed for long is the scheduler's to handle)."""
+        extraction in progress (a heartbeat missed for long is the scheduler's to handle).
+        Returns False when the model's work is no longer wanted (it ended meanwhile, or its
+        job or dataset was deleted)."""
         try:
             with self.db.session() as s:
                 jm = s.get(JobModelRow, (job_id, model_id))
-                if jm is None:
-                    return
+                if jm is None or ModelStatus(jm.status).terminal:
+                    return False
                 for k, v in fields.items():
                     setattr(jm, k, v)
                 jm.job.heartbeat_at = jm.heartbeat_at = now()
         except OperationalError as exc:
             log.warning("job %s model %s: progress not recorded: %s", job_id, model_id, exc)
+        return True
 
     def _fail(self, job_id: str, model_id: str, reason: str) -> None:
         log.warning("job %s model %s failed: %s", job_id, model_id, reason)

@@ -18,7 +18,7 @@ def handlers(runner: JobRunner, scheduler: Scheduler) -> dict[Task, Callable[...
         Task.RESOLVE_MODEL: runner.resolve_model,
         Task.REGISTER_MODEL: runner.register_model,
         Task.RERANK_MISSING: scheduler.rerank_missing,
-        Task.REQUEUE_STALE: scheduler.requeue_stale,
+        Task.REQUEUE_STALE: scheduler.upkeep,
         Task.RUN_SCHEDULES: scheduler.run_schedules,
         Task.REFIT_RECOMMENDER: scheduler.refit_recommender,
     }
