@@ -11,12 +11,20 @@ the dataset is deleted, or found gone).
 
 from __future__ import annotations
 
+from sqlalchemy import Connection, func, select
+
 from app.cache import ResponseCache
+from app.db.models import JobModelRow
 from app.db.session import Database
 from app.errors import NotFound
 from app.lifecycle import JobStatus
 from app.services import datasets, leaderboards, rankings
 from app.tenancy import can_see
+
+
+def _model_count(conn: Connection, job_id: str) -> int:
+    query = select(func.count()).select_from(JobModelRow).where(JobModelRow.job_id == job_id)
+    return int(conn.scalar(query) or 0)
 
 
 class Reads:
@@ -36,18 +44,32 @@ class Reads:
         return object_id in self._owners and can_see(self._owners[object_id], tenant)
 
     def ranking(self, job_id: str, tenant: str | None) -> bytes:
-        """A ranking's JSON body; 404 (``NotFound``) when there is none the tenant may see."""
+        """A ranking's JSON body; 404 (``NotFound``) when there is none the tenant may see.
+
+        A finished ranking's body is cached with how many models the job holds, checked on
+        every hit with one index lookup: a deletion through any API process (of the dataset,
+        which takes its jobs, or of a model, which takes its rows) is seen on the next read."""
         hit = self.cache.peek(("ranking", job_id)) if self._visible(job_id, tenant) else None
-        body = hit[1] if hit else None
-        if body is None:
+        if hit is not None:
+            validator, body = hit
+            assert isinstance(validator, tuple)
+            with self._autocommit.connect() as conn:
+                if _model_count(conn, job_id) == validator[1]:
+                    return body
+        try:
             with self.db.session() as session:
                 job = rankings.get(session, job_id, tenant)
                 self._owners[job_id] = job.tenant
                 out = rankings.describe(session, job)
-            body = out.model_dump_json().encode()
-            if JobStatus(out.status).terminal:
-                # the validator slot names the dataset, so forget_dataset finds it
-                self.cache.put(("ranking", job_id), body, out.dataset_id)
+                count = _model_count(session.connection(), job_id)
+        except NotFound:
+            self._owners.pop(job_id, None)  # deleted, maybe by another process
+            self.cache.drop(lambda key, _: key == ("ranking", job_id))
+            raise
+        body = out.model_dump_json().encode()
+        if JobStatus(out.status).terminal:
+            # the validator names the dataset, so forget_dataset finds it
+            self.cache.put(("ranking", job_id), body, (out.dataset_id, count))
         return body
 
     def leaderboard(self, dataset_id: str, metric: str, tenant: str | None) -> bytes:
@@ -72,7 +94,8 @@ class Reads:
         self._owners.pop(dataset_id, None)
         self.cache.drop(
             lambda key, validator: (
-                validator == dataset_id or (isinstance(key, tuple) and dataset_id in key)
+                (isinstance(validator, tuple) and validator[0] == dataset_id)
+                or (isinstance(key, tuple) and dataset_id in key)
             )
         )
 

@@ -26,7 +26,7 @@ from sqlalchemy import select, text
 
 import scoring
 from app.db.migrate import upgrade
-from app.db.models import DatasetRow, LeaderboardRow, ModelRow
+from app.db.models import DatasetRow, JobModelRow, LeaderboardRow, ModelRow
 from app.db.session import Database
 from app.main import create_app
 from app.services import apikeys, leaderboards, rankings, recommender
@@ -278,6 +278,47 @@ def test_deleting_a_model_or_a_dataset_reaches_every_process(deployment: Deploym
     r = env.board(env.two, ds, "logme")
     assert r.status_code == 404, r.text
     assert stored(env.url, ds) == {}
+
+
+def test_a_cached_finished_ranking_follows_deletes_from_another_process(
+    deployment: Deployment,
+) -> None:
+    """Process two caches a finished ranking; a model of it and then its dataset are deleted
+    through process one: process two's next reads show each at once."""
+    env = deployment
+    ds, first = env.upload(4), env.ids["models"][0]
+    r = env.one.post("/v1/rankings", json={"dataset_id": ds, "model_ids": [first]}, headers=env.h())
+    assert r.status_code == 202, r.text
+    job = wait_for_job(env.two, r.json()["id"], headers=env.h())
+    assert job["status"] == "done", job
+    db = Database(env.url)
+    try:
+        with db.session() as s:  # a second model of the job, as if ranked with it
+            extra = ModelRow(
+                name="ranked-then-deleted",
+                tenant="a",
+                modality="text",
+                source={"spec": "x"},
+                has_head=False,
+                fingerprint="1" * 64,
+            )
+            s.add(extra)
+            s.flush()
+            s.add(JobModelRow(job_id=job["id"], model_id=extra.id, position=1, status="done"))
+            extra_id = extra.id
+    finally:
+        db.dispose()
+    url = f"/v1/rankings/{job['id']}"
+    assert env.two.get(url, headers=env.h()).status_code == 200  # the job's body was cached
+    cached = env.two.get(url, headers=env.h()).json()
+    assert extra_id in {m["model_id"] for m in cached["progress"]}
+    assert env.one.delete(f"/v1/models/{extra_id}", headers=env.h()).status_code == 204
+    after = env.two.get(url, headers=env.h())
+    assert after.status_code == 200
+    assert [m["model_id"] for m in after.json()["progress"]] == [first]
+    assert env.one.delete(f"/v1/datasets/{ds}", headers=env.h()).status_code == 204
+    gone = env.two.get(url, headers=env.h())
+    assert gone.status_code == 404, gone.text
 
 
 def test_another_tenant_never_gets_a_board(deployment: Deployment) -> None:
