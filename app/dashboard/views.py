@@ -221,7 +221,7 @@ def _dataset_figures(
     rec = recommender.recommend(session, dataset)
     recommended: dict[str, float] = rec["scores"] if rec else {}
     names = model_service.names_of(session, model_ids | set(recommended))
-    directions = recommender.directions(session, scores)
+    directions = recommender.directions(session, scores, dataset.tenant)
     heat = heatmap(scores, recommended, names, directions)
     outcomes = outcome_service.list_for(session, dataset.id, tenant)
     measures = sorted({o.measure for o in outcomes})
@@ -323,7 +323,8 @@ def model_page(session: Session, model: ModelRow, tenant: str | None) -> dict[st
     recommended ordering, by each metric, and after real fine-tuning) and where it won."""
     datasets = queries.datasets_scoring(session, model.id, tenant)
     all_scores = recommender.current_scores(session, [d.id for d in datasets])
-    directions = recommender.directions(session, {m for s in all_scores.values() for m in s})
+    metrics = {m for s in all_scores.values() for m in s}
+    directions = recommender.directions(session, metrics, tenant)
     rows = []
     for dataset in datasets:
         scores = all_scores.get(dataset.id, {})

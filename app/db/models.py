@@ -178,10 +178,13 @@ class ScoreRow(Base):
 
 
 class ExternalMetricRow(Base):
-    """A score column of an imported benchmark table that is not a registry metric."""
+    """A score column of an imported benchmark table that is not a registry metric, and its
+    direction, as its importer declared it: a tenant, or the operator (``owner`` ``''``,
+    shared with every tenant)."""
 
     __tablename__ = "external_metrics"
 
+    owner: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True, default="")
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     higher_is_better: Mapped[bool] = mapped_column(Boolean, default=True)
 

@@ -91,16 +91,25 @@ def import_table(
         if spec is not None and canonical(column) in lower and spec.higher_is_better:
             raise Invalid(f"{column} is the registry metric {name}, which is higher-is-better")
     external = sorted(n for n in set(names.values()) if n not in scoring.REGISTRY)
+    owner = tenant or ""
     for name in external:
-        row = session.get(ExternalMetricRow, name)
         higher = canonical(name) not in lower
-        if row is None:
-            session.add(ExternalMetricRow(name=name, higher_is_better=higher))
-        elif row.higher_is_better != higher:
-            raise Invalid(
-                f"the external score {name!r} was imported before as "
-                f"{'higher' if row.higher_is_better else 'lower'}-is-better; keep it consistent"
-            )
+        # a tenant is held to its own declarations and the shared ones, never to another
+        # tenant's (that would tell it which names others use); the operator, to every one
+        declared = select(ExternalMetricRow).where(ExternalMetricRow.name == name)
+        if tenant is not None:
+            declared = declared.where(ExternalMetricRow.owner.in_(("", owner)))
+        declarations = list(session.scalars(declared))
+        for row in declarations:
+            if row.higher_is_better != higher:
+                by = "in a shared table" if row.owner == "" else f"by tenant {row.owner!r}"
+                raise Invalid(
+                    f"the external score {name!r} was imported before {by} as "
+                    f"{'higher' if row.higher_is_better else 'lower'}-is-better; keep it "
+                    "consistent (or give the column another name)"
+                )
+        if not any(row.owner == owner for row in declarations):
+            session.add(ExternalMetricRow(owner=owner, name=name, higher_is_better=higher))
     models = _reference_models(
         session, {m for r in records.values() for m in _models(r)}, modality, tenant
     )

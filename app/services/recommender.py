@@ -74,14 +74,17 @@ class Records:
     directions: dict[str, bool]
 
 
-def directions(session: Session, metrics: Iterable[str]) -> dict[str, bool]:
-    """metric -> higher_is_better: the registry's, else the imported table's declaration."""
+def directions(session: Session, metrics: Iterable[str], tenant: str | None) -> dict[str, bool]:
+    """metric -> higher_is_better: the registry's, else the declaration of the imported
+    table: the tenant's own or a shared one (``tenant`` None: the shared ones only)."""
     wanted = set(metrics)
+    owners = ("", tenant) if tenant else ("",)
+    query = select(ExternalMetricRow).where(
+        ExternalMetricRow.name.in_(wanted), ExternalMetricRow.owner.in_(owners)
+    )
     external = {
         r.name: r.higher_is_better
-        for r in session.scalars(
-            select(ExternalMetricRow).where(ExternalMetricRow.name.in_(wanted))
-        )
+        for r in sorted(session.scalars(query), key=lambda r: r.owner)  # the tenant's wins
     }
     out = {}
     for m in wanted:
@@ -145,7 +148,7 @@ def records(session: Session, scope: Scope, *, reference_only: bool = False) -> 
         if ds in scores
     }
     metrics = {m for r in datasets.values() for m in r.scores}
-    return Records(datasets, directions(session, metrics))
+    return Records(datasets, directions(session, metrics, scope.tenant))
 
 
 def quality_of(evaluation: scoring.Evaluation) -> dict[str, Any]:

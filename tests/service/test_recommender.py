@@ -22,8 +22,9 @@ from app.db.migrate import upgrade
 from app.db.models import DatasetRow, ModelRow, OutcomeRow, ScoreRow
 from app.db.scores import upsert_scores
 from app.db.session import Database
+from app.errors import Invalid
 from app.main import create_app
-from app.services import recommender
+from app.services import benchmarks, recommender
 from workers.cli.main import main
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
@@ -133,6 +134,32 @@ def test_benchmark_import_bad_input_stores_nothing(service) -> None:
     with db.session() as s:
         assert list(s.scalars(select(ScoreRow))) == []
         assert list(s.scalars(select(DatasetRow))) == []
+
+
+def test_a_metric_direction_belongs_to_whoever_imported_it(service) -> None:
+    """Tenants declare an external score's direction in their own name: another tenant's
+    opposite declaration is accepted and never revealed; the operator's shared tables are
+    held to every declaration."""
+    _, _, db = service
+    table = as_csv(make_table()).decode()
+
+    def load(name: str, tenant: str | None, lower: tuple[str, ...]) -> None:
+        with db.session() as s:
+            benchmarks.import_table(
+                s, table, table=name, outcome="top1", lower_is_better=lower, tenant=tenant
+            )
+
+    load("a-table", "a", ("Err",))
+    load("b-table", "b", ())  # the opposite of a's: nothing tells b that a uses the name
+    with db.session() as s:
+        assert recommender.directions(s, {"Err", "logme"}, "a") == {"Err": False, "logme": True}
+        assert recommender.directions(s, {"Err"}, "b") == {"Err": True}
+        assert recommender.directions(s, {"Err"}, None) == {"Err": True}  # none shared yet
+    with pytest.raises(Invalid, match="by tenant 'a'"):
+        load("shared", None, ())
+    load("a-again", "a", ("Err",))  # a stays consistent with itself
+    with pytest.raises(Invalid, match="lower-is-better"):
+        load("a-flipped", "a", ())
 
 
 def test_evaluation_equals_rank_quality_by_hand(service) -> None:
