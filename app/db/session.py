@@ -21,7 +21,15 @@ def make_engine(
     bound every statement of the engine's connections (the server cancels it with SQLSTATE
     57014 or 55P03), so a request never waits without end behind another's row lock."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # a file's pool is bounded like PostgreSQL's (app.db.permits counts on it); an
+        # in-memory database keeps SQLAlchemy's one connection per thread
+        in_memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+        pool = {} if in_memory else {
+            "pool_size": pool_size, "max_overflow": 0, "pool_timeout": pool_timeout_s
+        }  # fmt: skip
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record):  # type: ignore[no-untyped-def]

@@ -57,6 +57,23 @@ def test_many_more_requests_than_connections_never_starve(small_pool):
     permits, sessions holding every connection waited for a thread while every thread waited
     for a connection, until the pool timeout: 500s."""
     settings, db, key = small_pool
+    storm_of_requests(settings, db, key)
+
+
+def test_the_embedded_database_never_starves_either(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path, db_pool_size=POOL, db_pool_timeout_s=3,
+                        rate_limit_per_min=0)  # fmt: skip
+    upgrade(settings.db_url)
+    db = Database(settings.db_url, pool_size=POOL, pool_timeout_s=3)
+    try:
+        with db.session() as s:
+            key = apikeys.create(s, "load", tenant="t", role="write")
+        storm_of_requests(settings, db, key)
+    finally:
+        db.dispose()
+
+
+def storm_of_requests(settings: Settings, db: Database, key: str) -> None:
     settings = settings.model_copy(update={"request_timeout_s": 60})
     app = create_app(settings, queue=LocalQueue(db, settings), db=db, auth_required=True)
     headers = {"Authorization": f"Bearer {key}"}
