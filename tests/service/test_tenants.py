@@ -238,7 +238,10 @@ def test_roles(shared: Shared):
     # a model another key registered: only an admin deletes it; the zoo not at all
     mine = register_model(client, "a-mine", "mobilenet-v2", shared.h("a-write"))
     theirs = register_model(client, "a-theirs", "mobilenet-v2", shared.h("a-admin"))
-    _wait_idle(client, shared.h("a-read"))  # new models re-rank a's datasets first
+    # new models re-rank a's datasets first: the registrations' tasks queue that re-ranking
+    # before they end, so an idle queue means no ranking of a's is left to start or finish
+    assert shared.app.state.queue.wait_idle(300)
+    _wait_idle(client, shared.h("a-read"))
     r = client.delete(f"/v1/models/{theirs['id']}", headers=shared.h("a-write"))
     assert r.status_code == 403, r.text
     assert client.delete(f"/v1/models/{mine['id']}", headers=shared.h("a-write")).status_code == 204
