@@ -74,7 +74,7 @@ class RequestTimeout:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        started = body_done = False
         body_timeout: BodyTimedOut | None = None
 
         with anyio.CancelScope() as cancel:
@@ -82,7 +82,9 @@ class RequestTimeout:
             scope[SCOPE_KEY] = deadline
 
             async def timed_receive() -> Message:
-                nonlocal body_timeout
+                nonlocal body_timeout, body_done
+                if body_done or started:  # e.g. a stream listening for the client to leave
+                    return await receive()
                 left = deadline.pause()
                 message: Message | None = None
                 with anyio.move_on_after(self.timeout_s):
@@ -94,6 +96,7 @@ class RequestTimeout:
                     )
                     raise body_timeout
                 deadline.resume(left)
+                body_done = message["type"] != "http.request" or not message.get("more_body")
                 return message
 
             async def timed_send(message: Message) -> None:

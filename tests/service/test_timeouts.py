@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
@@ -174,3 +175,25 @@ def test_a_client_that_stops_sending_its_body_gets_a_408(small_pool):
     assert b"TB_REQUEST_TIMEOUT_S" in body
     with db.session() as s:
         assert s.scalar(select(DatasetRow.id)) is None
+
+
+def test_a_stream_outlives_the_request_timeout(small_pool):
+    """Once a response has started (an event stream), neither the request's limit nor the
+    body-wait limit applies: the stream listens for the client's disconnect for as long as it
+    runs."""
+    settings, db, _ = small_pool
+    app = create_app(settings, queue=LocalQueue(db, settings), db=db, auth_required=False)
+
+    @app.get("/slow-stream")
+    async def slow_stream() -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            for i in range(4):  # 1.2 s in all, the limit is 0.5 s
+                await asyncio.sleep(0.3)
+                yield f"data: {i}\n\n".encode()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    with TestClient(app) as client:
+        r = client.get("/slow-stream")
+        assert r.status_code == 200
+        assert r.text == "".join(f"data: {i}\n\n" for i in range(4))
