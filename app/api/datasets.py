@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app import schemas, timeouts
 from app.api.deps import Authorized, PageDep, PrincipalDep, ReadsDep, SessionDep, SettingsDep
-from app.api.http import conditional
+from app.api.http import CONDITIONAL, conditional, located
 from app.db.models import DatasetRow
 from app.services import datasets as service
 from app.tenancy import DEFAULT_TENANT
@@ -24,7 +24,9 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Autho
         200: {
             "model": schemas.DatasetOut,
             "description": "this tenant uploaded the same content before: that dataset",
-        }
+            **located(200)[200],
+        },
+        **located(201),
     },
 )
 async def upload(
@@ -98,7 +100,7 @@ def set_schedule(
     return service.set_schedule(session, dataset_id, body.schedule, principal.tenant)
 
 
-@router.get("/{dataset_id}/leaderboard", response_model=schemas.Leaderboard)
+@router.get("/{dataset_id}/leaderboard", response_model=schemas.Leaderboard, **CONDITIONAL)
 async def leaderboard(
     dataset_id: str,
     request: Request,

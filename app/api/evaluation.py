@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app import schemas
 from app.api.deps import Authorized, PageDep, PrincipalDep, QueueDep, SessionDep, SettingsDep
-from app.api.http import conditional
+from app.api.http import CONDITIONAL, conditional
 from app.db.models import OutcomeRow
 from app.errors import Invalid, TooLarge
 from app.lifecycle import Task, defer
@@ -54,7 +54,9 @@ def list_outcomes(
     return page.respond(response, found)
 
 
-@router.get("/v1/datasets/{dataset_id}/evaluation", response_model=schemas.DatasetEvaluation)
+@router.get(
+    "/v1/datasets/{dataset_id}/evaluation", response_model=schemas.DatasetEvaluation, **CONDITIONAL
+)
 def dataset_evaluation(
     dataset_id: str,
     request: Request,
@@ -72,7 +74,7 @@ def dataset_evaluation(
     return conditional(request, body)
 
 
-@router.get("/v1/evaluation", response_model=schemas.Evaluation)
+@router.get("/v1/evaluation", response_model=schemas.Evaluation, **CONDITIONAL)
 def evaluation(
     request: Request,
     principal: PrincipalDep,

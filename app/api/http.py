@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from starlette.datastructures import URL
@@ -21,6 +21,39 @@ from app.services.pages import Page
 
 JSON = "application/json"
 T = TypeVar("T")
+
+_ETAG = {
+    "ETag": {
+        "description": "the body's strong validator: send it back in If-None-Match",
+        "schema": {"type": "string"},
+    }
+}
+#: the OpenAPI of a route answered with ``conditional``: ``@router.get(..., **CONDITIONAL)``
+CONDITIONAL: dict[str, Any] = {
+    "responses": {
+        200: {"headers": _ETAG},
+        304: {"description": "Not modified: the If-None-Match tag is current", "headers": _ETAG},
+    },
+    "openapi_extra": {
+        "parameters": [
+            {
+                "name": "If-None-Match",
+                "in": "header",
+                "required": False,
+                "description": "a tag of an earlier answer: 304, and no body, while it is current",
+                # a header value: visible ASCII (entity tags, commas, W/ prefixes)
+                "schema": {"type": "string", "pattern": "^[!-~]+( [!-~]+)*$", "maxLength": 1000},
+            }
+        ]
+    },
+}
+
+
+def located(status: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route whose ``status`` answer names the object it made in
+    a ``Location`` header."""
+    where = {"description": "the object's URL", "schema": {"type": "string"}}
+    return {status: {"headers": {"Location": where}}}
 
 
 def etag(body: bytes) -> str:

@@ -14,6 +14,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
 )
+from app.api.http import located
 from app.db.models import ModelRow
 from app.services import models as service
 
@@ -29,7 +30,7 @@ def list_models(
     return page.respond(response, service.page(session, principal.tenant, page.limit, page.cursor))
 
 
-@router.post("", status_code=202, response_model=schemas.ModelOut)
+@router.post("", status_code=202, response_model=schemas.ModelOut, responses=located(202))
 def register(
     body: schemas.ModelIn,
     principal: PrincipalDep,

@@ -17,7 +17,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
 )
-from app.api.http import conditional
+from app.api.http import CONDITIONAL, conditional, located
 from app.db.models import JobRow
 from app.lifecycle import JobStatus
 from app.services import events
@@ -26,7 +26,7 @@ from app.services import rankings as service
 router = APIRouter(prefix="/v1/rankings", tags=["rankings"], dependencies=[Authorized])
 
 
-@router.post("", status_code=202, response_model=schemas.RankingOut)
+@router.post("", status_code=202, response_model=schemas.RankingOut, responses=located(202))
 def create(
     body: schemas.RankingIn,
     principal: PrincipalDep,
@@ -62,7 +62,7 @@ def list_rankings(
     return page.respond(response, found)
 
 
-@router.get("/{job_id}", response_model=schemas.RankingOut)
+@router.get("/{job_id}", response_model=schemas.RankingOut, **CONDITIONAL)
 async def get_ranking(
     job_id: str, request: Request, principal: PrincipalDep, reads: ReadsDep
 ) -> Response:

@@ -277,3 +277,16 @@ def test_document_describes_problems_and_the_key(tmp_path: Path) -> None:
     assert "404" not in document["paths"]["/v1/models"]["post"]["responses"]
     assert "400" in document["paths"]["/v1/datasets"]["post"]["responses"]  # a multipart body
     assert document["paths"]["/healthz"]["get"]["responses"].keys() == {"200", "503"}
+    conditional = [
+        "/v1/rankings/{job_id}",
+        "/v1/datasets/{dataset_id}/leaderboard",
+        "/v1/datasets/{dataset_id}/evaluation",
+        "/v1/evaluation",
+    ]
+    for path in conditional:  # app.api.http.conditional: ETag, If-None-Match, 304
+        operation = document["paths"][path]["get"]
+        assert {"ETag"} <= set(operation["responses"]["200"]["headers"]), path
+        assert "content" not in operation["responses"]["304"], path
+        assert "If-None-Match" in {p["name"] for p in operation["parameters"]}, path
+    for path, status in (("/v1/datasets", "201"), ("/v1/rankings", "202"), ("/v1/models", "202")):
+        assert "Location" in document["paths"][path]["post"]["responses"][status]["headers"]
