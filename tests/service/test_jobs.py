@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 import scoring
@@ -22,7 +23,7 @@ from app.db.session import Database
 from app.lifecycle import Task, Trigger, create_job
 from app.services import datasets as dataset_service
 from workers.jobs.scheduler import Scheduler
-from workers.jobs.steps import Abandoned, JobRunner
+from workers.jobs.steps import Abandoned, JobRunner, advisory_key
 from workers.jobs.tasks import handlers
 from workers.settings import Settings
 
@@ -283,3 +284,35 @@ def test_files_a_killed_process_left_are_swept(harness: Harness):
     assert live_upload.exists() and kept.exists()
     assert not orphan.parent.exists()
     assert harness.scheduler.upkeep() == []  # nothing left to do
+
+
+def test_refits_requested_in_a_burst_coalesce(harness: Harness):
+    """One refit runs at a time and at most one waits: while one waits, more requests (one
+    per outcome post) do nothing, since the waiting one will read what they committed."""
+    runs: list[int] = []
+    refit = harness.scheduler._refit
+
+    def counted() -> list[str]:
+        runs.append(1)
+        return refit()
+
+    harness.scheduler._refit = counted  # type: ignore[method-assign]
+    running = advisory_key(f"{Task.REFIT_RECOMMENDER.value}:running")
+    blocked = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    with harness.db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.scalar(text("SELECT pg_advisory_lock(:k)"), {"k": running})  # a run under way
+        waiter = threading.Thread(target=harness.scheduler.refit_recommender)
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while conn.scalar(blocked) == 0:  # the waiter holds its place and waits for the run
+            assert time.monotonic() < deadline, "the refit never waited"
+            time.sleep(0.05)
+        for _ in range(5):  # a burst while one waits: nothing runs, nothing blocks
+            assert harness.scheduler.refit_recommender() == []
+        assert runs == [] and waiter.is_alive()
+        conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": running})
+    waiter.join(30)
+    assert not waiter.is_alive() and runs == [1]
+    harness.scheduler.refit_recommender()  # nothing under way: it runs at once
+    assert runs == [1, 1]

@@ -42,6 +42,7 @@ class Scheduler:
 
     def __init__(self, runner: JobRunner) -> None:
         self.db, self.settings, self.queue = runner.db, runner.settings, runner.queue
+        self.claims = runner.claims
 
     def rerank_missing(self) -> list[str]:
         """For each dataset, the (model, metric) pairs without a score at the metric's current
@@ -212,7 +213,16 @@ class Scheduler:
     def refit_recommender(self) -> list[str]:
         """Record a new recommender fit for every scope whose outcomes or scores changed, and
         rewrite the recommended leaderboards computed with an older fit (one transaction per
-        dataset); returns the new fits' fingerprints (none when nothing changed)."""
+        dataset); returns the new fits' fingerprints (none when nothing changed, or when
+        another worker is already waiting to refit: requests that come in a burst, one per
+        outcome post, coalesce into at most two runs)."""
+        with self.claims.coalesced(Task.REFIT_RECOMMENDER) as mine:
+            if not mine:
+                log.info("refit already waiting to run on another worker; this one is not needed")
+                return []
+            return self._refit()
+
+    def _refit(self) -> list[str]:
         with self.db.session() as s:
             made = recommender.refit_all(s)
         for fingerprint in made:

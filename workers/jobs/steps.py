@@ -13,6 +13,7 @@ transaction commits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -101,7 +102,7 @@ class Claims:
                     with self._lock:
                         self._held.discard(name)
             return
-        key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), signed=True)
+        key = advisory_key(name)
         conn = self.db.engine.connect()
         try:
             mine = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
@@ -120,6 +121,39 @@ class Claims:
                 conn.invalidate()
             finally:
                 conn.close()
+
+    @contextmanager
+    def coalesced(self, task: Task) -> Iterator[bool]:
+        """At most one run of ``task`` at a time deployment-wide, and at most one waiting for
+        it: yields True once this worker may run it (after the run under way, if any, ended),
+        False when another worker is already waiting to (then do nothing: that run starts
+        after this call and sees everything committed before it). A burst of requests costs
+        at most two runs, never a pile of them. On SQLite (one process, one task at a time)
+        every call runs."""
+        if self.db.engine.dialect.name != "postgresql":
+            yield True
+            return
+        waiting = advisory_key(f"{task.value}:waiting")
+        running = advisory_key(f"{task.value}:running")
+        with self.db.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": waiting}):
+                yield False
+                return
+            try:
+                conn.scalar(text("SELECT pg_advisory_lock(:k)"), {"k": running})
+            finally:  # before reading anything: a request after this point waits its turn
+                conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": waiting})
+            try:
+                yield True
+            finally:
+                with contextlib.suppress(DBAPIError):  # a dead connection took the lock along
+                    conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": running})
+
+
+def advisory_key(name: str) -> int:
+    """A PostgreSQL advisory lock key for ``name``."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), signed=True)
 
 
 class JobRunner:
