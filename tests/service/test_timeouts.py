@@ -34,7 +34,7 @@ def small_pool(pg_url: str, tmp_path: Path) -> Iterator[tuple[Settings, Database
         data_dir=tmp_path,
         db_pool_size=POOL,
         db_pool_timeout_s=3,
-        request_timeout_s=0.5,
+        request_timeout_s=1.5,  # room for a loaded machine; the slow cases pass it
         lock_timeout_s=0.3,
         rate_limit_per_min=0,
     )
@@ -114,7 +114,7 @@ def test_a_request_past_its_timeout_is_a_503_and_keeps_nothing(small_pool):
         return {"status": "stored"}
 
     with TestClient(app, raise_server_exceptions=False) as client:
-        r = client.post("/slow-insert", params={"sleep_s": 1.0})
+        r = client.post("/slow-insert", params={"sleep_s": 3.0})
         assert r.status_code == 503, r.text
         assert r.headers["content-type"] == "application/problem+json"
         assert "TB_REQUEST_TIMEOUT_S" in r.json()["detail"]
@@ -128,11 +128,11 @@ def test_a_request_past_its_timeout_is_a_503_and_keeps_nothing(small_pool):
 def test_every_statement_and_lock_wait_of_the_api_is_bounded(small_pool):
     settings, db, _ = small_pool
     with db.engine.connect() as conn:
-        assert conn.scalar(text("SHOW statement_timeout")) == "500ms"
+        assert conn.scalar(text("SHOW statement_timeout")) == "1500ms"
         assert conn.scalar(text("SHOW lock_timeout")) == "300ms"
     app = create_app(settings, queue=LocalQueue(db, settings), db=None, auth_required=False)
     with app.state.db.engine.connect() as conn:  # the app's own engine, from the settings
-        assert conn.scalar(text("SHOW statement_timeout")) == "500ms"
+        assert conn.scalar(text("SHOW statement_timeout")) == "1500ms"
         assert conn.scalar(text("SHOW lock_timeout")) == "300ms"
     app.state.db.dispose()
 
@@ -169,7 +169,7 @@ def test_a_client_that_stops_sending_its_body_gets_a_408(small_pool):
         return time.monotonic() - started
 
     took = asyncio.run(run())
-    assert took < 5
+    assert took < 10
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408, sent
     body = b"".join(m.get("body", b"") for m in sent[1:])
     assert b"TB_REQUEST_TIMEOUT_S" in body
@@ -187,8 +187,8 @@ def test_a_stream_outlives_the_request_timeout(small_pool):
     @app.get("/slow-stream")
     async def slow_stream() -> StreamingResponse:
         async def events() -> AsyncIterator[bytes]:
-            for i in range(4):  # 1.2 s in all, the limit is 0.5 s
-                await asyncio.sleep(0.3)
+            for i in range(6):  # 2.4 s in all, the limit is 1.5 s
+                await asyncio.sleep(0.4)
                 yield f"data: {i}\n\n".encode()
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -196,4 +196,4 @@ def test_a_stream_outlives_the_request_timeout(small_pool):
     with TestClient(app) as client:
         r = client.get("/slow-stream")
         assert r.status_code == 200
-        assert r.text == "".join(f"data: {i}\n\n" for i in range(4))
+        assert r.text == "".join(f"data: {i}\n\n" for i in range(6))
