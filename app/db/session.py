@@ -57,7 +57,7 @@ def make_engine(
 
 class Database:
     """An engine and its session factory. ``pool_size`` is the most connections the process
-    opens (a SQLite file has no pool)."""
+    opens (an in-memory SQLite database keeps one per thread instead)."""
 
     def __init__(
         self,

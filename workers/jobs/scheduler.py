@@ -159,6 +159,10 @@ class Scheduler:
         (done, with the models that finished, or failed); a worker still extracting one of
         them stops at its next progress report."""
         cutoff = now() - timedelta(seconds=self.settings.job_timeout_s)
+        reason = (
+            f"the ranking job did not finish within {self.settings.job_timeout_s} s "
+            "(TB_JOB_TIMEOUT_S); start it again, or raise the limit"
+        )
         expired = []
         with self.db.session() as s:
             overdue = select(JobRow).where(
@@ -166,10 +170,6 @@ class Scheduler:
                 JobRow.created_at < cutoff,
             )
             for job in s.scalars(overdue.with_for_update(skip_locked=True)):
-                reason = (
-                    f"the ranking job did not finish within {self.settings.job_timeout_s} s "
-                    "(TB_JOB_TIMEOUT_S); start it again, or raise the limit"
-                )
                 for jm in job.models:
                     if not ModelStatus(jm.status).terminal:
                         move_model(jm, ModelStatus.FAILED)
@@ -195,13 +195,17 @@ class Scheduler:
                 path.unlink(missing_ok=True)
                 removed.append(path)
         stored = self.settings.datasets_dir
-        if not stored.is_dir():
-            return removed
-        with self.db.session() as s:
-            known = {Path(p) for p in s.scalars(select(DatasetRow.path))}
-        for path in stored.glob("*/*/*"):
-            if path in known or not path.is_file() or path.stat().st_mtime >= cutoff:
-                continue
+        old = [
+            path
+            for path in (stored.glob("*/*/*") if stored.is_dir() else ())
+            if path.is_file() and path.stat().st_mtime < cutoff
+        ]
+        if old:  # most ticks find none, and ask the database nothing
+            with self.db.session() as s:
+                named = select(DatasetRow.path).where(DatasetRow.path.in_([str(p) for p in old]))
+                known = {Path(p) for p in s.scalars(named)}
+            old = [path for path in old if path not in known]
+        for path in old:
             path.unlink(missing_ok=True)
             removed.append(path)
             with contextlib.suppress(OSError):  # the folder, once empty
