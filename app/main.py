@@ -8,7 +8,7 @@ from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import text
 
-from app import errors, observability
+from app import errors, fastreads, observability
 from app.api import datasets, evaluation, models, openapi, rankings
 from app.dashboard.pages import install as install_dashboard
 from app.db.permits import Permits, permits_for
@@ -59,9 +59,24 @@ def create_app(
     app.state.limiter = make_limiter(settings.broker_url, settings.rate_limit_per_min)
     errors.install(app)
     openapi.install(app)  # every operation's problems and the API key, in /openapi.json
-    observability.install(app, db, queue)
+    meter = observability.install(app, db, queue)
     app.add_middleware(BodyGuard)  # size cap and auth before an upload's body is read
     app.add_middleware(RequestTimeout, timeout_s=settings.request_timeout_s)
+    app.state.fast_reads = None
+    if settings.fast_reads and fastreads.supported(db.url):
+        # in front of the rest: polled reads on the event loop (CORS, if set, wraps it too)
+        app.state.fast_reads = fastreads.Counts()
+        app.add_middleware(
+            fastreads.FastReads,
+            reads=app.state.reads,
+            limiter=app.state.limiter,
+            meter=meter,
+            counts=app.state.fast_reads,
+            auth_required=auth_required,
+            db_url=db.url,
+            timeout_s=settings.request_timeout_s,
+            lock_timeout_s=settings.lock_timeout_s,
+        )
     if settings.cors_origins:  # browser clients on other origins; none: no CORS headers
         app.add_middleware(
             CORSMiddleware,

@@ -63,12 +63,44 @@ class JobCollector(Collector):
         yield from (jobs, depth, speed, hist)
 
 
+class Meter:
+    """The request counter and latency histogram, by method, route template and status."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "tb_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "tb_http_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=registry,
+        )
+
+        #: (method, route, status) -> its histogram and counter (``labels`` costs a lock and
+        #: a label check on every call; the set of routes and statuses is small)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        children = self._children.get((method, route, status))
+        if children is None:
+            children = (
+                self.latency.labels(method, route),
+                self.requests.labels(method, route, str(status)),
+            )
+            if len(self._children) < 10_000:  # unmatched paths share one label already
+                self._children[(method, route, status)] = children
+        children[0].observe(seconds)
+        children[1].inc()
+
+
 class _Measure:
     """Counts and times requests by route template (a plain ASGI middleware: no per-request
-    task or body buffering, unlike ``@app.middleware("http")``)."""
+    task or body buffering, unlike ``@app.middleware("http")``). Requests that
+    ``app.fastreads`` answers never reach it; that middleware counts them itself."""
 
-    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
-        self.app, self.requests, self.latency = app, requests, latency
+    def __init__(self, app: ASGIApp, meter: Meter) -> None:
+        self.app, self.meter = app, meter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,22 +118,18 @@ class _Measure:
             await self.app(scope, receive, send_wrapper)
         finally:
             path = getattr(scope.get("route"), "path", "unmatched")
-            self.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
-            self.requests.labels(scope["method"], path, str(status[0])).inc()
+            self.meter.observe(scope["method"], path, status[0], time.perf_counter() - start)
 
 
-def install(app: FastAPI, db: Database, queue: TaskQueue) -> None:
+def install(app: FastAPI, db: Database, queue: TaskQueue) -> Meter:
     registry = CollectorRegistry()
-    requests = Counter(
-        "tb_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
-    )
-    latency = Histogram(
-        "tb_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry
-    )
+    meter = Meter(registry)
     registry.register(JobCollector(db, queue))
 
-    app.add_middleware(_Measure, requests=requests, latency=latency)
+    app.add_middleware(_Measure, meter=meter)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    return meter

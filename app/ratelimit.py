@@ -5,10 +5,14 @@ With Redis (the broker of a deployed service) the count is shared by every API p
 A minute over its limit answers 429 with ``Retry-After``: the seconds left in the minute.
 If Redis cannot be reached the request is let through (the limit protects the service; the
 broker being down is reported by ``/readyz``).
+
+``hit`` blocks (routes call it in a thread); ``ahit`` is the same count from the event loop
+(``app.fastreads``), with a Redis client of that loop's own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -16,6 +20,12 @@ from typing import Any, Protocol
 
 log = logging.getLogger("transferbench.api")
 WINDOW_S = 60
+#: one round trip, atomic: count the request, and give a new minute's counter its expiry
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
 
 
 class RateLimiter(Protocol):
@@ -23,6 +33,9 @@ class RateLimiter(Protocol):
 
     def hit(self, key: str) -> int | None:
         """Count one request of ``key``: None when allowed, else seconds until it may retry."""
+
+    async def ahit(self, key: str) -> int | None:
+        """``hit`` from the event loop, without blocking it."""
 
 
 def _window(now: float) -> tuple[int, int]:
@@ -51,33 +64,65 @@ class LocalLimiter:
                 self._counts = {k: v for k, v in self._counts.items() if v[0] == window}
         return left if count > self.per_minute else None
 
+    async def ahit(self, key: str) -> int | None:
+        return self.hit(key)  # a dict update under a lock held for microseconds
+
 
 class RedisLimiter:
-    """Counts in Redis: one INCR (and EXPIRE) per request, shared by every API process."""
+    """Counts in Redis: one script call (INCR, and EXPIRE on a new minute) per request, shared
+    by every API process."""
 
     def __init__(self, url: str, per_minute: int) -> None:
         import redis
 
-        self.per_minute = per_minute
+        self.url, self.per_minute = url, per_minute
         self.client: Any = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._count = self.client.register_script(_COUNT)
+        #: the event loop's own client (an asyncio connection belongs to one loop)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._acount: Any = None
         self._warned = 0.0
 
     def hit(self, key: str) -> int | None:
         if self.per_minute <= 0:
             return None
-        window, left = _window(time.time())
-        slot = f"tb:ratelimit:{key}:{window}"
+        slot, left = self._slot(key)
         try:
-            pipe = self.client.pipeline()
-            pipe.incr(slot)
-            pipe.expire(slot, WINDOW_S * 2)
-            count = int(pipe.execute()[0])
-        except Exception as exc:  # let it through; say so at most once a minute
-            if time.monotonic() - self._warned > WINDOW_S:
-                self._warned = time.monotonic()
-                log.warning("rate limits not enforced: Redis unreachable (%s)", exc)
+            count = int(self._count(keys=[slot], args=[WINDOW_S * 2]))
+        except Exception as exc:  # let it through
+            self._unreachable(exc)
             return None
         return left if count > self.per_minute else None
+
+    async def ahit(self, key: str) -> int | None:
+        if self.per_minute <= 0:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(
+                self.url, socket_timeout=0.5, socket_connect_timeout=0.5
+            )
+            self._loop, self._acount = loop, client.register_script(_COUNT)
+        slot, left = self._slot(key)
+        try:
+            count = int(await self._acount(keys=[slot], args=[WINDOW_S * 2]))
+        except Exception as exc:  # let it through
+            self._unreachable(exc)
+            return None
+        return left if count > self.per_minute else None
+
+    @staticmethod
+    def _slot(key: str) -> tuple[str, int]:
+        window, left = _window(time.time())
+        return f"tb:ratelimit:{key}:{window}", left
+
+    def _unreachable(self, exc: Exception) -> None:
+        """Say so at most once a minute."""
+        if time.monotonic() - self._warned > WINDOW_S:
+            self._warned = time.monotonic()
+            log.warning("rate limits not enforced: Redis unreachable (%s)", exc)
 
 
 def make_limiter(broker_url: str | None, per_minute: int) -> RateLimiter:

@@ -104,7 +104,7 @@ class RequestTimeout:
                 if body_timeout is not None:  # the app's own answer to the cut body is ours
                     if message["type"] == "http.response.start" and not started:
                         started = True
-                        await _answer(scope, send, body_timeout)
+                        await answer(scope, send, body_timeout)
                     return
                 if message["type"] == "http.response.start":
                     started = True
@@ -116,21 +116,20 @@ class RequestTimeout:
             except BodyTimedOut as exc:
                 if not started:
                     started = True
-                    await _answer(scope, send, exc)
+                    await answer(scope, send, exc)
         if cancel.cancelled_caught and not started:
-            await _answer(
-                scope,
-                send,
-                RequestTimedOut(
-                    f"the server spent more than {self.timeout_s:g} s (TB_REQUEST_TIMEOUT_S) on "
-                    "this request and stopped; nothing it would have changed was kept; retry "
-                    "later",
-                    headers={"Retry-After": "5"},
-                ),
-            )
+            await answer(scope, send, timed_out(self.timeout_s))
 
 
-async def _answer(scope: Scope, send: Send, exc: ProblemError) -> None:
+def timed_out(timeout_s: float) -> RequestTimedOut:
+    return RequestTimedOut(
+        f"the server spent more than {timeout_s:g} s (TB_REQUEST_TIMEOUT_S) on this request "
+        "and stopped; nothing it would have changed was kept; retry later",
+        headers={"Retry-After": "5"},
+    )
+
+
+async def answer(scope: Scope, send: Send, exc: ProblemError) -> None:
     response = problem(exc.status, exc.title, exc.detail, exc.headers, **exc.extra)
     response.headers["Connection"] = "close"
 

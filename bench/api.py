@@ -492,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=None, help="(a): per endpoint and --workers")
     ap.add_argument("--mixed-seconds", type=float, default=None, help="(b): its length")
     ap.add_argument("--skip-reads", action="store_true", help="only (b), the mixed load")
+    ap.add_argument("--skip-mixed", action="store_true", help="only (a), the reads")
+    ap.add_argument(
+        "--workers", default="1,2", help="(a): the API process counts to run, comma-separated"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args(argv)
     seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -511,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         },
         "quick": args.quick,
+        "clients": args.clients,
         "settings": {
             **LIMITS,
             "TB_AUTH": "required",
@@ -539,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             "GET rankings/{id} (finished)": f"/v1/rankings/{job}",
         }
         notes = []
-        for workers in () if args.skip_reads else (1, 2):
+        for workers in () if args.skip_reads else [int(w) for w in args.workers.split(",")]:
             api_cores, load_core, note = layout(workers)
             notes.append(f"--workers {workers}: {note}")
             base = dep.serve(workers, api_cores)
@@ -553,40 +558,41 @@ def main(argv: list[str] | None = None) -> int:
             results["reads"][f"workers={workers}"] = runs
 
         # (b) the mixed load, on the two-process API
-        api_cores, load_core, note = layout(2)
-        base = dep.serve(2, api_cores)
-        mix = {"GET leaderboard": 35, "GET ranking": 20, "GET list": 15, "POST outcomes": 15,
-               "POST dataset": 10, "POST ranking": 5}  # fmt: skip
-        got = generate({
-            "base": base, "clients": args.mixed_clients, "seconds": mixed_seconds,
-            "warmup": warmup, "keys": keys, "mix": mix, "core": load_core,
-            "known": {"datasets": objects["datasets"], "jobs": objects["jobs"], **objects["groups"]},
-            "ranking_model": objects["models"][TEXT_MODELS[0]],
-        })  # fmt: skip
-        errors_by_op = Counter[str]()
-        for kind, n in got["errors"].items():
-            errors_by_op[kind.split(":")[0]] += n
-        every = [x for v in got["latencies"].values() for x in v]
-        results["mixed"] = {
-            "workers": 2,
-            "clients": args.mixed_clients,
-            "seconds": mixed_seconds,
-            "layout": note,
-            "mix_percent": mix,
-            "total": {
-                **stats(every, got["elapsed"], sum(got["errors"].values())),
-                "client_cpu": round(got["client_cpu"], 2),
-            },  # fmt: skip
-            "ops": {
-                op: stats(v, got["elapsed"], errors_by_op[op])
-                for op, v in sorted(got["latencies"].items())
-            },
-            "error_kinds": got["errors"],
-            "created": {
-                "datasets": len(got["known"]["datasets"]) - len(objects["datasets"]),
-                "rankings": len(got["known"]["jobs"]) - len(objects["jobs"]),
-            },  # fmt: skip
-        }
+        for _ in () if args.skip_mixed else (1,):
+            api_cores, load_core, note = layout(2)
+            base = dep.serve(2, api_cores)
+            mix = {"GET leaderboard": 35, "GET ranking": 20, "GET list": 15, "POST outcomes": 15,
+                   "POST dataset": 10, "POST ranking": 5}  # fmt: skip
+            got = generate({
+                "base": base, "clients": args.mixed_clients, "seconds": mixed_seconds,
+                "warmup": warmup, "keys": keys, "mix": mix, "core": load_core,
+                "known": {"datasets": objects["datasets"], "jobs": objects["jobs"], **objects["groups"]},
+                "ranking_model": objects["models"][TEXT_MODELS[0]],
+            })  # fmt: skip
+            errors_by_op = Counter[str]()
+            for kind, n in got["errors"].items():
+                errors_by_op[kind.split(":")[0]] += n
+            every = [x for v in got["latencies"].values() for x in v]
+            results["mixed"] = {
+                "workers": 2,
+                "clients": args.mixed_clients,
+                "seconds": mixed_seconds,
+                "layout": note,
+                "mix_percent": mix,
+                "total": {
+                    **stats(every, got["elapsed"], sum(got["errors"].values())),
+                    "client_cpu": round(got["client_cpu"], 2),
+                },  # fmt: skip
+                "ops": {
+                    op: stats(v, got["elapsed"], errors_by_op[op])
+                    for op, v in sorted(got["latencies"].items())
+                },
+                "error_kinds": got["errors"],
+                "created": {
+                    "datasets": len(got["known"]["datasets"]) - len(objects["datasets"]),
+                    "rankings": len(got["known"]["jobs"]) - len(objects["jobs"]),
+                },  # fmt: skip
+            }
         results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         results["layout_notes"] = notes
         results["wall_s"] = round(time.time() - started, 1)
@@ -598,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "api.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out / 'api.json'}")
-    bad = results["mixed"]["total"]["errors"] + sum(
+    bad = results.get("mixed", {}).get("total", {}).get("errors", 0) + sum(
         r["errors"] for runs in results["reads"].values() for k, r in runs.items() if k != "layout"
     )
     return 1 if bad else 0
@@ -614,14 +620,16 @@ def print_report(results: dict[str, Any], seconds: float) -> None:
         print("layout: " + note)
     head = f"{'':<38} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} {'client cpu':>10}"
     for config, runs in results["reads"].items():
-        print(f"\n(a) reads, {seconds:.0f} s each, 50 clients, {config}")
+        print(f"\n(a) reads, {seconds:.0f} s each, {results['clients']} clients, {config}")
         print(head)
         for label, s in runs.items():
             if label == "layout":
                 continue
             print(f"{label:<38} {s['requests']:>9} {s['rps']:>8.0f} {s['p50_ms']:>8.1f} {s['p95_ms']:>8.1f} "
                   f"{s['p99_ms']:>8.1f} {s['max_ms']:>8.1f} {s['errors']:>7} {s['client_cpu']:>10.0%}")  # fmt: skip
-    mixed = results["mixed"]
+    mixed = results.get("mixed")
+    if mixed is None:
+        return
     print(f"\n(b) mixed, {mixed['seconds']:.0f} s, {mixed['clients']} clients, --workers 2 "
           f"(created {mixed['created']['datasets']} datasets, {mixed['created']['rankings']} rankings)")  # fmt: skip
     print(head)

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     #: PostgreSQL, each statement it runs and each wait for a row lock
     request_timeout_s: float = Field(default=30, gt=0)
     lock_timeout_s: float = Field(default=10, gt=0)
+    #: on PostgreSQL, answer the leaderboard and finished-ranking reads on the event loop in
+    #: one database round trip (``app.fastreads``); off: every request takes the full stack
+    fast_reads: bool = True
     #: a ranking job still queued or running this long after it was created fails, saying so
     job_timeout_s: int = Field(default=86_400, ge=60)
     #: browser origins allowed to call the API (``TB_CORS_ORIGINS``, comma-separated; none: no

@@ -133,16 +133,20 @@ async def require_key(request: Request) -> Principal:
             principal = await _require_bearer(request)
         if request.method not in SAFE_METHODS:
             principal.require(Role.WRITE, f"{request.method} {request.url.path}")
-        limiter: RateLimiter = request.app.state.limiter
-        retry_after = await run_in_threadpool(limiter.hit, principal.key_id or "")
-        if retry_after is not None:
-            raise TooManyRequests(
-                f"this key made more than {limiter.per_minute} requests in a minute "
-                f"(TB_RATE_LIMIT_PER_MIN); retry in {retry_after} s",
-                headers={"Retry-After": str(retry_after)},
-            )
+        await count_request(request.app.state.limiter, principal)
     request.state.principal = principal
     return principal
+
+
+async def count_request(limiter: RateLimiter, principal: Principal) -> None:
+    """Count one request of the principal's key; ``TooManyRequests`` past its limit."""
+    retry_after = await limiter.ahit(principal.key_id or "")
+    if retry_after is not None:
+        raise TooManyRequests(
+            f"this key made more than {limiter.per_minute} requests in a minute "
+            f"(TB_RATE_LIMIT_PER_MIN); retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 async def _require_bearer(request: Request) -> Principal:

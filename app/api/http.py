@@ -61,7 +61,7 @@ def etag(body: bytes) -> str:
     return f'"{hashlib.sha256(body).hexdigest()[:32]}"'
 
 
-def _none_match(header: str, tag: str) -> bool:
+def none_match(header: str, tag: str) -> bool:
     """``If-None-Match`` compares weakly (RFC 9110, 13.1.2): a W/ prefix does not matter."""
     if header.strip() == "*":
         return True
@@ -73,7 +73,7 @@ def conditional(request: Request, body: bytes, media_type: str = JSON) -> Respon
     tag = etag(body)
     headers = {"ETag": tag, "Cache-Control": "no-cache"}
     sent = request.headers.get("if-none-match")
-    if sent is not None and _none_match(sent, tag):
+    if sent is not None and none_match(sent, tag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)
 

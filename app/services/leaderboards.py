@@ -47,7 +47,7 @@ Boards = Mapping[str, Iterable[str]]
 
 def stored(conn: Connection, dataset_id: str, metric: str) -> bytes | None:
     """The stored body, or None: one primary-key lookup on a plain connection."""
-    return conn.scalar(_BODY, {"dataset_id": dataset_id, "metric": metric})
+    return conn.scalar(BODY, {"dataset_id": dataset_id, "metric": metric})
 
 
 def load(session: Session, dataset_id: str, metric: str, tenant: str | None) -> bytes:
@@ -55,7 +55,7 @@ def load(session: Session, dataset_id: str, metric: str, tenant: str | None) -> 
     caller has checked that ``tenant`` may see the dataset; a board not stored yet is computed
     (``Invalid`` for an unknown metric, ``NotFound`` for a dataset the tenant cannot see or
     that is gone) and stored."""
-    body = session.scalar(_BODY, {"dataset_id": dataset_id, "metric": metric})
+    body = session.scalar(BODY, {"dataset_id": dataset_id, "metric": metric})
     if body is not None:
         return body
     dataset = dataset_service.get(session, dataset_id, tenant)
@@ -154,7 +154,8 @@ def lock(session: Session, dataset_ids: Iterable[str]) -> None:
 
 
 _KEY = ("dataset_id", "metric")
-_BODY = select(LeaderboardRow.body).where(
+#: a stored board's body, by ``:dataset_id`` and ``:metric`` (also run by ``app.fastreads``)
+BODY = select(LeaderboardRow.body).where(
     LeaderboardRow.dataset_id == bindparam("dataset_id"),
     LeaderboardRow.metric == bindparam("metric"),
 )

@@ -11,7 +11,7 @@ the dataset is deleted, or found gone).
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from app.cache import ResponseCache
 from app.db.models import JobModelRow
@@ -21,10 +21,15 @@ from app.lifecycle import JobStatus
 from app.services import datasets, leaderboards, rankings
 from app.tenancy import can_see
 
+#: how many models the job ``:job_id`` holds: a cached finished ranking's validator (also run
+#: by ``app.fastreads``)
+MODEL_COUNT = (
+    select(func.count()).select_from(JobModelRow).where(JobModelRow.job_id == bindparam("job_id"))
+)
+
 
 def _model_count(conn: Connection, job_id: str) -> int:
-    query = select(func.count()).select_from(JobModelRow).where(JobModelRow.job_id == job_id)
-    return int(conn.scalar(query) or 0)
+    return int(conn.scalar(MODEL_COUNT, {"job_id": job_id}) or 0)
 
 
 class Reads:
@@ -38,10 +43,23 @@ class Reads:
         #: dataset or job id -> its tenant (never changes; dropped when the dataset goes)
         self._owners: dict[str, str | None] = {}
 
-    def _visible(self, object_id: str, tenant: str | None) -> bool:
+    def known(self, object_id: str) -> bool:
+        """Whether this process has seen the dataset or job (so ``visible`` can answer)."""
+        return object_id in self._owners
+
+    def visible(self, object_id: str, tenant: str | None) -> bool:
         """Whether the tenant may see the dataset or job, from what was cached (False: ask
         the database)."""
         return object_id in self._owners and can_see(self._owners[object_id], tenant)
+
+    def finished_ranking(self, job_id: str) -> tuple[int, bytes] | None:
+        """A cached finished ranking: (its job's model count when cached, its body)."""
+        hit = self.cache.peek(("ranking", job_id))
+        if hit is None:
+            return None
+        validator, body = hit
+        assert isinstance(validator, tuple)
+        return int(validator[1]), body
 
     def ranking(self, job_id: str, tenant: str | None) -> bytes:
         """A ranking's JSON body; 404 (``NotFound``) when there is none the tenant may see.
@@ -49,7 +67,7 @@ class Reads:
         A finished ranking's body is cached with how many models the job holds, checked on
         every hit with one index lookup: a deletion through any API process (of the dataset,
         which takes its jobs, or of a model, which takes its rows) is seen on the next read."""
-        hit = self.cache.peek(("ranking", job_id)) if self._visible(job_id, tenant) else None
+        hit = self.cache.peek(("ranking", job_id)) if self.visible(job_id, tenant) else None
         if hit is not None:
             validator, body = hit
             assert isinstance(validator, tuple)
@@ -75,14 +93,14 @@ class Reads:
     def leaderboard(self, dataset_id: str, metric: str, tenant: str | None) -> bytes:
         """The dataset's stored board under ``metric`` (blocking); 404 (``NotFound``) when
         there is no dataset the tenant may see, 422 (``Invalid``) for an unknown metric."""
-        if self._visible(dataset_id, tenant):  # the usual case: one primary-key lookup
+        if self.visible(dataset_id, tenant):  # the usual case: one primary-key lookup
             with self._autocommit.connect() as conn:
                 body = leaderboards.stored(conn, dataset_id, metric)
             if body is not None:
                 return body
         try:
             with self.db.session() as session:
-                if not self._visible(dataset_id, tenant):
+                if not self.visible(dataset_id, tenant):
                     self._owners[dataset_id] = datasets.get(session, dataset_id, tenant).tenant
                 return leaderboards.load(session, dataset_id, metric, tenant)
         except NotFound:
