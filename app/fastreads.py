@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import ClauseElement
+from sqlalchemy import ClauseElement, select
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 from sqlalchemy.engine import make_url
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -63,9 +63,16 @@ def _sql(statement: ClauseElement) -> str:
     return str(statement.compile(dialect=pg_psycopg.dialect()))  # type: ignore[no-untyped-call]
 
 
-_KEY_SQL = _sql(apikeys.BY_HASH)
-_BOARD_SQL = _sql(leaderboards.BODY)
-_COUNT_SQL = _sql(MODEL_COUNT)
+#: the stored board, or the job's model count: alone (no key checks), or as one more column of
+#: the key's row (no row: an unknown key), so that a read is one statement and one round trip
+_BOARD = leaderboards.BODY.scalar_subquery().label("value")
+_COUNT = MODEL_COUNT.scalar_subquery().label("value")
+_SQL = {
+    ("board", False): _sql(select(_BOARD)),
+    ("board", True): _sql(apikeys.BY_HASH.add_columns(_BOARD)),
+    ("ranking", False): _sql(select(_COUNT)),
+    ("ranking", True): _sql(apikeys.BY_HASH.add_columns(_COUNT)),
+}
 
 
 def supported(db_url: str) -> bool:
@@ -209,13 +216,13 @@ class FastReads:
             metric = query.pop("metric", DEFAULT_METRIC)
             if query or not metric or len(metric) > 64:
                 raise _Pass  # the full stack validates (or ignores) what is unusual
-            second, params = _BOARD_SQL, {"dataset_id": object_id, "metric": metric}
+            params = {"dataset_id": object_id, "metric": metric}
             cached = None
         else:
             cached = self.reads.finished_ranking(object_id)
             if query or cached is None:
                 raise _Pass
-            second, params = _COUNT_SQL, {"job_id": object_id}
+            params = {"job_id": object_id}
         headers = _headers(scope)
         key = None
         if self.auth_required:
@@ -223,8 +230,13 @@ class FastReads:
             key = key.strip()
             if scheme.lower() != "bearer" or not key:
                 raise _Pass  # a cookie session, or the full stack's 401
-        found, value = await self._fetch(key, second, params)
-        principal = apikeys.principal_of_fields(found) if key is not None else LOCAL
+        if key is not None:
+            params["key_hash"] = apikeys.hash_key(key)
+        row = await self._fetch(_SQL[kind, key is not None], params)
+        if row is None:
+            raise _Pass  # an unknown key: the full stack's 401
+        *found, value = row
+        principal = apikeys.principal_of_fields(tuple(found)) if key is not None else LOCAL
         if principal is None or not self.reads.visible(object_id, principal.tenant):
             raise _Pass  # the full stack's 401 or 404 (it checks again)
         if key is not None:
@@ -239,28 +251,21 @@ class FastReads:
             raise _Pass  # not stored yet, or changed: the full stack builds it
         return _conditional(headers, bytes(body))
 
-    async def _fetch(
-        self, key: str | None, second: str, params: dict[str, str]
-    ) -> tuple[tuple[object, ...] | None, Any]:
-        """The key's row (None without auth) and the first column of ``second``, in one round
-        trip; a database error passes the request on."""
+    async def _fetch(self, sql: str, params: dict[str, str]) -> tuple[Any, ...] | None:
+        """The statement's one row (None: no row), in one round trip; a database error passes
+        the request on."""
         import psycopg
 
         try:
             pool = await self.pool.get()
             async with pool.connection() as conn:
-                async with conn.pipeline():
-                    keys = None
-                    if key is not None:
-                        keys = await conn.execute(_KEY_SQL, {"key_hash": apikeys.hash_key(key)})
-                    cur = await conn.execute(second, params)
-                found = await keys.fetchone() if keys is not None else None
+                cur = await conn.execute(sql, params)
                 row = await cur.fetchone()
         except (psycopg.Error, OSError) as exc:
             # psycopg_pool's timeout is a psycopg.Error too; a cancelled read raises TimeoutError
             log.debug("fast read passed on: %s", exc)
             raise _Pass from None
-        return (tuple(found) if found is not None else None), (row[0] if row else None)
+        return None if row is None else tuple(row)
 
     def _on_shutdown(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:

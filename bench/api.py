@@ -11,10 +11,16 @@ PostgreSQL, Redis and the Celery worker are not pinned.
 (a) reads: ``GET /v1/datasets/{id}/leaderboard`` (logme and recommended) and
     ``GET /v1/rankings/{id}`` of a finished ranking, 50 concurrent clients, with
     ``--workers 1`` and ``--workers 2``: p50 / p95 / p99 latency and requests per second.
+    First the same reads through the full stack (``TB_FAST_READS=off``, ``--workers 1``),
+    so the fast reads' gain is a ratio measured side by side in one run.
 (b) mixed: 200 concurrent clients reading leaderboards, rankings and lists, posting
     outcomes (each client group on its own datasets), uploading small text datasets and
     asking for rankings (``--workers 2``): errors (must be 0) and p99, per operation and
     overall.
+
+Before each measurement the machine must be quiet (the worker's leftover work done); each
+row reports ``steal``, the share of CPU time the hypervisor gave to other machines meanwhile:
+on a shared virtual machine, compare rows of one run, not figures of different days.
 
 Each group of 10 clients sends its own API key. ``TB_RATE_LIMIT_PER_MIN`` and
 ``TB_TENANT_MAX_ACTIVE_JOBS`` are set far above what the run reaches (the limiter still
@@ -290,13 +296,48 @@ def _generate(spec: dict[str, Any], out: Any) -> None:
     )
 
 
+def _cpu_times() -> tuple[float, float]:
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields), idle
+
+
+def _steal() -> tuple[float, float]:
+    """(all CPU time, time stolen by the hypervisor) since boot, in ticks."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    return sum(fields), fields[7] if len(fields) > 7 else 0.0
+
+
+def wait_quiet(limit_s: float = 300.0, busy_below: float = 0.15, for_s: int = 3) -> float:
+    """Wait until the machine is quiet (under ``busy_below`` of its CPU busy for ``for_s``
+    seconds in a row): the worker's leftover work (registering the zoo, refits after the
+    setup's outcomes) would otherwise share the cores with the measured API. Returns the
+    seconds waited."""
+    started, quiet = time.time(), 0
+    total, idle = _cpu_times()
+    while time.time() - started < limit_s and quiet < for_s:
+        time.sleep(1.0)
+        total2, idle2 = _cpu_times()
+        busy = 1.0 - (idle2 - idle) / max(total2 - total, 1e-9)
+        total, idle = total2, idle2
+        quiet = quiet + 1 if busy < busy_below else 0
+    return time.time() - started
+
+
 def generate(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the load generator; adds ``steal``: the share of CPU time the hypervisor took
+    meanwhile (a virtual machine's neighbours; high values make a run incomparable)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_generate, args=(spec, q))
+    total, stolen = _steal()
     p.start()
     result: dict[str, Any] = q.get()
     p.join()
+    total2, stolen2 = _steal()
+    result["steal"] = round((stolen2 - stolen) / max(total2 - total, 1e-9), 3)
     return result
 
 
@@ -359,11 +400,12 @@ class Deployment:
         self.procs.append(proc)
         return proc
 
-    def serve(self, workers: int, cores: list[int] | None) -> str:
+    def serve(self, workers: int, cores: list[int] | None, fast_reads: bool = True) -> str:
         import httpx
 
         self.stop_api()
         port = free_port()
+        self.env["TB_FAST_READS"] = "true" if fast_reads else "false"
         self.api = self.spawn(
             "serve", "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port),
             cores=cores,
@@ -494,6 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-reads", action="store_true", help="only (b), the mixed load")
     ap.add_argument("--skip-mixed", action="store_true", help="only (a), the reads")
     ap.add_argument(
+        "--skip-full",
+        action="store_true",
+        help="(a): without the run of the full stack (TB_FAST_READS=off) beside the fast reads",
+    )
+    ap.add_argument(
         "--workers", default="1,2", help="(a): the API process counts to run, comma-separated"
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -543,24 +590,31 @@ def main(argv: list[str] | None = None) -> int:
             "GET leaderboard?metric=recommended": f"/v1/datasets/{ds}/leaderboard?metric=recommended",
             "GET rankings/{id} (finished)": f"/v1/rankings/{job}",
         }
-        notes = []
-        for workers in () if args.skip_reads else [int(w) for w in args.workers.split(",")]:
+        notes, waited = [], []
+        configs = [(int(w), True) for w in args.workers.split(",")]
+        if not args.skip_full:  # the full stack beside it, side by side in this run
+            configs.insert(0, (configs[0][0], False))
+        for workers, fast in () if args.skip_reads else configs:
             api_cores, load_core, note = layout(workers)
             notes.append(f"--workers {workers}: {note}")
-            base = dep.serve(workers, api_cores)
-            runs: dict[str, Any] = {"layout": note}
+            base = dep.serve(workers, api_cores, fast_reads=fast)
+            runs: dict[str, Any] = {"layout": note, "fast_reads": fast}
             for label, path in endpoints.items():
+                waited.append(round(wait_quiet(), 1))
                 got = generate({"base": base, "clients": args.clients, "seconds": seconds,
                                 "warmup": warmup, "keys": keys, "paths": [path], "core": load_core})  # fmt: skip
                 lat = [x for v in got["latencies"].values() for x in v]
                 runs[label] = {**stats(lat, got["elapsed"], sum(got["errors"].values())),
-                               "client_cpu": round(got["client_cpu"], 2), "error_kinds": got["errors"]}  # fmt: skip
-            results["reads"][f"workers={workers}"] = runs
+                               "client_cpu": round(got["client_cpu"], 2), "steal": got["steal"],
+                               "error_kinds": got["errors"]}  # fmt: skip
+            name = f"workers={workers}" + ("" if fast else ", TB_FAST_READS=off")
+            results["reads"][name] = runs
 
         # (b) the mixed load, on the two-process API
         for _ in () if args.skip_mixed else (1,):
             api_cores, load_core, note = layout(2)
             base = dep.serve(2, api_cores)
+            waited.append(round(wait_quiet(), 1))
             mix = {"GET leaderboard": 35, "GET ranking": 20, "GET list": 15, "POST outcomes": 15,
                    "POST dataset": 10, "POST ranking": 5}  # fmt: skip
             got = generate({
@@ -595,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         results["layout_notes"] = notes
+        results["quiet_wait_s"] = waited  # before each read measurement
         results["wall_s"] = round(time.time() - started, 1)
     finally:
         failed = sys.exc_info()[0] is not None or bool(results.get("mixed", {}).get("error_kinds"))
@@ -605,7 +660,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "api.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out / 'api.json'}")
     bad = results.get("mixed", {}).get("total", {}).get("errors", 0) + sum(
-        r["errors"] for runs in results["reads"].values() for k, r in runs.items() if k != "layout"
+        r["errors"]
+        for runs in results["reads"].values()
+        for k, r in runs.items()
+        if k not in ("layout", "fast_reads")
     )
     return 1 if bad else 0
 
@@ -618,15 +676,15 @@ def print_report(results: dict[str, Any], seconds: float) -> None:
           f"{LIMITS['TB_TENANT_MAX_ACTIVE_JOBS']} for the run; one API key per {GROUP} clients")  # fmt: skip
     for note in results.get("layout_notes", []):
         print("layout: " + note)
-    head = f"{'':<38} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} {'client cpu':>10}"
+    head = f"{'':<38} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} {'client cpu':>10} {'steal':>6}"
     for config, runs in results["reads"].items():
         print(f"\n(a) reads, {seconds:.0f} s each, {results['clients']} clients, {config}")
         print(head)
         for label, s in runs.items():
-            if label == "layout":
+            if label in ("layout", "fast_reads"):
                 continue
             print(f"{label:<38} {s['requests']:>9} {s['rps']:>8.0f} {s['p50_ms']:>8.1f} {s['p95_ms']:>8.1f} "
-                  f"{s['p99_ms']:>8.1f} {s['max_ms']:>8.1f} {s['errors']:>7} {s['client_cpu']:>10.0%}")  # fmt: skip
+                  f"{s['p99_ms']:>8.1f} {s['max_ms']:>8.1f} {s['errors']:>7} {s['client_cpu']:>10.0%} {s.get('steal', 0):>6.0%}")  # fmt: skip
     mixed = results.get("mixed")
     if mixed is None:
         return
