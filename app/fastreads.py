@@ -3,8 +3,8 @@
 ``GET /v1/datasets/{id}/leaderboard`` and ``GET /v1/rankings/{id}`` (finished) are most of a
 shared service's traffic. Through the full stack (routing, dependencies, three hops to the
 thread pool, an ORM session with its BEGIN, COMMIT and pre-ping) one such read costs several
-milliseconds of CPU; this ASGI middleware answers the common case with one pipelined database
-round trip (the key's row and the board, or the job's model count) and one Redis call (the
+milliseconds of CPU; this ASGI middleware answers the common case with one SQL statement, one
+round trip (the key's row with the board, or the job's model count) and one Redis call (the
 rate limit), on the event loop, with no thread.
 
 It answers only what it can answer exactly as the full stack would, byte for byte
@@ -17,7 +17,7 @@ or changed, any database error (a restarted server: the full stack's pre-ping re
 request that was counted against its key's rate limit carries its principal on, so the full
 stack neither checks nor counts it twice.
 
-PostgreSQL only (psycopg's asyncio pipeline); SQLite, the embedded default, takes the full
+PostgreSQL only (psycopg's asyncio connections); SQLite, the embedded default, takes the full
 stack. ``TB_FAST_READS=off`` turns it off. Its connections (at most ``POOL_MAX`` per API
 process, beside ``TB_DB_POOL_SIZE``) carry the same statement and lock timeouts, and the whole
 read is bounded by ``TB_REQUEST_TIMEOUT_S`` (then 503, as the full stack would answer).
