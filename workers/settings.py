@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     """Where transferbench keeps its files, what it connects to, how it uses the machine.
 
     Pipeline: ``data_dir`` (``TB_DATA_DIR``), ``device`` (``TB_DEVICE``: auto, cpu, cuda),
+    ``precision`` (``TB_PRECISION``: auto, fp32, bf16, fp16 on CUDA),
     ``batch_size`` (``TB_BATCH_SIZE``; unset picks one from free memory), ``num_threads``
     (``TB_NUM_THREADS``), ``offline`` (``TB_OFFLINE`` or ``HF_HUB_OFFLINE``: never download).
     Service: the database, broker, auth, upload cap, the scheduler's clocks, CORS origins.
@@ -49,6 +50,10 @@ class Settings(BaseSettings):
     batch_size: int | None = Field(default=None, ge=1)
     num_threads: int | None = Field(default=None, ge=1)
     runtime: Literal["auto", "onnx", "torch"] = "auto"
+    #: the forward pass's arithmetic on a CUDA device: ``auto`` (bf16 autocast, fp16 where
+    #: the GPU has no bf16), ``fp32`` (TF32 off: features equal the CPU's to 1e-4), ``bf16``,
+    #: ``fp16``; a CPU always computes in float32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     offline: bool = False
     # the service
     database_url: str | None = None

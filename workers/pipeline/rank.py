@@ -116,6 +116,7 @@ def compute_features(
             cache=cache,
             batch_size=request.batch_size or settings.batch_size,
             device=device,
+            precision=settings.precision,
             num_threads=settings.num_threads,
             progress=progress,
         )

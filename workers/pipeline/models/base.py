@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from workers.pipeline.errors import PipelineError
 from workers.pipeline.models.preprocessing import ImageRecipe, Recipe, TextRecipe
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPE_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,11 @@ class CandidateModel(ABC):
     - ``layer``: which layer gives the features, e.g. ``penultimate:classifier.1``.
     - ``fingerprint``: sha256 of the weights (hex).
     - ``head_classes``: names of the source classes when it has a classifier head, else None.
-    - ``runtime``: what computes the forward pass (``torch``, or ONNX Runtime with its version);
-      part of the feature cache key, so cached features never mix runtimes.
+    - ``runtime``: what computes the forward pass: ``torch`` (float32 on the CPU),
+      ``torch-cuda-fp32`` / ``-bf16`` / ``-fp16`` (PyTorch on a GPU in that precision), or ONNX
+      Runtime with its version; part of the feature cache key, so cached features never mix
+      runtimes or precisions.
+    - ``autocast_dtype``: the reduced precision the forward pass runs in (None: float32).
     - ``trunk``: set when the features come from an encoder that other models may share, with
       the head applied afterwards in :meth:`finish` (MiniLM with and without its intent head):
       models with equal trunks give equal features for a batch, so extraction runs it once.
@@ -85,6 +93,7 @@ class CandidateModel(ABC):
     device: torch.device = torch.device("cpu")
     runtime: str = "torch"
     trunk: str | None = None
+    autocast_dtype: torch.dtype | None = None
 
     @property
     def modality(self) -> str:
@@ -107,10 +116,23 @@ class CandidateModel(ABC):
             "num_source_classes": len(self.head_classes) if self.head_classes else None,
         }
 
-    def to(self, device: torch.device) -> CandidateModel:
-        """Move the weights to ``device`` (a no-op for CPU-only runtimes)."""
-        self.device = device
+    def to(self, device: torch.device, precision: str = "auto") -> CandidateModel:
+        """Move the weights to ``device`` and set the precision of the forward pass there
+        (``TB_PRECISION``; see :func:`autocast_dtype`). A no-op for CPU-only runtimes."""
         return self
+
+    def place(self, device: torch.device, precision: str) -> None:
+        """Record where and in what precision a PyTorch forward pass runs: ``device``,
+        ``autocast_dtype`` and the ``runtime`` name that keys the feature cache."""
+        dtype = autocast_dtype(device, precision)
+        self.device, self.autocast_dtype = device, dtype
+        self.runtime = (
+            "torch" if device.type == "cpu" else f"torch-{device.type}-{_DTYPE_NAMES[dtype]}"
+        )
+
+    def computing(self) -> AbstractContextManager[None]:
+        """The context a PyTorch forward pass runs in: see :func:`computing`."""
+        return computing(self.device, self.autocast_dtype)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Text models only: ``texts`` -> padded token tensors ``(B, T)``."""
@@ -140,6 +162,56 @@ class CandidateModel(ABC):
         Text models: the dict :meth:`tokenize` returned. Runs without gradients."""
 
 
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """``TB_PRECISION`` on ``device`` -> the autocast dtype, None for float32.
+
+    ``auto``: bf16 on a GPU that has it, else fp16; float32 on a CPU. ``fp32`` on a GPU turns
+    TF32 off too (see :func:`computing`), so its features equal the CPU's to 1e-4.
+    """
+    if precision not in PRECISIONS:
+        raise PipelineError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise PipelineError(
+                f"TB_PRECISION={precision} applies to a CUDA device; on the CPU the forward pass "
+                "computes in float32: unset TB_PRECISION, or set TB_DEVICE=cuda on a GPU machine"
+            )
+        return None
+    if precision == "fp32":
+        return None
+    bf16 = torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not bf16:
+        raise PipelineError("this GPU has no bfloat16: use TB_PRECISION=fp16 or fp32")
+    if precision == "fp16" or (precision == "auto" and not bf16):
+        return torch.float16
+    return torch.bfloat16
+
+
+@contextlib.contextmanager
+def computing(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """No gradients; on a GPU, autocast to ``dtype``, or for float32 (``dtype`` None) with
+    TF32 off in matrix products and convolutions (PyTorch lets cuDNN use TF32 by default:
+    about 1e-3 relative error), restored afterwards."""
+    with torch.inference_mode():
+        if device.type != "cuda":
+            yield
+        elif dtype is not None:
+            with torch.autocast(device.type, dtype=dtype):
+                yield
+        else:
+            matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # newer PyTorch prefers fp32_precision
+                saved = (matmul.allow_tf32, cudnn.allow_tf32)
+                matmul.allow_tf32 = cudnn.allow_tf32 = False
+            try:
+                yield
+            finally:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
 def softmax(logits: torch.Tensor) -> np.ndarray:
     """``(B, Z)`` logits -> ``(B, Z)`` float32 probabilities, computed in float32."""
     return torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float32, copy=False)
@@ -165,11 +237,14 @@ def pool(activations: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "PRECISIONS",
     "CandidateModel",
     "ExportSpec",
     "ImageRecipe",
     "ModelOutput",
     "TextRecipe",
+    "autocast_dtype",
+    "computing",
     "pool",
     "random_images",
     "softmax",

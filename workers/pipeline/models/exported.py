@@ -113,7 +113,7 @@ class OnnxRuntimeModel(CandidateModel):
     def finish(self, features: torch.Tensor, logits: torch.Tensor | None) -> ModelOutput:
         return self.reference.finish(features, logits)
 
-    def to(self, device: torch.device) -> OnnxRuntimeModel:
+    def to(self, device: torch.device, precision: str = "auto") -> OnnxRuntimeModel:
         return self  # ONNX Runtime's CPU provider; the reference stays on the CPU too
 
     def forward(self, batch: Any) -> ModelOutput:

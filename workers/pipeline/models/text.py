@@ -155,8 +155,8 @@ class HFTextModel(CandidateModel):
         self.net = MeanPooled(self.model, tensor_names(self.tokenize(EXAMPLE_TEXTS)))
         self.trunk = f"torch:{self.encoder_fingerprint}:{self.layer}"
 
-    def to(self, device: torch.device) -> HFTextModel:
-        self.device = device
+    def to(self, device: torch.device, precision: str = "auto") -> HFTextModel:
+        self.place(device, precision)
         self.model.to(device)
         return self
 
@@ -184,7 +184,7 @@ class HFTextModel(CandidateModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         """``batch``: token tensors ``(B, T)`` -> features ``(B, D)``, probs ``(B, Z)``."""
-        with torch.inference_mode():
+        with self.computing():
             (features,) = self.net(*self.feeds(batch).values())
         return self.finish(features)
 
@@ -208,8 +208,8 @@ class SentenceTransformerModel(CandidateModel):
         self.head_classes = None
         self.net = SentenceEmbedding(self.model, tensor_names(self.tokenize(EXAMPLE_TEXTS)))
 
-    def to(self, device: torch.device) -> SentenceTransformerModel:
-        self.device = device
+    def to(self, device: torch.device, precision: str = "auto") -> SentenceTransformerModel:
+        self.place(device, precision)
         self.model.to(device)
         return self
 
@@ -230,7 +230,7 @@ class SentenceTransformerModel(CandidateModel):
         return ModelOutput(features.float().cpu().numpy().astype(np.float32), None)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        with torch.inference_mode():
+        with self.computing():
             (features,) = self.net(*self.feeds(batch).values())
         return self.finish(features)
 

@@ -6,8 +6,6 @@ penultimate, pooled layer), or the output of any named module (pooled to ``(B, D
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from torch import nn
@@ -117,15 +115,10 @@ class TorchImageModel(CandidateModel):
         # than NCHW on the 2-core build machine (33 -> 48 images/s, batch 8).
         self.module.to(memory_format=torch.channels_last)
         self.channels_last = True
-        self.autocast_dtype: torch.dtype | None = None
 
-    def to(self, device: torch.device) -> TorchImageModel:
-        self.device = device
+    def to(self, device: torch.device, precision: str = "auto") -> TorchImageModel:
+        self.place(device, precision)
         self.module.to(device)
-        if device.type == "cuda":
-            self.autocast_dtype = (
-                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            )
         return self
 
     def feeds(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -141,12 +134,7 @@ class TorchImageModel(CandidateModel):
         x = self.feeds(batch)["pixels"]
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with self.computing():
             out = self.net(x)
         return self.finish(out[0], out[1] if len(out) > 1 else None)
 

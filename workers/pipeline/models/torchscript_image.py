@@ -50,8 +50,8 @@ class TorchScriptImageModel(CandidateModel):
         self._has_head = has_head
         self.head_classes = None  # known after the first batch, see finish
 
-    def to(self, device: torch.device) -> TorchScriptImageModel:
-        self.device = device
+    def to(self, device: torch.device, precision: str = "auto") -> TorchScriptImageModel:
+        self.place(device, precision)
         self.module.to(device)
         return self
 
@@ -77,7 +77,7 @@ class TorchScriptImageModel(CandidateModel):
         return ModelOutput(pool(features).float().cpu().numpy().astype(np.float32), probs)
 
     def forward(self, batch: torch.Tensor) -> ModelOutput:
-        with torch.inference_mode():
+        with self.computing():
             out = self.module(self.feeds(batch)["pixels"])
         if isinstance(out, tuple | list):
             if len(out) != 2:

@@ -30,7 +30,7 @@ from workers.pipeline.models.sources import (
 from workers.pipeline.models.spec import ModelSpec, parse_spec
 from workers.pipeline.models.text import HFTextModel, LinearHead
 from workers.pipeline.models.torch_image import TorchImageModel
-from workers.pipeline.runtime import configure
+from workers.pipeline.runtime import configure, resolve_device
 from workers.settings import Settings
 
 # The intent head is a scikit-learn pickle; unpickling runs code, so only this exact file
@@ -246,10 +246,16 @@ def zoo_names(modality: str | None = None) -> list[str]:
 
 
 def load_model(name: str, settings: Settings | None = None) -> CandidateModel:
-    """A zoo name (``mobilenet-v2``) or a spec (``timm:resnet18``) -> a loaded model on CPU,
-    on ONNX Runtime where ``TB_RUNTIME`` says so and it exports (see
-    :mod:`workers.pipeline.models.exported`)."""
+    """A zoo name (``mobilenet-v2``) or a spec (``timm:resnet18``) -> a loaded model on ONNX
+    Runtime where ``TB_RUNTIME`` says so and it exports (see
+    :mod:`workers.pipeline.models.exported`), else on PyTorch on ``TB_DEVICE`` in
+    ``TB_PRECISION``."""
     settings = settings or Settings.load()
     configure(settings.num_threads)
     model = ZOO[name].loader(settings) if name in ZOO else load_spec(parse_spec(name), settings)
-    return accelerate(model, settings)
+    model = accelerate(model, settings)
+    try:
+        device = resolve_device(settings.device)
+    except PipelineError:  # TB_DEVICE=cuda without a GPU: extraction reports it
+        return model
+    return model.to(device, settings.precision)
