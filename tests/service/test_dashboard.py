@@ -4,7 +4,9 @@ Headless Chromium (Debian's ``chromium`` package) driven by Playwright's Python 
 every page from uvicorn on 127.0.0.1, serving the embedded default (SQLite, a folder, the
 in-process worker) with two real zoo models (and a second registration of one of them, so a
 dataset has the three outcomes an evaluation needs) and a real upload of Fashion-MNIST PNGs.
-Screenshots of every page at desktop width are written to ``docs/screenshots/``.
+Screenshots of every page at desktop width are taken and checked for size; they are written
+to the folder ``TB_SCREENSHOTS`` names (``TB_SCREENSHOTS=docs/screenshots`` refreshes the
+README's), else to a temporary folder, so a test run leaves the checkout as it was.
 
 Without /usr/bin/chromium or the ``playwright`` package the browser tests skip, saying what
 is missing; under CI=true they fail instead.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +40,9 @@ from .conftest import fashion_zip
 from .helpers import register_model, wait_for_job
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOTS = Path(
+    os.environ.get("TB_SCREENSHOTS") or tempfile.mkdtemp(prefix="tb-screenshots-")
+).resolve()
 SCREENSHOT_MAX_BYTES = 300_000
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}
