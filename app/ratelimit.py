@@ -33,11 +33,9 @@ return n
 class RateLimiter(Protocol):
     per_minute: int
 
-    def hit(self, key: str) -> int | None:
-        """Count one request of ``key``: None when allowed, else seconds until it may retry."""
-
     async def ahit(self, key: str) -> int | None:
-        """``hit`` from the event loop, without blocking it."""
+        """Count one request of ``key`` from the event loop, without blocking it: None when
+        allowed, else seconds until it may retry."""
 
 
 def _window(now: float) -> tuple[int, int]:
@@ -75,26 +73,11 @@ class RedisLimiter:
     by every API process."""
 
     def __init__(self, url: str, per_minute: int) -> None:
-        import redis
-
         self.url, self.per_minute = url, per_minute
-        self.client: Any = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self._count = self.client.register_script(_COUNT)
         #: the event loop's own counter (an asyncio connection belongs to one loop)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._acount: Any = None
         self._warned = 0.0
-
-    def hit(self, key: str) -> int | None:
-        if self.per_minute <= 0:
-            return None
-        slot, left = self._slot(key)
-        try:
-            count = int(self._count(keys=[slot], args=[WINDOW_S * 2]))
-        except Exception as exc:  # let it through
-            self._unreachable(exc)
-            return None
-        return left if count > self.per_minute else None
 
     async def ahit(self, key: str) -> int | None:
         if self.per_minute <= 0:
