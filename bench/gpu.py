@@ -177,7 +177,7 @@ def resnet50(seed: int = 0) -> TorchImageModel:
     )
 
 
-def load_models(smoke: bool) -> dict[str, TorchImageModel]:
+def load_models() -> dict[str, TorchImageModel]:
     settings = Settings(device="cpu", runtime="torch")
     models: dict[str, Any] = {"resnet50": resnet50()}
     for name in ("efficientnet-lite0", "mobilenet-v2"):
@@ -582,7 +582,7 @@ def main() -> None:
     REPORT["environment"] = environment(device)
     REPORT["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     peaks = _section("ceilings", out, lambda: ceilings(device, args.smoke))
-    models = load_models(args.smoke)
+    models = load_models()
     flops = _section("flops_per_image", out, lambda: {n: count_flops(m) for n, m in models.items()})
     peak_tflops = {
         "bf16": peaks.get("bf16_matmul_tflops"),

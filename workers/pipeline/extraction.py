@@ -26,9 +26,8 @@ import torch
 
 from workers.pipeline.cache import FeatureCache, feature_key
 from workers.pipeline.datasets.base import Dataset
-from workers.pipeline.datasets.images import ImageSample
 from workers.pipeline.errors import PipelineError
-from workers.pipeline.loader import decoded_batches
+from workers.pipeline.loader import decoded_batches, in_process_batches
 from workers.pipeline.models.base import CandidateModel, ModelOutput
 from workers.pipeline.models.preprocessing import ImageRecipe
 from workers.pipeline.runtime import configure, default_threads
@@ -204,25 +203,6 @@ def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
         thread.join()
 
 
-def _decode_in_process(
-    samples: Sequence[object],
-    recipes: Sequence[ImageRecipe],
-    batch_size: int,
-    device: torch.device,
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches decoded in this process: one uint8 ``(B, 3, S, S)`` tensor per recipe, each image
-    decoded once (at the largest resize the recipes need)."""
-    draft = max(r.resize for r in recipes)
-    for start in range(0, len(samples), batch_size):
-        images = []
-        for sample in samples[start : start + batch_size]:
-            assert isinstance(sample, ImageSample)
-            images.append(sample.load(draft=draft))
-        yield tuple(
-            torch.stack([r.geometry(image) for image in images]).to(device) for r in recipes
-        )
-
-
 def _extract_images(
     models: Sequence[CandidateModel],
     dataset: Dataset,
@@ -238,8 +218,9 @@ def _extract_images(
     batches: Iterable[tuple[torch.Tensor, ...]]
     if num_workers == 0:
         # A thread of this process decodes the next batches while this one runs.
-        batches = prefetched(_decode_in_process(dataset.samples, recipes, batch_size, device),
-                             PREFETCH_BATCHES)  # fmt: skip
+        batches = prefetched(
+            in_process_batches(dataset.samples, recipes, batch_size, device), PREFETCH_BATCHES
+        )
     else:
         # Worker processes decode; a thread of this process gathers their chunks and issues the
         # next batch's copies while this one runs (on an H200, gathering between forward passes

@@ -33,6 +33,26 @@ CHUNK = 32
 _POLL_S = 1.0
 
 
+def geometries(sample: Any, recipes: Sequence[ImageRecipe], draft: int) -> list[torch.Tensor]:
+    """One decode of ``sample`` (reduced to at least ``draft`` px where the format allows) ->
+    its uint8 ``(3, S, S)`` tensor for each recipe."""
+    image = sample.load(draft=draft)
+    return [recipe.geometry(image) for recipe in recipes]
+
+
+def in_process_batches(
+    samples: Sequence[Any],
+    recipes: Sequence[ImageRecipe],
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """What :func:`decoded_batches` yields, decoded in the calling thread."""
+    draft = max(r.resize for r in recipes)
+    for start in range(0, len(samples), batch_size):
+        decoded = [geometries(s, recipes, draft) for s in samples[start : start + batch_size]]
+        yield tuple(torch.stack(list(g)).to(device) for g in zip(*decoded, strict=True))
+
+
 def _worker(
     samples: Sequence[Any],
     recipes: Sequence[ImageRecipe],
@@ -51,9 +71,8 @@ def _worker(
         error: BaseException | None = None
         try:
             for j, i in enumerate(range(start, stop)):
-                image = samples[i].load(draft=draft)
-                for ring, recipe in zip(rings, recipes, strict=True):
-                    ring[slot, j].copy_(recipe.geometry(image))
+                for ring, pixels in zip(rings, geometries(samples[i], recipes, draft), strict=True):
+                    ring[slot, j].copy_(pixels)
         except Exception as exc:  # handed to the main process, raised there
             error = exc
             try:
@@ -191,6 +210,6 @@ def decoded_batches(
             q.close()
         if registered:
             torch.cuda.synchronize(device)  # no copy may still read a ring
+            cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
             for ring in registered:
-                cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]
                 cudart.cudaHostUnregister(ring.data_ptr())
