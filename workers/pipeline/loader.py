@@ -49,8 +49,19 @@ def in_process_batches(
     """What :func:`decoded_batches` yields, decoded in the calling thread."""
     draft = max(r.resize for r in recipes)
     for start in range(0, len(samples), batch_size):
-        decoded = [geometries(s, recipes, draft) for s in samples[start : start + batch_size]]
-        yield tuple(torch.stack(list(g)).to(device) for g in zip(*decoded, strict=True))
+        chunk = samples[start : start + batch_size]
+        batch = [_batch(len(chunk), r.size, torch.device("cpu")) for r in recipes]
+        for j, sample in enumerate(chunk):
+            for out, pixels in zip(batch, geometries(sample, recipes, draft), strict=True):
+                out[j].copy_(pixels)
+        yield tuple(b.to(device) for b in batch)
+
+
+def _batch(n: int, size: int, device: torch.device) -> torch.Tensor:
+    """An empty ``(n, 3, size, size)`` uint8 batch, channels-last as geometry's images are."""
+    return torch.empty(
+        (n, 3, size, size), dtype=torch.uint8, device=device, memory_format=torch.channels_last
+    )
 
 
 def _worker(
@@ -111,8 +122,11 @@ def decoded_batches(
     workers = max(1, min(workers, len(starts)))
     # Enough slots for two batches ahead plus one chunk in every worker's hands.
     slots = min(len(starts), workers + -(-2 * batch_size // chunk))
+    # (slot, image, C, H, W) views of (slot, image, H, W, C) memory: channels-last, as batches.
     rings = [
-        torch.empty((slots, chunk, 3, r.size, r.size), dtype=torch.uint8).share_memory_()  # type: ignore[no-untyped-call]
+        torch.empty((slots, chunk, r.size, r.size, 3), dtype=torch.uint8)
+        .share_memory_()  # type: ignore[no-untyped-call]
+        .permute(0, 1, 4, 2, 3)
         for r in recipes
     ]
     context = mp.get_context("fork")
@@ -179,10 +193,7 @@ def decoded_batches(
             while offset < count:
                 if batch is None:
                     size = min(batch_size, n - start - offset)
-                    batch = [
-                        torch.empty((size, 3, r.size, r.size), dtype=torch.uint8, device=device)
-                        for r in recipes
-                    ]
+                    batch = [_batch(size, r.size, device) for r in recipes]
                     filled = 0
                 take = min(count - offset, len(batch[0]) - filled)
                 for out, ring in zip(batch, rings, strict=True):

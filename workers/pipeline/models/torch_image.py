@@ -122,7 +122,8 @@ class TorchImageModel(CandidateModel):
         return self
 
     def feeds(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``batch``: ``(B, 3, H, W)`` uint8 -> the normalised float input, contiguous."""
+        """``batch``: ``(B, 3, H, W)`` uint8 -> the normalised float input, contiguous (what
+        the exported graph takes)."""
         return {"pixels": self.recipe.normalize(batch.to(self.device, non_blocking=True))}
 
     def finish(self, features: torch.Tensor, logits: torch.Tensor | None) -> ModelOutput:
@@ -131,9 +132,9 @@ class TorchImageModel(CandidateModel):
 
     def forward(self, batch: torch.Tensor) -> ModelOutput:
         """``batch``: ``(B, 3, H, W)`` uint8 -> features ``(B, D)``, probs ``(B, 1000)``."""
-        x = self.feeds(batch)["pixels"]
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # Normalised straight into the layout the module runs in: no transpose afterwards.
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = self.recipe.normalize(batch.to(self.device, non_blocking=True), memory_format=fmt)
         with self.computing():
             out = self.net(x)
         return self.finish(out[0], out[1] if len(out) > 1 else None)
