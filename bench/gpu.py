@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workers.pipeline.datasets.base import Dataset
 from workers.pipeline.datasets.builtin import fashion_mnist
 from workers.pipeline.datasets.images import read_image_folder
-from workers.pipeline.extraction import extract
+from workers.pipeline.extraction import ExtractionStats, extract
 from workers.pipeline.models import load_model
 from workers.pipeline.models.preprocessing import ImageRecipe
 from workers.pipeline.models.sources import imagenet_classes
@@ -81,9 +81,12 @@ def _best(fn: Callable[[], object], repeats: int, device: torch.device) -> float
 
 
 def _save(out: Path | None) -> None:
+    """Write the report so far to ``out`` and, unless it is a smoke run, to bench/results (a
+    smoke run's toy figures must not replace a GPU's)."""
     text = json.dumps(REPORT, indent=2, default=str)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "gpu.json").write_text(text)
+    if not REPORT.get("smoke"):
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "gpu.json").write_text(text)
     if out is not None:
         (out / "gpu.json").write_text(text)
 
@@ -308,6 +311,12 @@ def pipeline(
     share of the best pure forward; with ``before_workers``, the old loader beside it."""
     rows = []
     n = len(data)
+    last: list[ExtractionStats] = []  # the latest run's stats: where its time went
+
+    def ring(m: TorchImageModel, w: int | None) -> None:
+        last[:] = [ExtractionStats()]
+        extract([m], data, num_workers=w, stats=last[0])
+
     for name, precision in which:
         key = f"{name}/{precision}"
         if key not in best:
@@ -316,7 +325,7 @@ def pipeline(
         model.to(device, precision)
         runs: list[tuple[str, Any, Callable[[], object]]] = []
         for w in workers if precision == which[0][1] else workers[:1]:
-            runs.append(("ring", w, lambda m=model, w=w: extract([m], data, num_workers=w)))
+            runs.append(("ring", w, lambda m=model, w=w: ring(m, w)))
         if before_workers and name == "resnet50" and precision == which[0][1]:
             bs = best[key]["batch"]
             runs.append(
@@ -327,6 +336,7 @@ def pipeline(
                 )
             )
         for loader, w, fn in runs:
+            last.clear()
             seconds = _best(fn, 2, device)
             row = {
                 "data": label,
@@ -338,10 +348,17 @@ def pipeline(
                 "img_s": n / seconds,
                 "of_pure_forward": n / seconds / best[key]["img_s"],
             }
+            wait = ""
+            if last:  # the forward loop's time waiting for decoded batches, and in forward
+                stats = last[0]
+                row["input_wait_share"] = stats.input_wait_s / stats.total_s
+                row["forward_share"] = sum(stats.forward_s.values()) / stats.total_s
+                wait = f", {100 * row['input_wait_share']:.0f}% waiting for input"
             rows.append(row)
             print(
                 f"  {label} {name:20s} {precision} {loader} workers {row['workers']}: "
-                f"{row['img_s']:8.0f} img/s = {100 * row['of_pure_forward']:.0f}% of forward",
+                f"{row['img_s']:8.0f} img/s = {100 * row['of_pure_forward']:.0f}% of forward"
+                f"{wait}",
                 flush=True,
             )
     return rows
@@ -579,6 +596,7 @@ def main() -> None:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    REPORT["smoke"] = args.smoke
     REPORT["environment"] = environment(device)
     REPORT["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     peaks = _section("ceilings", out, lambda: ceilings(device, args.smoke))

@@ -16,7 +16,7 @@ Measured for the checkout this script imports ``workers`` from:
 worktree`` of an earlier commit) in subprocesses, alternating with this one, ``--rounds``
 times, and prints both with their ratio; each figure is the best over rounds.
 
-    python bench/preprocessing.py [--baseline DIR] [--rounds 3] [--n 256]
+    python bench/preprocessing.py [--baseline DIR] [--rounds 3] [--n 256] [--sections a,b]
 
 Prints a table; writes bench/results/preprocessing.json.
 """
@@ -48,7 +48,10 @@ def _best(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def measure(n: int, jpegs: int, data_dir: Path) -> dict[str, float]:
+SECTIONS = ("geometry", "loader", "normalize", "extract")
+
+
+def measure(n: int, jpegs: int, data_dir: Path, sections: set[str]) -> dict[str, float]:
     """Every figure for the ``workers`` package on ``sys.path`` (imported here, not above)."""
     import numpy as np
     import torch
@@ -76,16 +79,17 @@ def measure(n: int, jpegs: int, data_dir: Path) -> dict[str, float]:
         for _ in in_process_batches(samples, [recipe], size, cpu):
             pass
 
-    out["geometry fashion-mnist ms/img"] = (
-        1e3 * _best(lambda: run_in_process(images.samples, 8), 3) / n
-    )
-    with tempfile.TemporaryDirectory(prefix="tb-bench-jpegs-") as tmp:
-        photos = read_image_folder(_make_jpegs(Path(tmp), jpegs))
-        out["geometry 1024px jpeg ms/img"] = (
-            1e3 * _best(lambda: run_in_process(photos.samples, 8), 3) / jpegs
+    if "geometry" in sections:
+        out["geometry fashion-mnist ms/img"] = (
+            1e3 * _best(lambda: run_in_process(images.samples, 8), 3) / n
         )
+        with tempfile.TemporaryDirectory(prefix="tb-bench-jpegs-") as tmp:
+            photos = read_image_folder(_make_jpegs(Path(tmp), jpegs))
+            out["geometry 1024px jpeg ms/img"] = (
+                1e3 * _best(lambda: run_in_process(photos.samples, 8), 3) / jpegs
+            )
     many = fmnist.samples[:4096]
-    for workers in (1, 2):
+    for workers in (1, 2) if "loader" in sections else ():
 
         def run_workers(workers: int = workers) -> None:
             for _ in decoded_batches(many, [recipe], 512, workers, cpu):
@@ -96,7 +100,7 @@ def measure(n: int, jpegs: int, data_dir: Path) -> dict[str, float]:
     settings = Settings(data_dir=data_dir)
     models = [load_model(name, settings) for name in zoo_names("image")]
     batch = next(in_process_batches(images.samples[:8], [recipe], 8, cpu))[0]
-    for model in models:
+    for model in models if "normalize" in sections else []:
         inner = getattr(model, "reference", model)
         if hasattr(inner, "feeds") and type(inner).__name__ == "TorchImageModel":
             # what the exported graph reads (ONNX Runtime) and what the module runs on
@@ -104,6 +108,8 @@ def measure(n: int, jpegs: int, data_dir: Path) -> dict[str, float]:
         else:
             feed = lambda m=model: m.recipe.normalize(batch)  # noqa: E731
         out[f"normalize {model.name} ms/batch"] = 1e3 * _best(feed, 50)
+    if "extract" not in sections:
+        return out
     for model in models:
         extract([model], images.select(np.arange(16)), batch_size=8)  # warm-up
         seconds = _best(lambda m=model: extract([m], images, batch_size=8), 2)
@@ -114,7 +120,7 @@ def measure(n: int, jpegs: int, data_dir: Path) -> dict[str, float]:
 
 
 def _child(args: argparse.Namespace) -> None:
-    figures = measure(args.n, args.jpegs, Path(args.data_dir))
+    figures = measure(args.n, args.jpegs, Path(args.data_dir), set(args.sections.split(",")))
     print("RESULT " + json.dumps(figures), flush=True)
 
 
@@ -122,6 +128,7 @@ def _run(checkout: Path, args: argparse.Namespace, data_dir: Path) -> dict[str, 
     env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, str(Path(__file__).resolve()), "--child"]
     command += ["--n", str(args.n), "--jpegs", str(args.jpegs), "--data-dir", str(data_dir)]
+    command += ["--sections", args.sections]
     done = subprocess.run(
         command, env=env, cwd=checkout, capture_output=True, text=True, check=False
     )
@@ -151,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=256, help="Fashion-MNIST images per job")
     parser.add_argument("--jpegs", type=int, default=32, help="1024-px JPEGs for the geometry")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma list of: %(default)s")
     parser.add_argument("--out", type=Path, default=RESULTS / "preprocessing.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     if args.child:
         _child(args)
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,26 @@ def test_text_extraction_keeps_order(zoo) -> None:
 def test_modality_mismatch_is_an_error(zoo, fmnist64) -> None:
     with pytest.raises(PipelineError, match="text model"):
         extract([zoo("minilm-l6")], fmnist64)
+
+
+def test_time_waiting_for_input_is_accounted(zoo, fmnist64, monkeypatch) -> None:
+    """A slow decode shows up as the forward loop waiting for input; a fast one does not."""
+    model = zoo("mobilenet-v2")
+    subset = fmnist64.select(np.arange(16))
+    quick = ExtractionStats()
+    extract([model], subset, stats=quick, batch_size=4)
+    assert quick.forward_calls["mobilenet-v2"] == 4
+    assert 0 < quick.forward_s["mobilenet-v2"] <= quick.total_s
+    assert quick.input_wait_s < 0.5 * quick.total_s
+
+    original = ArrayImage.load
+
+    def slow(self, draft=None):
+        time.sleep(0.05)  # 0.2 s per batch of 4: far slower than its forward pass
+        return original(self, draft)
+
+    monkeypatch.setattr(ArrayImage, "load", slow)
+    waiting = ExtractionStats()
+    extract([model], subset, stats=waiting, batch_size=4)
+    assert waiting.input_wait_s > 0.5 * waiting.total_s
+    assert waiting.input_wait_s + waiting.forward_s["mobilenet-v2"] <= waiting.total_s

@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from workers.pipeline.models.base import CandidateModel, ModelOutput
 from workers.pipeline.models.preprocessing import ImageRecipe
 from workers.pipeline.runtime import configure, default_threads
 
+log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]
 T = TypeVar("T")
 
@@ -61,11 +64,19 @@ class FeatureSet:
 
 @dataclass
 class ExtractionStats:
-    """Counters for one :func:`extract` call (tests and the benchmark read them)."""
+    """Counters for one :func:`extract` call (tests, the benchmarks and the log read them).
+
+    ``input_wait_s``: time the forward loop waited for the next decoded batch; a large share
+    of ``total_s`` means decode, not the model, sets the pace. ``forward_s``: each model's
+    time in its forward calls (on a GPU including the wait for its features).
+    """
 
     forward_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     images_decoded: int = 0
     cache_hits: list[str] = field(default_factory=list)
+    input_wait_s: float = 0.0
+    forward_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    total_s: float = 0.0
 
 
 def _available_memory(device: torch.device) -> int:
@@ -124,6 +135,7 @@ class _Runner:
         outputs, start, total = [], 0, _batch_len(batch)
         while start < total:
             size = self.micro[model.name]
+            began = time.perf_counter()
             try:
                 out = model.forward(_slice(batch, start, start + size))
             except (torch.OutOfMemoryError, RuntimeError) as exc:
@@ -139,6 +151,7 @@ class _Runner:
                     torch.cuda.empty_cache()
                 continue
             self.stats.forward_calls[model.name] += 1
+            self.stats.forward_s[model.name] += time.perf_counter() - began
             outputs.append(out)
             start += size
         return outputs
@@ -231,7 +244,13 @@ def _extract_images(
         )
     outputs: dict[str, list[ModelOutput]] = defaultdict(list)
     done = 0
-    for tensors in batches:
+    pending = iter(batches)
+    while True:
+        began = time.perf_counter()
+        tensors = next(pending, None)
+        runner.stats.input_wait_s += time.perf_counter() - began
+        if tensors is None:
+            break
         for group, tensor in zip(groups, tensors, strict=True):
             for model in group:
                 outputs[model.name].extend(runner(model, tensor))
@@ -357,6 +376,7 @@ def extract(
         # (see PREFETCH_BATCHES). On GPU, decode in worker processes on every core but the one
         # that drives the GPU (16 cores, ResNet-50 bf16: 16 workers fed it 26% more than 8).
         num_workers = max(1, default_threads() - 1) if device.type == "cuda" else 0
+    began = time.perf_counter()
     with torch.inference_mode() if dataset.modality == "text" else contextlib.nullcontext():
         if dataset.modality == "image":
             outputs = _extract_images(pending, dataset, runner, size, device, num_workers, progress)
@@ -366,6 +386,16 @@ def extract(
             # maps then stay in cache (see the constant).
             max_tokens = CPU_BATCH_TOKENS if device.type == "cpu" else None
             outputs, inverse = _extract_texts(pending, dataset, runner, size, max_tokens, progress)
+    stats.total_s = time.perf_counter() - began
+    log.info(
+        "extracted %d %s samples through %s in %.1f s on %s; %.0f%% of it waiting for input",
+        len(dataset),
+        dataset.modality,
+        ", ".join(m.name for m in pending),
+        stats.total_s,
+        device,
+        100 * stats.input_wait_s / max(stats.total_s, 1e-9),
+    )
     for model in pending:
         features, probs = _collect(outputs[model.name])
         if inverse is not None:
