@@ -2,7 +2,8 @@
 
 In one run: the machine's float32 ceiling on ``TB_NUM_THREADS`` threads (the best rate of a
 square matrix product, 1024 to 4096, in PyTorch and in ONNX Runtime: the kernels convolutions
-reduce to), then per image zoo model on its default CPU runtime: FLOPs per image (2 per
+reduce to), then per image zoo model, with ``TB_RUNTIME=torch`` (PyTorch, or an ONNX file's
+graph as shipped) and with the default (the optimised runtime): FLOPs per image (2 per
 multiply-add of its convolutions and matrix products), pure forward images/s at batch 8 over
 ready inputs, and the achieved GFLOP/s as a share of that ceiling. A model near 100% has no
 headroom left in float32 on this machine (short of algorithms with fewer multiplications, such
@@ -153,30 +154,33 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": _cpu(), "threads": threads, "models": []}
     first = ceilings(threads)
     with tempfile.TemporaryDirectory(prefix="tb-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp))
         generator = torch.Generator().manual_seed(0)
         for name in args.models.split(","):
-            model = load_model(name, settings)
-            size = model.recipe.size
-            batch = torch.randint(
-                0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, generator=generator
-            ).contiguous(memory_format=torch.channels_last)
-            seconds = _best(lambda m=model, b=batch: [m.forward(b) for _ in range(4)], 7) / 4
-            flops = model_flops(model)
-            img_s = args.batch_size / seconds
-            row = {
-                "model": name,
-                "runtime": model.runtime,
-                "gflop_per_image": flops / 1e9,
-                "forward_img_s": img_s,
-                "gflops": img_s * flops / 1e9,
-            }
-            report["models"].append(row)
-            print(
-                f"  {name}: {row['gflop_per_image']:.2f} GFLOP/img, {img_s:.1f} img/s, "
-                f"{row['gflops']:.0f} GFLOP/s",
-                flush=True,
-            )
+            # TB_RUNTIME=torch: PyTorch eager, or an ONNX file's graph as shipped; then the
+            # default, the optimised runtime.
+            for runtime in ("torch", "auto"):
+                model = load_model(name, Settings(data_dir=Path(tmp), runtime=runtime))
+                size = model.recipe.size
+                batch = torch.randint(
+                    0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, generator=generator
+                ).contiguous(memory_format=torch.channels_last)
+                seconds = _best(lambda m=model, b=batch: [m.forward(b) for _ in range(4)], 7) / 4
+                flops = model_flops(model)
+                img_s = args.batch_size / seconds
+                row = {
+                    "model": name,
+                    "setting": f"TB_RUNTIME={runtime}",
+                    "runtime": model.runtime,
+                    "gflop_per_image": flops / 1e9,
+                    "forward_img_s": img_s,
+                    "gflops": img_s * flops / 1e9,
+                }
+                report["models"].append(row)
+                print(
+                    f"  {name} {row['setting']}: {row['gflop_per_image']:.2f} GFLOP/img, "
+                    f"{img_s:.1f} img/s, {row['gflops']:.0f} GFLOP/s",
+                    flush=True,
+                )
     # Measured before and after the models, the best of both: a shared machine's speed drifts.
     last = ceilings(threads)
     report.update({k: max(first[k], last[k]) for k in first})
@@ -188,11 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['torch_matmul_gflops']:.0f} GFLOP/s, ONNX Runtime "
         f"{report['ort_matmul_gflops']:.0f} GFLOP/s"
     )
-    print(f"{'model':20s} {'GFLOP/img':>9s} {'img/s':>8s} {'GFLOP/s':>8s} {'of ceiling':>10s}")
+    print(
+        f"{'model':20s} {'TB_RUNTIME':>10s} {'GFLOP/img':>9s} {'img/s':>8s} {'GFLOP/s':>8s} "
+        f"{'of ceiling':>10s}"
+    )
     for r in report["models"]:
         print(
-            f"{r['model']:20s} {r['gflop_per_image']:9.2f} {r['forward_img_s']:8.1f} "
-            f"{r['gflops']:8.0f} {100 * r['of_ceiling']:9.0f}%"
+            f"{r['model']:20s} {r['setting'].split('=')[1]:>10s} {r['gflop_per_image']:9.2f} "
+            f"{r['forward_img_s']:8.1f} {r['gflops']:8.0f} {100 * r['of_ceiling']:9.0f}%"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
