@@ -17,14 +17,8 @@ Prints a table; writes bench/results/cpu_ceiling.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +29,8 @@ from onnx import helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import best_of, machine, write_report
+
 from workers.pipeline.models import load_model, zoo_names
 from workers.pipeline.models.onnxrt import make_session
 from workers.pipeline.models.zoo import _package_dir
@@ -42,16 +38,6 @@ from workers.pipeline.runtime import configure
 from workers.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _best(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _matmul_session(n: int, threads: int) -> Any:
@@ -75,9 +61,11 @@ def ceilings(threads: int, sizes: tuple[int, ...] = (1024, 2048, 4096)) -> dict[
     for n in sizes:
         a, b = torch.randn(n, n), torch.randn(n, n)
         flops, repeats = 2.0 * n**3, max(2, 4096 // n)
-        best["torch"] = max(best["torch"], flops / _best(lambda a=a, b=b: a @ b, repeats) / 1e9)
+        best["torch"] = max(
+            best["torch"], flops / best_of(lambda a=a, b=b: a @ b, repeats, warmup=True) / 1e9
+        )
         session, feed = _matmul_session(n, threads), {"a": a.numpy(), "b": b.numpy()}
-        seconds = _best(lambda s=session, f=feed: s.run(None, f), repeats)
+        seconds = best_of(lambda s=session, f=feed: s.run(None, f), repeats, warmup=True)
         best["onnxruntime"] = max(best["onnxruntime"], flops / seconds / 1e9)
     return {
         "torch_matmul_gflops": best["torch"],
@@ -135,15 +123,6 @@ def model_flops(model: Any) -> float:
     raise SystemExit(f"{model.name}: no way to count its FLOPs here")
 
 
-def _cpu() -> str:
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        name = next(x.split(":", 1)[1].strip() for x in info.splitlines() if "Model name" in x)
-    except (OSError, StopIteration):
-        name = platform.processor()
-    return f"{name}, {os.cpu_count()} cores"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
@@ -151,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_ceiling.json")
     args = parser.parse_args(argv)
     threads = configure()
-    report: dict[str, Any] = {"machine": _cpu(), "threads": threads, "models": []}
+    report: dict[str, Any] = {"machine": machine(), "threads": threads, "models": []}
     first = ceilings(threads)
     with tempfile.TemporaryDirectory(prefix="tb-bench-") as tmp:
         generator = torch.Generator().manual_seed(0)
@@ -164,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
                 batch = torch.randint(
                     0, 256, (args.batch_size, 3, size, size), dtype=torch.uint8, generator=generator
                 ).contiguous(memory_format=torch.channels_last)
-                seconds = _best(lambda m=model, b=batch: [m.forward(b) for _ in range(4)], 7) / 4
+                seconds = (
+                    best_of(
+                        lambda m=model, b=batch: [m.forward(b) for _ in range(4)], 7, warmup=True
+                    )
+                    / 4
+                )
                 flops = model_flops(model)
                 img_s = args.batch_size / seconds
                 row = {
@@ -201,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:20s} {r['setting'].split('=')[1]:>10s} {r['gflop_per_image']:9.2f} "
             f"{r['forward_img_s']:8.1f} {r['gflops']:8.0f} {100 * r['of_ceiling']:9.0f}%"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

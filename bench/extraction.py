@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import best_of, cpu_name
 
 from workers.pipeline import extraction
 from workers.pipeline.datasets import open_dataset
@@ -50,29 +50,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHARED = ["efficientnet-lite0", "mobilenet-v2", "open-nsfw"]
 
 
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def _forward_all(model, batches) -> None:
     for batch in batches:
         model.forward(batch)
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _timed_load(name: str, settings: Settings):
@@ -105,10 +85,10 @@ def bench_images(names, data, bs, repeats, settings) -> list[dict]:
             model.forward(tensors[0])  # warm-up
         t = {"before": [], "torch": [], "onnx": [], "torch_fwd": [], "onnx_fwd": []}
         for _ in range(repeats):  # interleaved: both runtimes see the same machine state
-            t["before"].append(_best(lambda m=ref, d=data: _extract_in_turn([m], d, bs), 1))
+            t["before"].append(best_of(lambda m=ref, d=data: _extract_in_turn([m], d, bs), 1))
             for key, model in (("torch", ref), ("onnx", fast)):
-                t[key].append(_best(lambda m=model, d=data: extract([m], d, batch_size=bs), 1))
-                t[f"{key}_fwd"].append(_best(lambda m=model, b=tensors: _forward_all(m, b), 1))
+                t[key].append(best_of(lambda m=model, d=data: extract([m], d, batch_size=bs), 1))
+                t[f"{key}_fwd"].append(best_of(lambda m=model, b=tensors: _forward_all(m, b), 1))
         row = {
             "model": name,
             "torch_runtime": ref.runtime,
@@ -156,10 +136,10 @@ def bench_texts(names, data, bs, repeats, settings) -> list[dict]:
             model.forward(batches[-1])  # warm-up
         t = {"today": [], "torch": [], "onnx": [], "torch_fwd": [], "onnx_fwd": []}
         for _ in range(repeats):
-            t["today"].append(_best(lambda r=ref, x=texts: _todays_text_loop(r, x, bs), 1))
+            t["today"].append(best_of(lambda r=ref, x=texts: _todays_text_loop(r, x, bs), 1))
             for key, model in (("torch", ref), ("onnx", fast)):
-                t[key].append(_best(lambda m=model, d=data: extract([m], d, batch_size=bs), 1))
-                t[f"{key}_fwd"].append(_best(lambda m=model, b=batches: _forward_all(m, b), 1))
+                t[key].append(best_of(lambda m=model, d=data: extract([m], d, batch_size=bs), 1))
+                t[f"{key}_fwd"].append(best_of(lambda m=model, b=batches: _forward_all(m, b), 1))
         real = int(np.sum(lengths))
         by_chars = np.asarray(lengths)[np.argsort([-len(x) for x in texts], kind="stable")]
         by_tokens = np.asarray(lengths)[order]
@@ -202,9 +182,9 @@ def bench_text_pair(names, data, bs, repeats, settings) -> dict:
     fasts = [load_model(n, settings["onnx"]) for n in names]
     t = {"today": [], "torch": [], "onnx": []}
     for _ in range(repeats):
-        t["today"].append(_best(lambda: [_todays_text_loop(m, texts, bs) for m in refs], 1))
-        t["torch"].append(_best(lambda: extract(refs, data, batch_size=bs), 1))
-        t["onnx"].append(_best(lambda: extract(fasts, data, batch_size=bs), 1))
+        t["today"].append(best_of(lambda: [_todays_text_loop(m, texts, bs) for m in refs], 1))
+        t["torch"].append(best_of(lambda: extract(refs, data, batch_size=bs), 1))
+        t["onnx"].append(best_of(lambda: extract(fasts, data, batch_size=bs), 1))
     n = len(texts)
     row = {
         "models": list(names),
@@ -256,9 +236,9 @@ def bench_decode(count: int, bs: int, repeats: int, settings) -> dict:
             for sample in samples:
                 recipe.geometry(sample.load(draft=recipe.resize))
 
-        full = _best(lambda: decode(None), repeats)
-        drafted = _best(lambda: decode(recipe.resize), repeats)
-        with_geometry = _best(geometry, repeats)
+        full = best_of(lambda: decode(None), repeats)
+        drafted = best_of(lambda: decode(recipe.resize), repeats)
+        with_geometry = best_of(geometry, repeats)
         size = samples[0].load().size
         extract([model], dataset.select(np.arange(bs)), batch_size=bs, num_workers=0)
         pipeline = {}
@@ -266,7 +246,7 @@ def bench_decode(count: int, bs: int, repeats: int, settings) -> dict:
             if workers == "in turn":  # as before: decode, then forward, in one thread
                 original = extraction.prefetched
                 extraction.prefetched = lambda items, depth: items
-            seconds = _best(
+            seconds = best_of(
                 lambda w=workers: extract(
                     [model], dataset, batch_size=bs, num_workers=0 if w == "in turn" else w
                 ),
@@ -282,7 +262,7 @@ def bench_decode(count: int, bs: int, repeats: int, settings) -> dict:
             torch.stack([recipe.geometry(s.load(draft=recipe.resize)) for s in samples[i : i + bs]])
             for i in range(0, count, bs)
         ]
-        forward = count / _best(lambda: _forward_all(model, tensors), repeats)
+        forward = count / best_of(lambda: _forward_all(model, tensors), repeats)
     return {
         "images": count,
         "size": list(size),
@@ -300,8 +280,8 @@ def bench_shared(data, bs, repeats, settings) -> dict:
     extract(models, data.select(np.arange(bs)), batch_size=bs)  # warm-up
     with_shared, without = [], []
     for _ in range(repeats):
-        with_shared.append(_best(lambda: extract(models, data, batch_size=bs), 1))
-        without.append(_best(lambda: [extract([m], data, batch_size=bs) for m in models], 1))
+        with_shared.append(best_of(lambda: extract(models, data, batch_size=bs), 1))
+        without.append(best_of(lambda: [extract([m], data, batch_size=bs) for m in models], 1))
     return {
         "models": SHARED,
         "runtime": "onnx",
@@ -374,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         images = images.select(np.arange(min(args.n, len(images))))
         texts = open_dataset("fortunes").subsample(args.texts_per_class, seed=0)
         report: dict = {
-            "cpu": _cpu_model(),
+            "cpu": cpu_name(),
             "threads": threads,
             "torch": torch.__version__,
             "n_images": len(images),

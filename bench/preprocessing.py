@@ -26,26 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import best_of, machine, write_report  # noqa: E402
+
 RESULTS = HERE / "results"
-
-
-def _best(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 SECTIONS = ("geometry", "loader", "normalize", "extract")
@@ -81,12 +73,12 @@ def measure(n: int, jpegs: int, data_dir: Path, sections: set[str]) -> dict[str,
 
     if "geometry" in sections:
         out["geometry fashion-mnist ms/img"] = (
-            1e3 * _best(lambda: run_in_process(images.samples, 8), 3) / n
+            1e3 * best_of(lambda: run_in_process(images.samples, 8), 3) / n
         )
         with tempfile.TemporaryDirectory(prefix="tb-bench-jpegs-") as tmp:
             photos = read_image_folder(_make_jpegs(Path(tmp), jpegs))
             out["geometry 1024px jpeg ms/img"] = (
-                1e3 * _best(lambda: run_in_process(photos.samples, 8), 3) / jpegs
+                1e3 * best_of(lambda: run_in_process(photos.samples, 8), 3) / jpegs
             )
     many = fmnist.samples[:4096]
     for workers in (1, 2) if "loader" in sections else ():
@@ -95,7 +87,7 @@ def measure(n: int, jpegs: int, data_dir: Path, sections: set[str]) -> dict[str,
             for _ in decoded_batches(many, [recipe], 512, workers, cpu):
                 pass
 
-        out[f"loader {workers} worker img/s"] = len(many) / _best(run_workers, 2)
+        out[f"loader {workers} worker img/s"] = len(many) / best_of(run_workers, 2)
 
     settings = Settings(data_dir=data_dir)
     models = [load_model(name, settings) for name in zoo_names("image")]
@@ -107,14 +99,14 @@ def measure(n: int, jpegs: int, data_dir: Path, sections: set[str]) -> dict[str,
             feed = lambda m=inner: m.feeds(batch)  # noqa: E731
         else:
             feed = lambda m=model: m.recipe.normalize(batch)  # noqa: E731
-        out[f"normalize {model.name} ms/batch"] = 1e3 * _best(feed, 50)
+        out[f"normalize {model.name} ms/batch"] = 1e3 * best_of(feed, 50)
     if "extract" not in sections:
         return out
     for model in models:
         extract([model], images.select(np.arange(16)), batch_size=8)  # warm-up
-        seconds = _best(lambda m=model: extract([m], images, batch_size=8), 2)
+        seconds = best_of(lambda m=model: extract([m], images, batch_size=8), 2)
         out[f"extract {model.name} img/s"] = n / seconds
-    seconds = _best(lambda: extract(models, images, batch_size=8), 2)
+    seconds = best_of(lambda: extract(models, images, batch_size=8), 2)
     out["extract whole image zoo img/s"] = n / seconds
     return out
 
@@ -137,15 +129,6 @@ def _run(checkout: Path, args: argparse.Namespace, data_dir: Path) -> dict[str, 
         sys.exit(f"the measurement failed in {checkout}:\n{done.stderr[-3000:]}")
     result: dict[str, float] = json.loads(lines[-1][len("RESULT ") :])
     return result
-
-
-def _cpu() -> str:
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        name = next(x.split(":", 1)[1].strip() for x in info.splitlines() if "Model name" in x)
-    except (OSError, StopIteration):
-        name = platform.processor()
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def _better(name: str) -> str:
@@ -187,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             k: (max if _better(k) == "higher" else min)(r[k] for r in results) for k in results[0]
         }
     report: dict[str, Any] = {
-        "machine": _cpu(),
+        "machine": machine(),
         "rounds": args.rounds,
         "n_images": args.n,
         "jpegs": args.jpegs,
@@ -208,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             report["ratio"][key] = ratio
             row += f"{ratio:8.2f}x"
         print(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out} (ratio > 1: this checkout is better)")
+    write_report(
+        args.out, report, "ratio > 1: this checkout is better" if "ratio" in report else ""
+    )
     return 0
 
 
