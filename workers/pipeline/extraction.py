@@ -387,14 +387,18 @@ def extract(
             max_tokens = CPU_BATCH_TOKENS if device.type == "cpu" else None
             outputs, inverse = _extract_texts(pending, dataset, runner, size, max_tokens, progress)
     stats.total_s = time.perf_counter() - began
+    waiting = ""
+    if dataset.modality == "image":  # texts are tokenised in line: nothing to wait for
+        waiting = f"; {100 * stats.input_wait_s / max(stats.total_s, 1e-9):.0f}% of it waiting "
+        waiting += "for decoded images"
     log.info(
-        "extracted %d %s samples through %s in %.1f s on %s; %.0f%% of it waiting for input",
+        "extracted %d %s samples through %s in %.1f s on %s%s",
         len(dataset),
         dataset.modality,
         ", ".join(m.name for m in pending),
         stats.total_s,
         device,
-        100 * stats.input_wait_s / max(stats.total_s, 1e-9),
+        waiting,
     )
     for model in pending:
         features, probs = _collect(outputs[model.name])
