@@ -93,12 +93,8 @@ def measure(n: int, jpegs: int, data_dir: Path, sections: set[str]) -> dict[str,
     models = [load_model(name, settings) for name in zoo_names("image")]
     batch = next(in_process_batches(images.samples[:8], [recipe], 8, cpu))[0]
     for model in models if "normalize" in sections else []:
-        inner = getattr(model, "reference", model)
-        if hasattr(inner, "feeds") and type(inner).__name__ == "TorchImageModel":
-            # what the exported graph reads (ONNX Runtime) and what the module runs on
-            feed = lambda m=inner: m.feeds(batch)  # noqa: E731
-        else:
-            feed = lambda m=model: m.recipe.normalize(batch)  # noqa: E731
+        # the uint8 batch -> the model's float input (the same call on either checkout)
+        feed = lambda m=model: m.recipe.normalize(batch)  # noqa: E731
         out[f"normalize {model.name} ms/batch"] = 1e3 * best_of(feed, 50)
     if "extract" not in sections:
         return out
