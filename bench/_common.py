@@ -1,4 +1,5 @@
-"""Helpers the CPU benchmarks share: timing, the machine's name, writing a report."""
+"""Helpers the CPU benchmarks share: timing, the machine's name, writing a report, test
+JPEGs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def best_of(fn: Callable[[], object], repeats: int, warmup: bool = False) -> float:
@@ -47,3 +50,28 @@ def write_report(path: Path, report: dict[str, Any], note: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {path}{f' ({note})' if note else ''}")
+
+
+def make_jpegs(root: Path, count: int) -> Path:
+    """``count`` 1024-px JPEGs (quality 90) cut from scikit-learn's two sample photos with
+    random crops and flips, two classes: a realistic decode load."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    rng = np.random.default_rng(0)
+    folder = root / "photos"
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        image = photo.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        scale = 1024 / min(image.size)
+        image = image.resize((round(image.size[0] * scale), round(image.size[1] * scale)))
+        target = folder / f"class{i % 2}" / f"{i:04d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.save(target, quality=90)
+    return folder

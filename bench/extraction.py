@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import best_of, cpu_name
+from _common import best_of, cpu_name, make_jpegs
 
 from workers.pipeline import extraction
 from workers.pipeline.datasets import open_dataset
@@ -196,34 +196,9 @@ def bench_text_pair(names, data, bs, repeats, settings) -> dict:
     return row
 
 
-def _make_jpegs(root: Path, count: int) -> Path:
-    """``count`` 1024-px JPEGs (quality 90) cut from scikit-learn's two sample photos with
-    random crops and flips, two classes: a realistic decode load."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    photos = [Image.fromarray(p) for p in load_sample_images().images]
-    rng = np.random.default_rng(0)
-    folder = root / "photos"
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        image = photo.crop((x, y, x + cw, y + ch))
-        if rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        scale = 1024 / min(image.size)
-        image = image.resize((round(image.size[0] * scale), round(image.size[1] * scale)))
-        target = folder / f"class{i % 2}" / f"{i:04d}.jpg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        image.save(target, quality=90)
-    return folder
-
-
 def bench_decode(count: int, bs: int, repeats: int, settings) -> dict:
     with tempfile.TemporaryDirectory(prefix="tb-jpegs-") as tmp:
-        dataset = read_image_folder(_make_jpegs(Path(tmp), count))
+        dataset = read_image_folder(make_jpegs(Path(tmp), count))
         model = load_model("mobilenet-v2", settings["onnx"])
         recipe = model.recipe
         samples = dataset.samples

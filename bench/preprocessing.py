@@ -35,7 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import best_of, machine, write_report  # noqa: E402
+from _common import best_of, machine, make_jpegs, write_report  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -57,9 +57,6 @@ def measure(n: int, jpegs: int, data_dir: Path, sections: set[str]) -> dict[str,
     from workers.pipeline.runtime import configure
     from workers.settings import Settings
 
-    sys.path.insert(0, str(HERE))
-    from extraction import _make_jpegs  # the decode bench's 1024-px photos
-
     configure()
     cpu = torch.device("cpu")
     out: dict[str, float] = {}
@@ -76,7 +73,7 @@ def measure(n: int, jpegs: int, data_dir: Path, sections: set[str]) -> dict[str,
             1e3 * best_of(lambda: run_in_process(images.samples, 8), 3) / n
         )
         with tempfile.TemporaryDirectory(prefix="tb-bench-jpegs-") as tmp:
-            photos = read_image_folder(_make_jpegs(Path(tmp), jpegs))
+            photos = read_image_folder(make_jpegs(Path(tmp), jpegs))
             out["geometry 1024px jpeg ms/img"] = (
                 1e3 * best_of(lambda: run_in_process(photos.samples, 8), 3) / jpegs
             )
