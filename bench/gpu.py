@@ -10,10 +10,12 @@ In one run on a CUDA machine:
   (``model.forward`` on uint8 batches already on the GPU: normalise, forward, features back to
   the host) in float32 (TF32 off) and bf16 autocast at several batch sizes, and the share of
   the FLOP roofline the best one reaches;
-- the whole pipeline (``extract``: decode, resize/crop in DataLoader workers, pinned copies,
-  forward, features to the host) at the best batch size, on Fashion-MNIST and on 1024-px
-  JPEGs, with 8 and 16 worker processes, as a share of the pure forward pass; CPU decode per
-  image and nvJPEG decode on the GPU;
+- the whole pipeline (``extract``: decode, resize/crop in worker processes, copies to the GPU
+  from page-locked rings, forward, features to the host) at the best batch size, on
+  Fashion-MNIST and on 1024-px JPEGs, with the default and 8 worker processes, as a share of the
+  pure forward pass and with the share of its time spent waiting for input; beside it the input
+  side alone (no model), which says whether decode can keep up at all; CPU decode per image and
+  nvJPEG decode on the GPU;
 - equality: each model's features and probabilities on the GPU (fp32 and bf16) against the
   same model on this machine's CPU, and every default metric's score and the ranking;
 - ``torch.compile`` of ResNet-50's module against the same module eager (time to compile too).
@@ -52,12 +54,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workers.pipeline.datasets.base import Dataset
 from workers.pipeline.datasets.builtin import fashion_mnist
 from workers.pipeline.datasets.images import read_image_folder
-from workers.pipeline.extraction import ExtractionStats, extract
+from workers.pipeline.extraction import PREFETCH_BATCHES, ExtractionStats, extract, prefetched
+from workers.pipeline.loader import decoded_batches
 from workers.pipeline.models import load_model
 from workers.pipeline.models.preprocessing import ImageRecipe
 from workers.pipeline.models.sources import imagenet_classes
 from workers.pipeline.models.torch_image import TorchImageModel
 from workers.pipeline.ranking import ModelArrays, rank_models, resolve_metrics
+from workers.pipeline.runtime import default_threads
 from workers.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -297,6 +301,17 @@ def before(model: TorchImageModel, data: Dataset, bs: int, workers: int, device)
         model.forward(batch.to(device, non_blocking=True))
 
 
+def input_alone(
+    data: Dataset, recipe: ImageRecipe, bs: int, workers: int | None, device: torch.device
+) -> None:
+    """The input side of ``extract`` with no model: worker decode, gathering and copies to
+    ``device`` at batch size ``bs``. Faster than the pure forward pass, or decode sets the pace."""
+    count = max(1, default_threads() - 1) if workers is None else workers
+    batches = decoded_batches(data.samples, [recipe], bs, count, device)
+    for _ in prefetched(batches, PREFETCH_BATCHES):
+        pass
+
+
 def pipeline(
     models: dict[str, TorchImageModel],
     data: Dataset,
@@ -326,6 +341,16 @@ def pipeline(
         runs: list[tuple[str, Any, Callable[[], object]]] = []
         for w in workers if precision == which[0][1] else workers[:1]:
             runs.append(("ring", w, lambda m=model, w=w: ring(m, w)))
+        if precision == which[0][1] and name == which[0][0]:
+            bs = best[key]["batch"]
+            for w in workers:
+                runs.append(
+                    (
+                        "input only (no forward)",
+                        w,
+                        lambda m=model, w=w, bs=bs: input_alone(data, m.recipe, bs, w, device),
+                    )
+                )
         if before_workers and name == "resnet50" and precision == which[0][1]:
             bs = best[key]["batch"]
             runs.append(
@@ -560,13 +585,18 @@ def table(report: dict[str, Any]) -> None:
     jpeg = report.get("jpegs", {})
     if isinstance(jpeg, dict):
         rows += jpeg.get("pipeline", [])
-    print("\n| data | model | precision | loader | workers | pipeline img/s | of pure forward |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| data | model | precision | loader | workers | pipeline img/s | of pure forward "
+        "| waiting for input |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         if isinstance(row, dict) and "img_s" in row:
+            wait = row.get("input_wait_share")
             print(
                 f"| {row['data']} | {row['model']} | {row['precision']} | {row['loader']} | "
-                f"{row['workers']} | {row['img_s']:.0f} | {100 * row['of_pure_forward']:.0f}% |"
+                f"{row['workers']} | {row['img_s']:.0f} | {100 * row['of_pure_forward']:.0f}% "
+                f"| {'' if wait is None else f'{100 * wait:.0f}%'} |"
             )
 
 
