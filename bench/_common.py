@@ -1,5 +1,5 @@
-"""Helpers the CPU benchmarks share: timing, the machine's name, writing a report, test
-JPEGs."""
+"""Helpers the benchmarks share: timing, the machine's name, writing a report, test JPEGs,
+and how far two feature matrices agree."""
 
 from __future__ import annotations
 
@@ -75,3 +75,18 @@ def make_jpegs(root: Path, count: int) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         image.save(target, quality=90)
     return folder
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Features ``a`` against reference ``b`` ``(N, D)``, per sample: max and median relative
+    error (L2), min cosine."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    rel = np.linalg.norm(a64 - b64, axis=1) / np.maximum(np.linalg.norm(b64, axis=1), 1e-30)
+    cos = np.sum(a64 * b64, axis=1) / np.maximum(
+        np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-30
+    )
+    return {
+        "max_rel": float(rel.max()),
+        "median_rel": float(np.median(rel)),
+        "min_cosine": float(cos.min()),
+    }

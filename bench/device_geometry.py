@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import machine, make_jpegs, write_report  # noqa: E402
+from _common import agreement, machine, make_jpegs, write_report  # noqa: E402
 
 from workers.pipeline.datasets.builtin import fashion_mnist  # noqa: E402
 from workers.pipeline.datasets.images import decode  # noqa: E402
@@ -120,20 +120,6 @@ def features(
     return np.concatenate(feats), (np.concatenate(probs) if probs else None), pixels, ms
 
 
-def compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """``a`` against reference ``b``, per sample: max relative error, min cosine."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    rel = np.linalg.norm(a64 - b64, axis=1) / np.maximum(np.linalg.norm(b64, axis=1), 1e-30)
-    cos = np.sum(a64 * b64, axis=1) / np.maximum(
-        np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-30
-    )
-    return {
-        "max_rel": float(rel.max()),
-        "median_rel": float(np.median(rel)),
-        "min_cosine": float(cos.min()),
-    }
-
-
 def jpeg_bytes(pixels: np.ndarray, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
@@ -164,7 +150,7 @@ def run_set(
                 "decode_geometry_ms": ms,
                 "pixels_max_abs": int(diff.max()),
                 "pixels_mean_abs": float(diff.float().mean()),
-                "features": compare(feats, ref_feats),
+                "features": agreement(feats, ref_feats),
                 "probs_max_abs": (
                     float(np.abs(probs - ref_probs).max())
                     if probs is not None and ref_probs is not None

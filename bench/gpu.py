@@ -49,7 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 
+# The repository first: bench/scoring.py must not shadow the scoring package.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import agreement
 
 from workers.pipeline.datasets.base import Dataset
 from workers.pipeline.datasets.builtin import fashion_mnist
@@ -460,16 +464,6 @@ def jpegs(
     return out
 
 
-def _compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """``a`` against reference ``b``, per sample: max relative error, min cosine."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    rel = np.linalg.norm(a64 - b64, axis=1) / np.maximum(np.linalg.norm(b64, axis=1), 1e-30)
-    cos = np.sum(a64 * b64, axis=1) / np.maximum(
-        np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-30
-    )
-    return {"max_rel": float(rel.max()), "min_cosine": float(cos.min())}
-
-
 RUNS: dict[str, dict[str, Any]] = {}
 
 
@@ -491,7 +485,7 @@ def equality(
         out[label] = {}
         for name in models:
             gpu, cpu = got[name], RUNS["cpu"][name]
-            entry: dict[str, Any] = {"features": _compare(gpu.features, cpu.features)}
+            entry: dict[str, Any] = {"features": agreement(gpu.features, cpu.features)}
             if gpu.probs is not None and cpu.probs is not None:
                 entry["probs_max_abs"] = float(np.abs(gpu.probs - cpu.probs).max())
             out[label][name] = entry
