@@ -50,14 +50,14 @@ def in_process_batches(
     draft = max(r.resize for r in recipes)
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        batch = [_batch(len(chunk), r.size, torch.device("cpu")) for r in recipes]
+        batch = [empty_batch(len(chunk), r.size, torch.device("cpu")) for r in recipes]
         for j, sample in enumerate(chunk):
             for out, pixels in zip(batch, geometries(sample, recipes, draft), strict=True):
                 out[j].copy_(pixels)
         yield tuple(b.to(device) for b in batch)
 
 
-def _batch(n: int, size: int, device: torch.device) -> torch.Tensor:
+def empty_batch(n: int, size: int, device: torch.device) -> torch.Tensor:
     """An empty ``(n, 3, size, size)`` uint8 batch, channels-last as geometry's images are."""
     return torch.empty(
         (n, 3, size, size), dtype=torch.uint8, device=device, memory_format=torch.channels_last
@@ -193,7 +193,7 @@ def decoded_batches(
             while offset < count:
                 if batch is None:
                     size = min(batch_size, n - start - offset)
-                    batch = [_batch(size, r.size, device) for r in recipes]
+                    batch = [empty_batch(size, r.size, device) for r in recipes]
                     filled = 0
                 take = min(count - offset, len(batch[0]) - filled)
                 for out, ring in zip(batch, rings, strict=True):

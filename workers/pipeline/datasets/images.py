@@ -159,6 +159,15 @@ def decode(data: bytes, origin: str, draft: int | None = None) -> Image.Image:
         ) from exc
 
 
+def plain_jpeg(data: bytes, origin: str) -> bool:
+    """Whether ``data`` is a JPEG another decoder may take as it is: 8-bit greyscale or
+    YCbCr/RGB (CMYK and other modes go through :func:`decode`). The header is checked against
+    the same caps as :func:`decode` (a :class:`PipelineError` otherwise); nothing is decoded."""
+    image = _open(data, origin)
+    with image:
+        return image.format == "JPEG" and image.mode in {"L", "RGB"}
+
+
 class ImageSample:
     """One image; :meth:`load` decodes it to RGB, or ``L`` when it is 8-bit greyscale."""
 
@@ -166,6 +175,10 @@ class ImageSample:
 
     def load(self, draft: int | None = None) -> Image.Image:
         raise NotImplementedError
+
+    def read(self) -> bytes | None:
+        """The encoded bytes, or None for an image held decoded in memory."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -176,12 +189,14 @@ class FileImage(ImageSample):
     def origin(self) -> str:  # type: ignore[override]
         return str(self.path)
 
-    def load(self, draft: int | None = None) -> Image.Image:
+    def read(self) -> bytes:
         try:
-            data = self.path.read_bytes()
+            return self.path.read_bytes()
         except OSError as exc:
             raise PipelineError(f"{self.path}: cannot read ({exc.strerror})") from exc
-        return decode(data, self.origin, draft)
+
+    def load(self, draft: int | None = None) -> Image.Image:
+        return decode(self.read(), self.origin, draft)
 
 
 @dataclass(frozen=True)
