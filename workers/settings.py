@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     """Where transferbench keeps its files, what it connects to, how it uses the machine.
 
     Pipeline: ``data_dir`` (``TB_DATA_DIR``), ``device`` (``TB_DEVICE``: auto, cpu, cuda),
-    ``precision`` (``TB_PRECISION``: auto, fp32, bf16, fp16 on CUDA),
+    ``precision`` (``TB_PRECISION``: auto, fp32, bf16, fp16 on CUDA), ``decode``
+    (``TB_DECODE``: pil, device),
     ``batch_size`` (``TB_BATCH_SIZE``; unset picks one from free memory), ``num_threads``
     (``TB_NUM_THREADS``), ``offline`` (``TB_OFFLINE`` or ``HF_HUB_OFFLINE``: never download).
     Service: the database, broker, auth, upload cap, the scheduler's clocks, CORS origins.
@@ -54,6 +55,11 @@ class Settings(BaseSettings):
     #: the GPU has no bf16), ``fp32`` (TF32 off: features equal the CPU's to 1e-4), ``bf16``,
     #: ``fp16``; a CPU always computes in float32
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: where images are decoded and resized: ``pil`` (PIL on the CPU, the recipe's reference
+    #: arithmetic, large JPEGs at reduced scale) or ``device`` (JPEGs decoded on the device the
+    #: models run on, nvJPEG on a GPU, and resized there in float32; features differ slightly
+    #: and have their own cache key)
+    decode: Literal["pil", "device"] = "pil"
     offline: bool = False
     # the service
     database_url: str | None = None

@@ -36,8 +36,9 @@ class CachedFeatures:
 
 
 def feature_key(model: CandidateModel, dataset_hash: str) -> str:
-    """sha256 (hex) of the weights fingerprint, layer, recipe, head, runtime and dataset hash."""
-    identity = {
+    """sha256 (hex) of the weights fingerprint, layer, recipe, head, runtime, dataset hash and,
+    where it is not PIL's, the image decode (so keys made before ``TB_DECODE`` stay valid)."""
+    identity: dict[str, object] = {
         "format": FORMAT_VERSION,
         "fingerprint": model.fingerprint,
         "layer": model.layer,
@@ -46,6 +47,8 @@ def feature_key(model: CandidateModel, dataset_hash: str) -> str:
         "runtime": model.runtime,
         "dataset": dataset_hash,
     }
+    if model.decode != "pil":
+        identity["decode"] = model.decode
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 

@@ -28,6 +28,7 @@ import torch
 
 from workers.pipeline.cache import FeatureCache, feature_key
 from workers.pipeline.datasets.base import Dataset
+from workers.pipeline.device_input import device_batches
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.loader import decoded_batches, in_process_batches
 from workers.pipeline.models.base import CandidateModel, ModelOutput
@@ -166,10 +167,23 @@ def _collect(outputs: list[ModelOutput]) -> tuple[np.ndarray, np.ndarray | None]
 
 
 def _group(models: Sequence[CandidateModel]) -> dict[tuple[Any, ...], list[CandidateModel]]:
+    """Models fed the same uint8 batch: equal geometry, decoded the same way."""
     groups: dict[tuple[Any, ...], list[CandidateModel]] = defaultdict(list)
     for model in models:
-        groups[model.recipe.geometry_key()].append(model)
+        groups[(model.decode, *model.recipe.geometry_key())].append(model)
     return groups
+
+
+def _lockstep(sources: Sequence[Iterator[tuple[torch.Tensor, ...]]]) -> Iterator[tuple[Any, ...]]:
+    """The batches of several sources over the same samples, joined; closing this closes them."""
+    try:
+        for batches in zip(*sources, strict=True):
+            yield tuple(tensor for batch in batches for tensor in batch)
+    finally:
+        for source in sources:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
 
 
 def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
@@ -225,18 +239,28 @@ def _extract_images(
     num_workers: int,
     progress: ProgressFn | None,
 ) -> dict[str, list[ModelOutput]]:
-    groups = list(_group(models).values())
-    recipes = [r for g in groups if isinstance(r := g[0].recipe, ImageRecipe)]
-    assert len(recipes) == len(groups)
+    by_decode: dict[str, list[list[CandidateModel]]] = defaultdict(list)
+    for group in _group(models).values():
+        by_decode[group[0].decode].append(group)
     # A thread of this process prepares the next batches while this one runs: it decodes them
     # itself, or, with worker processes decoding, gathers their chunks and issues the copies
     # (on an H200, gathering between forward passes left ResNet-50 in bf16 at 59-64% of its
-    # pure forward pass).
-    source = (
-        in_process_batches(dataset.samples, recipes, batch_size, device)
-        if num_workers == 0
-        else decoded_batches(dataset.samples, recipes, batch_size, num_workers, device)
-    )
+    # pure forward pass), or, with TB_DECODE=device, decodes and resizes on the device.
+    sources = []
+    groups: list[list[CandidateModel]] = []
+    for decode, decode_groups in by_decode.items():
+        recipes = [r for g in decode_groups if isinstance(r := g[0].recipe, ImageRecipe)]
+        assert len(recipes) == len(decode_groups)
+        groups += decode_groups
+        if decode == "device":
+            sources.append(device_batches(dataset.samples, recipes, batch_size, device))
+        elif num_workers == 0:
+            sources.append(in_process_batches(dataset.samples, recipes, batch_size, device))
+        else:
+            sources.append(
+                decoded_batches(dataset.samples, recipes, batch_size, num_workers, device)
+            )
+    source = sources[0] if len(sources) == 1 else _lockstep(sources)
     outputs: dict[str, list[ModelOutput]] = defaultdict(list)
     done = 0
     pending = prefetched(source, PREFETCH_BATCHES)

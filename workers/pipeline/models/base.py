@@ -75,6 +75,9 @@ class CandidateModel(ABC):
       Runtime with its version; part of the feature cache key, so cached features never mix
       runtimes or precisions.
     - ``autocast_dtype``: the reduced precision the forward pass runs in (None: float32).
+    - ``decode``: image models, where their input is decoded and resized (``TB_DECODE``):
+      ``pil`` or ``device`` (:mod:`workers.pipeline.device_input`); part of the feature cache
+      key when not ``pil``.
     - ``trunk``: set when the features come from an encoder that other models may share, with
       the head applied afterwards in :meth:`finish` (MiniLM with and without its intent head):
       models with equal trunks give equal features for a batch, so extraction runs it once.
@@ -94,6 +97,7 @@ class CandidateModel(ABC):
     runtime: str = "torch"
     trunk: str | None = None
     autocast_dtype: torch.dtype | None = None
+    decode: str = "pil"
 
     @property
     def modality(self) -> str:

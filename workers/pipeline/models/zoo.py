@@ -249,11 +249,13 @@ def load_model(name: str, settings: Settings | None = None) -> CandidateModel:
     """A zoo name (``mobilenet-v2``) or a spec (``timm:resnet18``) -> a loaded model on ONNX
     Runtime where ``TB_RUNTIME`` says so and it exports (see
     :mod:`workers.pipeline.models.exported`), else on PyTorch on ``TB_DEVICE`` in
-    ``TB_PRECISION``."""
+    ``TB_PRECISION``; an image model's input decoded where ``TB_DECODE`` says."""
     settings = settings or Settings.load()
     configure(settings.num_threads)
     model = ZOO[name].loader(settings) if name in ZOO else load_spec(parse_spec(name), settings)
     model = accelerate(model, settings)
+    if model.modality == "image":
+        model.decode = settings.decode
     try:
         device = resolve_device(settings.device)
     except PipelineError:  # TB_DEVICE=cuda without a GPU: extraction reports it
