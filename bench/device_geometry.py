@@ -1,20 +1,20 @@
-"""What decoding and resizing on the GPU would change, measured on the CPU: pixels, features,
-every default metric's score and the ranking.
+"""What decoding and resizing on the device (``TB_DECODE=device``) changes, measured on the CPU:
+pixels, features, every default metric's score and the ranking.
 
 On a GPU, photos are bound by the CPU's JPEG decode (``bench/gpu.py``: 1024-px JPEGs fed
 ResNet-50 in bf16 at 9% of its pure forward pass, while nvJPEG on the same GPU decoded 5,981
 images/s). Decoding there means resizing there too, with tensor arithmetic rather than PIL's
 fixed-point resize, and from the full-size image rather than PIL's reduced-scale (``draft``)
-JPEG decode. This script measures what that costs in agreement, before anyone builds it:
+JPEG decode. ``TB_DECODE=device`` does this; this script measures what it changes:
 
 - ``recipe``: the pipeline as it is (``sample.load(draft=...)`` then ``recipe.geometry``), the
   reference;
 - ``draft 2x``: PIL's reduced-scale decode to at least twice the resize, then the geometry;
 - ``full decode``: PIL without ``draft``, then the same geometry: how far the reduced-scale
   decode the pipeline uses moves the answer;
-- ``tensor``: ``torchvision.io.decode_jpeg`` (libjpeg-turbo here; nvJPEG's IDCT may differ by
-  a grey level), then resize in float32 with antialiasing, round, clamp and centre crop, as a
-  GPU computes it (torchvision resizes uint8 on a GPU through float).
+- ``tensor``: ``TB_DECODE=device`` on this CPU: ``torchvision.io.decode_jpeg`` (libjpeg-turbo
+  here; nvJPEG's IDCT may differ by a grey level), then the resize in float32 with
+  antialiasing, rounding and the centre crop, as a GPU computes them.
 
 Each image zoo model (default runtime) runs on each variant's pixels, on Fashion-MNIST
 re-encoded as 28-px JPEGs (labelled: scores and rankings) and on photos re-encoded as 1024-px
@@ -39,8 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
+from torchvision.io import decode_jpeg
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -50,6 +49,7 @@ from _common import agreement, machine, make_jpegs, write_report  # noqa: E402
 
 from workers.pipeline.datasets.builtin import fashion_mnist  # noqa: E402
 from workers.pipeline.datasets.images import decode  # noqa: E402
+from workers.pipeline.device_input import resize_crop  # noqa: E402
 from workers.pipeline.models import load_model, zoo_names  # noqa: E402
 from workers.pipeline.models.base import CandidateModel  # noqa: E402
 from workers.pipeline.models.preprocessing import ImageRecipe  # noqa: E402
@@ -59,12 +59,6 @@ from workers.settings import Settings  # noqa: E402
 
 RESULTS = HERE / "results"
 Geometry = Callable[[bytes, ImageRecipe], torch.Tensor]
-
-_MODES = {
-    "bilinear": TF.InterpolationMode.BILINEAR,
-    "bicubic": TF.InterpolationMode.BICUBIC,
-    "nearest": TF.InterpolationMode.NEAREST,
-}
 
 
 def recipe_geometry(data: bytes, recipe: ImageRecipe) -> torch.Tensor:
@@ -84,13 +78,10 @@ def full_decode_geometry(data: bytes, recipe: ImageRecipe) -> torch.Tensor:
 
 
 def tensor_geometry(data: bytes, recipe: ImageRecipe) -> torch.Tensor:
-    """Decode to a tensor, resize in float32 with antialiasing, round, crop: a GPU's way."""
-    pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
-    x = pixels.unsqueeze(0).float()
-    size = [recipe.resize, recipe.resize] if recipe.resize_mode == "square" else [recipe.resize]
-    x = TF.resize(x, size, interpolation=_MODES[recipe.interpolation], antialias=True)
-    x = x.round_().clamp_(0, 255).to(torch.uint8)
-    return TF.center_crop(x, [recipe.size, recipe.size])[0]
+    """``TB_DECODE=device`` on this CPU: torchvision's decode, then the float32 resize and crop
+    of :func:`workers.pipeline.device_input.resize_crop` (a GPU computes the same)."""
+    pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    return resize_crop(pixels.unsqueeze(0), recipe)[0].contiguous()
 
 
 VARIANTS: dict[str, Geometry] = {

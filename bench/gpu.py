@@ -14,8 +14,9 @@ In one run on a CUDA machine:
   from page-locked rings, forward, features to the host) at the best batch size, on
   Fashion-MNIST and on 1024-px JPEGs, with the default and 8 worker processes, as a share of the
   pure forward pass and with the share of its time spent waiting for input; beside it the input
-  side alone (no model), which says whether decode can keep up at all; CPU decode per image and
-  nvJPEG decode on the GPU;
+  side alone (no model), which says whether decode can keep up at all; for the JPEGs also
+  ``TB_DECODE=device`` (nvJPEG and the resize on the GPU); CPU decode per image and nvJPEG
+  decode on the GPU;
 - equality: each model's features and probabilities on the GPU (fp32 and bf16) against the
   same model on this machine's CPU, and every default metric's score and the ranking;
 - ``torch.compile`` of ResNet-50's module against the same module eager (time to compile too).
@@ -58,6 +59,7 @@ from _common import agreement
 from workers.pipeline.datasets.base import Dataset
 from workers.pipeline.datasets.builtin import fashion_mnist
 from workers.pipeline.datasets.images import read_image_folder
+from workers.pipeline.device_input import device_batches
 from workers.pipeline.extraction import PREFETCH_BATCHES, ExtractionStats, extract, prefetched
 from workers.pipeline.loader import decoded_batches
 from workers.pipeline.models import load_model
@@ -316,6 +318,12 @@ def input_alone(
         pass
 
 
+def input_on_device(data: Dataset, recipe: ImageRecipe, bs: int, device: torch.device) -> None:
+    """The input side of ``TB_DECODE=device`` with no model: decode and resize on ``device``."""
+    for _ in prefetched(device_batches(data.samples, [recipe], bs, device), PREFETCH_BATCHES):
+        pass
+
+
 def pipeline(
     models: dict[str, TorchImageModel],
     data: Dataset,
@@ -325,9 +333,11 @@ def pipeline(
     label: str,
     which: list[tuple[str, str]],
     before_workers: int | None = None,
+    device_decode: bool = False,
 ) -> list[dict[str, Any]]:
     """``extract`` at the default batch size and worker count (None) or the given ones, as a
-    share of the best pure forward; with ``before_workers``, the old loader beside it."""
+    share of the best pure forward; with ``before_workers``, the old loader beside it; with
+    ``device_decode``, ``TB_DECODE=device`` beside it too."""
     rows = []
     n = len(data)
     last: list[ExtractionStats] = []  # the latest run's stats: where its time went
@@ -335,6 +345,13 @@ def pipeline(
     def ring(m: TorchImageModel, w: int | None) -> None:
         last[:] = [ExtractionStats()]
         extract([m], data, num_workers=w, stats=last[0])
+
+    def on_device(m: TorchImageModel) -> None:
+        m.decode = "device"
+        try:
+            ring(m, None)
+        finally:
+            m.decode = "pil"
 
     for name, precision in which:
         key = f"{name}/{precision}"
@@ -345,6 +362,16 @@ def pipeline(
         runs: list[tuple[str, Any, Callable[[], object]]] = []
         for w in workers if precision == which[0][1] else workers[:1]:
             runs.append(("ring", w, lambda m=model, w=w: ring(m, w)))
+        if device_decode and precision == which[0][1] and name == which[0][0]:
+            bs = best[key]["batch"]
+            runs.append(("device decode", "none", lambda m=model: on_device(m)))
+            runs.append(
+                (
+                    "input only, device decode",
+                    "none",
+                    lambda m=model, bs=bs: input_on_device(data, m.recipe, bs, device),
+                )
+            )
         if precision == which[0][1] and name == which[0][0]:
             bs = best[key]["batch"]
             for w in workers:
@@ -459,6 +486,7 @@ def jpegs(
             "jpeg-1024",
             [("resnet50", precision)],
             before_workers=16 if device.type == "cuda" else 2,
+            device_decode=True,
         )
         print(json.dumps({k: v for k, v in out.items() if k != "pipeline"}), flush=True)
     return out
