@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
+from workers.pipeline import device_input
 from workers.pipeline.cache import FeatureCache, feature_key
 from workers.pipeline.datasets.images import read_image_folder
-from workers.pipeline import device_input
 from workers.pipeline.device_input import device_batches
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.extraction import ExtractionStats, extract
