@@ -498,14 +498,22 @@ RUNS: dict[str, dict[str, Any]] = {}
 def equality(
     models: dict[str, TorchImageModel], data: Dataset, device: torch.device
 ) -> dict[str, Any]:
-    """Every model on the CPU (float32, the reference) and on the GPU in fp32 and bf16: feature
-    and probability agreement, per sample. (Scores and rankings: :func:`ranking_equality`,
-    a section of its own so these numbers are saved first.)"""
-    places = [("cpu", torch.device("cpu"), "fp32")]
+    """Every model on the CPU (float32, the reference) and on the GPU in fp32 and bf16, and in
+    bf16 with ``TB_DECODE=device``: feature and probability agreement, per sample. (Scores and
+    rankings: :func:`ranking_equality`, a section of its own so these numbers are saved first.)"""
+    places = [("cpu", torch.device("cpu"), "fp32", "pil")]
     if device.type == "cuda":
-        places += [("gpu-fp32", device, "fp32"), ("gpu-bf16", device, "bf16")]
-    for label, where, precision in places:
-        RUNS[label] = extract(list(models.values()), data, device=where, precision=precision)
+        places += [("gpu-fp32", device, "fp32", "pil"), ("gpu-bf16", device, "bf16", "pil")]
+    fastest = "bf16" if device.type == "cuda" else "fp32"  # a smoke run's CPU: float32
+    places.append((f"{device.type}-{fastest}-device-decode", device, fastest, "device"))
+    for label, where, precision, decode in places:
+        for model in models.values():
+            model.decode = decode
+        try:
+            RUNS[label] = extract(list(models.values()), data, device=where, precision=precision)
+        finally:
+            for model in models.values():
+                model.decode = "pil"
     out: dict[str, Any] = {"images": len(data)}
     for label, got in RUNS.items():
         if label == "cpu":
