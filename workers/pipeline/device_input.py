@@ -82,7 +82,9 @@ def decode_images(samples: Sequence[Any], device: torch.device) -> list[torch.Te
             ]
         for i, image in zip(jpegs, decoded, strict=True):
             images[i] = image
-    return [image for image in images if image is not None]
+    done = [image for image in images if image is not None]
+    assert len(done) == len(samples)
+    return done
 
 
 def _one_jpeg(sample: Any, blob: torch.Tensor, device: torch.device) -> torch.Tensor:
