@@ -223,6 +223,21 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(
     _refused(path, "Bag/scans.jpg", "scans", f"{images.MAX_JPEG_SCANS}-scan cap", "baseline")
 
 
+def test_a_baseline_jpeg_with_repeated_scans_fails_at_its_first_scan(
+    tmp_path: Path, clothes, fmnist_full
+) -> None:
+    # Its markers are not counted (only a progressive JPEG decodes once per scan): the decoder
+    # stops at the end of the first complete scan, which the upload's decode reports.
+    baseline = _encode(fmnist_full.samples[4].pixels, "JPEG")
+    last = baseline.rfind(b"\xff\xda")
+    end = baseline.rfind(b"\xff\xd9")
+    assert baseline.count(b"\xff\xda") == 1
+    bomb = baseline[:end] + baseline[last:end] * (10 * images.MAX_JPEG_SCANS) + b"\xff\xd9"
+    path = _zip(tmp_path / "scans.zip", dict(clothes, **{"Bag/scans.jpg": bomb}))
+    message = _refused(path, "Bag/scans.jpg", "not a readable image")
+    assert "scan cap" not in message
+
+
 @pytest.mark.parametrize("fmt", ["GIF", "TIFF", "BMP"])
 def test_other_image_formats_are_refused_unparsed(
     tmp_path: Path, clothes, fmnist_full, fmt: str
