@@ -135,7 +135,18 @@ def device_batches(
                 for part in range(0, len(indices), step):
                     some = indices[part : part + step]
                     stacked = torch.stack([images[j - offset] for j in some])
-                    where = torch.tensor(some, device=device)
                     for out, recipe in zip(batch, recipes, strict=True):
-                        out.index_copy_(0, where, resize_crop(stacked, recipe))
+                        _place(out, some, resize_crop(stacked, recipe))
         yield tuple(batch)
+
+
+def _place(out: torch.Tensor, indices: list[int], rows: torch.Tensor) -> None:
+    """``out[indices] = rows`` by one slice copy per run of consecutive indices (a whole
+    group, for a dataset of one image size): no index tensor to send to the device, whose
+    copy from pageable memory would wait for the forward pass running there."""
+    start = 0
+    for k in range(1, len(indices) + 1):
+        if k == len(indices) or indices[k] != indices[k - 1] + 1:
+            first = indices[start]
+            out[first : first + k - start].copy_(rows[start:k])
+            start = k
