@@ -57,7 +57,13 @@ def _pil_decoded(sample: Any, device: torch.device) -> torch.Tensor:
         ) from exc
     pixels = torch.from_numpy(array)
     pixels = pixels.unsqueeze(-1) if pixels.ndim == 2 else pixels
-    return pixels.permute(2, 0, 1).to(device)
+    if device.type == "cuda":
+        # From page-locked memory the copy is queued without waiting for the forward pass
+        # running on the device (a copy from pageable memory would wait for it).
+        pixels = pixels.pin_memory().to(device, non_blocking=True)
+    else:
+        pixels = pixels.to(device)
+    return pixels.permute(2, 0, 1)
 
 
 def decode_images(samples: Sequence[Any], device: torch.device) -> list[torch.Tensor]:
