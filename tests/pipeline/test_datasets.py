@@ -15,6 +15,7 @@ from PIL import Image
 
 from workers.pipeline.datasets import archive as archive_mod
 from workers.pipeline.datasets import open_dataset
+from workers.pipeline.datasets.images import decode
 from workers.pipeline.errors import PipelineError
 
 
@@ -156,6 +157,19 @@ def test_truncated_png(tmp_path: Path, fmnist_full) -> None:
     (root / "b" / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(PipelineError, match=r"cut\.png"):
         open_dataset(str(root))
+
+
+@pytest.mark.parametrize("draft", [None, 8])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_truncated_jpeg_fails_to_decode_naming_the_file(fmnist_full, mode, draft) -> None:
+    """Greyscale too: it stays a single lazy band, so its decode must still happen in decode."""
+    buffer = io.BytesIO()
+    Image.fromarray(fmnist_full.samples[5].pixels).convert(mode).resize((224, 224)).save(
+        buffer, format="JPEG"
+    )
+    cut = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    with pytest.raises(PipelineError, match=r"cut\.jpg: cannot decode image"):
+        decode(cut, "cut.jpg", draft=draft)
 
 
 def test_empty_image_file(tmp_path: Path, fmnist_full) -> None:

@@ -157,6 +157,7 @@ def decode(data: bytes, origin: str, draft: int | None = None) -> Image.Image:
     try:
         if draft and image.format == "JPEG":
             image.draft("RGB", (draft, draft))
+        image.load()  # here, so a broken file fails as one whatever its mode (L stays lazy)
         return _for_geometry(image)
     except Exception as exc:  # a decoder's error on hostile bytes, whatever its class
         raise PipelineError(
