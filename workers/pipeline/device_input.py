@@ -29,7 +29,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from workers.pipeline.datasets.images import plain_jpeg
+from workers.pipeline.datasets.images import decode, plain_jpeg
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.loader import empty_batch
 from workers.pipeline.models.preprocessing import ImageRecipe
@@ -46,16 +46,11 @@ _MODES = {
 }
 
 
-def _pil_decoded(sample: Any, device: torch.device) -> torch.Tensor:
-    """``sample`` decoded in full by PIL -> ``(C, H, W)`` uint8 on ``device``, C 1 or 3."""
-    image = sample.load()
-    try:
-        array = np.array(image, dtype=np.uint8)  # a greyscale image decodes only here
-    except Exception as exc:  # a decoder's error on hostile bytes, whatever its class
-        raise PipelineError(
-            f"{sample.origin}: cannot decode image ({exc.__class__.__name__}: {exc})"
-        ) from exc
-    pixels = torch.from_numpy(array)
+def _pil_decoded(sample: Any, data: bytes | None, device: torch.device) -> torch.Tensor:
+    """``sample`` (its bytes ``data`` when already read) decoded in full by PIL ->
+    ``(C, H, W)`` uint8 on ``device``, C 1 or 3."""
+    image = sample.load() if data is None else decode(data, sample.origin)
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
     pixels = pixels.unsqueeze(-1) if pixels.ndim == 2 else pixels
     if device.type == "cuda":
         # From page-locked memory the copy is queued without waiting for the forward pass
@@ -71,20 +66,21 @@ def decode_images(samples: Sequence[Any], device: torch.device) -> list[torch.Te
     JPEGs in one call of the device's decoder."""
     images: list[torch.Tensor | None] = [None] * len(samples)
     jpegs: list[int] = []
-    blobs: list[torch.Tensor] = []
+    blobs: list[bytes] = []
     for i, sample in enumerate(samples):
         data = sample.read()
         if data is not None and plain_jpeg(data, sample.origin):
             jpegs.append(i)
-            blobs.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            blobs.append(data)
         else:
-            images[i] = _pil_decoded(sample, device)
+            images[i] = _pil_decoded(sample, data, device)
     if blobs:
+        tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in blobs]
         try:
-            decoded = decode_jpeg(blobs, mode=ImageReadMode.UNCHANGED, device=device)
+            decoded = decode_jpeg(tensors, mode=ImageReadMode.UNCHANGED, device=device)
         except RuntimeError:  # one bad file fails the call: decode them one by one
             decoded = [
-                _one_jpeg(samples[i], blob, device) for i, blob in zip(jpegs, blobs, strict=True)
+                _one_jpeg(samples[i], data, device) for i, data in zip(jpegs, blobs, strict=True)
             ]
         for i, image in zip(jpegs, decoded, strict=True):
             images[i] = image
@@ -93,12 +89,13 @@ def decode_images(samples: Sequence[Any], device: torch.device) -> list[torch.Te
     return done
 
 
-def _one_jpeg(sample: Any, blob: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _one_jpeg(sample: Any, data: bytes, device: torch.device) -> torch.Tensor:
     """One JPEG on the device's decoder, else PIL's (which raises naming the file)."""
+    blob = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
         image: torch.Tensor = decode_jpeg(blob, mode=ImageReadMode.UNCHANGED, device=device)
     except RuntimeError:
-        return _pil_decoded(sample, device)
+        return _pil_decoded(sample, data, device)
     return image
 
 
@@ -127,8 +124,6 @@ def device_batches(
         for offset in range(0, len(chunk), DECODE_CHUNK):
             try:
                 images = decode_images(chunk[offset : offset + DECODE_CHUNK], device)
-            except PipelineError:
-                raise
             except RuntimeError as exc:  # the device's own failure, e.g. out of memory
                 raise PipelineError(
                     f"decoding images on {device} failed ({exc}); use TB_DECODE=pil"
