@@ -32,18 +32,15 @@ from torchvision.transforms.v2 import functional as TF
 from workers.pipeline.datasets.images import decode, plain_jpeg
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.loader import empty_batch
-from workers.pipeline.models.preprocessing import ImageRecipe
+from workers.pipeline.models.preprocessing import INTERPOLATION, ImageRecipe
 
 #: images decoded in one call of the device's decoder (nvJPEG decodes a list in one batch)
 DECODE_CHUNK = 64
 #: pixel values converted to float32 for one resize call (256 MB)
 RESIZE_ELEMENTS = 1 << 26
-#: PIL's ``nearest`` samples pixel centres; torch's ``nearest`` does not, ``nearest-exact`` does
-_MODES = {
-    "bilinear": TF.InterpolationMode.BILINEAR,
-    "bicubic": TF.InterpolationMode.BICUBIC,
-    "nearest": TF.InterpolationMode.NEAREST_EXACT,
-}
+#: the recipe's modes, but on tensors: PIL's ``nearest`` samples pixel centres, as torch's
+#: ``nearest-exact`` does and its ``nearest`` does not
+_MODES = {**INTERPOLATION, "nearest": TF.InterpolationMode.NEAREST_EXACT}
 
 
 def _pil_decoded(sample: Any, data: bytes | None, device: torch.device) -> torch.Tensor:
