@@ -34,6 +34,7 @@ on a CPU). Prints tables; writes bench/results/gpu.json (and a copy under ``--ou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -42,7 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
@@ -307,21 +308,37 @@ def before(model: TorchImageModel, data: Dataset, bs: int, workers: int, device)
         model.forward(batch.to(device, non_blocking=True))
 
 
-def input_alone(
-    data: Dataset, recipe: ImageRecipe, bs: int, workers: int | None, device: torch.device
+def input_only(
+    data: Dataset,
+    recipe: ImageRecipe,
+    bs: int,
+    workers: int | None,
+    device: torch.device,
+    decode: str = "pil",
 ) -> None:
-    """The input side of ``extract`` with no model: worker decode, gathering and copies to
-    ``device`` at batch size ``bs``. Faster than the pure forward pass, or decode sets the pace."""
-    count = max(1, default_threads() - 1) if workers is None else workers
-    batches = decoded_batches(data.samples, [recipe], bs, count, device)
+    """The input side of ``extract`` with no model, at batch size ``bs``: worker decode,
+    gathering and copies to ``device``, or with ``decode="device"`` decode and resize there.
+    Faster than the pure forward pass, or decode sets the pace."""
+    if decode == "device":
+        batches = device_batches(data.samples, [recipe], bs, device)
+    else:
+        count = max(1, default_threads() - 1) if workers is None else workers
+        batches = decoded_batches(data.samples, [recipe], bs, count, device)
     for _ in prefetched(batches, PREFETCH_BATCHES):
         pass
 
 
-def input_on_device(data: Dataset, recipe: ImageRecipe, bs: int, device: torch.device) -> None:
-    """The input side of ``TB_DECODE=device`` with no model: decode and resize on ``device``."""
-    for _ in prefetched(device_batches(data.samples, [recipe], bs, device), PREFETCH_BATCHES):
-        pass
+@contextlib.contextmanager
+def decoding(models: Iterable[TorchImageModel], decode: str) -> Iterator[None]:
+    """``models`` take their input decoded as ``TB_DECODE=decode`` says, for the block."""
+    models = list(models)
+    for model in models:
+        model.decode = decode
+    try:
+        yield
+    finally:
+        for model in models:
+            model.decode = "pil"
 
 
 def pipeline(
@@ -347,11 +364,8 @@ def pipeline(
         extract([m], data, num_workers=w, stats=last[0])
 
     def on_device(m: TorchImageModel) -> None:
-        m.decode = "device"
-        try:
+        with decoding([m], "device"):
             ring(m, None)
-        finally:
-            m.decode = "pil"
 
     for name, precision in which:
         key = f"{name}/{precision}"
@@ -362,24 +376,25 @@ def pipeline(
         runs: list[tuple[str, Any, Callable[[], object]]] = []
         for w in workers if precision == which[0][1] else workers[:1]:
             runs.append(("ring", w, lambda m=model, w=w: ring(m, w)))
-        if device_decode and precision == which[0][1] and name == which[0][0]:
-            bs = best[key]["batch"]
-            runs.append(("device decode", "none", lambda m=model: on_device(m)))
-            runs.append(
-                (
-                    "input only, device decode",
-                    "none",
-                    lambda m=model, bs=bs: input_on_device(data, m.recipe, bs, device),
-                )
-            )
         if precision == which[0][1] and name == which[0][0]:
             bs = best[key]["batch"]
+            if device_decode:
+                runs.append(("device decode", "none", lambda m=model: on_device(m)))
+                runs.append(
+                    (
+                        "input only, device decode",
+                        "none",
+                        lambda m=model, bs=bs: input_only(
+                            data, m.recipe, bs, None, device, "device"
+                        ),
+                    )
+                )
             for w in workers:
                 runs.append(
                     (
                         "input only (no forward)",
                         w,
-                        lambda m=model, w=w, bs=bs: input_alone(data, m.recipe, bs, w, device),
+                        lambda m=model, w=w, bs=bs: input_only(data, m.recipe, bs, w, device),
                     )
                 )
         if before_workers and name == "resnet50" and precision == which[0][1]:
@@ -507,13 +522,8 @@ def equality(
     fastest = "bf16" if device.type == "cuda" else "fp32"  # a smoke run's CPU: float32
     places.append((f"{device.type}-{fastest}-device-decode", device, fastest, "device"))
     for label, where, precision, decode in places:
-        for model in models.values():
-            model.decode = decode
-        try:
+        with decoding(models.values(), decode):
             RUNS[label] = extract(list(models.values()), data, device=where, precision=precision)
-        finally:
-            for model in models.values():
-                model.decode = "pil"
     out: dict[str, Any] = {"images": len(data)}
     for label, got in RUNS.items():
         if label == "cpu":
