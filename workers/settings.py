@@ -45,63 +45,142 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TB_", env_nested_delimiter="__", extra="ignore")
 
+    # Each field's description is its documentation: docs/operations.md's settings table is
+    # generated from them (scripts/settings_table.py; a test keeps the two equal).
+
     # the pipeline
-    data_dir: Path = Field(default_factory=default_data_dir)
-    device: str = "auto"
-    batch_size: int | None = Field(default=None, ge=1)
-    num_threads: int | None = Field(default=None, ge=1)
-    runtime: Literal["auto", "onnx", "torch"] = "auto"
-    #: the forward pass's arithmetic on a CUDA device: ``auto`` (bf16 autocast, fp16 where
-    #: the GPU has no bf16), ``fp32`` (TF32 off: features equal the CPU's to 1e-4), ``bf16``,
-    #: ``fp16``; a CPU always computes in float32
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    #: where images are decoded and resized: ``pil`` (PIL on the CPU, the recipe's reference
-    #: arithmetic, large JPEGs at reduced scale) or ``device`` (JPEGs decoded on the device the
-    #: models run on, nvJPEG on a GPU, and resized there in float32; features differ slightly
-    #: and have their own cache key)
-    decode: Literal["pil", "device"] = "pil"
-    offline: bool = False
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="the embedded database, uploads, stored datasets and the feature cache "
+        "(default: `$XDG_CACHE_HOME/transferbench` or `~/.cache/transferbench`)",
+    )
+    device: str = Field(
+        default="auto", description="extraction device: `auto` (a GPU if any), `cpu`, `cuda`"
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, description="extraction batch; unset: chosen from free memory"
+    )
+    num_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads of the forward pass; unset: every core"
+    )
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        default="auto",
+        description="the CPU forward pass: `auto` and `onnx` run ONNX Runtime, `torch` turns it "
+        "off",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="the forward pass's arithmetic on a CUDA device: `auto` (bf16 autocast, fp16 "
+        "where the GPU has no bf16), `fp32` (TF32 off: features equal the CPU's to 1e-4), "
+        "`bf16`, `fp16`; a CPU always computes in float32",
+    )
+    decode: Literal["pil", "device"] = Field(
+        default="pil",
+        description="where images are decoded and resized: `pil` (PIL on the CPU, the recipe's "
+        "reference arithmetic, large JPEGs at reduced scale) or `device` (JPEGs decoded on the "
+        "models' device, nvJPEG on a GPU, and resized there in float32; features differ "
+        "slightly and have their own cache key)",
+    )
+    offline: bool = Field(
+        default=False,
+        description="never download weights (`HF_HUB_OFFLINE=1` sets it too)",
+    )
     # the service
-    database_url: str | None = None
-    broker_url: str | None = None
-    result_backend_url: str | None = None
-    max_upload_mb: int = Field(default=1024, ge=1)
-    auth: Literal["auto", "required", "off"] = "auto"
-    heartbeat_timeout_s: int = Field(default=600, ge=5)
-    visibility_timeout_s: int = Field(default=3600, ge=1)
-    rerank_interval_s: int = Field(default=300, ge=5)
-    scheduler_tick_s: int = Field(default=60, ge=1)
-    model_resolve_timeout_s: int = Field(default=300, ge=1)
-    #: local model files (statedict:, onnx:, torchscript:, hf: paths) a remote client may
-    #: name, relative to this directory; unset: remote clients may name hub models only
-    model_dir: Path | None = None
-    #: per API key; 0: no limit
-    rate_limit_per_min: int = Field(default=1200, ge=0)
-    #: per tenant: bytes of stored datasets, and ranking jobs queued or running at once
-    tenant_max_stored_mb: int = Field(default=20_480, ge=1)
-    tenant_max_active_jobs: int = Field(default=20, ge=1)
-    #: an API process's database connections, and how long a request waits for one
-    db_pool_size: int = Field(default=30, ge=2)
-    db_pool_timeout_s: float = Field(default=30, gt=0)
-    #: the API's bound on a request: its work before the response starts, not counting the
-    #: wait for the client's body (then 503); each wait for a body chunk (then 408); and, on
-    #: PostgreSQL, each statement it runs and each wait for a row lock
-    request_timeout_s: float = Field(default=30, gt=0)
-    lock_timeout_s: float = Field(default=10, gt=0)
-    #: on PostgreSQL, answer the leaderboard and finished-ranking reads on the event loop in
-    #: one database round trip (``app.fastreads``); off: every request takes the full stack
-    fast_reads: bool = True
-    #: a ranking job still queued or running this long after it was created fails, saying so
-    job_timeout_s: int = Field(default=86_400, ge=60)
-    #: browser origins allowed to call the API (``TB_CORS_ORIGINS``, comma-separated; none: no
-    #: CORS headers at all)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # the remote CLI: the server to drive (``TB_SERVER``) and its key (``TB_API_KEY``)
-    server: str | None = None
-    api_key: SecretStr | None = None
-    # the dashboard: signs its session cookies; the same value on every API replica
-    # (unset: a random secret per process, so a restart logs browsers out)
-    session_secret: SecretStr | None = None
+    database_url: str | None = Field(
+        default=None,
+        description="`postgresql+psycopg://user:pass@host/db`; unset: SQLite in `TB_DATA_DIR`",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="`redis://host:6379/0`: Celery workers; unset: the embedded worker thread",
+    )
+    result_backend_url: str | None = Field(
+        default=None, description="Celery's result backend; unset: the broker"
+    )
+    max_upload_mb: int = Field(
+        default=1024, ge=1, description="upload size cap (413 past it, from the headers)"
+    )
+    auth: Literal["auto", "required", "off"] = Field(
+        default="auto",
+        description="API keys: `required`, `off`, or `auto` (required unless embedded on "
+        "localhost)",
+    )
+    heartbeat_timeout_s: int = Field(
+        default=600,
+        ge=5,
+        description="a model with no progress, or a registration still pending, for this long "
+        "is sent again",
+    )
+    visibility_timeout_s: int = Field(
+        default=3600, ge=1, description="Redis re-delivery of unacknowledged tasks"
+    )
+    rerank_interval_s: int = Field(
+        default=300, ge=5, description="how often the scheduler re-ranks missing scores"
+    )
+    scheduler_tick_s: int = Field(default=60, ge=1, description="the scheduler's tick")
+    model_dir: Path | None = Field(
+        default=None,
+        description="the one directory whose model files (`statedict:`, `onnx:`, "
+        "`torchscript:`, `hf:`/`st:` directories) remote clients may name, by a relative "
+        "path; unset: remote clients may name hub models only",
+    )
+    rate_limit_per_min: int = Field(
+        default=1200,
+        ge=0,
+        description="requests per API key per clock minute (429 past it); 0: no limit",
+    )
+    tenant_max_stored_mb: int = Field(
+        default=20_480, ge=1, description="a tenant's stored datasets (413 past it)"
+    )
+    tenant_max_active_jobs: int = Field(
+        default=20,
+        ge=1,
+        description="a tenant's rankings queued or running at once (429 past it)",
+    )
+    db_pool_size: int = Field(default=30, ge=2, description="database connections per API process")
+    db_pool_timeout_s: float = Field(
+        default=30, gt=0, description="how long a request waits for a database connection"
+    )
+    request_timeout_s: float = Field(
+        default=30,
+        gt=0,
+        description="the API's work on a request, not counting the wait for its body (503 "
+        "past it, nothing kept); each wait for a body chunk (408); on PostgreSQL, each "
+        "statement",
+    )
+    lock_timeout_s: float = Field(
+        default=10, gt=0, description="on PostgreSQL, the API's wait for a row lock (503 past it)"
+    )
+    fast_reads: bool = Field(
+        default=True,
+        description="on PostgreSQL, answer leaderboard and finished-ranking reads on the event "
+        "loop in one database round trip (`app/fastreads.py`); `false`: the full stack",
+    )
+    job_timeout_s: int = Field(
+        default=86_400,
+        ge=60,
+        description="a ranking still queued or running this long after it was created fails, "
+        "saying so",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated browser origins allowed to call the API; unset: no CORS "
+        "headers",
+    )
+    # the remote CLI
+    server: str | None = Field(
+        default=None,
+        description="the service `transferbench rank` drives instead of the local pipeline",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="the key the remote CLI and the Python client send"
+    )
+    # the dashboard
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="signs the dashboard's session cookies: set the same value on every API "
+        "replica (unset: a random secret per process, so a restart logs browsers out)",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -163,3 +242,20 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table (variable, default, meaning), from the fields'
+    descriptions: ``docs/operations.md`` holds it, written by ``scripts/settings_table.py``."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "see meaning" if field.default_factory is default_data_dir else "none"
+        elif field.default is None:
+            default = "unset"
+        elif isinstance(field.default, bool):
+            default = f"`{str(field.default).lower()}`"
+        else:
+            default = f"`{field.default}`"
+        rows.append(f"| `TB_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows) + "\n"

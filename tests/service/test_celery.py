@@ -88,7 +88,6 @@ def deployment(
         database_url=pg_url,
         broker_url=redis_url,
         data_dir=tmp_path / "data",
-        model_resolve_timeout_s=120,
     )
     upgrade(pg_url)
     db = Database(pg_url)

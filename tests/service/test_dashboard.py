@@ -6,7 +6,7 @@ in-process worker) with two real zoo models (and a second registration of one of
 dataset has the three outcomes an evaluation needs) and a real upload of Fashion-MNIST PNGs.
 Screenshots of every page at desktop width are taken and checked for size; they are written
 to the folder ``TB_SCREENSHOTS`` names (``TB_SCREENSHOTS=docs/screenshots`` refreshes the
-README's), else to a temporary folder, so a test run leaves the checkout as it was.
+docs' screenshots), else to a temporary folder, so a test run leaves the checkout as it was.
 
 Without /usr/bin/chromium or the ``playwright`` package the browser tests skip, saying what
 is missing; under CI=true they fail instead.
