@@ -42,7 +42,8 @@ from app.api import datasets as datasets_api
 from app.api import rankings as rankings_api
 from app.api.deps import count_request
 from app.api.http import JSON, etag, none_match
-from app.errors import ProblemError, problem
+from app.errors import ProblemError
+from app.problems import problem
 from app.observability import Meter
 from app.ratelimit import RateLimiter
 from app.services import apikeys, leaderboards

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import text
 
-from app import errors, fastreads, observability
+from app import fastreads, observability, problems
 from app.api import datasets, evaluation, models, openapi, rankings
 from app.dashboard.pages import install as install_dashboard
 from app.db.permits import Permits, permits_for
@@ -57,7 +57,7 @@ def create_app(
     app.state.reads = Reads(db)
     app.state.db_permits = Permits(permits_for(db.pool_size))
     app.state.limiter = make_limiter(settings.broker_url, settings.rate_limit_per_min)
-    errors.install(app)
+    problems.install(app)
     openapi.install(app)  # every operation's problems and the API key, in /openapi.json
     meter = observability.install(app, db, queue)
     app.add_middleware(BodyGuard)  # size cap and auth before an upload's body is read

@@ -21,7 +21,8 @@ from typing import Any
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ProblemError, problem
+from app.errors import ProblemError
+from app.problems import problem
 
 SCOPE_KEY = "transferbench.deadline"
 

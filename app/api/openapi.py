@@ -33,8 +33,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
 from app.api.deps import get_pagination, require_key
-from app.errors import PROBLEM
 from app.limits import BODY_METHODS
+from app.problems import PROBLEM
 
 SCHEME = "apiKey"
 PROBLEM_SCHEMA = "ProblemDetails"

@@ -7,9 +7,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path, PurePath
+from typing import Protocol
 
 import numpy as np
-from fastapi import UploadFile
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -37,7 +37,17 @@ def _suffix(filename: str) -> str:
     )
 
 
-async def save_upload(upload: UploadFile, settings: Settings) -> Path:
+class Upload(Protocol):
+    """An upload as it arrives: its client-side file name and its body, read in chunks (the
+    web side passes its own upload object; the domain needs no web framework)."""
+
+    @property
+    def filename(self) -> str | None: ...
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+
+async def save_upload(upload: Upload, settings: Settings) -> Path:
     """Stream the upload to a temporary file, refusing past the size cap (nothing is kept)."""
     suffix = _suffix(upload.filename or "")
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
+import anyio.to_thread
 
 from app.errors import NotFound
 from app.services.reads import Reads
@@ -66,7 +66,7 @@ async def ranking_events(
         if await disconnected():
             return
         try:
-            body = await run_in_threadpool(reads.ranking, job_id, tenant)
+            body = await anyio.to_thread.run_sync(reads.ranking, job_id, tenant)
         except NotFound as exc:
             gone = {**progress, "status": JobStatus.FAILED.value, "error": exc.detail}
             yield _event(JobStatus.FAILED.value, json.dumps(gone, separators=(",", ":")))

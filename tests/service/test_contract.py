@@ -25,8 +25,8 @@ from schemathesis.errors import FailureGroup
 
 from app.db.migrate import upgrade
 from app.db.session import Database
-from app.errors import PROBLEM
 from app.main import create_app
+from app.problems import PROBLEM
 from app.services import apikeys
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
