@@ -10,11 +10,11 @@ from sqlalchemy import text
 
 from app import fastreads, observability, problems
 from app.api import datasets, evaluation, models, openapi, rankings
+from app.api.limits import BodyGuard
 from app.dashboard.pages import install as install_dashboard
 from app.db.permits import Permits, permits_for
 from app.db.session import Database
 from app.lifecycle import TaskQueue
-from app.limits import BodyGuard
 from app.queue import CeleryQueue
 from app.ratelimit import make_limiter
 from app.services.reads import Reads

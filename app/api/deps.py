@@ -12,9 +12,8 @@ from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from app import timeouts
+from app import sessions, timeouts
 from app.api.http import Pagination
-from app.dashboard import sessions
 from app.db.permits import Permits
 from app.db.session import Database
 from app.errors import TooManyRequests, Unauthorized
@@ -112,7 +111,7 @@ def get_session_secret(request: Request) -> bytes | None:
 
 async def require_key(request: Request) -> Principal:
     """Who the request acts as: its Bearer key's tenant and role, or, for a request with no
-    Authorization header at all, the dashboard's session cookie (``app.dashboard.sessions``).
+    Authorization header at all, the dashboard's session cookie (``app.sessions``).
     Checked against the database on every request, so a revoked key fails on the next one.
     A GET needs the ``read`` role, anything else ``write``; then the key's rate limit.
     Without key checks (``TB_AUTH=off``) every request is the ``default`` tenant's admin.

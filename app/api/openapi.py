@@ -10,7 +10,7 @@ without touching this module:
   CSRF token);
 - a path parameter, or a JSON body that names other objects (``*_id``, ``*_ids``): 404;
 - a change (POST, PUT, PATCH, DELETE): 409;
-- POST, PUT, PATCH (``app.limits.BodyGuard`` caps every body): 413, and with a body 400
+- POST, PUT, PATCH (``app.api.limits.BodyGuard`` caps every body): 413, and with a body 400
   (a body that cannot be parsed at all);
 - any parameter or body: 422, the problem replacing FastAPI's ``HTTPValidationError``;
 - every operation: 503 past the request timeout (``app.timeouts``), and with a body 408;
@@ -33,7 +33,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
 from app.api.deps import get_pagination, require_key
-from app.limits import BODY_METHODS
+from app.api.limits import BODY_METHODS
 from app.problems import PROBLEM
 
 SCHEME = "apiKey"

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
-from app import timeouts
+from app import sessions, timeouts
 from app.api import deps
 from app.api.deps import QueueDep, SessionDep, SettingsDep
 from app.errors import Invalid, NotFound, ProblemError
@@ -23,7 +23,7 @@ from app.services import rankings as ranking_service
 from app.services import recommender
 from app.tenancy import DEFAULT_TENANT, Role
 
-from . import queries, sessions, views
+from . import queries, views
 from .web import (
     PREFIX,
     Viewer,

@@ -16,13 +16,14 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session
 
+from app import sessions
 from app.api.deps import SessionDep, SettingsDep
 from app.errors import Invalid, NotFound
 from app.services import datasets as dataset_service
 from app.services import models as model_service
 from app.services import recommender
 
-from . import assets, forms, queries, sessions, views
+from . import assets, forms, queries, views
 from .web import PREFIX, DatabaseDep, ViewerDep, gather, make_router, render
 
 router = make_router()

@@ -17,13 +17,14 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import sessions
 from app.api import deps
 from app.db.session import Database
 from app.errors import ProblemError, Unauthorized
 from app.tenancy import DEFAULT_TENANT, LOCAL, Principal
 from scoring.recommend import RECOMMENDED
 
-from . import assets, sessions, views
+from . import assets, views
 
 PREFIX = "/dashboard"
 FIT_RACE_RETRIES = 2

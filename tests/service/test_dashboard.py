@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.dashboard import sessions
+from app import sessions
 from app.db.migrate import upgrade
 from app.db.session import Database
 from app.main import create_app

@@ -177,7 +177,7 @@ def test_every_endpoint_answers_404_for_another_tenants_ids(shared: Shared):
     assert r.status_code == 404, r.text
 
     # The dashboard pages too.
-    from app.dashboard import sessions
+    from app import sessions
 
     with shared.db.session() as s:
         key_id = apikeys.active(s, "b-read").id  # type: ignore[union-attr]
