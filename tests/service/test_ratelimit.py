@@ -9,7 +9,8 @@ import time
 import pytest
 import redis
 
-from app.ratelimit import _COUNT, WINDOW_S, RedisLimiter, RespError, _parse, _ScriptCounter
+from app._redis_protocol import RespError, ScriptCounter, parse
+from app.ratelimit import _COUNT, WINDOW_S, RedisLimiter
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -17,22 +18,22 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 
 def test_replies_are_parsed_whole_or_not_at_all() -> None:
-    assert _parse(b":42\r\n", 0) == (42, 5)
-    assert _parse(b"+OK\r\n", 0) == ("OK", 5)
-    error, end = _parse(b"-NOSCRIPT No matching script\r\n", 0)  # type: ignore[misc]
+    assert parse(b":42\r\n", 0) == (42, 5)
+    assert parse(b"+OK\r\n", 0) == ("OK", 5)
+    error, end = parse(b"-NOSCRIPT No matching script\r\n", 0)  # type: ignore[misc]
     assert isinstance(error, RespError) and error.args[0].startswith("NOSCRIPT") and end == 30
-    assert _parse(b"$3\r\nabc\r\n", 0) == (b"abc", 9)
-    assert _parse(b"$-1\r\n", 0) == (None, 5)
-    assert _parse(b"*2\r\n:1\r\n$1\r\nx\r\n", 0) == ([1, b"x"], 15)
+    assert parse(b"$3\r\nabc\r\n", 0) == (b"abc", 9)
+    assert parse(b"$-1\r\n", 0) == (None, 5)
+    assert parse(b"*2\r\n:1\r\n$1\r\nx\r\n", 0) == ([1, b"x"], 15)
     for cut in (b"", b":4", b"$3\r\nab", b"$3\r\nabc\r", b"*2\r\n:1\r\n"):
-        assert _parse(cut, 0) is None, cut
+        assert parse(cut, 0) is None, cut
     with pytest.raises(RespError):
-        _parse(b"?what\r\n", 0)
+        parse(b"?what\r\n", 0)
 
 
 def test_counts_in_order_with_the_expiry_set(redis_url: str) -> None:
     sync = redis.Redis.from_url(redis_url)
-    counter = _ScriptCounter(redis_url, _COUNT, timeout_s=2)
+    counter = ScriptCounter(redis_url, _COUNT, timeout_s=2)
 
     async def burst() -> list[int]:
         return list(
@@ -51,7 +52,7 @@ def test_counts_in_order_with_the_expiry_set(redis_url: str) -> None:
 
 def test_a_server_that_forgot_the_script_is_sent_it_whole(redis_url: str) -> None:
     sync = redis.Redis.from_url(redis_url)
-    counter = _ScriptCounter(redis_url, _COUNT, timeout_s=2)
+    counter = ScriptCounter(redis_url, _COUNT, timeout_s=2)
 
     async def twice() -> tuple[int, int]:
         first = await counter.count("tb:test:flush", 60)
