@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.pipeline.datasets.base import Dataset, PrecomputedModel
+from workers.pipeline.datasets.base import Dataset, PrecomputedModel, Summary
 from workers.pipeline.datasets.builtin import BUILTINS
 from workers.pipeline.datasets.images import (
     FILE_COLUMNS,
@@ -12,7 +12,11 @@ from workers.pipeline.datasets.images import (
     read_image_manifest,
     read_image_zip,
 )
-from workers.pipeline.datasets.precomputed import PRECOMPUTED_SUFFIXES, read_precomputed
+from workers.pipeline.datasets.precomputed import (
+    PRECOMPUTED_SUFFIXES,
+    read_precomputed,
+    scan_precomputed,
+)
 from workers.pipeline.datasets.tables import TABLE_SUFFIXES, columns, read_rows
 from workers.pipeline.datasets.text import read_text_table
 from workers.pipeline.errors import PipelineError
@@ -82,10 +86,21 @@ def open_upload(path: Path) -> Dataset:
     )
 
 
+def check_upload(path: Path) -> Summary:
+    """:func:`open_upload`'s checks, and what storing the upload needs to know of it. A feature
+    file is checked a few rows at a time and never held whole (its arrays may expand to
+    gigabytes); images are decoded one at a time anyway."""
+    if path.suffix.lower() in PRECOMPUTED_SUFFIXES:
+        return scan_precomputed(path)
+    return Summary.of(open_upload(path))
+
+
 __all__ = [
     "BUILTINS",
     "Dataset",
     "PrecomputedModel",
+    "Summary",
+    "check_upload",
     "open_dataset",
     "open_upload",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
@@ -27,6 +27,55 @@ class PrecomputedModel:
 
     features: np.ndarray
     probs: np.ndarray | None = None
+
+
+class ContentHash:
+    """A dataset's content hash, fed rows in order: a reader that streams a file (and never
+    holds its samples) hashes it exactly as :attr:`Dataset.content_hash` does."""
+
+    def __init__(self, modality: Modality, target: Target) -> None:
+        self._digest = hashlib.sha256(f"transferbench-dataset-v1|{modality}|{target}".encode())
+
+    def add(self, sample_digests: Sequence[bytes], labels: Sequence[object]) -> None:
+        """The next rows: each sample's digest and its label (a Python value, ``.tolist()``)."""
+        for sample_digest, label in zip(sample_digests, labels, strict=True):
+            self._digest.update(sample_digest)
+            self._digest.update(repr(label).encode())
+
+    def hexdigest(self, model_names: Iterable[str] = ()) -> str:
+        """The hash, after every row; ``model_names``: the models of a features dataset."""
+        for name in sorted(model_names):
+            self._digest.update(name.encode())
+        return self._digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What storing an upload needs to know of it: its kind, size, classes and content hash.
+    A streaming check returns it without ever holding the samples."""
+
+    modality: Modality
+    target: Target
+    content_hash: str
+    n_samples: int
+    #: ``(label, count)`` in sorted label order; empty for regression targets
+    classes: list[tuple[object, int]]
+
+    def validate(self, where: str) -> Summary:
+        """Raise :class:`PipelineError` unless the labels can be ranked on."""
+        if self.n_samples == 0:
+            raise PipelineError(f"{where}: no samples found")
+        if self.target == "classification":
+            require_two_classes(where, [label for label, _ in self.classes])
+        return self
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> Summary:
+        classes: list[tuple[object, int]] = []
+        if dataset.target == "classification":
+            names, counts = np.unique(dataset.labels, return_counts=True)
+            classes = list(zip(names.tolist(), counts.tolist(), strict=True))
+        return cls(dataset.modality, dataset.target, dataset.content_hash, len(dataset), classes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,13 +104,9 @@ class Dataset:
     @cached_property
     def content_hash(self) -> str:
         """sha256 (hex) of every sample's content and label, in order: keys the feature cache."""
-        digest = hashlib.sha256(f"transferbench-dataset-v1|{self.modality}|{self.target}".encode())
-        for sample_digest, label in zip(self.digests, self.labels.tolist(), strict=True):
-            digest.update(sample_digest)
-            digest.update(repr(label).encode())
-        for name in sorted(self.precomputed):
-            digest.update(name.encode())
-        return digest.hexdigest()
+        content = ContentHash(self.modality, self.target)
+        content.add(self.digests, self.labels.tolist())
+        return content.hexdigest(self.precomputed)
 
     @property
     def classes(self) -> list[object]:
@@ -79,10 +124,7 @@ class Dataset:
             )
         if self.target == "classification":
             classes, counts = np.unique(self.labels, return_counts=True)
-            if len(classes) < 2:
-                raise PipelineError(
-                    f"{where}: only one class ({classes[0]!r}) - ranking needs at least two"
-                )
+            require_two_classes(where, classes.tolist())
             if counts.min() < 1:  # pragma: no cover - np.unique never returns empty classes
                 raise PipelineError(f"{where}: a class has no samples")
         elif not np.all(np.isfinite(self.labels.astype(np.float64))):
@@ -125,6 +167,15 @@ class Dataset:
             keep.append(members)
         indices = np.sort(np.concatenate(keep))
         return self.select(indices, suffix=f"[{per_class}/class,seed={seed}]")
+
+
+def require_two_classes(where: str, classes: Sequence[object]) -> None:
+    """Ranking tells classes apart: a dataset needs two at least (``classes``: its distinct
+    labels, at least one)."""
+    if len(classes) < 2:
+        raise PipelineError(
+            f"{where}: only one class ({classes[0]!r}) - ranking needs at least two"
+        )
 
 
 def label_array(labels: Sequence[object], target: Target, where: str) -> np.ndarray:
