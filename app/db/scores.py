@@ -1,15 +1,28 @@
 """Rows stored exactly once per natural key: scores per (dataset, model, metric, metric
-version), outcomes per (dataset, model, measure). An upsert, on PostgreSQL and SQLite."""
+version), outcomes per (dataset, model, measure). An upsert, on PostgreSQL and SQLite.
+
+Also the one rule for which stored score is current (``current``): a ranking's results, the
+leaderboards, the recommender and the worker's "already scored" check all read it, so none of
+them can show a score another calls superseded.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+import scoring
 from app.db.models import Base, ScoreRow, now
+
+#: The version of a score imported from a benchmark table rather than computed here.
+IMPORTED_VERSION = 0
+
+#: (dataset id, metric, model id)
+ScoreKey = tuple[str, str, str]
 
 
 def upsert(
@@ -83,3 +96,45 @@ def upsert_score(
             }
         ],
     )
+
+
+def current(
+    session: Session,
+    dataset_ids: Iterable[str],
+    *,
+    model_ids: Iterable[str] | None = None,
+    metrics: Iterable[str] | None = None,
+) -> dict[ScoreKey, ScoreRow]:
+    """(dataset, metric, model) -> the score that counts, for the given datasets (optionally
+    only some models and metrics).
+
+    A registry metric counts at its current version, else as imported (``IMPORTED_VERSION``)
+    where it was never computed here; a score of an older version is superseded, so a bumped
+    metric counts nowhere until it is scored again (the scheduler's re-ranking does that). Any
+    other name (an imported table's own column) counts at its highest version.
+    """
+    query = select(ScoreRow).where(ScoreRow.dataset_id.in_(list(dataset_ids)))
+    if model_ids is not None:
+        query = query.where(ScoreRow.model_id.in_(list(model_ids)))
+    if metrics is not None:
+        query = query.where(ScoreRow.metric.in_(list(metrics)))
+    best: dict[ScoreKey, ScoreRow] = {}
+    for row in session.scalars(query):
+        spec = scoring.REGISTRY.get(row.metric)
+        if spec is not None and row.metric_version not in (IMPORTED_VERSION, spec.version):
+            continue
+        key = (row.dataset_id, row.metric, row.model_id)
+        if key not in best or row.metric_version > best[key].metric_version:
+            best[key] = row
+    return best
+
+
+def scored(session: Session, dataset_id: str, model_id: str, metrics: Iterable[str]) -> set[str]:
+    """The registry metrics among ``metrics`` this service has computed for the model on the
+    dataset at their current version: what a ranking need not compute again."""
+    rows = current(session, [dataset_id], model_ids=[model_id], metrics=metrics)
+    return {
+        metric
+        for (_, metric, _), row in rows.items()
+        if row.metric_version == scoring.REGISTRY[metric].version
+    }

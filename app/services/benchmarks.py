@@ -24,12 +24,11 @@ from sqlalchemy.orm import Session
 
 import scoring
 from app.db.models import DatasetRow, ExternalMetricRow, ModelRow, now
+from app.db.scores import IMPORTED_VERSION
 from app.errors import Invalid
 from app.services import leaderboards
 from app.services import outcomes as outcome_service
 from app.services.models import REFERENCE_PREFIX
-
-IMPORTED_VERSION = 0
 
 
 def canonical(name: str) -> str:

@@ -10,13 +10,12 @@ from sqlalchemy.orm import Session, selectinload
 
 import scoring
 from app import schemas
+from app.db import scores
 from app.db.models import (
     DatasetRow,
     JobModelRow,
     JobRow,
-    ModelRow,
     RecommenderFitRow,
-    ScoreRow,
 )
 from app.errors import Invalid, NotFound, TooManyRequests
 from app.lifecycle import Dispatcher, JobStatus, ModelStatus, Trigger, create_job
@@ -24,7 +23,7 @@ from app.services import datasets as dataset_service
 from app.services import models as model_service
 from app.services import pages, recommender
 from app.states import ModelState
-from app.tenancy import can_change, owned, visible
+from app.tenancy import can_change, owned
 from scoring.recommend import RECOMMENDED
 
 
@@ -62,25 +61,27 @@ def create(
                 headers={"Retry-After": "30"},
             )
     if model_ids is None:
-        models = model_service.candidates(session, dataset.modality, tenant)
+        # the zoo's models still loading too: the job waits for them (see workers.jobs.zoo)
+        models = model_service.candidates(session, dataset.modality, tenant, loading=True)
         if not models:
             raise Invalid(
                 f"no registered model handles {dataset.modality} data; "
                 "register one at POST /v1/models"
             )
     else:
-        ids = list(dict.fromkeys(model_ids))
-        found = {
-            m.id: m
-            for m in session.scalars(
-                select(ModelRow).where(ModelRow.id.in_(ids), visible(ModelRow.tenant, tenant))
+        found, unknown = model_service.resolve(session, model_ids, tenant)
+        if unknown:
+            raise Invalid(
+                f"no model with id or name {', '.join(map(repr, unknown))} among this tenant's "
+                "own and the shared models; list them at GET /v1/models, or register one with "
+                "POST /v1/models"
             )
-        }
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise NotFound(f"no model with id {', '.join(map(repr, missing))}; see GET /v1/models")
-        models = [found[i] for i in ids]
-        pending = [f"{m.name} ({m.status})" for m in models if m.status != ModelState.READY]
+        models = list({found[key].id: found[key] for key in model_ids}.values())  # once each
+        pending = [
+            f"{m.name} ({m.status})"
+            for m in models
+            if m.status != ModelState.READY and not model_service.is_loading(m)
+        ]
         if pending:
             raise Invalid(
                 f"{', '.join(pending)} cannot run yet: a model ranks once its registration is "
@@ -199,34 +200,33 @@ def describe(session: Session, job: JobRow) -> schemas.RankingOut:
 
 
 def _results(session: Session, job: JobRow) -> list[schemas.RankedModel]:
-    """Each model's current-version score for each metric and its recommended score, ranked
-    by ``scoring.rank_rows`` (the CLI's rule too)."""
-    ids = [m.model_id for m in job.models]
-    rows = session.scalars(
-        select(ScoreRow).where(
-            ScoreRow.dataset_id == job.dataset_id,
-            ScoreRow.model_id.in_(ids),
-            ScoreRow.metric.in_(job.metrics),
-        )
-    )
-    values: dict[tuple[str, str], float] = {}
-    for r in rows:
-        if r.metric_version == scoring.REGISTRY[r.metric].version:
-            values[(r.model_id, r.metric)] = r.value
+    """Each model's current score for each metric (``app.db.scores.current``, the rule the
+    leaderboards use) and its recommended score, ranked by ``scoring.rank_rows`` (the CLI's
+    rule too)."""
     names = {m.model_id: m.model.name for m in job.models}
+    rows = scores.current(session, [job.dataset_id], model_ids=names, metrics=job.metrics)
     combined = (job.recommendation or {}).get("scores", {})
-    scores = {
-        i: {RECOMMENDED: combined.get(i), **{m: values.get((i, m)) for m in job.metrics}}
+    table = {
+        i: {
+            RECOMMENDED: combined.get(i),
+            **{
+                m: row.value if (row := rows.get((job.dataset_id, m, i))) else None
+                for m in job.metrics
+            },
+        }
         for i in names
     }
-    order = scoring.rank_rows(scores, job.metrics)
+    order = scoring.rank_rows(table, job.metrics)
     return [
-        schemas.RankedModel(rank=rank, model_id=i, model=names[i], scores=scores[i])
+        schemas.RankedModel(rank=rank, model_id=i, model=names[i], scores=table[i])
         for i, rank in order
     ]
 
 
 def leaderboard(session: Session, dataset: DatasetRow, metric: str) -> schemas.Leaderboard:
+    """The dataset's board under ``metric``: each model's current score
+    (``app.db.scores.current``, the rule a ranking's results use), best first; or the
+    recommended ordering."""
     if metric == RECOMMENDED:
         return _recommended_leaderboard(session, dataset)
     if metric not in scoring.REGISTRY:
@@ -234,34 +234,26 @@ def leaderboard(session: Session, dataset: DatasetRow, metric: str) -> schemas.L
             f"unknown metric {metric!r}; choose {RECOMMENDED} or one of "
             f"{', '.join(scoring.REGISTRY)}"
         )
-    rows = session.execute(
-        select(ScoreRow, ModelRow.name)
-        .join(ModelRow, ModelRow.id == ScoreRow.model_id)
-        .where(ScoreRow.dataset_id == dataset.id, ScoreRow.metric == metric)
-    ).all()
-    newest: dict[str, tuple[ScoreRow, str]] = {}
-    for score, name in rows:  # per model: the newest metric version, then the newest row
-        cur = newest.get(score.model_id)
-        if cur is None or (score.metric_version, score.created_at) > (
-            cur[0].metric_version,
-            cur[0].created_at,
-        ):
-            newest[score.model_id] = (score, name)
+    current = {
+        model_id: row
+        for (_, _, model_id), row in scores.current(session, [dataset.id], metrics=[metric]).items()
+    }
+    names = model_service.names_of(session, current)
     spec = scoring.REGISTRY[metric]
     order = scoring.rank_best_first(
-        {model_id: s.value for model_id, (s, _) in newest.items()},
+        {model_id: row.value for model_id, row in current.items()},
         higher_is_better=spec.higher_is_better,
     )
     entries = []
     for model_id, rank in order:
-        score, name = newest[model_id]
+        score = current[model_id]
         if rank is None:  # not a finite score: never stored, but never shown either
             continue
         entries.append(
             schemas.LeaderboardEntry(
                 rank=rank,
                 model_id=model_id,
-                model=name,
+                model=names[model_id],
                 value=score.value,
                 metric_version=score.metric_version,
                 scored_at=score.created_at,

@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 import scoring
+from app.db import scores
 from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, now
 from app.lifecycle import (
     JobStatus,
@@ -32,7 +33,7 @@ from app.services import leaderboards, recommender
 from app.services import models as model_service
 from app.states import ModelState
 from app.tenancy import can_see
-from workers.jobs.steps import JobRunner, current_scores
+from workers.jobs.steps import JobRunner
 
 log = logging.getLogger("transferbench.scheduler")
 
@@ -71,7 +72,7 @@ class Scheduler:
                     wanted = scoring.applicable(
                         metrics, has_features=True, has_probs=bool(model.has_head), target=target
                     )
-                    if set(wanted) - current_scores(s, ds.id, model.id, wanted):
+                    if set(wanted) - scores.scored(s, ds.id, model.id, wanted):
                         todo.append(model)
                 if todo:
                     job = create_job(s, self.queue, ds, todo, metrics, trigger=Trigger.RERANK)
