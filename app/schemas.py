@@ -68,7 +68,12 @@ class RankingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str
-    model_ids: list[str] | None = Field(default=None, min_length=1)
+    model_ids: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="ids or names of models (a name: the tenant's own model, else a shared "
+        "one); default: every ready model for the dataset's modality",
+    )
     metrics: list[str] | None = Field(default=None, min_length=1)
     per_class: int | None = Field(default=None, ge=1, description="at most K samples per class")
 

@@ -83,6 +83,23 @@ def visible_by_name(session: Session, names: Iterable[str], tenant: str | None) 
     return list(session.scalars(query))
 
 
+def resolve(
+    session: Session, keys: Iterable[str], tenant: str | None
+) -> tuple[dict[str, ModelRow], list[str]]:
+    """Each key (a model's id or name) that names a model the tenant can see -> that model,
+    and the keys that name none, in the order given. A name is the tenant's own model before
+    a shared one of the same name (names are unique within a tenant)."""
+    wanted = list(dict.fromkeys(keys))
+    rows = visible_by_name(session, wanted, tenant)
+    by_id = {m.id: m for m in rows}
+    by_name = {m.name: m for m in sorted(rows, key=lambda m: m.tenant is not None)}  # own last
+    found = {key: by_id.get(key) or by_name.get(key) for key in wanted}
+    return (
+        {key: m for key, m in found.items() if m is not None},
+        [key for key, m in found.items() if m is None],
+    )
+
+
 def register(
     session: Session,
     queue: TaskQueue,

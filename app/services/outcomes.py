@@ -41,18 +41,9 @@ def record(
     dataset = dataset_service.get_own(session, dataset_id, tenant)
     if not entries:
         raise Invalid("no outcomes given; send a list of {model_id, value[, measure]}")
-    keys = {e["model_id"] for e in entries}
-    models = {
-        key: m
-        for m in sorted(
-            model_service.visible_by_name(session, keys, tenant),
-            key=lambda m: m.tenant is None,  # a name of the tenant's own before a shared one
-            reverse=True,
-        )
-        for key in (m.id, m.name)
-        if key in keys
-    }
-    unknown = sorted(keys - set(models))
+    models, unknown = model_service.resolve(
+        session, sorted({e["model_id"] for e in entries}), tenant
+    )
     if unknown:
         raise NotFound(
             f"no model with id or name {', '.join(map(repr, unknown))}; see GET /v1/models"

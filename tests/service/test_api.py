@@ -154,7 +154,7 @@ def test_ranking_bad_input(api):
     text_ds = upload(client, "r.csv", csv_bytes(rows)).json()
     post = lambda body: client.post("/v1/rankings", json=body)  # noqa: E731
     problem(post({"dataset_id": "nope"}), 404, "no dataset")
-    problem(post({"dataset_id": text_ds["id"], "model_ids": ["nope"]}), 404, "no model")
+    problem(post({"dataset_id": text_ds["id"], "model_ids": ["nope"]}), 422, "no model")
     problem(
         post({"dataset_id": text_ds["id"], "model_ids": [models["mobilenet-v2"]]}), 422, "text data"
     )

@@ -168,7 +168,9 @@ def test_every_endpoint_answers_404_for_another_tenants_ids(shared: Shared):
         json={"dataset_id": ids["b_dataset"], "model_ids": [ids["model"]]},
         headers=shared.h("b-write"),
     )
-    assert r.status_code == 404 and ids["model"] in r.text  # it names only what b sent
+    # the answer to a model id or name nobody has (422: the body names it), naming only what
+    # b sent
+    assert r.status_code == 422 and ids["model"] in r.text and "a-net" not in r.text
     r = client.post(
         f"/v1/datasets/{ids['b_dataset']}/outcomes",
         json=[{"model_id": "a-net", "value": 0.5}],
