@@ -61,8 +61,7 @@ def create(
                 headers={"Retry-After": "30"},
             )
     if model_ids is None:
-        # the zoo's models still loading too: the job waits for them (see workers.jobs.zoo)
-        models = model_service.candidates(session, dataset.modality, tenant, loading=True)
+        models = model_service.candidates(session, dataset.modality, tenant)
         if not models:
             raise Invalid(
                 f"no registered model handles {dataset.modality} data; "
@@ -77,11 +76,7 @@ def create(
                 "POST /v1/models"
             )
         models = list({found[key].id: found[key] for key in model_ids}.values())  # once each
-        pending = [
-            f"{m.name} ({m.status})"
-            for m in models
-            if m.status != ModelState.READY and not model_service.is_loading(m)
-        ]
+        pending = [f"{m.name} ({m.status})" for m in models if m.status != ModelState.READY]
         if pending:
             raise Invalid(
                 f"{', '.join(pending)} cannot run yet: a model ranks once its registration is "
