@@ -11,7 +11,7 @@ and NCE, the (N, Z) source-class probabilities; higher is better for all of them
 ``rank_quality`` says how well a metric's scores rank models against ground truth.
 """
 
-from scoring.errors import ConvergenceWarning, TransferabilityError
+from scoring.errors import ConvergenceWarning, DegenerateScore, TransferabilityError
 from scoring.evaluation import rank_quality
 from scoring.gbc import gbc
 from scoring.hscore import hscore, hscore_shrinkage
@@ -53,6 +53,7 @@ __all__ = [
     "REGISTRY",
     "ConvergenceWarning",
     "DatasetRecord",
+    "DegenerateScore",
     "Evaluation",
     "Fit",
     "MetricSpec",

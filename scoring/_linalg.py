@@ -130,3 +130,28 @@ def _torch_gram(x: npt.NDArray[Any], device: str, transpose: bool) -> F64:
     t = torch.from_numpy(np.ascontiguousarray(x)).to(_torch_device(device), torch.float64)
     g = t @ t.T if transpose else t.T @ t
     return np.asarray(g.cpu().numpy(), dtype=np.float64)
+
+
+def means_escape_within_span(x: F64, codes: npt.NDArray[np.intp], means: F64) -> bool:
+    """Whether the classes separate perfectly with no within-class spread.
+
+    x: (N, D) features; codes: (N,) class codes; means: (C, D) class means.
+    True when some difference of class means has a component outside the span of the
+    within-class deviations x_i - mean_{y_i}: along that direction every class is a single
+    point, so a Gaussian classifier fitted in-sample (FDA, the H-score's cov^-1) separates the
+    classes perfectly whatever the features are. Those deviations span at most N - C
+    dimensions, so for generic features this happens exactly when N - C < D; features that lie
+    in a subspace of fewer dimensions (constant columns, a low-rank map) are not flagged.
+    Only the N - C < D case is tested (an SVD of the (N, D) deviations, N < D + C): with more
+    samples the within-class scatter of real features has full rank.
+    """
+    n, d = x.shape
+    c = means.shape[0]
+    if n - c >= d or c < 2:
+        return False
+    within = x - means[codes]
+    _, s, vt = np.linalg.svd(within, full_matrices=False)
+    keep = s > (float(s[0]) if s.size else 0.0) * max(n, d) * EPS
+    offsets = means[1:] - means[0]
+    residual = offsets - (offsets @ vt[keep].T) @ vt[keep]
+    return bool(np.linalg.norm(residual) > np.sqrt(EPS) * np.linalg.norm(offsets))

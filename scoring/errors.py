@@ -1,8 +1,16 @@
-"""The one error type the scoring library raises for bad input."""
+"""The error types the scoring library raises for input it cannot score."""
 
 
 class TransferabilityError(ValueError):
     """Input that a metric cannot score; the message says what is wrong and what to do."""
+
+
+class DegenerateScore(TransferabilityError):
+    """A metric that would return a number, but one that says nothing about these features:
+    its value is the same for any features of this shape (saturated at its bound, or fixed by
+    the labels alone), so it must not rank models. The message names the regime and what
+    would take the input out of it. A subclass of ``TransferabilityError``, so callers that
+    report a metric that could not run report this one too."""
 
 
 class ConvergenceWarning(UserWarning):

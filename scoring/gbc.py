@@ -12,6 +12,14 @@ and GBC = - sum_{i != j} exp(-D_B(i, j)). Higher (closer to 0) means better sepa
 Per-class variances are floored at 1e-4, as in the authors' code, so constant features do not
 divide by zero. The spherical variant uses variance sigma_c = mean of the diagonal, with the
 full D-dimensional determinant (D log sigma).
+
+Degenerate regime (raises ``DegenerateScore``): GBC in [-C (C - 1), 0] is a sum of
+coefficients of at most 1 each, so a magnitude below ``EPS`` C (C - 1) is zero at working
+precision: every pair of classes overlaps by less than double precision resolves on GBC's
+scale. Values such as -3.5e-75 arise with many dimensions and few samples per class (each
+class's variances are then estimated far too small) and would order models by noise in the
+exponent. Reporting log(-GBC) instead would keep that order, not remove it, so no value is
+given.
 """
 
 from __future__ import annotations
@@ -23,12 +31,30 @@ import numpy.typing as npt
 
 from scoring._context import FeatureStats
 from scoring._validation import check_features, check_labels
+from scoring.errors import DegenerateScore
 
 F64 = npt.NDArray[np.float64]
 VARIANCE_FLOOR = 1e-4
+EPS = float(np.finfo(np.float64).eps)
 
 
 def _gbc(stats: FeatureStats, gaussian: Literal["diagonal", "spherical"] = "diagonal") -> float:
+    overlap = _overlap(stats, gaussian)
+    c = stats.labels.n_classes
+    if overlap <= EPS * c * (c - 1):
+        per_class = int(stats.labels.counts.min())
+        raise DegenerateScore(
+            f"GBC is degenerate here: it is {-overlap:.3g}, zero at working precision on its "
+            f"scale [-C (C - 1), 0] = [{-c * (c - 1)}, 0], so every pair of classes looks "
+            f"perfectly separated (typical of D = {stats.d} dimensions with as few as "
+            f"{per_class} samples per class) and GBC cannot order models. Use more samples "
+            "per class or reduce D (e.g. PCA)"
+        )
+    return -overlap
+
+
+def _overlap(stats: FeatureStats, gaussian: Literal["diagonal", "spherical"]) -> float:
+    """-GBC: the sum over ordered pairs of classes of exp(-D_B), >= 0."""
     # Moments about the global mean, so that a common offset of the features cancels exactly.
     means = stats.class_mean_offsets  # (C, D)
     second = stats.centred_class_second_moments
@@ -44,7 +70,7 @@ def _gbc(stats: FeatureStats, gaussian: Literal["diagonal", "spherical"] = "diag
         )
         bc = np.exp(-db)
         np.fill_diagonal(bc, 0.0)
-        return -float(bc.sum())
+        return float(bc.sum())
     log_var = np.log(var)
     log_det = log_var.sum(axis=1)
     for i in range(means.shape[0]):  # one row of pairs at a time: O(C D) memory
@@ -55,7 +81,7 @@ def _gbc(stats: FeatureStats, gaussian: Literal["diagonal", "spherical"] = "diag
         bc = np.exp(-db)
         bc[i] = 0.0
         total += float(bc.sum())
-    return -total
+    return total
 
 
 def gbc(
@@ -64,9 +90,10 @@ def gbc(
     *,
     gaussian: Literal["diagonal", "spherical"] = "diagonal",
 ) -> float:
-    """GBC (Pandy et al., CVPR 2022). Higher (closer to 0) is better; always <= 0.
+    """GBC (Pandy et al., CVPR 2022). Higher (closer to 0) is better; always < 0.
 
     features: (N, D); labels: (N,) with at least 2 samples per class (a variance is needed).
+    Raises ``DegenerateScore`` where GBC is zero at working precision (module docstring).
     """
     x = check_features(features)
     lab = check_labels(labels, x.shape[0], min_per_class=2, metric="GBC")

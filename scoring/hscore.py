@@ -6,7 +6,13 @@ Transfer Learning", ICIP 2019 (Definition 2):
     H(f) = tr( cov(f)^-1 cov(E[f | y]) ),
 
 with cov(E[f | y]) = sum_c (n_c / N) (mu_c - mu)(mu_c - mu)^T. The inverse is a pseudo-inverse
-over the numerically non-zero eigenvalues of cov(f).
+over the numerically non-zero eigenvalues of cov(f). H(f) <= C - 1, with equality when the
+classes separate perfectly with no within-class spread along some direction of their means.
+
+Degenerate regime (raises ``DegenerateScore``): the class means differ along a direction with
+no within-class spread, which for generic features happens exactly when N - C < D. There
+cov(f)^-1 inflates that direction without bound and H(f) sits at or just below C - 1 for any
+features (41.8 of 42 for MiniLM on 212 fortunes in 43 classes, D = 384).
 
 Shrinkage H-score: Ibrahim, Ponomareva and Mazumder, "Newer is Not Always Better: Rethinking
 Transferability Metrics, Their Peculiarities, Stability and Performance", ECML-PKDD 2022 / ICLR
@@ -25,7 +31,7 @@ import numpy.typing as npt
 from scoring import _linalg
 from scoring._context import FeatureStats
 from scoring._validation import check_features, check_labels
-from scoring.errors import TransferabilityError
+from scoring.errors import DegenerateScore
 
 F64 = npt.NDArray[np.float64]
 
@@ -38,16 +44,16 @@ def _class_projections(stats: FeatureStats) -> tuple[F64, F64, F64]:
 
 
 def _hscore(stats: FeatureStats) -> float:
+    c = stats.labels.n_classes
+    if _linalg.means_escape_within_span(stats.x64, stats.labels.codes, stats.class_means):
+        raise DegenerateScore(
+            f"H-score is degenerate here: N = {stats.n} samples in C = {c} classes leave at "
+            f"most N - C = {stats.n - c} within-class dimensions for D = {stats.d} features, "
+            f"so every model would score C - 1 = {c - 1} or just below it. Use "
+            "hscore_shrinkage, add samples, or reduce D (e.g. PCA)"
+        )
     lam, p, proj = _class_projections(stats)
     keep = lam > _linalg.rank_tol(lam, (stats.n, stats.d))
-    rank = int(keep.sum())
-    if rank >= stats.n - 1:
-        raise TransferabilityError(
-            f"H-score is undefined here: the features' covariance has rank {rank} with only "
-            f"N = {stats.n} samples (D = {stats.d}), so every model would score exactly "
-            f"C - 1 = {stats.labels.n_classes - 1}. Use hscore_shrinkage, add samples, "
-            "or reduce D (e.g. PCA)"
-        )
     return float((p[:, None] * proj[:, keep] ** 2 / lam[keep]).sum())
 
 
@@ -81,8 +87,8 @@ def _hscore_shrinkage(stats: FeatureStats) -> float:
 def hscore(features: Any, labels: Any, *, device: str = "auto") -> float:
     """H-score (Bao et al., ICIP 2019). Higher is better.
 
-    features: (N, D); labels: (N,). Needs a covariance of rank below N - 1 (in practice
-    N well above D); otherwise raises and points to ``hscore_shrinkage``.
+    features: (N, D); labels: (N,). Needs N - C >= D for generic features; otherwise raises
+    ``DegenerateScore`` and points to ``hscore_shrinkage``.
     """
     x = check_features(features)
     return _hscore(FeatureStats(x, check_labels(labels, x.shape[0]), device))

@@ -5,6 +5,10 @@ features with PCA, fit a Gaussian mixture with v * C components (v = 5), and rep
 model's class probabilities in LEEP (Eq. 2 of Nguyen et al. 2020) by the mixture posteriors.
 PCA keeps 80% of the variance, as in the reference implementation. The mixture is seeded, so
 the same input gives the same score.
+
+Degenerate regime (raises ``DegenerateScore``): with v * C >= N the mixture has a component
+per sample, every posterior is one-hot and NLEEP depends on the labels alone: every model
+scores the same (-0.00654 for any features of 212 fortunes in 43 classes).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
 from scoring._validation import Labels, check_features, check_labels
+from scoring.errors import DegenerateScore
 from scoring.leep import expected_log_prediction
 
 
@@ -27,12 +32,20 @@ def _nleep(
     covariance_type: str = "diag",
     seed: int = 0,
 ) -> float:
+    n, c = x.shape[0], labels.n_classes
+    if components_per_class * c >= n:
+        raise DegenerateScore(
+            f"NLEEP is degenerate here: {components_per_class} components per class x "
+            f"C = {c} classes = {components_per_class * c} mixture components for N = {n} "
+            "samples, one per sample, so NLEEP depends on the labels alone and every model "
+            f"scores the same; use more than {components_per_class * c} samples or a smaller "
+            "components_per_class"
+        )
     reduced = PCA(n_components=variance, svd_solver="full", random_state=seed).fit_transform(
         np.asarray(x, dtype=np.float64)
     )
-    k = min(components_per_class * labels.n_classes, x.shape[0])
     gmm = GaussianMixture(
-        n_components=k,
+        n_components=components_per_class * c,
         covariance_type=covariance_type,
         reg_covar=1e-6,
         max_iter=200,
@@ -54,7 +67,8 @@ def nleep(
 
     features: (N, D); labels: (N,). ``covariance_type`` is passed to scikit-learn's
     GaussianMixture: "diag" (default; tractable at thousands of samples and hundreds of
-    components) or "full" (the reference's choice, cubic in the PCA dimension).
+    components) or "full" (the reference's choice, cubic in the PCA dimension). Raises
+    ``DegenerateScore`` where the mixture would have a component per sample.
     """
     x = check_features(features)
     return _nleep(

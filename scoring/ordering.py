@@ -7,7 +7,7 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
-from scoring.recommend import RECOMMENDED
+from scoring.recommend import RECOMMENDED, tie_groups
 from scoring.registry import REGISTRY
 
 K = TypeVar("K", bound=Hashable)
@@ -19,19 +19,17 @@ def rank_best_first(
     """``values``: one score per model (None or non-finite: not scored).
 
     Returns the models best first with competition ranks: tied scores share the better rank
-    (1, 1, 3), since nothing tells tied models apart; ties keep the input order. Models without
-    a score come last, in input order, with rank None.
+    (1, 1, 3), since nothing tells tied models apart; ties keep the input order. Scores tie
+    when equal up to ``scoring.recommend.TIE_RTOL`` of the largest magnitude among them
+    (``tie_groups``), so rounding noise (-2.8e-17 against 0.0) orders nothing. Models
+    without a score come last, in input order, with rank None.
     """
     scored = [(k, float(v)) for k, v in values.items() if v is not None and math.isfinite(float(v))]
-    sign = -1.0 if higher_is_better else 1.0
-    scored.sort(key=lambda kv: sign * kv[1])
+    sign = 1.0 if higher_is_better else -1.0
     out: list[tuple[K, int | None]] = []
-    previous: float | None = None
-    rank = 0
-    for position, (key, value) in enumerate(scored, start=1):
-        if value != previous:
-            rank, previous = position, value
-        out.append((key, rank))
+    for group in tie_groups([sign * v for _, v in scored]):
+        rank = len(out) + 1
+        out += [(scored[i][0], rank) for i in group]
     seen = {k for k, _ in scored}
     out += [(k, None) for k in values if k not in seen]
     return out

@@ -15,7 +15,8 @@ says otherwise (``directions={"otce": False}``) or the metric is a registered on
 The method (version ``VERSION``), for M models and K metrics:
 
 1. Rank normalisation (Hazen positions). Within one dataset, a vector of n finite values
-   gets q_i = (r_i - 1/2) / n - 1/2 in (-1/2, 1/2), r_i its average rank (ties share one);
+   gets q_i = (r_i - 1/2) / n - 1/2 in (-1/2, 1/2), r_i its average rank (ties share one:
+   values equal up to ``TIE_RTOL`` of the largest magnitude among them, ``tie_groups``);
    NaN stays missing. Ranks make scales comparable across metrics and datasets, and the
    Hazen form shrinks towards 0 when few models were scored.
 2. Features of (dataset d, model m): the K metric ranks (sign-flipped where lower is better;
@@ -55,6 +56,14 @@ independent estimators lowers the variance of any one. If none of them is presen
 metric gets an equal weight. History weight 0. This default is a prior, not a finding: on a
 given zoo it can be worse than its best member (see ``bench/evaluation.py``).
 Names are matched ignoring case and punctuation ("LogME" is "logme").
+
+Degenerate metrics. A metric whose value says nothing on an input raises ``DegenerateScore``
+in ``scoring.registry`` and so never reaches the recommender. ``Fit.recommend`` also drops a
+metric whose finite scores are all equal (up to ``TIE_RTOL``) across two or more candidates:
+it cannot order them, and it is named with the reason in ``Recommendation.dropped_metrics``
+rather than averaged in. Combined scores equal up to ``TIE_RTOL`` are made exactly equal
+(ties share a rank and keep the models' name order), and a combined score within that
+tolerance of 0 is 0.0, never -0.0.
 """
 
 from __future__ import annotations
@@ -64,7 +73,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -80,7 +89,11 @@ F64 = npt.NDArray[np.float64]
 Bool = npt.NDArray[np.bool_]
 
 #: Bumped whenever the numbers a fit or a recommendation produces change.
-VERSION = 1
+#: 2: ties up to ``TIE_RTOL``; metrics with all candidates equal dropped.
+VERSION = 2
+#: Scores within this fraction of the largest magnitude among them are tied: sums of the same
+#: rank contributions in another order differ by rounding (-2.8e-17 against 0.0).
+TIE_RTOL = 1e-9
 #: The name of the history feature in weights and evidence (not allowed as a metric name).
 HISTORY = "history"
 #: The name of the combined method in an ``Evaluation`` (not allowed as a metric name).
@@ -149,7 +162,11 @@ class ModelEvidence:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """A ranking of the candidate models of one dataset, best first, with its evidence."""
+    """A ranking of the candidate models of one dataset, best first, with its evidence.
+
+    dropped_metrics: metric -> why it was left out of this order (it could not tell the
+    candidates apart); such a metric is not in ``metrics_used`` and contributes 0.
+    """
 
     order: tuple[str, ...]
     scores: Mapping[str, float]
@@ -159,6 +176,7 @@ class Recommendation:
     ignored_metrics: tuple[str, ...]
     calibrated: bool
     fingerprint: str
+    dropped_metrics: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -197,8 +215,9 @@ class Fit:
         exclude_dataset: a dataset learned from whose outcomes must not enter the history
         (the weights still saw it: use ``evaluate_lodo`` for honest figures);
         models: extra candidates (e.g. models with history but no scores yet).
-        Metrics the fit does not know are ignored and listed in ``ignored_metrics``.
-        Ties in the combined score keep the models' name order.
+        Metrics the fit does not know are ignored and listed in ``ignored_metrics``; metrics
+        equal for every scored candidate are dropped and listed in ``dropped_metrics``.
+        Combined scores equal up to ``TIE_RTOL`` are tied and keep the models' name order.
         """
         _check_scores(scores, "scores")
         candidates = sorted({m for per in scores.values() for m in per} | set(models or ()))
@@ -214,11 +233,21 @@ class Fit:
                 )
             ranks = {d: r for d, r in ranks.items() if d != exclude_dataset}
         history = _history(ranks)
-        feats = {
-            metric: _centred_ranks(
-                _signed([scores.get(metric, {}).get(m, math.nan) for m in candidates], sign)
-            )
+        raw = {
+            metric: _signed([scores.get(metric, {}).get(m, math.nan) for m in candidates], sign)
             for metric, sign in ((k, 1.0 if self.directions[k] else -1.0) for k in self.metrics)
+        }
+        dropped = {
+            metric: (
+                f"{metric} is equal for all {int(np.isfinite(v).sum())} scored models, so it "
+                "cannot order them; it is left out of this order"
+            )
+            for metric, v in raw.items()
+            if np.isfinite(v).sum() >= 2 and len(tie_groups(v[np.isfinite(v)])) == 1
+        }
+        feats = {
+            metric: np.full(len(candidates), np.nan) if metric in dropped else _centred_ranks(v)
+            for metric, v in raw.items()
         }
         if not any(np.isfinite(v).any() for v in feats.values()) and not any(
             m in history for m in candidates
@@ -236,7 +265,8 @@ class Fit:
                 k: float(v[i]) if np.isfinite(v[i]) else None for k, v in feats.items()
             }
             values[HISTORY] = entry.mean
-            contrib = {k: self.weights[k] * (v or 0.0) for k, v in values.items()}
+            # + 0.0 turns a -0.0 (a zero weight times a negative rank) into 0.0.
+            contrib = {k: self.weights[k] * (v or 0.0) + 0.0 for k, v in values.items()}
             available = tuple(k for k in self.metrics if values[k] is not None)
             missing = [k for k in self.metrics if k not in available]
             notes = []
@@ -244,7 +274,7 @@ class Fit:
                 notes.append(f"missing {', '.join(missing)}: the median rank (0) is used")
             if entry.count == 0:
                 notes.append("no outcome history: the neutral history value 0 is used")
-            total[model] = float(sum(contrib.values()))
+            total[model] = math.fsum(contrib.values())
             evidence[model] = ModelEvidence(
                 model=model,
                 score=total[model],
@@ -254,6 +284,8 @@ class Fit:
                 history_count=entry.count,
                 notes=tuple(notes),
             )
+        total = _snap_ties(total)
+        evidence = {m: replace(e, score=total[m]) for m, e in evidence.items()}
         order = tuple(sorted(candidates, key=lambda m: -total[m]))
         return Recommendation(
             order=order,
@@ -264,6 +296,7 @@ class Fit:
             ignored_metrics=ignored,
             calibrated=self.calibrated,
             fingerprint=self.fingerprint,
+            dropped_metrics=MappingProxyType(dropped),
         )
 
 
@@ -409,11 +442,45 @@ def _hex(v: float) -> str:
 # ------------------------------------------------------------------------- array core
 
 
+def _tie_starts(xs: F64) -> npt.NDArray[np.intp]:
+    """Indices where a new group of tied values starts in (n,) ascending finite values."""
+    tol = TIE_RTOL * float(np.abs(xs).max()) if xs.size else 0.0
+    return np.flatnonzero(np.r_[True, np.diff(xs) > tol])
+
+
+def tie_groups(values: Sequence[float] | F64) -> list[list[int]]:
+    """(n,) finite values -> groups of indices of tied values, highest group first.
+
+    Values tie when, sorted, each is within ``TIE_RTOL`` times the largest magnitude among
+    them of the next (the one tolerance of the recommender and of ``rank_best_first``).
+    Within a group indices keep their input order.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    starts = _tie_starts(x[order])
+    groups = [sorted(int(i) for i in g) for g in np.split(order, starts[1:])]
+    return groups[::-1]
+
+
+def _snap_ties(total: Mapping[str, float]) -> dict[str, float]:
+    """Tied combined scores made exactly equal (the group's highest), those tied with 0 made
+    0.0: rounding in a sum must not order models, nor print as -0.0."""
+    names = list(total)
+    values = [total[m] for m in names]
+    out: dict[str, float] = {}
+    for group in tie_groups([*values, 0.0]):  # the last index is the 0.0
+        members = [i for i in group if i < len(names)]
+        value = 0.0 if len(names) in group else max(values[i] for i in members)
+        out.update((names[i], value) for i in members)
+    return {m: out[m] for m in names}
+
+
 def _average_ranks(x: F64) -> F64:
-    """(n,) finite values -> (n,) 1-based ranks, ties sharing their average rank."""
+    """(n,) finite values -> (n,) 1-based ranks, ties (``tie_groups``) sharing their average
+    rank."""
     order = np.argsort(x, kind="stable")
     xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    starts = _tie_starts(xs)
     ends = np.r_[starts[1:], xs.size]
     ranks = np.empty(x.size)
     ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)

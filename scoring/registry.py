@@ -5,6 +5,10 @@ can be recomputed), what it needs (features, source probabilities, or both), whe
 is better and which target kinds it supports. ``compute`` validates the inputs once and runs
 the requested metrics on one shared ``FeatureStats``, so the Gram matrix and its
 eigendecompositions are formed once for LogME, H-score, shrinkage H-score, TransRate and SFDA.
+
+Each spec also states ``degenerate_when``: the regime in which the metric's value would be the
+same for any features (it then raises ``DegenerateScore``, which ``compute_detailed`` reports
+in ``errors`` and names in ``degenerate``), or why it has none.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 
 from scoring._context import FeatureStats
 from scoring._validation import Labels, check_features, check_labels, check_probs, check_targets
-from scoring.errors import TransferabilityError
+from scoring.errors import DegenerateScore, TransferabilityError
 from scoring.gbc import _gbc
 from scoring.hscore import _hscore, _hscore_shrinkage
 from scoring.knn import _knn_accuracy
@@ -64,6 +68,7 @@ class MetricSpec:
     reference: str
     run: Callable[[Inputs, Mapping[str, Any]], float] = field(repr=False)
     min_per_class: int = 1
+    degenerate_when: str = ""
 
 
 def _spec(
@@ -75,6 +80,7 @@ def _spec(
     version: int = 1,
     targets: Iterable[Target] = ("classification",),
     min_per_class: int = 1,
+    degenerate_when: str,
 ) -> MetricSpec:
     return MetricSpec(
         name=name,
@@ -85,6 +91,7 @@ def _spec(
         reference=reference,
         run=run,
         min_per_class=min_per_class,
+        degenerate_when=degenerate_when,
     )
 
 
@@ -110,6 +117,8 @@ def _with_probs(fn: Callable[..., float]) -> Callable[[Inputs, Mapping[str, Any]
     return run
 
 
+_NEVER_LOGME = "never: the evidence is maximised over the prior's strength, for any N and D"
+
 REGISTRY: dict[str, MetricSpec] = {
     s.name: s
     for s in (
@@ -119,6 +128,7 @@ REGISTRY: dict[str, MetricSpec] = {
             ["features"],
             "You et al., ICML 2021",
             version=2,  # 2: log|A| over all D eigenvalues (1 matched the thin-SVD shortcut)
+            degenerate_when=_NEVER_LOGME,
         ),
         _spec(
             "logme_regression",
@@ -127,37 +137,49 @@ REGISTRY: dict[str, MetricSpec] = {
             "You et al., ICML 2021",
             version=2,
             targets=["regression"],
+            degenerate_when=_NEVER_LOGME,
         ),
         _spec(
             "leep",
             _with_probs(lambda p, lab: expected_log_prediction(p, lab)),
             ["probs"],
             "Nguyen et al., ICML 2020",
+            degenerate_when="never: the source probabilities are the model's own, not fitted here",
         ),
         _spec(
             "nce",
             _with_probs(lambda p, lab: _nce(p.argmax(axis=1), p.shape[1], lab)),
             ["probs"],
             "Tran et al., ICCV 2019",
+            degenerate_when="never: the source labels are the model's own, not fitted here",
         ),
-        _spec("nleep", _with_x(_nleep), ["features"], "Li et al., CVPR 2021"),
+        _spec(
+            "nleep",
+            _with_x(_nleep),
+            ["features"],
+            "Li et al., CVPR 2021",
+            degenerate_when="5 C >= N: a mixture component per sample, the labels alone decide",
+        ),
         _spec(
             "hscore",
             lambda inp, _: _hscore(inp.need_stats()),
             ["features"],
             "Bao et al., ICIP 2019",
+            degenerate_when="N - C < D (class means off the within-class span): C - 1 for all",
         ),
         _spec(
             "hscore_shrinkage",
             lambda inp, _: _hscore_shrinkage(inp.need_stats()),
             ["features"],
             "Ibrahim et al., ICLR 2023",
+            degenerate_when="never: the Ledoit-Wolf shrinkage keeps the covariance invertible",
         ),
         _spec(
             "transrate",
             lambda inp, o: _transrate(inp.need_stats(), **o),
             ["features"],
             "Huang et al., ICML 2022",
+            degenerate_when="never: the coding rates are finite and vary with the features",
         ),
         _spec(
             "gbc",
@@ -165,12 +187,14 @@ REGISTRY: dict[str, MetricSpec] = {
             ["features"],
             "Pandy et al., CVPR 2022",
             min_per_class=2,
+            degenerate_when="|GBC| <= eps C (C - 1): zero at working precision, no order",
         ),
         _spec(
             "sfda",
             lambda inp, _: _sfda(inp.need_stats()),
             ["features"],
             "Shao et al., ECCV 2022",
+            degenerate_when="N - C < D, or within 1e-9 of 1: saturated near 1 for any features",
         ),
         _spec(
             "knn",
@@ -178,6 +202,7 @@ REGISTRY: dict[str, MetricSpec] = {
             ["features"],
             "leave-one-out k-NN accuracy",
             min_per_class=2,
+            degenerate_when="never: a held-out accuracy, not fitted to the samples it scores",
         ),
         _spec(
             "linear_probe",
@@ -185,6 +210,7 @@ REGISTRY: dict[str, MetricSpec] = {
             ["features"],
             "Kornblith et al., CVPR 2019",
             min_per_class=2,
+            degenerate_when="never: a cross-validated accuracy on held-out folds",
         ),
     )
 }
@@ -241,10 +267,12 @@ def applicable(
 @dataclass(frozen=True)
 class Scores:
     """Results of ``compute_detailed``: a value per metric that ran, a message per one that
-    could not (what is wrong and what to do)."""
+    could not (what is wrong and what to do); ``degenerate`` names the metrics among
+    ``errors`` that ran but whose value would have said nothing (``DegenerateScore``)."""
 
     values: dict[str, float]
     errors: dict[str, str]
+    degenerate: frozenset[str] = frozenset()
 
 
 def compute_detailed(
@@ -294,6 +322,7 @@ def compute_detailed(
 
     values: dict[str, float] = {}
     errors: dict[str, str] = {}
+    degenerate: set[str] = set()
     for spec in specs:
         missing = sorted(
             spec.needs - {k for k, v in (("features", x), ("probs", p)) if v is not None}
@@ -310,6 +339,8 @@ def compute_detailed(
             value = float(spec.run(inp, options.get(spec.name, {})))
         except TransferabilityError as exc:
             errors[spec.name] = str(exc)
+            if isinstance(exc, DegenerateScore):
+                degenerate.add(spec.name)
             continue
         # The one rule for a non-finite result, for every caller: it is not a score.
         if math.isfinite(value):
@@ -319,7 +350,7 @@ def compute_detailed(
                 f"{spec.name} gave a non-finite value ({value}) on these inputs; "
                 "check the features for near-duplicate or degenerate columns"
             )
-    return Scores(values, errors)
+    return Scores(values, errors, frozenset(degenerate))
 
 
 def compute(
@@ -332,7 +363,8 @@ def compute(
     device: str = "auto",
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, float]:
-    """Like ``compute_detailed``, but any metric that cannot run raises TransferabilityError."""
+    """Like ``compute_detailed``, but any metric that cannot run raises TransferabilityError
+    (``DegenerateScore`` where its value would have said nothing)."""
     result = compute_detailed(
         metrics,
         labels,
@@ -344,5 +376,6 @@ def compute(
     )
     if result.errors:
         name, message = next(iter(result.errors.items()))
-        raise TransferabilityError(message if message.startswith(name) else f"{name}: {message}")
+        error = DegenerateScore if name in result.degenerate else TransferabilityError
+        raise error(message if message.startswith(name) else f"{name}: {message}")
     return result.values

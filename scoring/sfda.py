@@ -16,6 +16,13 @@ in a Self-challenging Fisher Space", ECCV 2022 (Eq. 3-8), following the authors'
 
 The authors estimate lambda_max(S_w) with three power iterations from a random start; here it
 is computed exactly, so the score is deterministic.
+
+Degenerate regime (raises ``DegenerateScore``): FDA is fitted and evaluated on the same
+samples. When the class means differ along a direction with no within-class spread (always,
+for generic features, when N - C < D), the classes separate perfectly in-sample, the
+posteriors are 0 or 1 and SFDA is close to 1 for any features, noise included (0.995 for
+MiniLM and 1.0 for Gaussian noise on 212 fortunes in 43 classes, D = 384). The same
+saturation shows as a score within ``SATURATION`` of 1 when D is only a little below N - C.
 """
 
 from __future__ import annotations
@@ -27,11 +34,15 @@ import numpy.typing as npt
 import scipy.linalg
 from scipy.special import softmax
 
+from scoring import _linalg
 from scoring._context import FeatureStats
 from scoring._validation import check_features, check_labels
+from scoring.errors import DegenerateScore
 
 F64 = npt.NDArray[np.float64]
 _BLOCK = 512
+#: A score this close to its bound 1 has saturated: every posterior is 0 or 1.
+SATURATION = 1e-9
 
 
 def _within_scatter(stats: FeatureStats) -> F64:
@@ -79,8 +90,23 @@ def _posteriors(stats: FeatureStats, shrinkage: float | None) -> tuple[F64, floa
     return np.asarray(softmax(logits, axis=1)), shrinkage
 
 
+def _remedy(stats: FeatureStats) -> str:
+    return (
+        f"use more samples (at least D + C = {stats.d + stats.labels.n_classes}) or reduce D "
+        f"below N - C = {stats.n - stats.labels.n_classes} (e.g. PCA), or rank with "
+        "logme or hscore_shrinkage"
+    )
+
+
 def _sfda(stats: FeatureStats) -> float:
     labels = stats.labels
+    if _linalg.means_escape_within_span(stats.x64, labels.codes, stats.class_means):
+        raise DegenerateScore(
+            f"SFDA is degenerate here: N = {stats.n} samples in C = {labels.n_classes} classes "
+            f"leave at most N - C = {stats.n - labels.n_classes} within-class dimensions for "
+            f"D = {stats.d} features, so the classes separate perfectly in-sample and SFDA is "
+            f"close to 1 for any features, even noise; {_remedy(stats)}"
+        )
     prob, shrinkage = _posteriors(stats, None)
     prob = softmax(prob, axis=1)  # the reference softens the posteriors once more
     means = stats.class_means
@@ -97,13 +123,21 @@ def _sfda(stats: FeatureStats) -> float:
         block += target
     second = FeatureStats(mixed, labels, stats.device)
     prob2, _ = _posteriors(second, shrinkage)
-    return float(prob2[np.arange(stats.n), labels.codes].mean())
+    score = float(prob2[np.arange(stats.n), labels.codes].mean())
+    if 1.0 - score <= SATURATION:
+        raise DegenerateScore(
+            f"SFDA is degenerate here: it is 1 to within {SATURATION:g} (every training "
+            f"sample is classified with certainty), which with D = {stats.d} features close to "
+            f"N - C = {stats.n - labels.n_classes} happens for any features; {_remedy(stats)}"
+        )
+    return score
 
 
 def sfda(features: Any, labels: Any, *, device: str = "auto") -> float:
-    """SFDA (Shao et al., ECCV 2022). Higher is better; in (0, 1].
+    """SFDA (Shao et al., ECCV 2022). Higher is better; in (0, 1).
 
-    features: (N, D); labels: (N,) with at least 2 classes.
+    features: (N, D); labels: (N,) with at least 2 classes. Raises ``DegenerateScore`` where
+    SFDA saturates (module docstring): in practice it needs N - C >= D.
     """
     x = check_features(features)
     return _sfda(FeatureStats(x, check_labels(labels, x.shape[0]), device))
