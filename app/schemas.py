@@ -139,6 +139,16 @@ class LeaderboardEntry(BaseModel):
     value: float
     metric_version: int
     scored_at: datetime
+    metrics: list[str] | None = Field(
+        default=None,
+        description="with metric=recommended: the metrics this value is computed from, the "
+        "same for every model ranked (recommendation.metrics_used)",
+    )
+    missing_metrics: list[str] = Field(
+        default_factory=list,
+        description="with metric=recommended: metrics other models of the dataset have and "
+        "this one lacks; the order uses none of them (recommendation.left_out_metrics)",
+    )
 
 
 class Leaderboard(BaseModel):

@@ -263,7 +263,9 @@ def leaderboard(session: Session, dataset: DatasetRow, metric: str) -> schemas.L
 
 
 def _recommended_leaderboard(session: Session, dataset: DatasetRow) -> schemas.Leaderboard:
-    """Every model scored on the dataset, ordered by the current recommender fit."""
+    """Every model scored on the dataset, ordered by the current recommender fit on the
+    metrics they all have (``recommender.recommend``); each entry names them, and what it
+    lacks that others have."""
     rec = recommender.recommend(session, dataset)
     combined: dict[str, float] = rec["scores"] if rec else {}
     names = model_service.names_of(session, combined)
@@ -282,6 +284,8 @@ def _recommended_leaderboard(session: Session, dataset: DatasetRow) -> schemas.L
             value=combined[model_id],
             metric_version=rec["version"] if rec else 0,
             scored_at=fitted_at or dataset.created_at,
+            metrics=rec["metrics_used"] if rec else None,
+            missing_metrics=rec["missing_metrics"].get(model_id, []) if rec else [],
         )
         for model_id, rank in scoring.rank_best_first(combined)
         if rank is not None

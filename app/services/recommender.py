@@ -19,20 +19,20 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 import scoring
+from app.db import scores as stored_scores
 from app.db.models import (
     DatasetRow,
     ExternalMetricRow,
     JobRow,
     OutcomeRow,
     RecommenderFitRow,
-    ScoreRow,
     now,
 )
 from app.db.scores import insert_ignore
 from app.errors import Invalid
 from app.services import models as model_service
 from app.tenancy import visible
-from scoring.recommend import MIN_OUTCOMES, RECOMMENDED, Fit
+from scoring.recommend import HISTORY, MIN_OUTCOMES, RECOMMENDED, Fit
 
 DEFAULT_MEASURE = "finetune_top1"
 
@@ -96,20 +96,10 @@ def directions(session: Session, metrics: Iterable[str], tenant: str | None) -> 
 def current_scores(
     session: Session, dataset_ids: Iterable[str]
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """dataset -> metric -> model -> value: for a registry metric its current version (or an
-    imported value, version 0, where none was computed); any other name as imported."""
-    rows = session.scalars(select(ScoreRow).where(ScoreRow.dataset_id.in_(list(dataset_ids))))
-    best: dict[tuple[str, str, str], ScoreRow] = {}
-    for r in rows:
-        spec = scoring.REGISTRY.get(r.metric)
-        if spec is not None and r.metric_version not in (0, spec.version):
-            continue  # an older version of a metric: superseded
-        key = (r.dataset_id, r.metric, r.model_id)
-        if key not in best or r.metric_version > best[key].metric_version:
-            best[key] = r
+    """dataset -> metric -> model -> value of every current score (``app.db.scores.current``)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for (ds, metric, model), r in best.items():
-        out.setdefault(ds, {}).setdefault(metric, {})[model] = r.value
+    for (ds, metric, model), row in stored_scores.current(session, dataset_ids).items():
+        out.setdefault(ds, {}).setdefault(metric, {})[model] = row.value
     return out
 
 
@@ -237,7 +227,15 @@ def recommend(
 ) -> dict[str, Any] | None:
     """The recommended ordering of the dataset's scored models (optionally only
     ``model_ids``), as stored on a ranking and served by the leaderboard; None when no
-    model has a score the recommender can use."""
+    model has a score the recommender can use.
+
+    The models are compared on equal evidence (``compared``): the order uses only the
+    metrics every ordered model has (``metrics_used``), since a metric missing for one model
+    would otherwise count as a neutral rank and sink or lift it for want of a score nobody
+    computed. ``missing_metrics`` names, per model, what others have and it lacks;
+    ``left_out_metrics`` what some models have but the order could not use; ``unranked`` the
+    models left out of the order (only when no metric is shared by all: see ``compared``).
+    """
     scope = Scope.of(dataset)
     current = current_fit(session, scope)
     if current is None:
@@ -247,14 +245,22 @@ def recommend(
     if model_ids is not None:
         keep = set(model_ids)
         scores = {m: {k: v for k, v in per.items() if k in keep} for m, per in scores.items()}
-    scores = {m: per for m, per in scores.items() if per}
-    if not scores:
-        return None
-    exclude = dataset.id if dataset.id in fit.outcome_ranks else None
-    try:
-        rec = fit.recommend(scores, exclude_dataset=exclude)
-    except scoring.TransferabilityError:
+    held: dict[str, set[str]] = {}  # model -> the fitted metrics it has a finite score for
+    for metric in fit.metrics:
+        for model, value in scores.get(metric, {}).items():
+            if math.isfinite(value):
+                held.setdefault(model, set()).add(metric)
+    if not held:
         return None  # none of the fitted metrics was computed here
+    ranked, metrics = compared(held)
+    every = set().union(*held.values())
+    try:
+        rec = fit.recommend(
+            {k: {m: scores[k][m] for m in ranked} for k in metrics},
+            exclude_dataset=dataset.id if dataset.id in fit.outcome_ranks else None,
+        )
+    except scoring.TransferabilityError:
+        return None
     names = model_service.names_of(session, rec.order)
     return {
         "fit": row.fingerprint,
@@ -264,21 +270,52 @@ def recommend(
         "expected_quality": row.quality if row.calibrated else "uncalibrated",
         "learned_from_datasets": row.n_datasets,
         "weights": dict(rec.weights),
-        "metrics_used": list(rec.metrics_used),
-        "ignored_metrics": list(rec.ignored_metrics),
+        "metrics_used": sorted(rec.metrics_used),
+        "left_out_metrics": sorted(every - metrics),
+        "ignored_metrics": sorted(k for k, per in scores.items() if per and k not in fit.metrics),
+        "missing_metrics": {m: sorted(every - h) for m, h in sorted(held.items()) if every - h},
+        "unranked": sorted(set(held) - set(ranked)),
         "scores": dict(rec.scores),
         "evidence": {
             m: {
                 "model": names.get(m, m),
                 "score": e.score,
-                "values": dict(e.values),
-                "contributions": dict(e.contributions),
+                "metrics": sorted(rec.metrics_used),
+                "missing_metrics": sorted(every - held[m]),
+                "values": {k: v for k, v in e.values.items() if k in metrics or k == HISTORY},
+                "contributions": {
+                    k: v for k, v in e.contributions.items() if k in metrics or k == HISTORY
+                },
                 "history_datasets": e.history_count,
-                "notes": list(e.notes),
+                # every ordered model has every metric used: the fit's notes on missing
+                # metrics speak of the ones left out for all, which "left_out_metrics" names
+                "notes": [n for n in e.notes if not n.startswith("missing ")],
             }
             for m, e in rec.evidence.items()
         },
     }
+
+
+def compared(held: Mapping[str, set[str]]) -> tuple[list[str], set[str]]:
+    """Which models an order compares, and on which metrics, given ``held``: model -> the
+    metrics it has a score for (each set non-empty).
+
+    Every model, on the metrics all of them have. When no metric is shared by all, the models
+    that have the metric most models have (name order breaks a tie), on the metrics all of
+    those have; the others stay out of the order rather than get a neutral rank for metrics
+    they lack. Returns (the models in name order, the metrics).
+    """
+    models = sorted(held)
+    shared = set.intersection(*(held[m] for m in models))
+    if not shared:
+        counts: dict[str, int] = {}
+        for m in models:
+            for metric in held[m]:
+                counts[metric] = counts.get(metric, 0) + 1
+        widest = min(counts, key=lambda metric: (-counts[metric], metric))
+        models = [m for m in models if widest in held[m]]
+        shared = set.intersection(*(held[m] for m in models))
+    return models, shared
 
 
 def attach(session: Session, job: JobRow) -> None:

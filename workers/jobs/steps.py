@@ -24,10 +24,10 @@ from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session
 
 import scoring
-from app.db.models import DatasetRow, JobModelRow, ModelRow, ScoreRow, now
+from app.db import scores
+from app.db.models import DatasetRow, JobModelRow, ModelRow, now
 from app.db.session import Database
 from app.lifecycle import (
     Dispatcher,
@@ -53,18 +53,6 @@ log = logging.getLogger("transferbench.worker")
 def shared(name: str) -> tuple[Any, ...]:
     """The shared (zoo) model named ``name``."""
     return (ModelRow.name == name, ModelRow.tenant.is_(None))
-
-
-def current_scores(s: Session, dataset_id: str, model_id: str, metrics: list[str]) -> set[str]:
-    """The metrics among ``metrics`` already scored at their current version."""
-    rows = s.scalars(
-        select(ScoreRow).where(
-            ScoreRow.dataset_id == dataset_id,
-            ScoreRow.model_id == model_id,
-            ScoreRow.metric.in_(metrics),
-        )
-    )
-    return {r.metric for r in rows if r.metric_version == scoring.REGISTRY[r.metric].version}
 
 
 class Abandoned(PipelineError):
@@ -348,7 +336,7 @@ class JobRunner:
             )
             skipped = {m: f"{m} needs source probabilities; {model_row.name} has no classifier head"
                        for m in job.metrics if m not in wanted}  # fmt: skip
-            done = current_scores(s, dataset_row.id, model_id, wanted)
+            done = scores.scored(s, dataset_row.id, model_id, wanted)
             todo = [m for m in wanted if m not in done]
             per_class, dataset_id = job.per_class, dataset_row.id
         errors: dict[str, str] = dict(skipped)
@@ -387,6 +375,11 @@ class JobRunner:
                 recommender.attach(s, jm.job)
                 # the scope's fit moved on: its other datasets' recommended boards follow
                 defer(s, self.queue, Task.REFIT_RECOMMENDER)
+                if set(scoring.default_metrics(target)) - set(jm.job.metrics):
+                    # a ranking on chosen metrics leaves its models short of the defaults
+                    # the dataset's other models have (a re-ranking skips a model while it
+                    # is in a job): fill them now, from the features just cached
+                    defer(s, self.queue, Task.RERANK_MISSING)
 
     # -- helpers -------------------------------------------------------------------------
     def _progress(self, job_id: str, model_id: str) -> Callable[[int, int], None]:
