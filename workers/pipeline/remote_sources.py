@@ -8,6 +8,8 @@ again when it loads the weights, on its own view of the disk).
   absolute path, no symbolic link out of it). Without ``TB_MODEL_DIR``, no local file at all:
   a file a caller managed to place anywhere on the server never gets loaded (loading a
   TorchScript or pickled state dict runs code).
+- The spec is read by the loader's parser (:mod:`workers.pipeline.specs`): the check judges
+  the parsed values, and the worker loads that same parse, written back.
 - Error messages never show a server path: ``redact`` replaces them.
 
 Torch-free: the API imports it.
@@ -19,11 +21,13 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
+from workers.pipeline.specs import ModelSpec, SpecError, parse_spec
+
 FILE_SOURCES = ("onnx", "torchscript", "statedict")
 HUB_OR_DIR_SOURCES = ("hf", "st")
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 _TORCHVISION = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_TIMM = re.compile(r"(hf-hub:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,127}")
+_TIMM = re.compile(r"(hf-hub:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,127}", re.ASCII)
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/])(?:/[^\s/'\"<>:]+)+/?")
 
 
@@ -52,22 +56,31 @@ def _relative(ref: str, source: str) -> PurePosixPath:
 _ZOO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-def check(spec: str, *, model_dir_set: bool) -> None:
-    """Raise ``SourceRefused`` for a spec a remote client may not register. A bare name is a
-    zoo name (the worker refuses one the zoo lacks)."""
-    source, sep, rest = spec.partition(":")
-    ref, _, query = rest.partition("?")
-    if not sep:
+def check(spec: str, *, model_dir_set: bool) -> ModelSpec | None:
+    """The parsed spec a remote client may register (None for a bare name: a zoo name, which
+    the worker refuses when the zoo lacks it); ``SourceRefused`` for one it may not. The spec
+    is parsed by the loader's own parser and its parsed values checked, so what passes here
+    is exactly what gets loaded."""
+    if ":" not in spec:
         if _ZOO_NAME.fullmatch(spec):
-            return
+            return None
         raise SourceRefused(
             f"unknown model {spec!r}: give a zoo name or SOURCE:REF (torchvision:, timm:, "
             "hf:, st:, and with TB_MODEL_DIR set onnx:, torchscript:, statedict:)"
         )
-    options = dict(p.partition("=")[::2] for p in query.split("&") if p)
-    arch = options.get("arch", "")
-    if arch.startswith("timm:") and not _TIMM.fullmatch(arch[5:]):
-        raise SourceRefused(f"arch={arch!r}: name a timm architecture, not a path")
+    try:
+        parsed = parse_spec(spec)
+    except SpecError as exc:
+        raise SourceRefused(str(exc)) from exc
+    source, ref = parsed.source, parsed.ref
+    arch = parsed.options.get("arch")
+    if arch is not None and not (
+        _TORCHVISION.fullmatch(arch) or (arch.startswith("timm:") and _TIMM.fullmatch(arch[5:]))
+    ):
+        raise SourceRefused(
+            f"arch={arch!r}: name a torchvision architecture (mobilenet_v2) or a timm "
+            "architecture (timm:resnet18), not a path or another source"
+        )
     if source == "torchvision":
         if not _TORCHVISION.fullmatch(ref):
             raise SourceRefused(f"torchvision:{ref}: name a torchvision architecture")
@@ -88,8 +101,7 @@ def check(spec: str, *, model_dir_set: bool) -> None:
                 "has not set TB_MODEL_DIR); name a hub model (hf:, st:, timm:, torchvision:)"
             )
         _relative(ref, source)
-    else:
-        raise SourceRefused(f"unknown model source {source!r}")
+    return parsed
 
 
 def confine(ref: str, model_dir: Path | None, source: str) -> Path | None:
@@ -117,13 +129,15 @@ def redact(message: str, *known: tuple[str, str]) -> str:
 
 
 def resolve(spec: str, model_dir: Path | None) -> str:
-    """The spec a worker loads for a remote client's ``spec``: file references made real
-    paths inside ``model_dir`` (checked again here: the file may have changed since)."""
-    check(spec, model_dir_set=model_dir is not None)
-    source, _, rest = spec.partition(":")
-    ref, sep, query = rest.partition("?")
-    if source not in FILE_SOURCES + HUB_OR_DIR_SOURCES:
+    """The spec a worker loads for a remote client's ``spec``: ``check``'s parse of it written
+    back, file references made real paths inside ``model_dir`` (checked again here: the file
+    may have changed since)."""
+    parsed = check(spec, model_dir_set=model_dir is not None)
+    if parsed is None:
         return spec
+    source, ref = parsed.source, parsed.ref
+    if source not in FILE_SOURCES + HUB_OR_DIR_SOURCES:
+        return str(parsed)
     real = confine(ref, model_dir, source)
     if real is None:
         if source in FILE_SOURCES:
@@ -132,5 +146,15 @@ def resolve(spec: str, model_dir: Path | None) -> str:
             )
         if os.path.lexists(ref):  # a hub name that is also a directory here: never load it
             raise SourceRefused(f"{source}:{ref} is ambiguous on this server; name ORG/NAME")
-        return spec
-    return f"{source}:{real}{sep}{query}"
+        return str(parsed)
+    loaded = ModelSpec(source, str(real), parsed.options)
+    try:
+        same = parse_spec(str(loaded)) == loaded
+    except SpecError:
+        same = False
+    if not same:  # e.g. a '?' or '%' in the model directory's own path
+        raise SourceRefused(
+            f"{source}:{ref}: its path on the server cannot be written as a model spec; "
+            "the operator should move the model directory to a plain path"
+        )
+    return str(loaded)

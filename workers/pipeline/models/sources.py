@@ -19,10 +19,11 @@ from workers.pipeline.models.base import CandidateModel
 from workers.pipeline.models.exported import choose_runtime, store_for
 from workers.pipeline.models.onnx_image import OnnxImageModel
 from workers.pipeline.models.preprocessing import ImageRecipe, TextRecipe
-from workers.pipeline.models.spec import ModelSpec
+from workers.pipeline.models.spec import image_recipe
 from workers.pipeline.models.text import HFTextModel, SentenceTransformerModel
 from workers.pipeline.models.torch_image import PENULTIMATE, TorchImageModel
 from workers.pipeline.models.torchscript_image import TorchScriptImageModel
+from workers.pipeline.specs import ModelSpec
 from workers.settings import Settings
 
 
@@ -96,14 +97,15 @@ def _torchvision(spec: ModelSpec, name: str, settings: Settings) -> CandidateMod
     module = torchvision.models.get_model(spec.ref, weights=None)
     module.load_state_dict(state, strict=True)
     tf = weights.transforms()
-    recipe = spec.image_recipe(
+    recipe = image_recipe(
+        spec,
         ImageRecipe(
             size=tf.crop_size[0],
             resize=tf.resize_size[0],
             interpolation=tf.interpolation.value,
             mean=tuple(m * 255 for m in tf.mean),
             std=tuple(s * 255 for s in tf.std),
-        )
+        ),
     )
     return TorchImageModel(
         name=name,
@@ -144,7 +146,7 @@ def _timm(spec: ModelSpec, name: str, settings: Settings) -> CandidateModel:
         name=name,
         source=str(spec),
         module=module,
-        recipe=spec.image_recipe(_timm_recipe(module)),
+        recipe=image_recipe(spec, _timm_recipe(module)),
         layer=spec.options.get("layer", PENULTIMATE),
         head_classes=_class_names(classes) if classes else None,
     )
@@ -180,7 +182,7 @@ def _state_dict(spec: ModelSpec, name: str, settings: Settings) -> CandidateMode
         name=name,
         source=str(spec),
         module=module,
-        recipe=spec.image_recipe(base),
+        recipe=image_recipe(spec, base),
         layer=spec.options.get("layer", PENULTIMATE),
         head_classes=_class_names(num_classes) if num_classes else None,
     )
@@ -255,7 +257,7 @@ def _onnx(spec: ModelSpec, name: str, settings: Settings) -> CandidateModel:
         name=name,
         source=str(spec),
         path=Path(spec.ref).expanduser(),
-        recipe=spec.image_recipe(),
+        recipe=image_recipe(spec),
         layer=spec.options.get("layer", "auto"),
         head_classes=_onnx_head_classes(Path(spec.ref).expanduser()) if head else None,
         num_threads=configure(settings.num_threads),
@@ -281,7 +283,7 @@ def _torchscript(spec: ModelSpec, name: str, settings: Settings) -> CandidateMod
         name=name,
         source=str(spec),
         path=Path(spec.ref).expanduser(),
-        recipe=spec.image_recipe(),
+        recipe=image_recipe(spec),
         has_head=spec.options.get("head", "0") in {"1", "true", "yes"},
     )
 

@@ -1,6 +1,6 @@
 """The default zoo: real pretrained models that load offline from installed packages.
 
-``load_model(name)`` takes a zoo name or any spec string (see :mod:`workers.pipeline.models.spec`).
+``load_model(name)`` takes a zoo name or any spec string (see :mod:`workers.pipeline.specs`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from workers.pipeline.catalogue import CATALOGUE
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.models.base import CandidateModel
 from workers.pipeline.models.exported import accelerate, choose_runtime, store_for
@@ -27,10 +28,10 @@ from workers.pipeline.models.sources import (
     load_weights_file,
     tokenizer_fingerprint,
 )
-from workers.pipeline.models.spec import ModelSpec, parse_spec
 from workers.pipeline.models.text import HFTextModel, LinearHead
 from workers.pipeline.models.torch_image import TorchImageModel
 from workers.pipeline.runtime import configure, resolve_device
+from workers.pipeline.specs import ModelSpec, parse_spec
 from workers.settings import Settings
 
 # The intent head is a scikit-learn pickle; unpickling runs code, so only this exact file
@@ -184,59 +185,21 @@ def intent_head() -> LinearHead:
     return LinearHead(weight=weight, bias=bias, classes=classes, normalize_input=True)
 
 
+#: Each zoo model's offline loader, by name; what else the zoo says of a model is in
+#: :data:`workers.pipeline.catalogue.CATALOGUE` (which the torch-free API reads too).
+_LOADERS: dict[str, Callable[[Settings], CandidateModel]] = {
+    "efficientnet-lite0": _efficientnet_lite(0),
+    "efficientnet-lite1": _efficientnet_lite(1),
+    "efficientnet-lite2": _efficientnet_lite(2),
+    "mobilenet-v2": _mobilenet_v2,
+    "open-nsfw": _open_nsfw,
+    "minilm-l6": lambda s: _minilm(None, "minilm-l6"),
+    "minilm-intent": lambda s: _minilm(intent_head(), "minilm-intent"),
+}
+
 ZOO: dict[str, ZooEntry] = {
-    entry.name: entry
-    for entry in (
-        ZooEntry(
-            "efficientnet-lite0",
-            "image",
-            "EfficientNet-Lite0, ImageNet-1k, 224 px, 1280-d",
-            _efficientnet_lite(0),
-            True,
-        ),
-        ZooEntry(
-            "efficientnet-lite1",
-            "image",
-            "EfficientNet-Lite1, ImageNet-1k, 240 px, 1280-d",
-            _efficientnet_lite(1),
-            True,
-        ),
-        ZooEntry(
-            "efficientnet-lite2",
-            "image",
-            "EfficientNet-Lite2, ImageNet-1k, 260 px, 1280-d",
-            _efficientnet_lite(2),
-            True,
-        ),
-        ZooEntry(
-            "mobilenet-v2",
-            "image",
-            "MobileNetV2 (torchvision), ImageNet-1k, 224 px, 1280-d",
-            _mobilenet_v2,
-            True,
-        ),
-        ZooEntry(
-            "open-nsfw",
-            "image",
-            "Open-NSFW ResNet-50-thin (ONNX), 2-class sfw/nsfw, 1024-d",
-            _open_nsfw,
-            True,
-        ),
-        ZooEntry(
-            "minilm-l6",
-            "text",
-            "all-MiniLM-L6-v2 encoder, mean-pooled, 384-d, no head",
-            lambda s: _minilm(None, "minilm-l6"),
-            False,
-        ),
-        ZooEntry(
-            "minilm-intent",
-            "text",
-            "all-MiniLM-L6-v2 + 157-intent linear head, 384-d",
-            lambda s: _minilm(intent_head(), "minilm-intent"),
-            True,
-        ),
-    )
+    b.name: ZooEntry(b.name, b.modality, b.description, _LOADERS[b.name], b.has_head)
+    for b in CATALOGUE
 }
 
 
