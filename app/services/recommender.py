@@ -254,34 +254,27 @@ def recommend(
         return None  # none of the fitted metrics was computed here
     ranked, metrics = compared(held)
     every = set().union(*held.values())
+    names = model_service.names_of(session, ranked)
     try:
         rec = fit.recommend(
             {k: {m: scores[k][m] for m in ranked} for k in metrics},
             exclude_dataset=dataset.id if dataset.id in fit.outcome_ranks else None,
         )
     except scoring.TransferabilityError:
-        return None
-    names = model_service.names_of(session, rec.order)
-    return {
-        "fit": row.fingerprint,
-        "version": row.version,
-        "scope": scope.key,
-        "calibrated": row.calibrated,
-        "expected_quality": row.quality if row.calibrated else "uncalibrated",
-        "learned_from_datasets": row.n_datasets,
-        "weights": dict(rec.weights),
-        "metrics_used": sorted(rec.metrics_used),
-        "left_out_metrics": sorted(every - metrics),
-        "ignored_metrics": sorted(k for k, per in scores.items() if per and k not in fit.metrics),
-        "missing_metrics": {m: sorted(every - h) for m, h in sorted(held.items()) if every - h},
-        "unranked": sorted(set(held) - set(ranked)),
-        "scores": dict(rec.scores),
-        "evidence": {
+        # the metrics they all have are equal for every one of them and none has an outcome
+        # history: on equal evidence they tie (the metric another model has is no tiebreak)
+        used: list[str] = []
+        combined = dict.fromkeys(ranked, 0.0)
+        evidence = {
+            m: {"score": 0.0, "values": {}, "contributions": {}, "history_datasets": 0,
+                "notes": [f"{', '.join(sorted(metrics))} equal for every model: a tie"]}
+            for m in ranked
+        }  # fmt: skip
+    else:
+        used, combined = sorted(rec.metrics_used), dict(rec.scores)
+        evidence = {
             m: {
-                "model": names.get(m, m),
                 "score": e.score,
-                "metrics": sorted(rec.metrics_used),
-                "missing_metrics": sorted(every - held[m]),
                 "values": {k: v for k, v in e.values.items() if k in metrics or k == HISTORY},
                 "contributions": {
                     k: v for k, v in e.contributions.items() if k in metrics or k == HISTORY
@@ -292,6 +285,29 @@ def recommend(
                 "notes": [n for n in e.notes if not n.startswith("missing ")],
             }
             for m, e in rec.evidence.items()
+        }
+    return {
+        "fit": row.fingerprint,
+        "version": row.version,
+        "scope": scope.key,
+        "calibrated": row.calibrated,
+        "expected_quality": row.quality if row.calibrated else "uncalibrated",
+        "learned_from_datasets": row.n_datasets,
+        "weights": dict(fit.weights),
+        "metrics_used": used,
+        "left_out_metrics": sorted(every - metrics),
+        "ignored_metrics": sorted(k for k, per in scores.items() if per and k not in fit.metrics),
+        "missing_metrics": {m: sorted(every - h) for m, h in sorted(held.items()) if every - h},
+        "unranked": sorted(set(held) - set(ranked)),
+        "scores": combined,
+        "evidence": {
+            m: {
+                "model": names.get(m, m),
+                "metrics": used,
+                "missing_metrics": sorted(every - held[m]),
+                **e,
+            }
+            for m, e in evidence.items()
         },
     }
 
