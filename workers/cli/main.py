@@ -107,7 +107,9 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     )
     result = run_rank(request)
     rows = result.rows
-    for row in rows:  # a metric that cannot run on a model: why, once, on stderr
+    for row in rows:  # a model or a metric that failed: why, once, on stderr
+        if row.error:
+            _err(f"{row.model}: failed: {row.error}")
         for metric, reason in row.errors.items():
             _err(f"{row.model}: {metric} not computed: {reason}")
     fit = _stored_fit(result)

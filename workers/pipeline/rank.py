@@ -19,9 +19,17 @@ from workers.pipeline.cache import FeatureCache, write_npz_atomic
 from workers.pipeline.datasets import BUILTINS, Dataset, open_dataset
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.extraction import FeatureSet, extract
-from workers.pipeline.models.zoo import load_model, zoo_names
-from workers.pipeline.ranking import ModelArrays, RankedModel, rank_models, resolve_metrics
+from workers.pipeline.models.base import CandidateModel
+from workers.pipeline.models.zoo import ZOO, load_model, zoo_names
+from workers.pipeline.ranking import (
+    ModelArrays,
+    RankedModel,
+    failed_row,
+    rank_models,
+    resolve_metrics,
+)
 from workers.pipeline.runtime import configure, resolve_device
+from workers.pipeline.specs import parse_spec
 from workers.settings import Settings
 
 
@@ -86,23 +94,46 @@ def _progress_bar(request: RankRequest, total: int, description: str):  # type: 
                 file=sys.stderr, leave=True)  # fmt: skip
 
 
+def load_models(
+    request: RankRequest, names: Sequence[str], settings: Settings
+) -> tuple[list[CandidateModel], dict[str, str]]:
+    """The models of ``names`` that load, and for each one that does not, why (the first line
+    of its error): a model that cannot be loaded fails alone, as in the service, and the
+    others are still ranked. A name that is neither a zoo name nor a spec is refused first,
+    before anything loads (the service refuses a model it does not know up front too)."""
+    for name in names:
+        if name not in ZOO:
+            parse_spec(name)
+    models: list[CandidateModel] = []
+    failed: dict[str, str] = {}
+    for name in names:
+        _log(request, f"loading {name}")
+        try:
+            models.append(load_model(name, settings))
+        except Exception as exc:  # any reason at all: that model's, not the run's
+            failed[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if failed and not models:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in failed.items())
+        raise PipelineError(f"no model could be loaded ({reasons})")
+    return models, failed
+
+
 def compute_features(
     request: RankRequest, dataset: Dataset, settings: Settings
-) -> dict[str, FeatureSet]:
-    """Features of the requested models (default: the zoo for the dataset's modality)."""
+) -> tuple[dict[str, FeatureSet], dict[str, str]]:
+    """Features of the requested models (default: the zoo for the dataset's modality), and
+    why each model that could not be loaded failed."""
     if dataset.modality == "features":
         if request.models:
             raise PipelineError("a feature file is ranked as it is; drop --models")
-        return {
+        precomputed = {
             name: FeatureSet(name, arrays.features, arrays.probs)
             for name, arrays in dataset.precomputed.items()
         }
+        return precomputed, {}
     names = list(request.models) if request.models else zoo_names(dataset.modality)
     configure(settings.num_threads)
-    models = []
-    for name in names:
-        _log(request, f"loading {name}")
-        models.append(load_model(name, settings))
+    models, failed = load_models(request, names, settings)
     cache = FeatureCache(settings.feature_cache_dir) if request.use_cache else None
     device = resolve_device(settings.device)
     with _progress_bar(request, len(dataset), f"features x{len(models)} models") as bar:
@@ -110,7 +141,7 @@ def compute_features(
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
-        return extract(
+        features = extract(
             models,
             dataset,
             cache=cache,
@@ -120,6 +151,7 @@ def compute_features(
             num_threads=settings.num_threads,
             progress=progress,
         )
+    return features, failed
 
 
 def save_features(directory: Path, features: dict[str, FeatureSet], labels: np.ndarray) -> None:
@@ -133,17 +165,19 @@ def save_features(directory: Path, features: dict[str, FeatureSet], labels: np.n
 
 
 def run_rank(request: RankRequest, settings: Settings | None = None) -> RankResult:
-    """Open the dataset, extract (or read cached) features, score and rank the models."""
+    """Open the dataset, extract (or read cached) features, score and rank the models; a
+    model that cannot be loaded comes last, unranked, with its reason (``RankedModel.error``)."""
     settings = settings or Settings.load()
     if request.batch_size is not None and request.batch_size < 1:
         raise PipelineError("--batch-size must be at least 1")
     dataset = load_dataset(request)
     metrics = resolve_metrics(request.metrics, dataset.target)
-    features = compute_features(request, dataset, settings)
+    features, failed = compute_features(request, dataset, settings)
     if request.save_features:
         save_features(request.save_features, features, dataset.labels)
     arrays = {name: ModelArrays(fs.features, fs.probs) for name, fs in features.items()}
     rows = rank_models(arrays, dataset.labels, metrics, dataset.target)
+    rows += [failed_row(name, reason, metrics) for name, reason in failed.items()]
     return RankResult(
         dataset.name, len(dataset), metrics, rows, features, dataset.modality, dataset.target
     )

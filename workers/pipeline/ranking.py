@@ -22,15 +22,26 @@ class ModelArrays:
 @dataclass(frozen=True)
 class RankedModel:
     """One row of a ranking: ``scores`` holds ``recommended`` (the recommender's combined
-    score) and each metric; ``rank`` is None when the row could not be ordered."""
+    score) and each metric; ``rank`` is None when the row could not be ordered. ``errors``:
+    why a metric is missing; ``error``: why the whole model failed (it could not be loaded)."""
 
     model: str
     rank: int | None
     scores: dict[str, float | None]
     errors: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"model": self.model, "rank": self.rank, "scores": self.scores}
+        row: dict[str, object] = {"model": self.model, "rank": self.rank, "scores": self.scores}
+        if self.error is not None:
+            row["error"] = self.error
+        return row
+
+
+def failed_row(model: str, reason: str, metrics: Sequence[str]) -> RankedModel:
+    """The row of a model that failed as a whole: unranked, no score, ``reason`` as its error."""
+    scores: dict[str, float | None] = {scoring.RECOMMENDED: None, **dict.fromkeys(metrics)}
+    return RankedModel(model, None, scores, error=reason)
 
 
 def resolve_metrics(requested: Sequence[str] | None, target: scoring.Target) -> list[str]:
@@ -98,6 +109,6 @@ def with_recommendation(
     }
     by_name = {r.model: r for r in rows}
     return [
-        RankedModel(name, rank, table[name], by_name[name].errors)
+        RankedModel(name, rank, table[name], by_name[name].errors, by_name[name].error)
         for name, rank in scoring.rank_rows(table, metrics)
     ]
