@@ -598,7 +598,9 @@ class Client(_Calls):
                 raise TransferbenchError(f"ranking {ranking_id} did not finish in time")
             time.sleep(POLL_S)
 
-    def leaderboard(self, dataset: Dataset | str, metric: str = "recommended") -> Leaderboard:
+    def leaderboard(
+        self, dataset: Dataset | str, metric: str = schemas.LEADERBOARD_DEFAULT_METRIC
+    ) -> Leaderboard:
         """The dataset's models best first by ``metric`` (``recommended`` or a metric name)."""
         return self._run(self._leaderboard(dataset, metric))
 
@@ -787,7 +789,9 @@ class AsyncClient(_Calls):
                 raise TransferbenchError(f"ranking {ranking_id} did not finish in time")
             await asyncio.sleep(POLL_S)
 
-    async def leaderboard(self, dataset: Dataset | str, metric: str = "recommended") -> Leaderboard:
+    async def leaderboard(
+        self, dataset: Dataset | str, metric: str = schemas.LEADERBOARD_DEFAULT_METRIC
+    ) -> Leaderboard:
         return await self._run(self._leaderboard(dataset, metric))
 
     async def add_outcomes(

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 from sqlalchemy.engine import make_url
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import timeouts
+from app import schemas, timeouts
 from app.api import datasets as datasets_api
 from app.api import rankings as rankings_api
 from app.api.deps import count_request
@@ -55,7 +55,6 @@ log = logging.getLogger("transferbench.api")
 
 #: connections of the fast path per API process (each is held for one round trip)
 POOL_MAX = 4
-DEFAULT_METRIC = "logme"  # the leaderboard route's default
 APPLICATION_NAME = "transferbench-fastreads"  # in pg_stat_activity
 
 
@@ -214,7 +213,7 @@ class FastReads:
             raise _Pass  # the full stack learns who owns it
         query = _query(scope)
         if kind == "board":
-            metric = query.pop("metric", DEFAULT_METRIC)
+            metric = query.pop("metric", schemas.LEADERBOARD_DEFAULT_METRIC)
             if query or not metric or len(metric) > 64:
                 raise _Pass  # the full stack validates (or ignores) what is unusual
             params = {"dataset_id": object_id, "metric": metric}

@@ -132,6 +132,13 @@ class RankingOut(RankingSummary):
     )
 
 
+#: What a leaderboard orders by when a request names no metric: the recommender's combined
+#: score (``scoring.RECOMMENDED``, spelled out here because the client must not import
+#: ``scoring``), the ordering a ranking's results lead with. The route, its fast reads and
+#: the client all take this one default.
+LEADERBOARD_DEFAULT_METRIC = "recommended"
+
+
 class LeaderboardEntry(BaseModel):
     rank: int
     model_id: str

@@ -106,7 +106,7 @@ async def leaderboard(
     request: Request,
     principal: PrincipalDep,
     reads: ReadsDep,
-    metric: Annotated[str, Query(max_length=64)] = "logme",
+    metric: Annotated[str, Query(max_length=64)] = schemas.LEADERBOARD_DEFAULT_METRIC,
 ) -> Response:
     """Best first (tied models share a rank); a new score shows as soon as it is stored.
     With ``If-None-Match: <its ETag>``, 304 while nothing changed."""
