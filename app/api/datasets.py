@@ -38,7 +38,9 @@ async def upload(
     file: Annotated[
         UploadFile, File(description="the dataset: .zip, .csv, .jsonl, .npz, .npy, .parquet")
     ],
-    name: Annotated[str, Form(min_length=1, max_length=200)],
+    name: Annotated[
+        str | None, Form(max_length=200, description="defaults to the file's name stem")
+    ] = None,
     modality: Annotated[Literal["image", "text", "features"] | None, Form()] = None,
     task: Annotated[Literal["classification", "regression"] | None, Form()] = None,
 ) -> DatasetRow:
@@ -52,7 +54,7 @@ async def upload(
         settings,
         tmp,
         tenant=tenant,
-        name=name,
+        name=(name or "").strip() or service.default_name(file.filename),
         modality=modality,
         task=task,
     )

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path, PurePath
 from typing import Protocol
 
-import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -22,6 +22,11 @@ from workers.settings import Settings
 
 CHUNK = 1 << 20
 SUFFIXES = (".zip", ".csv", ".jsonl", ".npz", ".npy", ".parquet")
+#: uploads validated at once in this process; the rest wait their turn. A feature file is
+#: streamed a few rows at a time (tens of MiB); images decode one at a time; two together keep
+#: validation's share of the API's memory near 256 MiB whatever the uploads expand to.
+VALIDATIONS_AT_ONCE = 2
+_validating = threading.BoundedSemaphore(VALIDATIONS_AT_ONCE)
 #: newest first
 ORDER = pages.Order("datasets", ((DatasetRow.created_at, True), (DatasetRow.id, True)))
 
@@ -45,6 +50,16 @@ class Upload(Protocol):
     def filename(self) -> str | None: ...
 
     async def read(self, size: int = -1) -> bytes: ...
+
+
+def default_name(filename: str | None) -> str:
+    """An upload's name when none is given: its file's name without the suffix, as the upload
+    page promises (``cats.v2.npz`` -> ``cats.v2``)."""
+    name = PurePath(filename or "").name
+    for suffix in SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)][:200]
+    return name[:200] or "dataset"
 
 
 async def save_upload(upload: Upload, settings: Settings) -> Path:
@@ -83,12 +98,12 @@ def register(
 ) -> tuple[DatasetRow, bool]:
     """Validate the saved file and store it as the tenant's; returns (row, created). The same
     content uploaded again by the same tenant is the same row."""
-    from workers.pipeline.datasets import open_upload
+    from workers.pipeline.datasets import check_upload
     from workers.pipeline.errors import PipelineError
 
     try:  # every image decoded and every row parsed, within the readers' caps
-        dataset = open_upload(tmp)
-        dataset.validate()
+        with _validating:
+            dataset = check_upload(tmp)
     except PipelineError as exc:
         tmp.unlink(missing_ok=True)
         raise Invalid(str(exc).replace(str(tmp), "the upload")) from exc
@@ -124,10 +139,7 @@ def register(
     final_dir.mkdir(parents=True, exist_ok=True)
     final = final_dir / f"data{tmp.suffix}"
     os.replace(tmp, final)
-    classes: list[dict[str, object]] = []
-    if dataset.target == "classification":
-        names, counts = np.unique(dataset.labels, return_counts=True)
-        classes = [{"name": str(c), "count": int(k)} for c, k in zip(names, counts, strict=True)]
+    classes = [{"name": str(label), "count": count} for label, count in dataset.classes]
     row = DatasetRow(
         name=name,
         modality=dataset.modality,
@@ -135,7 +147,7 @@ def register(
         content_hash=digest,
         tenant=tenant,
         size_bytes=size,
-        n_samples=len(dataset),
+        n_samples=dataset.n_samples,
         classes=classes,
         path=str(final),
     )
