@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -65,7 +64,6 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MEASURE: str = schemas.OutcomeIn.model_fields["measure"].default
 POLL_S = 0.5
 PAGE = 1000  # the service's largest page
-_ID = re.compile(r"^[0-9a-f]{32}$")
 _SLOW = httpx.Timeout(DEFAULT_TIMEOUT_S, read=None, write=None)  # uploads, loading weights
 _TERMINAL = {"done", "failed"}
 
@@ -162,6 +160,9 @@ def _zip_folder(folder: Path, into: Path) -> Path:
 class _Calls:
     """Everything but the transport: how each call becomes requests and its answer a value."""
 
+    #: the connection pool, which holds the headers (the API key among them) every request gets
+    _http: httpx.Client | httpx.AsyncClient
+
     def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
         self.url = url.rstrip("/")
         key = api_key if api_key is not None else os.environ.get("TB_API_KEY")
@@ -171,12 +172,19 @@ class _Calls:
         self.timeout = timeout
 
     def _request(
-        self, method: str, path: str, *, slow: bool = False, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: httpx.Timeout | None = None,
+        **kwargs: Any,
     ) -> httpx.Request:
-        request = httpx.Request(method, self.url + path, **kwargs)
-        if slow:
-            request.extensions["timeout"] = _SLOW.as_dict()
-        return request
+        """A request built by the pool, so that it carries the pool's headers, the API key
+        among them (``send`` adds the pool's timeout to a request built without it, but not
+        its headers); ``timeout`` replaces the pool's for this request."""
+        if timeout is None:
+            return self._http.build_request(method, self.url + path, **kwargs)
+        return self._http.build_request(method, self.url + path, timeout=timeout, **kwargs)
 
     def _pages(
         self, path: str, model: type[M], params: Mapping[str, str] | None = None
@@ -225,7 +233,7 @@ class _Calls:
             response = yield self._request(
                 "POST",
                 "/v1/datasets",
-                slow=True,
+                timeout=_SLOW,
                 data=form,
                 files={"file": (upload.name, handle, "application/octet-stream")},
             )
@@ -259,21 +267,11 @@ class _Calls:
             )
         return False
 
-    def _model_ids(self, models: Sequence[Model | str]) -> Op[list[str]]:
-        """Ids of models given as Model, id or name."""
-        wanted = [m if isinstance(m, str) else m.id for m in models]
-        if all(_ID.match(m) for m in wanted):
-            return wanted
-        known = yield from self._models()
-        by_key = {m.name: m.id for m in known} | {m.id: m.id for m in known}
-        missing = [m for m in wanted if m not in by_key]
-        if missing:
-            raise TransferbenchError(
-                f"no model named {', '.join(map(repr, missing))} on the server; register it "
-                "with register_model(name, source) or pick one of models()",
-                title="Not found",
-            )
-        return [by_key[m] for m in wanted]
+    @staticmethod
+    def _model_keys(models: Sequence[Model | str]) -> list[str]:
+        """Models given as Model, id or name, as the service takes them: ids or names (it
+        answers 422 naming any it does not know)."""
+        return [m if isinstance(m, str) else m.id for m in models]
 
     # -- rankings
     def _start(
@@ -285,7 +283,7 @@ class _Calls:
     ) -> Op[Ranking]:
         body: dict[str, Any] = {"dataset_id": _id(dataset)}
         if models is not None:
-            body["model_ids"] = yield from self._model_ids(models)
+            body["model_ids"] = self._model_keys(models)
         if metrics is not None:
             body["metrics"] = list(metrics)
         if per_class is not None:
@@ -354,12 +352,12 @@ class _Calls:
 
     # -- waiting
     def _events_request(self, ranking_id: str) -> httpx.Request:
-        request = self._request(
-            "GET", f"/v1/rankings/{ranking_id}/events", headers={"Accept": "text/event-stream"}
+        return self._request(
+            "GET",
+            f"/v1/rankings/{ranking_id}/events",
+            headers={"Accept": "text/event-stream"},
+            timeout=httpx.Timeout(self.timeout, read=60.0),  # a comment comes every 15 s at most
         )
-        # the server sends a comment at least every 15 s
-        request.extensions["timeout"] = httpx.Timeout(self.timeout, read=60.0).as_dict()
-        return request
 
     def _transport_error(self, exc: httpx.TransportError) -> TransferbenchError:
         if isinstance(exc, httpx.TimeoutException):
@@ -440,6 +438,8 @@ class Client(_Calls):
     """The service at ``url`` (``http://host:8000``), over one connection pool; close it
     (or use ``with``). ``api_key``: sent as a Bearer key; default ``TB_API_KEY``.
     ``timeout``: seconds per request (uploads and model registration wait longer)."""
+
+    _http: httpx.Client
 
     def __init__(
         self, url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S
@@ -644,6 +644,8 @@ class Client(_Calls):
 class AsyncClient(_Calls):
     """``Client``'s methods as coroutines (``async with AsyncClient(url) as tb: await
     tb.rank(...)``). Zipping a folder for ``upload_dataset`` happens on the calling thread."""
+
+    _http: httpx.AsyncClient
 
     def __init__(
         self, url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT_S

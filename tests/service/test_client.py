@@ -10,8 +10,6 @@ import base64
 import hashlib
 import io
 import json
-import socket
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -21,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -43,6 +40,7 @@ from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
 from .conftest import fashion_zip
+from .helpers import free_port, serve
 
 MODELS = ["mobilenet-v2", "open-nsfw", "mnv2-copy"]  # the copy: same weights, cached features
 METRICS = ["logme", "leep", "hscore_shrinkage"]
@@ -56,12 +54,6 @@ class Live:
     queue: LocalQueue
     reads: Any
     settings: Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -78,23 +70,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         queue = LocalQueue(db, settings)
         queue.start(register_zoo=False)
         app = create_app(settings, queue=queue, db=db, auth_required=False)
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
-        with Client(url) as tb:
-            for name in MODELS:
-                tb.register_model(name, "mobilenet-v2" if name == "mnv2-copy" else name)
-        yield Live(url, db, queue, app.state.reads, settings)
-        server.should_exit = True
-        thread.join(timeout=15)
+        with serve(app) as url:
+            with Client(url) as tb:
+                for name in MODELS:
+                    tb.register_model(name, "mobilenet-v2" if name == "mnv2-copy" else name)
+            yield Live(url, db, queue, app.state.reads, settings)
         queue.stop()
         db.dispose()
 
@@ -212,7 +192,7 @@ def test_errors_carry_the_problem_fields(live: Live, ranked, tmp_path: Path):
 
         with pytest.raises(TransferbenchError) as caught:
             tb.rank(dataset, models=["no-such-model"], progress=False)
-        assert caught.value.status is None and "no-such-model" in caught.value.detail
+        assert caught.value.status == 422 and "'no-such-model'" in caught.value.detail
 
         bad = tmp_path / "notes.txt"
         bad.write_text("hello")
@@ -224,7 +204,7 @@ def test_errors_carry_the_problem_fields(live: Live, ranked, tmp_path: Path):
             tb.evaluation(dataset, measure="never-measured")
         assert caught.value.status == 422 and caught.value.detail
 
-    nowhere = Client(f"http://127.0.0.1:{_free_port()}", timeout=2)
+    nowhere = Client(f"http://127.0.0.1:{free_port()}", timeout=2)
     with nowhere, pytest.raises(TransferbenchError) as caught:
         nowhere.models()
     assert caught.value.status is None and "cannot reach" in caught.value.detail
@@ -529,7 +509,7 @@ def test_remote_cli_prints_the_servers_ranking(
     assert len(err) == 1 and err[0].startswith("transferbench: error: unknown metric")
     assert main(["rank", str(zip_path), "--seed", "3", "--quiet"]) == 2
     assert "--seed" in capsys.readouterr().err
-    monkeypatch.setenv("TB_SERVER", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("TB_SERVER", f"http://127.0.0.1:{free_port()}")
     assert main(["rank", str(zip_path), "--quiet"]) == 2
     assert capsys.readouterr().err.startswith("transferbench: error: cannot reach")
 

@@ -1,7 +1,8 @@
 """``transferbench``: rank candidate models on a dataset from the command line.
 
 Needs no server, database or broker (``rank --server URL`` drives a service instead:
-``workers.cli.remote``). Bad input prints one line on stderr and exits 2.
+``workers.cli.remote``). Bad input prints one line on stderr and exits 2; a remote ranking in
+which a model failed prints the other models' results and exits 1.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from workers.pipeline.ranking import with_recommendation
 from workers.settings import Settings
 
 EXIT_BAD_INPUT = 2
+#: a ranking ran, but a model in it (or the whole ranking) failed; its results are printed
+EXIT_MODEL_FAILED = 1
 
 if TYPE_CHECKING:
     from workers.pipeline.rank import RankResult

@@ -17,8 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from app.client import Client, Dataset, Ranking, TransferbenchError
-from workers.cli.main import EXIT_BAD_INPUT, _err
+from app.client import Client, Dataset, Model, Ranking, TransferbenchError
+from workers.cli.main import EXIT_BAD_INPUT, EXIT_MODEL_FAILED, _err
 from workers.cli.report import emit
 from workers.pipeline.datasets import BUILTINS, open_dataset
 from workers.pipeline.datasets import Dataset as LocalDataset
@@ -32,12 +32,30 @@ LOCAL_ONLY = {"save_features": "--save-features", "batch_size": "--batch-size"}
 
 def run(args: argparse.Namespace, server: str, api_key: str | None) -> int:
     """Rank ``args.dataset`` on ``server`` and print it like ``_cmd_rank``. The server's
-    errors (and an unreachable server) print its detail in one line and return 2."""
+    errors (and an unreachable server) print one line, in the command's own terms, and
+    return 2; a ranking in which a model failed prints the others' results and returns 1,
+    as does a ranking that failed as a whole."""
     try:
         return _run(args, server, api_key)
     except TransferbenchError as exc:
-        _err(exc.detail)
-        return EXIT_BAD_INPUT
+        _err(_for_the_shell(exc, server, api_key))
+        return EXIT_MODEL_FAILED if exc.title == "Ranking failed" else EXIT_BAD_INPUT
+
+
+def _for_the_shell(exc: TransferbenchError, server: str, api_key: str | None) -> str:
+    """The error as a user of this command acts on it: the server's refusal of a missing or
+    wrong API key names ``--api-key`` and ``TB_API_KEY``, not the HTTP header."""
+    if exc.status != 401:
+        return exc.detail
+    if not api_key:
+        return (
+            f"the server at {server} needs an API key: give --api-key KEY or set TB_API_KEY "
+            "(its operator creates one with `transferbench apikey create NAME --tenant TENANT`)"
+        )
+    return (
+        f"the server at {server} refused the API key given by --api-key or TB_API_KEY "
+        f"({exc.detail}); check the key, or ask the server's operator for a new one"
+    )
 
 
 def _run(args: argparse.Namespace, server: str, api_key: str | None) -> int:
@@ -47,13 +65,29 @@ def _run(args: argparse.Namespace, server: str, api_key: str | None) -> int:
     if args.no_cache:
         raise TransferbenchError("--no-cache applies to local ranking only; drop it or --server")
     with Client(server, api_key=api_key) as tb, tempfile.TemporaryDirectory() as tmp:
+        if args.models is not None:
+            _check_models(args.models, tb.models(), server)  # before any upload
         dataset, per_class = _dataset_on(tb, args, Path(tmp))
         ranking = tb.rank(
             dataset, args.models, args.metrics, per_class=per_class, progress=not args.quiet
         )
     n = max((p.samples_total for p in ranking.progress), default=dataset.n_samples)
     emit(_rows(ranking), ranking.metrics, args, f"{dataset.name} (N={n})")
-    return 0
+    failed = [p.model for p in ranking.progress if p.status == "failed"]
+    return EXIT_MODEL_FAILED if failed else 0
+
+
+def _check_models(wanted: list[str], known: list[Model], server: str) -> None:
+    """Refuse ``--models`` naming a model the server does not have, listing those it has."""
+    keys = {m.name for m in known} | {m.id for m in known}
+    missing = [m for m in wanted if m not in keys]
+    if missing:
+        ready = sorted({m.name for m in known if m.status == "ready" and m.modality})
+        raise TransferbenchError(
+            f"--models: the server at {server} has no model {', '.join(map(repr, missing))}; "
+            f"it has {', '.join(ready) or 'none ready yet'} (or drop --models to rank with "
+            "every model it has for the dataset)"
+        )
 
 
 def _rows(ranking: Ranking) -> list[RankedModel]:
@@ -85,7 +119,15 @@ def _dataset_on(tb: Client, args: argparse.Namespace, tmp: Path) -> tuple[Datase
             local = local.subsample(cap, args.seed or 0)
         upload, per_class = _export(local, tmp), None
     elif not Path(spec).expanduser().exists() and _looks_like_id(spec):
-        return tb.dataset(spec), per_class
+        try:
+            return tb.dataset(spec), per_class
+        except TransferbenchError as exc:
+            if exc.status != 404:
+                raise
+            raise TransferbenchError(
+                f"{spec}: no such file or folder here, and no dataset with this id on the "
+                f"server at {tb.url}; give the dataset's file or folder to upload it"
+            ) from exc
     else:
         if args.seed:
             raise TransferbenchError(
