@@ -249,7 +249,7 @@ class Fit:
             metric: np.full(len(candidates), np.nan) if metric in dropped else _centred_ranks(v)
             for metric, v in raw.items()
         }
-        if not any(np.isfinite(v).any() for v in feats.values()) and not any(
+        if not any(np.isfinite(v).any() for v in raw.values()) and not any(
             m in history for m in candidates
         ):
             raise TransferabilityError(
@@ -268,10 +268,12 @@ class Fit:
             # + 0.0 turns a -0.0 (a zero weight times a negative rank) into 0.0.
             contrib = {k: self.weights[k] * (v or 0.0) + 0.0 for k, v in values.items()}
             available = tuple(k for k in self.metrics if values[k] is not None)
-            missing = [k for k in self.metrics if k not in available]
+            missing = [k for k in self.metrics if k not in available and k not in dropped]
             notes = []
             if missing:
                 notes.append(f"missing {', '.join(missing)}: the median rank (0) is used")
+            if dropped:
+                notes.append(f"{', '.join(dropped)} equal for every model: left out")
             if entry.count == 0:
                 notes.append("no outcome history: the neutral history value 0 is used")
             total[model] = math.fsum(contrib.values())
@@ -284,7 +286,8 @@ class Fit:
                 history_count=entry.count,
                 notes=tuple(notes),
             )
-        total = _snap_ties(total)
+        scale = max(math.fsum(abs(c) for c in e.contributions.values()) for e in evidence.values())
+        total = _snap_ties(total, scale)
         evidence = {m: replace(e, score=total[m]) for m, e in evidence.items()}
         order = tuple(sorted(candidates, key=lambda m: -total[m]))
         return Recommendation(
@@ -442,33 +445,36 @@ def _hex(v: float) -> str:
 # ------------------------------------------------------------------------- array core
 
 
-def _tie_starts(xs: F64) -> npt.NDArray[np.intp]:
+def _tie_starts(xs: F64, scale: float | None = None) -> npt.NDArray[np.intp]:
     """Indices where a new group of tied values starts in (n,) ascending finite values."""
-    tol = TIE_RTOL * float(np.abs(xs).max()) if xs.size else 0.0
-    return np.flatnonzero(np.r_[True, np.diff(xs) > tol])
+    if scale is None:
+        scale = float(np.abs(xs).max()) if xs.size else 0.0
+    return np.flatnonzero(np.r_[True, np.diff(xs) > TIE_RTOL * scale])
 
 
-def tie_groups(values: Sequence[float] | F64) -> list[list[int]]:
+def tie_groups(values: Sequence[float] | F64, scale: float | None = None) -> list[list[int]]:
     """(n,) finite values -> groups of indices of tied values, highest group first.
 
-    Values tie when, sorted, each is within ``TIE_RTOL`` times the largest magnitude among
-    them of the next (the one tolerance of the recommender and of ``rank_best_first``).
-    Within a group indices keep their input order.
+    Values tie when, sorted, each is within ``TIE_RTOL`` times ``scale`` of the next; the
+    scale is by default the largest magnitude among them (the one tolerance of the
+    recommender and of ``rank_best_first``). Within a group indices keep their input order.
     """
     x = np.asarray(values, dtype=np.float64)
     order = np.argsort(x, kind="stable")
-    starts = _tie_starts(x[order])
+    starts = _tie_starts(x[order], scale)
     groups = [sorted(int(i) for i in g) for g in np.split(order, starts[1:])]
     return groups[::-1]
 
 
-def _snap_ties(total: Mapping[str, float]) -> dict[str, float]:
+def _snap_ties(total: Mapping[str, float], scale: float) -> dict[str, float]:
     """Tied combined scores made exactly equal (the group's highest), those tied with 0 made
-    0.0: rounding in a sum must not order models, nor print as -0.0."""
+    0.0: rounding in a sum must not order models, nor print as -0.0. ``scale``: the largest
+    sum of the magnitudes of one model's terms, what the rounding of a sum is relative to
+    (totals that cancel to about 0 have no magnitude of their own to be relative to)."""
     names = list(total)
     values = [total[m] for m in names]
     out: dict[str, float] = {}
-    for group in tie_groups([*values, 0.0]):  # the last index is the 0.0
+    for group in tie_groups([*values, 0.0], scale):  # the last index is the 0.0
         members = [i for i in group if i < len(names)]
         value = 0.0 if len(names) in group else max(values[i] for i in members)
         out.update((names[i], value) for i in members)
