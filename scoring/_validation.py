@@ -147,10 +147,13 @@ def check_labels(labels: Any, n: int, min_per_class: int = 1, metric: str = "") 
         ) from exc
     if classes.shape[0] < 2:
         raise TransferabilityError(
-            f"labels hold a single class ({classes[0]!r}); transferability needs at least 2 classes"
+            f"labels hold a single class ({classes.tolist()[0]!r}); transferability needs at "
+            "least 2 classes"
         )
     if min_per_class > 1 and counts.min() < min_per_class:
-        small = [repr(c) for c, k in zip(classes, counts, strict=True) if k < min_per_class]
+        small = [
+            repr(c) for c, k in zip(classes.tolist(), counts, strict=True) if k < min_per_class
+        ]
         who = f"{metric} needs" if metric else "this metric needs"
         raise TransferabilityError(
             f"{who} at least {min_per_class} samples per class; class(es) "

@@ -23,12 +23,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 import scoring
-from app.db.models import DatasetRow, ExternalMetricRow, ModelRow, now
+from app.db.models import DatasetRow, ExternalMetricRow, ModelRow, OutcomeRow, now
 from app.db.scores import IMPORTED_VERSION
 from app.errors import Invalid
 from app.services import leaderboards
 from app.services import outcomes as outcome_service
 from app.services.models import REFERENCE_PREFIX
+from app.services.recommender import Scope
+from app.tenancy import visible
 
 
 def canonical(name: str) -> str:
@@ -156,6 +158,20 @@ def import_table(
         metrics=sorted(n for n in set(names.values()) if n in scoring.REGISTRY),
         external=external,
     )
+
+
+def scopes(session: Session, tenant: str | None) -> list[Scope]:
+    """The scopes of the imported tables the tenant can see that have outcomes (each table
+    dataset's modality, task and outcome measure), by key: what ``benchmark evaluate``
+    evaluates when not told which."""
+    rows = session.execute(
+        select(DatasetRow.modality, DatasetRow.task, OutcomeRow.measure)
+        .join(OutcomeRow, OutcomeRow.dataset_id == DatasetRow.id)
+        .where(DatasetRow.reference.is_(True), visible(DatasetRow.tenant, tenant))
+        .distinct()
+    ).all()
+    found = {Scope(modality, task, measure, tenant) for modality, task, measure in rows}
+    return sorted(found, key=lambda s: s.key)
 
 
 def _models(record: scoring.DatasetRecord) -> set[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scoring.recommend import RECOMMENDED
+from workers.cli.report import number, unsigned_zero
 from workers.settings import Settings
 
 FIGURES = ("kendall_tau", "weighted_tau", "pearson", "top1_hit", "top1_regret")
@@ -58,12 +59,18 @@ def _scope_options(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="whose datasets, besides the shared tables (default: default, the embedded service's)",
     )
-    parser.add_argument("--measure", default="finetune_top1")
-    parser.add_argument("--modality", choices=("image", "text"), default="image")
+    every = " (default: every one that has outcomes)"
+    parser.add_argument("--measure", help="the outcome measure, e.g. finetune_top1" + every)
+    parser.add_argument("--modality", choices=("image", "text"), help="the datasets'" + every)
     parser.add_argument(
-        "--task", choices=("classification", "regression"), default="classification"
+        "--task", choices=("classification", "regression"), help="the datasets'" + every
     )
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="json: one object per scope evaluated (a list of them when there are several)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             dataset = _dataset(s, args.dataset)
             names = _names(s)
             for row in outcomes.list_for(s, dataset.id, None):
-                print(f"{names[row.model_id]}\t{row.measure}\t{row.value:g}")
+                print(f"{names[row.model_id]}\t{row.measure}\t{number(row.value, 'g')}")
             return 0
         if args.command == "outcomes":
             entries = _outcome_entries(args)
@@ -97,36 +104,116 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
             recommender.refit_all(s)
             _rewrite_recommended(s)
+            scope = recommender.Scope(args.modality, args.task, args.outcome)
             print(
                 f"imported {imported.table}: {imported.datasets} datasets, {imported.models} "
                 f"models, {imported.rows} rows; metrics {', '.join(imported.metrics)}; "
-                f"external scores {', '.join(imported.external) or 'none'}"
+                f"external scores {', '.join(imported.external) or 'none'}; evaluate it with "
+                f"`transferbench benchmark evaluate {_options(scope)}`"
             )
             return 0
-        scope = recommender.Scope(args.modality, args.task, args.measure, args.tenant)
-        if args.command == "benchmark":
-            result = recommender.evaluation(s, scope, reference_only=True)
-        else:
-            one = _dataset(s, args.dataset).id if args.dataset else None
-            result = recommender.evaluation(s, scope, one)
-    figures = result["methods"] if "methods" in result else result["mean"]
+        one = _dataset(s, args.dataset) if getattr(args, "dataset", None) else None
+        results = _evaluate(s, _scopes(s, args, one), args, one)
+    reports = [_report(scope, result) for scope, result in results]
     if args.format == "json":
-        out = {
-            "datasets": result.get("datasets", 1),
-            "metrics": {k: v for k, v in figures.items() if k != RECOMMENDED},
-            "recommended": figures.get(RECOMMENDED),
-        }
-        print(json.dumps(out, indent=2))
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
-        sys.stdout.write(_table(figures, result))
+        sys.stdout.write("\n".join(_table(scope, result) for scope, result in results))
     return 0
 
 
-def _table(figures: dict[str, dict[str, float | None]], result: dict[str, Any]) -> str:
+def _label(scope: Any) -> str:
+    return f"{scope.modality}/{scope.task}/{scope.measure}"
+
+
+def _options(scope: Any) -> str:
+    """The command-line options that select ``scope``."""
+    return f"--modality {scope.modality} --task {scope.task} --measure {scope.measure}"
+
+
+def _scopes(session: Any, args: argparse.Namespace, dataset: Any) -> list[Any]:
+    """The scopes to evaluate: those with outcomes (of imported tables, for ``benchmark``)
+    that match every option given (and ``dataset``'s modality and task). An option left out
+    matches any, so the bare command evaluates everything there is to evaluate. None match:
+    ``Invalid`` listing the scopes there are, with the options that select each."""
+    from app.errors import Invalid
+    from app.services import benchmarks, recommender
+
+    if args.command == "benchmark":
+        found = benchmarks.scopes(session, args.tenant)
+    else:
+        found = sorted(recommender.scopes_with_outcomes(session, args.tenant), key=lambda s: s.key)
+    wanted = {
+        "modality": dataset.modality if dataset is not None else args.modality,
+        "task": dataset.task if dataset is not None else args.task,
+        "measure": args.measure,
+    }
+    chosen = [s for s in found if all(v is None or getattr(s, k) == v for k, v in wanted.items())]
+    if chosen:
+        return chosen
+    asked = "/".join(v or "*" for v in wanted.values())
+    what = "imported benchmark tables" if args.command == "benchmark" else "datasets"
+    if dataset is not None:
+        asked = f"dataset {dataset.name} ({asked})"
+    if not found:
+        hint = (
+            "import a table first (transferbench benchmark import TABLE.csv --outcome COLUMN)"
+            if args.command == "benchmark"
+            else "record outcomes first (transferbench outcomes add DATASET MODEL VALUE)"
+        )
+        raise Invalid(f"nothing to evaluate for {asked}: no {what} have outcomes yet; {hint}")
+    listed = "; ".join(f"{_label(s)} ({_options(s)})" for s in found)
+    raise Invalid(f"nothing to evaluate for {asked}; the {what} with outcomes are: {listed}")
+
+
+def _evaluate(
+    session: Any, scopes: list[Any], args: argparse.Namespace, dataset: Any
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Each scope's evaluation. A scope that cannot be evaluated yet (too few outcomes) is
+    skipped with its reason on stderr while another can; otherwise ``Invalid`` says why."""
+    from app.errors import Invalid
+    from app.services import recommender
+
+    done, skipped = [], []
+    for scope in scopes:
+        try:
+            if args.command == "benchmark":
+                result = recommender.evaluation(session, scope, reference_only=True)
+            else:
+                result = recommender.evaluation(session, scope, dataset.id if dataset else None)
+        except Invalid as exc:
+            if len(scopes) == 1:
+                raise
+            skipped.append(f"{_label(scope)}: {exc.detail}")
+            continue
+        done.append((scope, result))
+    if not done:
+        raise Invalid(f"no scope can be evaluated yet: {'; '.join(skipped)}")
+    for reason in skipped:
+        print(f"transferbench: skipped {reason}", file=sys.stderr)
+    return done
+
+
+def _report(scope: Any, result: dict[str, Any]) -> dict[str, Any]:
+    figures = result["methods"] if "methods" in result else result["mean"]
+    return {
+        "scope": _label(scope),
+        "datasets": result.get("datasets", 1),
+        "metrics": {k: _json_figures(v) for k, v in figures.items() if k != RECOMMENDED},
+        "recommended": _json_figures(figures.get(RECOMMENDED)),
+    }
+
+
+def _json_figures(figures: dict[str, float | None] | None) -> dict[str, float | None] | None:
+    return None if figures is None else {k: unsigned_zero(v) for k, v in figures.items()}
+
+
+def _table(scope: Any, result: dict[str, Any]) -> str:
+    figures = result["methods"] if "methods" in result else result["mean"]
     what = f"dataset {result['dataset_id']}" if "dataset_id" in result else "mean over"
     count = result.get("models", result.get("datasets"))
     unit = "models" if "dataset_id" in result else "datasets"
-    lines = [f"{what}: {count} {unit}, measure {result['measure']}"]
+    lines = [f"{_label(scope)}", f"{what}: {count} {unit}, measure {result['measure']}"]
     width = max(len(k) for k in figures)
     lines.append("method".ljust(width) + "".join(f.rjust(14) for f in FIGURES))
     order = sorted(figures, key=lambda k: -_num(figures[k].get("weighted_tau")))
@@ -141,7 +228,7 @@ def _num(v: float | None) -> float:
 
 
 def _cell(v: float | None) -> str:
-    return "" if v is None else f"{v:.3f}"
+    return "" if v is None else number(v, ".3f")
 
 
 def _read_text(path: Path) -> str:

@@ -11,11 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from scoring import DatasetRecord, Fit, fit_recommender
+from scoring import DatasetRecord, Fit, TransferabilityError, evaluate_lodo, fit_recommender
 from scoring.recommend import MIN_OUTCOMES
-from workers.pipeline.ranking import with_recommendation
+from workers.pipeline.ranking import RankedModel, with_recommendation
 from workers.settings import Settings
 
 EXIT_BAD_INPUT = 2
@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 
 def _csv_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _metric_list(text: str) -> list[str]:
+    """Metric names as the registry spells them, matched ignoring case and punctuation
+    (``LogME``, ``H-Score_Shrinkage``), the rule benchmark tables' columns follow too. A name
+    that matches none is kept, so the ranking's error lists the valid ones."""
+    from app.services.benchmarks import metric_name
+
+    return [metric_name(name) for name in _csv_list(text)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         ".npz/.npy/.parquet features, or a built-in: fashion-mnist, digits, fortunes",
     )
     rank.add_argument("--models", type=_csv_list, help="zoo names or specs, comma separated")
-    rank.add_argument("--metrics", type=_csv_list, help="comma separated (default: logme,leep,...)")
+    rank.add_argument(
+        "--metrics",
+        type=_metric_list,
+        help="comma separated, any case (LogME is logme; default: logme,leep,...)",
+    )
     rank.add_argument("--per-class", type=int, help="at most K samples per class (seeded)")
     rank.add_argument("--seed", type=int, help="subsampling seed (default 0)")
     rank.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -115,22 +128,56 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             _err(f"{row.model}: failed: {row.error}")
         for metric, reason in row.errors.items():
             _err(f"{row.model}: {metric} not computed: {reason}")
-    fit = _stored_fit(result)
+    fit, quality = _stored_fit(result)
     if fit is not None:
         rows = with_recommendation(rows, result.metrics, fit)
-    emit(rows, result.metrics, args, f"{result.dataset_name} (N={result.n})")
+    recommendation = _recommendation(rows, result.metrics, fit, quality)
+    emit(rows, result.metrics, args, f"{result.dataset_name} (N={result.n})", recommendation)
     return 0
 
 
-def _stored_fit(result: RankResult) -> Fit | None:
+def _recommendation(
+    rows: Sequence[RankedModel],
+    metrics: Sequence[str],
+    fit: Fit | None,
+    quality: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """What the recommended order of ``rows`` rests on, in the shape the service stores on a
+    ranking (``report.verdict`` reads it): ``fit``'s weights and leave-one-dataset-out
+    ``quality``, or the uncalibrated default's, as ``with_recommendation`` applied them."""
+    by_metric = {
+        m: {r.model: v for r in rows if (v := r.scores.get(m)) is not None} for m in metrics
+    }
+    by_metric = {m: per for m, per in by_metric.items() if per}
+    if not by_metric:
+        return None
+    try:
+        fit = fit or fit_recommender({"target": DatasetRecord(by_metric)})
+        used = fit.recommend(by_metric)
+    except TransferabilityError:
+        return None  # the recommender combines none of these metrics
+    return {
+        "calibrated": fit.calibrated,
+        "learned_from_datasets": fit.n_datasets,
+        "weights": dict(used.weights),
+        "metrics_used": list(used.metrics_used),
+        "expected_quality": quality if fit.calibrated and quality else "uncalibrated",
+        "evidence": {
+            m: {"model": m, "history_datasets": e.history_count} for m, e in used.evidence.items()
+        },
+    }
+
+
+def _stored_fit(result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
     """The recommender fitted on the outcomes in the local database (``TB_DATABASE_URL``, or
-    the embedded SQLite file when it exists), with this ranking's scores beside them; None
-    when there is no database or no outcome to learn from (the uncalibrated default then)."""
+    the embedded SQLite file when it exists), with this ranking's scores beside them, and its
+    leave-one-dataset-out quality; (None, None) when there is no database or no outcome to
+    learn from (the uncalibrated default then)."""
     settings = Settings.load()
     if not settings.database_url and not (settings.data_dir / "transferbench.db").is_file():
-        return None
+        return None, None
     if result.modality == "features":
-        return None
+        return None, None
     from app.services import recommender
     from app.services.models import names_of
     from workers.cli.database import local_database
@@ -140,7 +187,7 @@ def _stored_fit(result: RankResult) -> Fit | None:
         scope = recommender.Scope(result.modality, result.target)
         stored = recommender.records(s, scope)
         if not any(len(r.outcomes) >= MIN_OUTCOMES for r in stored.datasets.values()):
-            return None
+            return None, None
         ids = {m for r in stored.datasets.values() for per in r.scores.values() for m in per}
         ids |= {m for r in stored.datasets.values() for m in r.outcomes}
         names = names_of(s, ids)
@@ -153,11 +200,14 @@ def _stored_fit(result: RankResult) -> Fit | None:
         for ds, r in stored.datasets.items()
     }
     here = {
-        m: {r.model: v for r in result.rows if (v := r.scores.get(m)) is not None}
+        m: per
         for m in result.metrics
-    }
-    datasets["(this ranking)"] = DatasetRecord({m: per for m, per in here.items() if per})
-    return fit_recommender(datasets, directions=stored.directions | _directions(result.metrics))
+        if (per := {r.model: v for r in result.rows if (v := r.scores.get(m)) is not None})
+    }  # a metric no model here has a value for is no input (the fit refuses its direction)
+    quality = recommender.quality_of(evaluate_lodo(datasets, directions=stored.directions))
+    datasets["(this ranking)"] = DatasetRecord(here)
+    directions = stored.directions | _directions(list(here))
+    return fit_recommender(datasets, directions=directions), quality
 
 
 def _directions(metrics: Sequence[str]) -> dict[str, bool]:

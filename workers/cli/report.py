@@ -1,4 +1,5 @@
-"""Rendering a ranking: aligned table, JSON, CSV, and a bar chart."""
+"""Rendering a ranking: aligned table, JSON, CSV, a bar chart, and the closing line that
+says which model to use, why, and how far to trust that."""
 
 from __future__ import annotations
 
@@ -6,16 +7,32 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scoring import RECOMMENDED
+from scoring.recommend import HISTORY
 from workers.pipeline.ranking import RankedModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def number(value: float, spec: str = ".4f") -> str:
+    """``value`` formatted by ``spec``, never as a negative zero: a value that rounds to zero
+    prints as ``0.0000`` (``-0.0000`` would claim a sign the digits do not show)."""
+    text = format(value, spec)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def unsigned_zero(value: float | None) -> float | None:
+    """``value`` with -0.0 made 0.0 (JSON writes the sign of a zero)."""
+    return None if value is None else value + 0.0
 
 
 def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+    return "" if value is None else number(value)
 
 
 def as_table(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
@@ -32,7 +49,10 @@ def as_table(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
 
 
 def as_json(rows: Sequence[RankedModel]) -> str:
-    return json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
+    out = [
+        {**r.to_dict(), "scores": {k: unsigned_zero(v) for k, v in r.scores.items()}} for r in rows
+    ]
+    return json.dumps(out, indent=2) + "\n"
 
 
 def as_csv(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
@@ -54,43 +74,129 @@ def render(rows: Sequence[RankedModel], metrics: Sequence[str], fmt: str) -> str
     return as_table(rows, metrics)
 
 
-def plot(rows: Sequence[RankedModel], metrics: Sequence[str], path: Path, title: str) -> None:
-    """One horizontal bar panel per metric, models in rank order; saves a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def bar_chart(rows: Sequence[RankedModel], metrics: Sequence[str], title: str) -> Figure:
+    """One horizontal bar panel per metric, models in rank order. Each value axis spans that
+    metric's data range, not zero to the largest value: scores that differ in the third
+    decimal would otherwise draw as equal bars. The axis label says where the axis starts."""
+    from matplotlib.figure import Figure
 
     names = [r.model for r in rows][::-1]
-    fig, axes = plt.subplots(
-        1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 0.45 * len(rows) + 1.2), squeeze=False
-    )
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    fig = Figure(figsize=(3.2 * len(metrics) + 1.5, 0.45 * len(rows) + 1.5))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
         values = [r.scores[metric] for r in rows][::-1]
-        ax.barh(names, [v if v is not None else 0.0 for v in values], color="#4c72b0")
+        present = [v for v in values if v is not None]
         ax.set_title(metric)
-        if ax is not axes[0][0]:
+        if not present:
+            ax.barh(names, [0.0] * len(names))
+            ax.set_xlabel("not computed")
+            continue
+        low, high = min(present), max(present)
+        span = high - low or abs(high) or 1.0
+        left, right = low - 0.1 * span, high + 0.35 * span  # room for the value labels
+        bars = ax.barh(
+            names, [0.0 if v is None else v - left for v in values], left=left, color="#4c72b0"
+        )
+        ax.bar_label(
+            bars, labels=["n/a" if v is None else number(v) for v in values], padding=2, fontsize=8
+        )
+        ax.set_xlim(left, right)
+        ax.set_xlabel(f"axis starts at {number(left, '.4g')}, not 0")
+        if ax is not axes[0]:
             ax.set_yticklabels([])
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot(rows: Sequence[RankedModel], metrics: Sequence[str], path: Path, title: str) -> None:
+    """Save :func:`bar_chart` as a PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    bar_chart(rows, metrics, title).savefig(path, dpi=100)
 
 
-def emit(rows: Sequence[RankedModel], metrics: Sequence[str], args: Any, title: str) -> None:
+def verdict(
+    rows: Sequence[RankedModel],
+    metrics: Sequence[str],
+    recommendation: Mapping[str, Any] | None,
+) -> str:
+    """One line: which model to use, why (the order it heads and what that order weighs) and
+    how far to trust it, all from ``recommendation`` (the shape the service stores on a
+    ranking: ``calibrated``, ``weights``, ``metrics_used``, ``learned_from_datasets``,
+    ``expected_quality``; None: not known)."""
+    first = [r.model for r in rows if r.rank == 1]
+    if not first:
+        return "No model could be ranked: no metric was computed for any of them (see above)."
+    who = first[0] if len(first) == 1 else " or ".join(first) + " (tied)"
+    if not any(r.scores.get(RECOMMENDED) is not None for r in rows):
+        return (
+            f"Use {who}: first by {metrics[0]}, as the recommender combines none of the metrics "
+            f"computed here; how far to trust it: as far as {metrics[0]} alone."
+        )
+    if recommendation is None:
+        return f"Use {who}: first in the recommended order; how far to trust it: not reported."
+    weights = {k: w for k, w in recommendation.get("weights", {}).items() if w > 0}
+    listed = ", ".join(
+        f"{'track record' if k == HISTORY else k} {w:.2f}"
+        for k, w in sorted(weights.items(), key=lambda kw: -kw[1])
+    )
+    quality = recommendation.get("expected_quality")
+    if not recommendation.get("calibrated") or not isinstance(quality, Mapping):
+        return (
+            f"Use {who}: first in the recommended order, the uncalibrated equal-weight mean of "
+            f"the ranks of {', '.join(sorted(weights))}; how far to trust it: untested, a "
+            "default from the literature that no fine-tuning outcomes have checked yet (record "
+            "some with `transferbench outcomes add DATASET MODEL VALUE` to calibrate it)."
+        )
+    n = recommendation.get("learned_from_datasets")
+    records = {e.get("model"): e for e in recommendation.get("evidence", {}).values()}
+    if weights.get(HISTORY) and not any(records.get(m, {}).get("history_datasets") for m in first):
+        listed += f" ({who} has no fine-tuning record yet: its track record counts as neutral)"
+    trust = _quality_text(quality)
+    return (
+        f"Use {who}: first in the recommended order, weighing {listed} as fitted on the "
+        f"fine-tuning outcomes of {n} dataset(s); how far to trust it: {trust}."
+    )
+
+
+def _quality_text(quality: Mapping[str, Any]) -> str:
+    """The recommender's leave-one-dataset-out figures in words."""
+    parts = []
+    if quality.get("weighted_tau") is not None:
+        parts.append(f"weighted tau {number(quality['weighted_tau'], '.2f')} (1: the true order)")
+    if quality.get("top1_hit") is not None:
+        parts.append(f"its first pick was the best model in {quality['top1_hit']:.0%}")
+    if quality.get("top1_regret") is not None:
+        parts.append(f"mean top-1 regret {number(quality['top1_regret'], '.3f')}")
+    if not parts:
+        return "not measurable yet (too few datasets with outcomes to hold one out)"
+    held = quality.get("datasets")
+    return f"on {held} held-out dataset(s), " + ", ".join(parts)
+
+
+def emit(
+    rows: Sequence[RankedModel],
+    metrics: Sequence[str],
+    args: Any,
+    title: str,
+    recommendation: Mapping[str, Any] | None = None,
+) -> None:
     """Print (or write to ``args.output``) a ranking in ``args.format``, the recommender's
-    column first when there is one, and save ``args.plot``: the local and the remote
-    ``rank`` commands alike."""
+    column first when there is one, then :func:`verdict`, and save ``args.plot``: the local
+    and the remote ``rank`` commands alike. The verdict goes to stdout after a table there,
+    else to stderr, so JSON and CSV on stdout stay machine-readable."""
     from workers.pipeline.rank import write_text_atomic
 
     columns = list(metrics)
     if any(r.scores.get(RECOMMENDED) is not None for r in rows):
         columns.insert(0, RECOMMENDED)
     text = render(rows, columns, args.format)
+    on_stdout = not args.output
     if args.output:
         write_text_atomic(args.output, text)
     else:
         sys.stdout.write(text)
     if args.plot:
         plot(rows, columns, args.plot, title)
+    line = verdict(rows, metrics, recommendation)
+    print(line, file=sys.stdout if on_stdout and args.format == "table" else sys.stderr)

@@ -1,0 +1,197 @@
+"""What a newcomer meets first on the command line: evaluate after an import without
+options, the closing line that says which model to use, plain labels in errors, metric names
+in any case, a plot whose axis shows the differences, no negative zeros, and outcomes for a
+dataset ranked locally."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workers.cli import main
+from workers.pipeline.rank import RankRequest, run_rank
+
+
+def _table(outcome: str, prefix: str, n_datasets: int = 4, seed: int = 0) -> str:
+    """A wide benchmark table of five models named ``prefix0..4``: dataset, model, the
+    outcome column, LogME (follows the outcome) and an external score (noise)."""
+    rng = np.random.default_rng(seed)
+    models = [f"{prefix}{i}" for i in range(5)]
+    skill = np.linspace(0, 3, len(models))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["dataset", "model", outcome, "LogME", "Guess"])
+    for d in range(n_datasets):
+        top1 = 60 + 5 * skill + rng.normal(0, 2.0, len(models))
+        for m, name in enumerate(models):
+            logme = top1[m] / 100 + rng.normal(0, 0.03)
+            writer.writerow([f"set{d}", name, round(top1[m], 3), round(logme, 4), rng.normal()])
+    return out.getvalue()
+
+
+def _write(tmp_path: Path, name: str, outcome: str) -> str:
+    """The table of models ``NAME0..4`` under ``outcome``, as a file."""
+    path = tmp_path / f"{name}.csv"
+    path.write_text(_table(outcome, name))
+    return str(path)
+
+
+def test_evaluate_without_options_evaluates_the_scope_that_has_data(tmp_path, capsys) -> None:
+    """A text table under its own outcome name: both evaluate commands find it unasked and
+    say which scope they evaluated; options that match nothing list the scopes there are."""
+    table = _write(tmp_path, "texts", "finetune_accuracy")
+    argv = ["benchmark", "import", table, "--outcome", "finetune_accuracy", "--modality", "text"]
+    assert main(argv) == 0
+    imported = capsys.readouterr().out
+    assert "--modality text --task classification --measure finetune_accuracy" in imported
+    for command in (["benchmark", "evaluate"], ["evaluate"]):
+        assert main(command) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        assert out.splitlines()[0] == "text/classification/finetune_accuracy"
+        assert "mean over: 4 datasets, measure finetune_accuracy" in out
+    assert main(["benchmark", "evaluate", "--modality", "image"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "nothing to evaluate for image/*/*" in err
+    assert "text/classification/finetune_accuracy (--modality text" in err
+
+
+def test_evaluate_without_options_covers_every_scope(tmp_path, capsys) -> None:
+    for name, outcome, modality in (("a", "top1", "image"), ("b", "accuracy", "text")):
+        table = _write(tmp_path, name, outcome)
+        argv = ["benchmark", "import", table, "--outcome", outcome, "--modality", modality]
+        assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["benchmark", "evaluate", "--format", "json"]) == 0
+    reports = json.loads(capsys.readouterr().out)
+    assert [r["scope"] for r in reports] == [
+        "image/classification/top1",
+        "text/classification/accuracy",
+    ]
+    assert main(["evaluate", "--measure", "accuracy", "--format", "json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one["scope"] == "text/classification/accuracy" and one["datasets"] == 4
+
+
+def _features(path: Path, labels: np.ndarray, offsets: dict[str, float]) -> Path:
+    """A feature file of several models: class means ``offset`` apart, so larger offsets
+    separate the classes better (and rank higher)."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(len(labels), 4))
+    codes = np.unique(labels, return_inverse=True)[1]
+    arrays = {f"{m}.features": base + off * codes[:, None] for m, off in offsets.items()}
+    np.savez(path, labels=labels, **arrays)
+    return path
+
+
+@pytest.fixture
+def three_models(tmp_path: Path) -> Path:
+    labels = np.array(["bag", "shoe", "coat"] * 10)
+    return _features(tmp_path / "three.npz", labels, {"far": 5.0, "mid": 2.0, "near": 1.0})
+
+
+def test_rank_closes_with_which_model_to_use(three_models: Path, capsys) -> None:
+    """No outcomes anywhere: the line names the first model, the metrics the uncalibrated
+    order averages, and says it is untested."""
+    assert main(["rank", str(three_models), "--metrics", "logme,gbc", "--quiet"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("Use far: first in the recommended order")
+    assert "uncalibrated equal-weight mean of the ranks of gbc, logme" in last
+    assert "how far to trust it: untested" in last
+    # JSON on stdout stays JSON; the line goes to stderr
+    argv = ["rank", str(three_models), "--metrics", "logme", "--format", "json", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)[0]["model"] == "far"
+    assert "Use far:" in out.err
+
+
+def test_rank_closing_line_states_the_calibrated_quality(tmp_path: Path, capsys) -> None:
+    """With outcomes of text datasets stored, the line says the order was fitted on them and
+    quotes the leave-one-dataset-out figures `benchmark evaluate` reports for that scope."""
+    table = _write(tmp_path, "texts", "finetune_top1")
+    argv = ["benchmark", "import", table, "--outcome", "finetune_top1", "--modality", "text"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["benchmark", "evaluate", "--format", "json"]) == 0
+    expected = json.loads(capsys.readouterr().out)["recommended"]
+    texts = tmp_path / "t.csv"
+    rows = [("the cpu and the compiler", "computers"), ("my program crashed again", "computers"),
+            ("a kernel panic at boot", "computers"), ("ram and disk are full", "computers"),
+            ("the soup was too salty", "food"), ("bake the bread slowly", "food"),
+            ("fresh tomatoes and basil", "food"), ("dessert after dinner", "food")]  # fmt: skip
+    texts.write_text("text,label\n" + "".join(f"{t},{c}\n" for t, c in rows))
+    assert main(["rank", str(texts), "--metrics", "logme", "--quiet"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert re.match(r"Use minilm-\S+( or minilm-\S+ \(tied\))?: first in the recommended", last)
+    assert "as fitted on the fine-tuning outcomes of 4 dataset(s)" in last
+    assert f"on 4 held-out dataset(s), weighted tau {expected['weighted_tau']:.2f}" in last
+    assert f"mean top-1 regret {expected['top1_regret']:.3f}" in last
+    assert "has no fine-tuning record yet" in last  # the table's models are others
+    # a metric no model here could compute (LEEP needs a head) is left out of the fit
+    argv = ["rank", str(texts), "--models", "minilm-l6", "--metrics", "logme,leep", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.splitlines()[-1].startswith("Use minilm-l6: first")
+
+
+def test_errors_name_labels_plainly(tmp_path: Path, capsys) -> None:
+    one_class = _features(tmp_path / "one.npz", np.array(["bag"] * 6), {"m": 1.0})
+    assert main(["rank", str(one_class), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "only one class ('bag')" in err and "np." not in err
+    # a metric that needs two samples per class says which class has fewer, plainly
+    labels = np.array(["bag", "shoe"] * 6 + ["coat"])
+    lonely = _features(tmp_path / "lonely.npz", labels, {"m": 1.0})
+    assert main(["rank", str(lonely), "--metrics", "logme,gbc", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "gbc not computed" in err and "'coat'" in err and "np." not in err
+
+
+def test_metric_names_in_any_case(three_models: Path, capsys) -> None:
+    argv = ["rank", str(three_models), "--metrics", "LogME,GBC", "--format", "csv", "--quiet"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "rank,model,recommended,logme,gbc"
+    assert main(["rank", str(three_models), "--metrics", "LogME,bogus", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown metric bogus" in err and "logme, logme_regression" in err
+
+
+def test_plot_axis_spans_the_data_not_zero(three_models: Path, tmp_path: Path) -> None:
+    """LogME of these models differ in the second decimal around -0.6: an axis from zero
+    would draw three equal bars."""
+    from workers.cli.report import bar_chart
+
+    result = run_rank(RankRequest(dataset=str(three_models), metrics=["logme"]))
+    values = [r.scores["logme"] for r in result.rows]
+    assert all(v is not None for v in values)
+    low, high = min(values), max(values)  # type: ignore[type-var]
+    figure = bar_chart(result.rows, ["logme"], "three")
+    (ax,) = figure.axes
+    left, right = ax.get_xlim()
+    assert low - (high - low) <= left < low and high < right <= high + (high - low)
+    assert not left <= 0 <= right
+    assert "not 0" in ax.get_xlabel()
+    png = tmp_path / "r.png"
+    assert (
+        main(["rank", str(three_models), "--metrics", "logme", "--plot", str(png), "--quiet"]) == 0
+    )
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_negative_zero(three_models: Path, capsys) -> None:
+    """GBC of well-separated classes is a tiny negative number (about -3e-7 for ``far``)."""
+    assert main(["rank", str(three_models), "--metrics", "logme,gbc", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "-0.0000" not in out
+    far = next(line for line in out.splitlines() if " far " in line)
+    assert far.split()[4] == "0.0000"
+    argv = ["rank", str(three_models), "--metrics", "gbc", "--format", "json", "--quiet"]
+    assert main(argv) == 0
+    gbc = {r["model"]: r["scores"]["gbc"] for r in json.loads(capsys.readouterr().out)}
+    assert -1e-3 < gbc["far"] < 0  # the full value, sign and all, where digits show it
