@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -62,12 +64,37 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+#: how long the hub may take to accept a connection before it counts as unreachable
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) accepts a connection within ``timeout``
+    seconds. Without network its client retries for about a minute before it gives up; this
+    answers at once, so a hub spec that cannot be fetched fails fast (cached ones still load)."""
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _local_only(settings: Settings) -> bool:
+    """Read hub models from the local cache alone: offline mode, or a hub out of reach."""
+    return settings.offline or not hub_reachable()
+
+
 def _fetch_failed(spec: ModelSpec, exc: BaseException, settings: Settings) -> PipelineError:
-    hint = (
-        "offline mode is on (HF_HUB_OFFLINE/TB_OFFLINE) and the weights are not cached"
-        if settings.offline
-        else "no network or the name is wrong"
-    )
+    if settings.offline:
+        hint = "offline mode is on (HF_HUB_OFFLINE/TB_OFFLINE) and the weights are not cached"
+    elif not hub_reachable():
+        hint = "the hub cannot be reached from here and the weights are not cached"
+    else:
+        hint = "no network or the name is wrong"
     return PipelineError(
         f"cannot fetch weights for {spec} ({hint}: {exc.__class__.__name__}); fetch them once "
         "where there is network, or pass a local file, e.g. statedict:FILE?arch=NAME"
@@ -214,9 +241,10 @@ def load_hf_encoder(ref: str, settings: Settings, spec: ModelSpec) -> tuple[Any,
     if (ref.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
         raise PipelineError(f"{spec}: model folder not found: {local}")
     target = str(local) if local.is_dir() else ref
+    local_only = local.is_dir() or _local_only(settings)  # a folder: never the hub
     try:
-        tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=settings.offline)
-        model = AutoModel.from_pretrained(target, local_files_only=settings.offline)
+        tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=local_only)
+        model = AutoModel.from_pretrained(target, local_files_only=local_only)
     except Exception as exc:
         raise _fetch_failed(spec, exc, settings) from exc
     return model, tokenizer
@@ -238,7 +266,8 @@ def _sentence_transformers(spec: ModelSpec, name: str, settings: Settings) -> Ca
     local = Path(spec.ref).expanduser()
     target = str(local) if local.is_dir() else spec.ref
     try:
-        model = SentenceTransformer(target, device="cpu", local_files_only=settings.offline)
+        local_only = local.is_dir() or _local_only(settings)  # a folder: never the hub
+        model = SentenceTransformer(target, device="cpu", local_files_only=local_only)
     except Exception as exc:
         raise _fetch_failed(spec, exc, settings) from exc
     recipe = TextRecipe(
