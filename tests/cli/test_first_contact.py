@@ -195,3 +195,25 @@ def test_no_negative_zero(three_models: Path, capsys) -> None:
     assert main(argv) == 0
     gbc = {r["model"]: r["scores"]["gbc"] for r in json.loads(capsys.readouterr().out)}
     assert -1e-3 < gbc["far"] < 0  # the full value, sign and all, where digits show it
+
+
+def test_outcomes_add_after_a_local_rank(tmp_path: Path, capsys) -> None:
+    """A local ranking is kept in the local database: its dataset takes outcomes by name, and
+    ranking the same data again updates it rather than adding another."""
+    texts = tmp_path / "reviews.csv"
+    rows = [("the cpu and the compiler", "computers"), ("my program crashed again", "computers"),
+            ("a kernel panic at boot", "computers"), ("ram and disk are full", "computers"),
+            ("the soup was too salty", "food"), ("bake the bread slowly", "food"),
+            ("fresh tomatoes and basil", "food"), ("dessert after dinner", "food")]  # fmt: skip
+    texts.write_text("text,label\n" + "".join(f"{t},{c}\n" for t, c in rows))
+    argv = ["rank", str(texts), "--metrics", "logme,leep", "--format", "json", "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "kept as dataset reviews" in err and "transferbench outcomes add" in err
+    assert main(["outcomes", "add", "reviews", "minilm-intent", "88.5"]) == 0, capsys.readouterr()
+    assert main(["outcomes", "add", "reviews", "minilm-l6", "91"]) == 0
+    assert main(argv) == 0  # the same data again: the same dataset, its outcomes kept
+    capsys.readouterr()
+    assert main(["outcomes", "list", "reviews"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert sorted(listed) == ["minilm-intent\tfinetune_top1\t88.5", "minilm-l6\tfinetune_top1\t91"]

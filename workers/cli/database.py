@@ -1,12 +1,20 @@
-"""The database the service commands work on, migrated to head, without migration chatter."""
+"""The database the service commands work on, migrated to head, without migration chatter;
+and what a local ranking leaves in it, so its models' real outcomes can be recorded."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from app.db.migrate import upgrade
 from app.db.session import Database
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.db.models import DatasetRow, ModelRow
+    from workers.pipeline.rank import RankResult
 
 
 def local_database(settings: Settings) -> Database:
@@ -16,3 +24,92 @@ def local_database(settings: Settings) -> Database:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     upgrade(settings.db_url)
     return Database(settings.db_url)
+
+
+def record_ranking(settings: Settings, result: RankResult) -> tuple[str, str, list[str]] | None:
+    """Store a local ranking's scores in the local database, so ``outcomes add`` finds its
+    dataset and the recommender learns from the outcomes recorded for it. Returns (dataset
+    name, id, models not stored), or None for a feature file (its "models" are names in a
+    file, nothing a model row could stand for).
+
+    The dataset is stored as a shared dataset without samples (``reference``, as an imported
+    table's: the samples stay where they are, and the service never tries to re-rank it),
+    keyed by its content hash: the same data ranked again updates its scores in place. Zoo
+    models become the shared zoo rows the service registers itself; another spec (a file, a
+    hub name) is not stored, as that would add a candidate to every ranking the service runs.
+    """
+    if result.modality == "features" or not result.content_hash:
+        return None
+    import scoring
+    from app.services import leaderboards
+
+    db = local_database(settings)
+    try:
+        with db.session() as s:
+            dataset = _dataset(s, result)
+            models = {r.model: _zoo_model(s, result, r.model) for r in result.rows}
+            rows = [
+                {
+                    "dataset_id": dataset.id,
+                    "model_id": model.id,
+                    "metric": metric,
+                    "metric_version": scoring.REGISTRY[metric].version,
+                    "value": value,
+                }
+                for r in result.rows
+                if (model := models[r.model]) is not None
+                for metric, value in r.scores.items()
+                if metric in scoring.REGISTRY and value is not None
+            ]
+            leaderboards.store_scores(s, rows)
+            return dataset.name, dataset.id, sorted(m for m, row in models.items() if row is None)
+    finally:
+        db.dispose()
+
+
+def _dataset(session: Session, result: RankResult) -> DatasetRow:
+    from sqlalchemy import select
+
+    from app.db.models import DatasetRow
+
+    query = select(DatasetRow).where(
+        DatasetRow.content_hash == result.content_hash,
+        DatasetRow.tenant.is_(None),
+        DatasetRow.reference.is_(True),
+    )
+    row = session.scalar(query)
+    if row is None:
+        row = DatasetRow(
+            name=result.dataset_name, modality=result.modality, task=result.target,
+            content_hash=result.content_hash, n_samples=result.n, classes=[], path="",
+            reference=True, tenant=None,
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+    return row
+
+
+def _zoo_model(session: Session, result: RankResult, name: str) -> ModelRow | None:
+    """The shared row of zoo model ``name`` (made as the service's zoo registration makes
+    it, described from the features this ranking extracted); None for any other spec."""
+    from sqlalchemy import select
+
+    from app.db.models import ModelRow
+    from workers.pipeline.models.zoo import ZOO
+
+    if name not in ZOO:
+        return None
+    query = select(ModelRow).where(
+        ModelRow.name == name, ModelRow.tenant.is_(None), ModelRow.reference.is_(False)
+    )
+    row = session.scalar(query)
+    if row is None:
+        probs = result.features[name].probs if name in result.features else None
+        row = ModelRow(
+            name=name, source={"spec": name}, builtin=True, modality=ZOO[name].modality,
+            has_head=ZOO[name].has_head, fingerprint=None,
+            num_source_classes=None if probs is None else probs.shape[1],
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+    return row

@@ -133,7 +133,32 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         rows = with_recommendation(rows, result.metrics, fit)
     recommendation = _recommendation(rows, result.metrics, fit, quality)
     emit(rows, result.metrics, args, f"{result.dataset_name} (N={result.n})", recommendation)
+    _record(result)
     return 0
+
+
+def _record(result: RankResult) -> None:
+    """Keep the ranking in the local database and say how to add its real outcomes there
+    (on stderr: stdout holds the ranking). A database that cannot be written is said, not
+    fatal: the ranking has been printed."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from workers.cli.database import record_ranking
+
+    try:
+        recorded = record_ranking(Settings.load(), result)
+    except (SQLAlchemyError, OSError) as exc:
+        _err(f"the ranking was not kept in the local database: {str(exc).splitlines()[0]}")
+        return
+    if recorded is None:
+        return
+    name, dataset_id, skipped = recorded
+    note = f"; models outside the zoo are not kept: {', '.join(skipped)}" if skipped else ""
+    print(
+        f"kept as dataset {name} (id {dataset_id}) in the local database: record fine-tuning "
+        f"results with `transferbench outcomes add {dataset_id} MODEL VALUE`{note}",
+        file=sys.stderr,
+    )
 
 
 def _recommendation(
@@ -178,6 +203,9 @@ def _stored_fit(result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
         return None, None
     if result.modality == "features":
         return None, None
+    from sqlalchemy import select
+
+    from app.db.models import DatasetRow
     from app.services import recommender
     from app.services.models import names_of
     from workers.cli.database import local_database
@@ -186,6 +214,11 @@ def _stored_fit(result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
     with db.session() as s:
         scope = recommender.Scope(result.modality, result.target)
         stored = recommender.records(s, scope)
+        # this dataset, kept by an earlier ranking: its scores are "(this ranking)" below, and
+        # its own outcomes must not pick its own order (the service's exclude_dataset)
+        kept = select(DatasetRow.id).where(DatasetRow.content_hash == result.content_hash)
+        for dataset_id in s.scalars(kept):
+            stored.datasets.pop(dataset_id, None)
         if not any(len(r.outcomes) >= MIN_OUTCOMES for r in stored.datasets.values()):
             return None, None
         ids = {m for r in stored.datasets.values() for per in r.scores.values() for m in per}
@@ -204,9 +237,11 @@ def _stored_fit(result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
         for m in result.metrics
         if (per := {r.model: v for r in result.rows if (v := r.scores.get(m)) is not None})
     }  # a metric no model here has a value for is no input (the fit refuses its direction)
-    quality = recommender.quality_of(evaluate_lodo(datasets, directions=stored.directions))
+    present = {m for r in datasets.values() for m in r.scores}
+    directions = {m: up for m, up in stored.directions.items() if m in present}
+    quality = recommender.quality_of(evaluate_lodo(datasets, directions=directions))
     datasets["(this ranking)"] = DatasetRecord(here)
-    directions = stored.directions | _directions(list(here))
+    directions |= _directions(list(here))
     return fit_recommender(datasets, directions=directions), quality
 
 

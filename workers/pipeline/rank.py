@@ -55,6 +55,8 @@ class RankResult:
     features: dict[str, FeatureSet]
     modality: str = "image"
     target: str = "classification"
+    #: of the ranked samples (after subsampling): the dataset's identity in the database
+    content_hash: str = ""
 
 
 def _log(request: RankRequest, message: str) -> None:
@@ -179,5 +181,6 @@ def run_rank(request: RankRequest, settings: Settings | None = None) -> RankResu
     rows = rank_models(arrays, dataset.labels, metrics, dataset.target)
     rows += [failed_row(name, reason, metrics) for name, reason in failed.items()]
     return RankResult(
-        dataset.name, len(dataset), metrics, rows, features, dataset.modality, dataset.target
-    )
+        dataset.name, len(dataset), metrics, rows, features, dataset.modality, dataset.target,
+        dataset.content_hash,
+    )  # fmt: skip
