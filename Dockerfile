@@ -30,8 +30,9 @@ COPY migrations ./migrations
 RUN useradd --create-home --uid 10001 tb && mkdir -p /data && chown tb /data
 USER tb
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=3s --retries=5 \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
+# /readyz: healthy once a ranking can run (503 while the built-in zoo is still loading)
+HEALTHCHECK --interval=15s --timeout=3s --start-period=300s --retries=5 \
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"
 CMD ["transferbench", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
 # ---- worker: CUDA + torch + the offline zoo --------------------------------------------------

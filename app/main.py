@@ -17,6 +17,7 @@ from app.db.session import Database
 from app.lifecycle import TaskQueue
 from app.queue import CeleryQueue
 from app.ratelimit import make_limiter
+from app.services import models as model_service
 from app.services.reads import Reads
 from app.timeouts import RequestTimeout
 from workers.settings import Settings
@@ -92,16 +93,26 @@ def create_app(
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
+        """Liveness: the process answers (while it starts, too)."""
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
     def readyz(response: Response) -> dict[str, str]:
-        checks = {"database": "ok", "broker": "ok"}
+        """Readiness: 200 once a ranking can run with the built-in zoo; else 503, and each
+        check that is not ``ok`` says what it waits for."""
+        checks = {"database": "ok", "broker": "ok", "zoo": "ok"}
         try:
             with db.session() as s:
                 s.execute(text("SELECT 1"))
+                registered, total = model_service.zoo_progress(s)
+            if registered < total:
+                checks["zoo"] = (
+                    f"registering the built-in zoo: {registered} of {total} models "
+                    "(a worker loads their weights)"
+                )
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"
+            checks["zoo"] = "unknown: the database is unreachable"
         if not queue.ping():
             checks["broker"] = "unreachable"
         if any(v != "ok" for v in checks.values()):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import JobModelRow, ModelRow, now
@@ -43,22 +43,50 @@ def page(
 
 
 def candidates(
-    session: Session, modality: str | None = None, tenant: str | None = None
+    session: Session,
+    modality: str | None = None,
+    tenant: str | None = None,
+    *,
+    loading: bool = False,
 ) -> list[ModelRow]:
     """Ready models a ranking can run for the tenant: the shared ones and its own (reference
-    models of imported tables have no weights). ``tenant`` None: every tenant's."""
+    models of imported tables have no weights). ``tenant`` None: every tenant's. ``loading``:
+    also the built-in models still pending (the service is starting; a job extracting one
+    loads it first, see ``workers.jobs.zoo``)."""
+    runnable = ModelRow.status == ModelState.READY
+    if loading:
+        runnable = or_(runnable, loading_builtin())
     query = (
         select(ModelRow)
-        .where(
-            ModelRow.reference.is_(False),
-            ModelRow.status == ModelState.READY,
-            visible(ModelRow.tenant, tenant),
-        )
+        .where(ModelRow.reference.is_(False), runnable, visible(ModelRow.tenant, tenant))
         .order_by(ModelRow.name)
     )
     if modality is not None:
         query = query.where(ModelRow.modality == modality)
     return list(session.scalars(query))
+
+
+def loading_builtin() -> ColumnElement[bool]:
+    """A built-in (zoo) model whose weights no worker has loaded yet (``is_loading`` in SQL)."""
+    return and_(ModelRow.builtin.is_(True), ModelRow.status == ModelState.PENDING)
+
+
+def is_loading(model: ModelRow) -> bool:
+    """A built-in (zoo) model whose weights no worker has loaded yet: the service is starting.
+    A ranking may name it; its extraction loads it first (``workers.jobs.zoo``)."""
+    return model.builtin and model.status == ModelState.PENDING
+
+
+def zoo_progress(session: Session) -> tuple[int, int]:
+    """(built-in models registered, ready or failed; all of them)."""
+    rows = session.execute(
+        select(ModelRow.status, func.count())
+        .where(ModelRow.builtin.is_(True))
+        .group_by(ModelRow.status)
+    ).all()
+    counts = {str(status): int(n) for status, n in rows}
+    total = sum(counts.values())
+    return total - counts.get(ModelState.PENDING, 0), total
 
 
 def names_of(session: Session, ids: Iterable[str]) -> dict[str, str]:

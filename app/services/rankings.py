@@ -61,7 +61,8 @@ def create(
                 headers={"Retry-After": "30"},
             )
     if model_ids is None:
-        models = model_service.candidates(session, dataset.modality, tenant)
+        # the zoo's models still loading too: the job waits for them (see workers.jobs.zoo)
+        models = model_service.candidates(session, dataset.modality, tenant, loading=True)
         if not models:
             raise Invalid(
                 f"no registered model handles {dataset.modality} data; "
@@ -76,7 +77,11 @@ def create(
                 "POST /v1/models"
             )
         models = list({found[key].id: found[key] for key in model_ids}.values())  # once each
-        pending = [f"{m.name} ({m.status})" for m in models if m.status != ModelState.READY]
+        pending = [
+            f"{m.name} ({m.status})"
+            for m in models
+            if m.status != ModelState.READY and not model_service.is_loading(m)
+        ]
         if pending:
             raise Invalid(
                 f"{', '.join(pending)} cannot run yet: a model ranks once its registration is "

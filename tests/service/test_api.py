@@ -203,7 +203,7 @@ def test_api_keys(api):
 def test_health_and_metrics(api):
     client, _ = api
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"database": "ok", "broker": "ok"}
+    assert client.get("/readyz").json() == {"database": "ok", "broker": "ok", "zoo": "ok"}
     text = client.get("/metrics").text
     assert "tb_http_requests_total" in text and "tb_jobs" in text
     assert client.get("/openapi.json").json()["info"]["title"] == "transferbench"

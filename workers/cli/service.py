@@ -152,6 +152,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> int:
         )
         return 2
     upgrade(settings.db_url)  # once, before any API process starts
+    _announce_zoo(settings)  # before the first request: /readyz and rankings know the zoo
     auth = _auth_required(settings, host)
     if not auth:
         log.warning(
@@ -177,6 +178,24 @@ def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> int:
     log.info("embedded mode: SQLite at %s, worker and scheduler in this process", settings.db_url)
     uvicorn.run(create_app(settings, queue=queue, auth_required=auth), host=host, port=port)
     return 0
+
+
+def _announce_zoo(settings: Settings) -> None:
+    """Record the built-in zoo as pending registrations (no weights load here: this process
+    may have no torch); a worker loads them, the embedded one right after the start."""
+    from app.db.session import Database
+    from workers.jobs import zoo
+
+    db = Database(settings.db_url, pool_size=1)
+    try:
+        with db.session() as s:
+            added = zoo.announce(s)
+    finally:
+        db.dispose()
+    if added:
+        logging.getLogger("transferbench.serve").info(
+            "built-in zoo: %d model(s) pending until a worker loads them", added
+        )
 
 
 def api_app() -> FastAPI:

@@ -41,6 +41,7 @@ from app.lifecycle import (
 )
 from app.services import leaderboards, recommender
 from app.states import ModelState
+from workers.jobs import zoo
 from workers.pipeline import remote_sources
 from workers.pipeline.cache import FeatureCache, feature_key
 from workers.pipeline.datasets import Dataset, open_dataset
@@ -48,11 +49,6 @@ from workers.pipeline.errors import PipelineError
 from workers.settings import Settings
 
 log = logging.getLogger("transferbench.worker")
-
-
-def shared(name: str) -> tuple[Any, ...]:
-    """The shared (zoo) model named ``name``."""
-    return (ModelRow.name == name, ModelRow.tenant.is_(None))
 
 
 class Abandoned(PipelineError):
@@ -213,25 +209,24 @@ class JobRunner:
             defer(s, self.queue, Task.RERANK_MISSING)
 
     def register_zoo(self) -> int:
-        """Register the offline default zoo; returns how many models were added."""
-        from workers.pipeline.models.zoo import ZOO
-
-        added = 0
-        for name in ZOO:
-            with self.db.session() as s:
-                if s.scalar(select(ModelRow).where(*shared(name))) is not None:
-                    continue
-            try:
-                info = self.resolve_model(name)
-            except Exception as exc:  # a missing optional package must not stop the worker
-                log.warning("zoo model %s is unavailable: %s", name, exc)
-                continue
-            with self.db.session() as s:
-                if s.scalar(select(ModelRow).where(*shared(name))) is None:
-                    s.add(ModelRow(name=name, source={"spec": name}, builtin=True, **info))
-                    added += 1
-                    defer(s, self.queue, Task.RERANK_MISSING)
-        return added
+        """Load the built-in zoo: every zoo model gets its row (pending, unless ``serve``
+        announced it already), those that failed before are tried again, and each pending one
+        is loaded like any registration (ready, or failed with the reason: a missing optional
+        package must not stop the worker). Returns how many became ready."""
+        with self.db.session() as s:
+            zoo.announce(s)
+            zoo.retry_failed(s)
+            todo = zoo.pending(s)
+        for model_id in todo:
+            self.register_model(model_id)
+        ready = 0
+        with self.db.session() as s:
+            for row in s.scalars(select(ModelRow).where(ModelRow.id.in_(todo))):
+                if row.status == ModelState.READY:
+                    ready += 1
+                elif row.status == ModelState.FAILED:
+                    log.warning("zoo model %s is unavailable: %s", row.name, row.error)
+        return ready
 
     # -- datasets ------------------------------------------------------------------------
     def open(self, row: DatasetRow, per_class: int | None) -> Dataset:
@@ -260,6 +255,10 @@ class JobRunner:
                 log.info("job %s model %s is being scored elsewhere; skipped", job_id, model_id)
 
     def _extract(self, job_id: str, model_id: str) -> None:
+        unloadable = self._await_registration(model_id)
+        if unloadable is not None:
+            self._fail(job_id, model_id, unloadable)
+            return
         with self.db.session() as s:
             jm = s.get(JobModelRow, (job_id, model_id), with_for_update=True)
             if jm is None:
@@ -382,6 +381,26 @@ class JobRunner:
                     defer(s, self.queue, Task.RERANK_MISSING)
 
     # -- helpers -------------------------------------------------------------------------
+    def _await_registration(self, model_id: str) -> str | None:
+        """Make sure the model is registered before its features are extracted; returns why
+        it cannot be, if so. A ranking made while the built-in zoo was still loading names
+        models still pending: this worker needs their weights now anyway, so it loads them
+        here as their registration would (whichever finishes first decides, the other finds
+        it done)."""
+        status, error = self._registration(model_id)
+        if status == ModelState.PENDING:
+            self.register_model(model_id)
+            status, error = self._registration(model_id)
+        return error if status == ModelState.FAILED else None
+
+    def _registration(self, model_id: str) -> tuple[str | None, str | None]:
+        """The model's registration state and, when it failed, why (None, None: no model)."""
+        with self.db.session() as s:
+            row = s.get(ModelRow, model_id)
+            if row is None:
+                return None, None
+            return row.status, row.error or f"{row.name} could not be registered"
+
     def _progress(self, job_id: str, model_id: str) -> Callable[[int, int], None]:
         last = [0.0]
 
