@@ -164,3 +164,23 @@ def test_the_celery_deployment_is_ready_once_a_worker_loaded_the_zoo(
             assert client.get("/readyz").status_code == 200, service.log()
     finally:
         service.stop_all()
+
+
+def test_serve_announces_the_zoo_without_torch() -> None:
+    """``serve`` announces the zoo in the API image, which has no torch."""
+    code = "import sys, workers.cli.service, workers.jobs.zoo; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_health_checks_wait_for_readiness() -> None:
+    """Docker's and compose's health checks of the API ask /readyz, not /healthz: a
+    container reported healthy can rank with the zoo."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    check = dockerfile[dockerfile.index("HEALTHCHECK") :].split("CMD [", 1)[0]
+    assert "/readyz" in check and "--start-period" in check, check
+    compose = (ROOT / "docker-compose.yml").read_text()
+    api = compose[compose.index("\n  api:") : compose.index("\n  worker-gpu:")]
+    assert "/readyz" in api and "start_period" in api, api
