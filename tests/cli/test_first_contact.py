@@ -112,6 +112,18 @@ def test_rank_closes_with_which_model_to_use(three_models: Path, capsys) -> None
     assert "Use far:" in out.err
 
 
+TEXTS = [("the cpu and the compiler", "computers"), ("my program crashed again", "computers"),
+         ("a kernel panic at boot", "computers"), ("ram and disk are full", "computers"),
+         ("the soup was too salty", "food"), ("bake the bread slowly", "food"),
+         ("fresh tomatoes and basil", "food"), ("dessert after dinner", "food")]  # fmt: skip
+
+
+def _texts(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("text,label\n" + "".join(f"{t},{c}\n" for t, c in rows))
+    return path
+
+
 def test_rank_closing_line_states_the_calibrated_quality(tmp_path: Path, capsys) -> None:
     """With outcomes of text datasets stored, the line says the order was fitted on them and
     quotes the leave-one-dataset-out figures `benchmark evaluate` reports for that scope."""
@@ -121,12 +133,7 @@ def test_rank_closing_line_states_the_calibrated_quality(tmp_path: Path, capsys)
     capsys.readouterr()
     assert main(["benchmark", "evaluate", "--format", "json"]) == 0
     expected = json.loads(capsys.readouterr().out)["recommended"]
-    texts = tmp_path / "t.csv"
-    rows = [("the cpu and the compiler", "computers"), ("my program crashed again", "computers"),
-            ("a kernel panic at boot", "computers"), ("ram and disk are full", "computers"),
-            ("the soup was too salty", "food"), ("bake the bread slowly", "food"),
-            ("fresh tomatoes and basil", "food"), ("dessert after dinner", "food")]  # fmt: skip
-    texts.write_text("text,label\n" + "".join(f"{t},{c}\n" for t, c in rows))
+    texts = _texts(tmp_path / "t.csv", TEXTS)
     assert main(["rank", str(texts), "--metrics", "logme", "--quiet"]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert re.match(r"Use minilm-\S+( or minilm-\S+ \(tied\))?: first in the recommended", last)
@@ -200,12 +207,7 @@ def test_no_negative_zero(three_models: Path, capsys) -> None:
 def test_outcomes_add_after_a_local_rank(tmp_path: Path, capsys) -> None:
     """A local ranking is kept in the local database: its dataset takes outcomes by name, and
     ranking the same data again updates it rather than adding another."""
-    texts = tmp_path / "reviews.csv"
-    rows = [("the cpu and the compiler", "computers"), ("my program crashed again", "computers"),
-            ("a kernel panic at boot", "computers"), ("ram and disk are full", "computers"),
-            ("the soup was too salty", "food"), ("bake the bread slowly", "food"),
-            ("fresh tomatoes and basil", "food"), ("dessert after dinner", "food")]  # fmt: skip
-    texts.write_text("text,label\n" + "".join(f"{t},{c}\n" for t, c in rows))
+    texts = _texts(tmp_path / "reviews.csv", TEXTS)
     argv = ["rank", str(texts), "--metrics", "logme,leep", "--format", "json", "--quiet"]
     assert main(argv) == 0
     err = capsys.readouterr().err
@@ -217,3 +219,16 @@ def test_outcomes_add_after_a_local_rank(tmp_path: Path, capsys) -> None:
     assert main(["outcomes", "list", "reviews"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert sorted(listed) == ["minilm-intent\tfinetune_top1\t88.5", "minilm-l6\tfinetune_top1\t91"]
+
+
+def test_outcomes_add_names_the_ids_of_datasets_sharing_a_name(tmp_path: Path, capsys) -> None:
+    first = _texts(tmp_path / "a" / "reviews.csv", TEXTS)
+    second = _texts(tmp_path / "b" / "reviews.csv", [*TEXTS[:-1], ("pie after dinner", "food")])
+    for path in (first, second):
+        assert main(["rank", str(path), "--metrics", "logme", "--quiet"]) == 0
+    kept = re.findall(r"\(id (\w+)\)", capsys.readouterr().err)
+    assert len(set(kept)) == 2
+    assert main(["outcomes", "add", "reviews", "minilm-l6", "91"]) == 2
+    err = capsys.readouterr().err
+    assert "2 datasets are named 'reviews'" in err and all(i in err for i in kept)
+    assert main(["outcomes", "add", kept[1], "minilm-l6", "91"]) == 0

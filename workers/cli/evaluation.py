@@ -290,9 +290,14 @@ def _dataset(session: Any, key: str) -> Any:
     rows = list(
         session.scalars(select(DatasetRow).where(or_(DatasetRow.id == key, DatasetRow.name == key)))
     )
-    if len(rows) != 1:
-        found = "no dataset" if not rows else f"{len(rows)} datasets"
-        raise PipelineError(f"{found} with id or name {key!r}; use the id from GET /v1/datasets")
+    if not rows:
+        raise PipelineError(
+            f"no dataset with id or name {key!r}; rank it here first (transferbench rank "
+            "keeps it) or upload it to the service, or use an id from GET /v1/datasets"
+        )
+    if len(rows) > 1:
+        ids = ", ".join(r.id for r in rows)
+        raise PipelineError(f"{len(rows)} datasets are named {key!r} (ids {ids}); give the id")
     return rows[0]
 
 
