@@ -35,19 +35,22 @@ def record_ranking(settings: Settings, result: RankResult) -> tuple[str, str, li
     The dataset is stored as a shared dataset without samples (``reference``, as an imported
     table's: the samples stay where they are, and the service never tries to re-rank it),
     keyed by its content hash: the same data ranked again updates its scores in place. Zoo
-    models become the shared zoo rows the service registers itself; another spec (a file, a
-    hub name) is not stored, as that would add a candidate to every ranking the service runs.
+    models are the shared rows ``serve`` announces (pending until a worker of the service
+    loads one); a model the database does not know by name (a file, a hub spec) is not
+    stored, as a new shared row would add a candidate to every ranking the service runs.
     """
     if result.modality == "features" or not result.content_hash:
         return None
     import scoring
     from app.services import leaderboards
+    from workers.jobs import zoo
 
     db = local_database(settings)
     try:
         with db.session() as s:
             dataset = _dataset(s, result)
-            models = {r.model: _zoo_model(s, result, r.model) for r in result.rows}
+            zoo.announce(s)  # the zoo's shared rows, as serve announces them
+            models = {r.model: _shared_model(s, r.model) for r in result.rows}
             rows = [
                 {
                     "dataset_id": dataset.id,
@@ -89,27 +92,13 @@ def _dataset(session: Session, result: RankResult) -> DatasetRow:
     return row
 
 
-def _zoo_model(session: Session, result: RankResult, name: str) -> ModelRow | None:
-    """The shared row of zoo model ``name`` (made as the service's zoo registration makes
-    it, described from the features this ranking extracted); None for any other spec."""
+def _shared_model(session: Session, name: str) -> ModelRow | None:
+    """The shared (non-reference) model row named ``name``, or None."""
     from sqlalchemy import select
 
     from app.db.models import ModelRow
-    from workers.pipeline.models.zoo import ZOO
 
-    if name not in ZOO:
-        return None
     query = select(ModelRow).where(
         ModelRow.name == name, ModelRow.tenant.is_(None), ModelRow.reference.is_(False)
     )
-    row = session.scalar(query)
-    if row is None:
-        probs = result.features[name].probs if name in result.features else None
-        row = ModelRow(
-            name=name, source={"spec": name}, builtin=True, modality=ZOO[name].modality,
-            has_head=ZOO[name].has_head, fingerprint=None,
-            num_source_classes=None if probs is None else probs.shape[1],
-        )  # fmt: skip
-        session.add(row)
-        session.flush()
-    return row
+    return session.scalar(query)

@@ -153,7 +153,7 @@ def _record(result: RankResult) -> None:
     if recorded is None:
         return
     name, dataset_id, skipped = recorded
-    note = f"; models outside the zoo are not kept: {', '.join(skipped)}" if skipped else ""
+    note = f"; not kept (not in the zoo or the database): {', '.join(skipped)}" if skipped else ""
     print(
         f"kept as dataset {name} (id {dataset_id}) in the local database: record fine-tuning "
         f"results with `transferbench outcomes add {dataset_id} MODEL VALUE`{note}",
