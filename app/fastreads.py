@@ -43,8 +43,8 @@ from app.api import rankings as rankings_api
 from app.api.deps import count_request
 from app.api.http import JSON, etag, none_match
 from app.errors import ProblemError
-from app.problems import problem
 from app.observability import Meter
+from app.problems import problem
 from app.ratelimit import RateLimiter
 from app.services import apikeys, leaderboards
 from app.services.reads import MODEL_COUNT, Reads

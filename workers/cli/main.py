@@ -134,7 +134,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     recommendation = _recommendation(rows, result.metrics, fit, quality)
     emit(rows, result.metrics, args, f"{result.dataset_name} (N={result.n})", recommendation)
     _record(result)
-    return 0
+    return EXIT_MODEL_FAILED if any(row.error for row in rows) else 0
 
 
 def _record(result: RankResult) -> None:

@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace, server: str, api_key: str | None) -> int:
             dataset, args.models, args.metrics, per_class=per_class, progress=not args.quiet
         )
     n = max((p.samples_total for p in ranking.progress), default=dataset.n_samples)
-    emit(_rows(ranking), ranking.metrics, args, f"{dataset.name} (N={n})")
+    emit(_rows(ranking), ranking.metrics, args, f"{dataset.name} (N={n})", ranking.recommendation)
     failed = [p.model for p in ranking.progress if p.status == "failed"]
     return EXIT_MODEL_FAILED if failed else 0
 
@@ -102,7 +102,8 @@ def _rows(ranking: Ranking) -> list[RankedModel]:
         errors = dict(state.errors) if state else {}
         for metric, reason in errors.items():
             _err(f"{result.model}: {metric} not computed: {reason}")
-        rows.append(RankedModel(result.model, result.rank, dict(result.scores), errors))
+        error = state.error if state else None
+        rows.append(RankedModel(result.model, result.rank, dict(result.scores), errors, error))
     return rows
 
 
