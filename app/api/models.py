@@ -16,6 +16,7 @@ from app.api.deps import (
 )
 from app.api.http import located
 from app.db.models import ModelRow
+from app.services import model_deletion
 from app.services import models as service
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Authorized])
@@ -56,7 +57,7 @@ def delete_model(
     model_id: str, principal: PrincipalDep, session: SessionDep, reads: ReadsDep
 ) -> Response:
     """With its scores and outcomes: by the key that registered it or a tenant admin."""
-    service.delete(session, model_id, principal)
+    model_deletion.delete(session, model_id, principal)
     session.commit()
     reads.forget_rankings()
     return Response(status_code=204)

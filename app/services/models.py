@@ -165,9 +165,10 @@ def register(
     return row
 
 
-def delete(session: Session, model_id: str, principal: Principal) -> None:
-    """Delete a model (with its scores and outcomes): its registering key, or an admin of
-    its tenant. Shared models are read-only."""
+def deletable(session: Session, model_id: str, principal: Principal) -> ModelRow:
+    """The model ``principal`` may delete (with its scores and outcomes): its registering key,
+    or an admin of its tenant, and never while a ranking still runs it. Shared models are
+    read-only. ``app.services.model_deletion`` deletes it."""
     row = get(session, model_id, principal.tenant)
     if row.tenant is None and principal.tenant is not None:
         raise Forbidden(f"{row.name} is shared by every tenant and read-only")
@@ -181,10 +182,4 @@ def delete(session: Session, model_id: str, principal: Principal) -> None:
         raise Conflict(
             f"{row.name} is in a ranking that is still running; delete it when that finishes"
         )
-    # its scores go with it (foreign keys), so the leaderboards they were on are rewritten
-    from app.services import leaderboards  # lazily: leaderboards builds on this module
-
-    boards = leaderboards.scored_by(session, row.id)
-    session.delete(row)
-    session.flush()
-    leaderboards.rewrite(session, boards)
+    return row

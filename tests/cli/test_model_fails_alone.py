@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from workers.cli import main
-from workers.cli.main import EXIT_MODEL_FAILED
+from workers.cli.exits import EXIT_MODEL_FAILED
 
 
 def test_a_model_that_cannot_load_fails_alone_with_its_reason(

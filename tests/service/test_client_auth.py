@@ -27,7 +27,7 @@ from app.main import create_app
 from app.services import apikeys
 from scoring.recommend import RECOMMENDED
 from workers.cli import main
-from workers.cli.main import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
+from workers.cli.exits import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 

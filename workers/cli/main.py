@@ -15,12 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from scoring import DatasetRecord, Fit, TransferabilityError, evaluate_lodo, fit_recommender
 from scoring.recommend import MIN_OUTCOMES
+from workers.cli.exits import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
+from workers.cli.exits import err as _err
 from workers.pipeline.ranking import RankedModel, with_recommendation
 from workers.settings import Settings
-
-EXIT_BAD_INPUT = 2
-#: a ranking ran, but a model in it (or the whole ranking) failed; its results are printed
-EXIT_MODEL_FAILED = 1
 
 if TYPE_CHECKING:
     from workers.pipeline.rank import RankResult
@@ -79,10 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_commands(sub)
     service.add_commands(sub)
     return parser
-
-
-def _err(message: str) -> None:
-    print(f"transferbench: error: {message}", file=sys.stderr)
 
 
 def _cmd_models() -> int:

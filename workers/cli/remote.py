@@ -18,7 +18,8 @@ import zipfile
 from pathlib import Path
 
 from app.client import Client, Dataset, Model, Ranking, TransferbenchError
-from workers.cli.main import EXIT_BAD_INPUT, EXIT_MODEL_FAILED, _err
+from workers.cli.exits import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
+from workers.cli.exits import err as _err
 from workers.cli.report import emit
 from workers.pipeline.datasets import BUILTINS, open_dataset
 from workers.pipeline.datasets import Dataset as LocalDataset
