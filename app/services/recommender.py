@@ -264,6 +264,7 @@ def recommend(
         # the metrics they all have are equal for every one of them and none has an outcome
         # history: on equal evidence they tie (the metric another model has is no tiebreak)
         used: list[str] = []
+        dropped = dict.fromkeys(sorted(metrics), "equal for every model ranked")
         combined = dict.fromkeys(ranked, 0.0)
         evidence = {
             m: {"score": 0.0, "values": {}, "contributions": {}, "history_datasets": 0,
@@ -272,6 +273,7 @@ def recommend(
         }  # fmt: skip
     else:
         used, combined = sorted(rec.metrics_used), dict(rec.scores)
+        dropped = dict(rec.dropped_metrics)
         evidence = {
             m: {
                 "score": e.score,
@@ -296,6 +298,8 @@ def recommend(
         "weights": dict(fit.weights),
         "metrics_used": used,
         "left_out_metrics": sorted(every - metrics),
+        # metrics every model has that cannot tell them apart (equal for all): not weighed
+        "dropped_metrics": dropped,
         "ignored_metrics": sorted(k for k, per in scores.items() if per and k not in fit.metrics),
         "missing_metrics": {m: sorted(every - h) for m, h in sorted(held.items()) if every - h},
         "unranked": sorted(set(held) - set(ranked)),
