@@ -27,6 +27,10 @@ class PrecomputedModel:
 
     features: np.ndarray
     probs: np.ndarray | None = None
+    #: what the content hash names it by: the model's name in a file of several models, ""
+    #: for the one model of a plain ``features`` array, whose shown name is the file's (so the
+    #: same file hashes alike whatever it is called, e.g. an upload under a temporary name)
+    hash_name: str = ""
 
 
 class ContentHash:
@@ -106,7 +110,7 @@ class Dataset:
         """sha256 (hex) of every sample's content and label, in order: keys the feature cache."""
         content = ContentHash(self.modality, self.target)
         content.add(self.digests, self.labels.tolist())
-        return content.hexdigest(self.precomputed)
+        return content.hexdigest(m.hash_name for m in self.precomputed.values())
 
     @property
     def classes(self) -> list[object]:

@@ -118,14 +118,22 @@ def _check_model_values(
         raise PipelineError(f"{path}: {name} probs rows must be probabilities summing to 1")
 
 
-def _model(path: Path, name: str, features: object, probs: object, n: int) -> PrecomputedModel:
+def _hash_name(features_key: str) -> str:
+    """The name a model's features array gives the content hash: its model name in a file of
+    several (``NAME.features``), "" for a plain ``features`` array (named after the file)."""
+    return features_key.removesuffix(".features") if features_key != "features" else ""
+
+
+def _model(
+    path: Path, name: str, features: object, probs: object, n: int, hash_name: str
+) -> PrecomputedModel:
     feats = np.asarray(features)
     raw = None if probs is None else np.asarray(probs)
     layout = None if raw is None else (raw.shape, raw.dtype)
     _check_model_layout(path, name, n, (feats.shape, feats.dtype), layout)
     prob_array = None if raw is None else raw.astype(np.float32, copy=False)
     _check_model_values(path, name, feats, prob_array)
-    return PrecomputedModel(feats.astype(np.float32, copy=False), prob_array)
+    return PrecomputedModel(feats.astype(np.float32, copy=False), prob_array, hash_name)
 
 
 def _check_labels_layout(path: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
@@ -239,7 +247,14 @@ def _assemble(
     labels = _labels_array(path, arrays[layout.labels])
     n = len(labels)
     return labels, {
-        name: _model(path, name, arrays[feats], None if probs is None else arrays[probs], n)
+        name: _model(
+            path,
+            name,
+            arrays[feats],
+            None if probs is None else arrays[probs],
+            n,
+            _hash_name(feats),
+        )
         for name, (feats, probs) in layout.models.items()
     }
 
@@ -450,7 +465,11 @@ def _scan(
         for label, count in zip(names.tolist(), found.tolist(), strict=True):
             counts[label] = counts.get(label, 0) + count
     summary = Summary(
-        "features", "classification", content.hexdigest(layout.models), n, sorted(counts.items())
+        "features",
+        "classification",
+        content.hexdigest(_hash_name(feats) for feats, _ in layout.models.values()),
+        n,
+        sorted(counts.items()),
     )
     return summary.validate(str(path))
 
