@@ -182,6 +182,38 @@ def test_one_unloadable_model_fails_alone(harness: Harness):
     assert "nonexistent" not in states[bad_id][1]
 
 
+def test_a_remote_models_file_refused_since_registration_fails_that_model_alone(
+    harness: Harness,
+):
+    # registered by a remote client while TB_MODEL_DIR offered the file; the operator has
+    # since unset it, so the worker's confinement refuses the file at extraction
+    good = harness.register("mobilenet-v2")
+    with harness.db.session() as s:
+        remote = ModelRow(
+            name="theirs",
+            modality="image",
+            source={"spec": "onnx:team/net.onnx", "origin": "remote"},
+            has_head=False,
+            fingerprint="0" * 64,
+            builtin=False,
+        )
+        s.add(remote)
+        s.flush()
+        remote_id = remote.id
+        ds = s.get(DatasetRow, harness.dataset_id)
+        job_id = create_job(
+            s, harness, ds, [s.get(ModelRow, good), remote], ["logme"], trigger=Trigger.API
+        ).id
+    harness.drain()
+    with harness.db.session() as s:
+        job = s.get(JobRow, job_id)
+        states = {m.model_id: (m.status, m.error) for m in job.models}
+        assert job.status == "done"
+    assert states[good] == ("done", None)
+    assert states[remote_id][0] == "failed"
+    assert "TB_MODEL_DIR" in states[remote_id][1]
+
+
 def test_requeue_only_models_whose_heartbeat_stopped(harness: Harness):
     model = harness.register("mobilenet-v2")
     (job,) = harness.scheduler.rerank_missing()

@@ -281,8 +281,11 @@ class JobRunner:
             model_row = jm.model
             if dataset_row is None:  # deleted since: the cascade removes the job too
                 return
-            spec, per_class = self.loadable(model_row.source), job.per_class
+            source, per_class = dict(model_row.source), job.per_class
         try:
+            # a file named at registration may have gone, or left TB_MODEL_DIR, since: that
+            # model fails alone, with the reason
+            spec = self.loadable(source)
             dataset = self.open(dataset_row, per_class)
             model = self.load(spec)
             if model.fingerprint != model_row.fingerprint:
@@ -300,7 +303,13 @@ class JobRunner:
                     [model], dataset, cache=self.cache, progress=self._progress(job_id, model_id)
                 )
             elapsed = time.perf_counter() - started
-        except (PipelineError, scoring.TransferabilityError, RuntimeError, MemoryError) as exc:
+        except (
+            PipelineError,
+            remote_sources.SourceRefused,
+            scoring.TransferabilityError,
+            RuntimeError,
+            MemoryError,
+        ) as exc:
             self._fail(job_id, model_id, str(exc))
             return
         with self.db.session() as s:
