@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import DatasetRow, OutcomeRow, now
 from app.db.scores import upsert
-from app.errors import Invalid, NotFound
+from app.errors import Invalid
 from app.services import datasets as dataset_service
 from app.services import models as model_service
 from app.services import pages
@@ -45,7 +45,7 @@ def record(
         session, sorted({e["model_id"] for e in entries}), tenant
     )
     if unknown:
-        raise NotFound(
+        raise Invalid(  # as a ranking naming an unknown model: the body is what is wrong
             f"no model with id or name {', '.join(map(repr, unknown))}; see GET /v1/models"
         )
     directions: dict[str, bool] = {}

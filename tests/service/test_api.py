@@ -259,6 +259,7 @@ def test_cli_apikey_create_prints_a_working_key(tmp_path: Path):
 
 
 def test_leaderboard_shows_a_new_score_at_once(api):
+    import scoring
     from app.db.models import ModelRow
     from app.services import leaderboards
 
@@ -277,12 +278,15 @@ def test_leaderboard_shows_a_new_score_at_once(api):
                   "metric_version": version, "value": value}],
             )  # fmt: skip
 
-    url = f"/v1/datasets/{ds['id']}/leaderboard"
-    score(2, 1.5)
+    url = f"/v1/datasets/{ds['id']}/leaderboard?metric=logme"
+    version = scoring.REGISTRY["logme"].version
+    score(version, 1.5)
     assert [e["value"] for e in client.get(url).json()["entries"]] == [1.5]
-    score(3, 2.5)
+    score(version, 2.5)  # scored again: the board read a moment ago is not served
     (entry,) = client.get(url).json()["entries"]
-    assert (entry["value"], entry["metric_version"]) == (2.5, 3)  # the newest metric version
+    assert (entry["value"], entry["metric_version"]) == (2.5, version)
+    score(version - 1, 9.0)  # an older version never counts over the current one
+    assert [e["value"] for e in client.get(url).json()["entries"]] == [2.5]
 
 
 def test_timestamps_keep_their_utc_offset_and_405_says_what_is_allowed(api):

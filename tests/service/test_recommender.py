@@ -239,7 +239,7 @@ def test_outcomes_api_replace_and_bad_input(service, small_zip: bytes) -> None:
     r = client.post(url, json=[{"model_id": "mobilenet-v2", "value": 92.0}])  # by name
     assert [o["value"] for o in r.json()] == [92.0]  # replaced, not added
     bad = [
-        ([{"model_id": "nope", "value": 1.0}], 404, "nope"),
+        ([{"model_id": "nope", "value": 1.0}], 422, "nope"),
         ([{"model_id": model_id, "value": "NaN"}], 422, "value"),
         ([{"model_id": model_id, "value": 1.0, "higher_is_better": False}], 422, "already stored"),
         (
