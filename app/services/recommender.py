@@ -361,7 +361,7 @@ def evaluation(
         raise Invalid(
             f"nothing to evaluate for {scope.key}: {exc}; record outcomes for at least "
             f"{MIN_OUTCOMES} models of a dataset "
-            "(POST /v1/datasets/{id}/outcomes)"
+            "(`transferbench outcomes add`, or POST /v1/datasets/{id}/outcomes)"
         ) from exc
     if dataset_id is not None:
         if dataset_id not in result.per_dataset:
