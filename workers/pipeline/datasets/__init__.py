@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from workers.pipeline.datasets.base import Dataset, PrecomputedModel, Summary
@@ -17,8 +18,14 @@ from workers.pipeline.datasets.precomputed import (
     read_precomputed,
     scan_precomputed,
 )
-from workers.pipeline.datasets.tables import TABLE_SUFFIXES, columns, read_rows
-from workers.pipeline.datasets.text import read_text_table
+from workers.pipeline.datasets.tables import (
+    HEAD_ROWS,
+    TABLE_SUFFIXES,
+    columns,
+    iter_rows,
+    read_rows,
+)
+from workers.pipeline.datasets.text import read_text_table, scan_text_table
 from workers.pipeline.errors import PipelineError
 
 
@@ -67,31 +74,47 @@ def open_upload(path: Path) -> Dataset:
         return read_image_zip(path, decode=True)
     if suffix in PRECOMPUTED_SUFFIXES:
         return read_precomputed(path)
-    if suffix in (".csv", ".jsonl"):
+    if suffix in UPLOAD_TABLE_SUFFIXES:
         rows = read_rows(path)
-        cols = columns(rows)
-        if "text" in cols:
-            return read_text_table(path, rows)
-        if any(c in cols for c in FILE_COLUMNS):
-            raise PipelineError(
-                f"{path}: an image manifest names image files that an upload cannot carry; "
-                "upload a .zip of the images instead, one folder per class"
-            )
-        raise PipelineError(
-            f"{path}: expected a 'text' column (a text dataset); found {', '.join(sorted(cols))}"
-        )
+        _require_text_table(path, columns(rows))
+        return read_text_table(path, rows)
     raise PipelineError(
         f"{path}: unsupported upload type {suffix or '(no suffix)'}; give a .zip of images, a "
         ".csv or .jsonl text table, or .npz, .npy or .parquet features"
     )
 
 
+UPLOAD_TABLE_SUFFIXES = (".csv", ".jsonl")
+
+
+def _require_text_table(path: Path, cols: set[str]) -> None:
+    """An uploaded table must be a text dataset: an image manifest's images cannot travel."""
+    if "text" in cols:
+        return
+    if any(c in cols for c in FILE_COLUMNS):
+        raise PipelineError(
+            f"{path}: an image manifest names image files that an upload cannot carry; "
+            "upload a .zip of the images instead, one folder per class"
+        )
+    raise PipelineError(
+        f"{path}: expected a 'text' column (a text dataset); found {', '.join(sorted(cols))}"
+    )
+
+
 def check_upload(path: Path) -> Summary:
-    """:func:`open_upload`'s checks, and what storing the upload needs to know of it. A feature
-    file is checked a few rows at a time and never held whole (its arrays may expand to
-    gigabytes); images are decoded one at a time anyway."""
-    if path.suffix.lower() in PRECOMPUTED_SUFFIXES:
+    """:func:`open_upload`'s checks, and what storing the upload needs to know of it. Feature
+    files and text tables are checked a few rows at a time and never held whole (arrays may
+    expand to gigabytes; a table's rows as Python objects take about ten times their bytes);
+    images are decoded one at a time anyway."""
+    suffix = path.suffix.lower()
+    if suffix in PRECOMPUTED_SUFFIXES:
         return scan_precomputed(path)
+    if suffix in UPLOAD_TABLE_SUFFIXES:
+        rows = iter_rows(path)
+        head = list(itertools.islice(rows, HEAD_ROWS))
+        if head:
+            _require_text_table(path, columns(head))
+        return scan_text_table(path, head, rows)
     return Summary.of(open_upload(path))
 
 

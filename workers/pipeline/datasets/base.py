@@ -187,14 +187,18 @@ def label_array(labels: Sequence[object], target: Target, where: str) -> np.ndar
     if target == "regression":
         return np.asarray(labels, dtype=np.float64)
     for label in labels:
-        text = str(label)
-        if len(text) > MAX_LABEL_CHARS:
-            raise PipelineError(
-                f"{where}: the label {text[:40]!r}... is {len(text)} characters long, over the "
-                f"{MAX_LABEL_CHARS}-character cap (MAX_LABEL_CHARS); labels are class names: "
-                "shorten them"
-            )
+        check_label(str(label), where)
     return np.asarray(labels)
+
+
+def check_label(text: str, where: str) -> None:
+    """Refuse a class name over ``MAX_LABEL_CHARS``."""
+    if len(text) > MAX_LABEL_CHARS:
+        raise PipelineError(
+            f"{where}: the label {text[:40]!r}... is {len(text)} characters long, over the "
+            f"{MAX_LABEL_CHARS}-character cap (MAX_LABEL_CHARS); labels are class names: "
+            "shorten them"
+        )
 
 
 def sha256_bytes(data: bytes) -> bytes:

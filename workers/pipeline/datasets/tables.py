@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -22,8 +23,9 @@ def _too_many(path: Path) -> PipelineError:
     )
 
 
-def _csv_rows(handle: TextIO, path: Path, rows: list[dict[str, object]]) -> None:
+def _csv_rows(handle: TextIO, path: Path) -> Iterator[dict[str, object]]:
     reader = csv.DictReader(handle, strict=True)
+    count = 0
     try:
         if not reader.fieldnames:
             raise PipelineError(f"{path}: no header row")
@@ -32,9 +34,10 @@ def _csv_rows(handle: TextIO, path: Path, rows: list[dict[str, object]]) -> None
                 raise PipelineError(
                     f"{path}:{reader.reader.line_num}: more cells than header columns"
                 )
-            if len(rows) == MAX_ROWS:
+            if count == MAX_ROWS:
                 raise _too_many(path)
-            rows.append(dict(row))
+            count += 1
+            yield dict(row)
     except csv.Error as exc:
         if "field larger than field limit" in str(exc):
             limit = csv.field_size_limit()
@@ -48,7 +51,8 @@ def _csv_rows(handle: TextIO, path: Path, rows: list[dict[str, object]]) -> None
         ) from exc
 
 
-def _json_rows(handle: TextIO, path: Path, rows: list[dict[str, object]]) -> None:
+def _json_rows(handle: TextIO, path: Path) -> Iterator[dict[str, object]]:
+    count = 0
     for line, raw in enumerate(handle, start=1):
         if not raw.strip():
             continue
@@ -63,9 +67,10 @@ def _json_rows(handle: TextIO, path: Path, rows: list[dict[str, object]]) -> Non
             raise PipelineError(f"{path}:{line}: not valid JSON ({reason})") from exc
         if not isinstance(row, dict):
             raise PipelineError(f"{path}:{line}: each line must be a JSON object")
-        if len(rows) == MAX_ROWS:
+        if count == MAX_ROWS:
             raise _too_many(path)
-        rows.append(row)
+        count += 1
+        yield row
 
 
 def _not_utf8(path: Path) -> PipelineError:
@@ -84,30 +89,39 @@ def _not_utf8(path: Path) -> PipelineError:
     return PipelineError(f"{path}: not UTF-8 text; save the file as UTF-8")
 
 
-def read_rows(path: Path) -> list[dict[str, object]]:
-    """Rows of a CSV (with a header) or JSONL file as dicts, every row parsed; errors name the
-    file and line. Read as a stream: memory grows with the rows, not with a copy of the text."""
+def iter_rows(path: Path) -> Iterator[dict[str, object]]:
+    """Rows of a CSV (with a header) or JSONL file as dicts, one at a time, every row parsed;
+    errors name the file and line. Holds one row at a time: an upload's check streams it."""
     if not path.is_file():
         raise PipelineError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise PipelineError(f"{path}: the file is empty")
-    rows: list[dict[str, object]] = []
     try:
         # newline="": line breaks inside quoted CSV cells are kept as written
         with path.open(encoding="utf-8-sig", newline="") as handle:
             if path.suffix.lower() == ".csv":
-                _csv_rows(handle, path, rows)
+                yield from _csv_rows(handle, path)
             else:
-                _json_rows(handle, path, rows)
+                yield from _json_rows(handle, path)
     except UnicodeDecodeError as exc:
         raise _not_utf8(path) from exc
+
+
+def read_rows(path: Path) -> list[dict[str, object]]:
+    """Every row of a CSV (with a header) or JSONL file as dicts (:func:`iter_rows`). Read as a
+    stream: memory grows with the rows, not with a copy of the text."""
+    rows = list(iter_rows(path))
     if not rows:
         raise PipelineError(f"{path}: no data rows")
     return rows
 
 
+#: how many rows :func:`columns` looks at to tell a table's kind
+HEAD_ROWS = 50
+
+
 def columns(rows: list[dict[str, object]]) -> set[str]:
-    return {key for row in rows[:50] for key in row}
+    return {key for row in rows[:HEAD_ROWS] for key in row}
 
 
 def cell(row: dict[str, object], key: str, path: Path, line: int) -> object:
