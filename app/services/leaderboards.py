@@ -27,7 +27,6 @@ if no writer stored one meanwhile, so a read never overwrites a writer's board.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +34,7 @@ from sqlalchemy import Connection, bindparam, select, text
 from sqlalchemy.orm import Session
 
 import scoring
+from app.db.locks import advisory_key
 from app.db.models import DatasetRow, LeaderboardRow, OutcomeRow, ScoreRow, now
 from app.db.scores import insert_ignore, upsert, upsert_scores
 from app.services import datasets as dataset_service
@@ -150,7 +150,8 @@ def lock(session: Session, dataset_ids: Iterable[str]) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
     for dataset_id in sorted(set(dataset_ids)):
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(dataset_id)})
+        key = advisory_key(f"transferbench.leaderboard:{dataset_id}")
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 _KEY = ("dataset_id", "metric")
@@ -159,11 +160,6 @@ BODY = select(LeaderboardRow.body).where(
     LeaderboardRow.dataset_id == bindparam("dataset_id"),
     LeaderboardRow.metric == bindparam("metric"),
 )
-
-
-def _lock_key(dataset_id: str) -> int:
-    digest = hashlib.blake2b(f"transferbench.leaderboard:{dataset_id}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 def _build(session: Session, dataset: DatasetRow, metric: str) -> tuple[bytes, str | None]:

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 import scoring
+from app.db.locks import advisory_key
 from app.db.migrate import upgrade
 from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, ScoreRow, now
 from app.db.scores import upsert_score
@@ -23,7 +24,7 @@ from app.db.session import Database
 from app.lifecycle import Task, Trigger, create_job
 from app.services import datasets as dataset_service
 from workers.jobs.scheduler import Scheduler
-from workers.jobs.steps import Abandoned, JobRunner, advisory_key
+from workers.jobs.steps import Abandoned, JobRunner
 from workers.jobs.tasks import handlers
 from workers.settings import Settings
 

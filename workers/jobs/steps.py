@@ -14,7 +14,6 @@ transaction commits.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 import scoring
 from app.db import scores
+from app.db.locks import advisory_key
 from app.db.models import DatasetRow, JobModelRow, ModelRow, now
 from app.db.session import Database
 from app.lifecycle import (
@@ -133,11 +133,6 @@ class Claims:
             finally:
                 with contextlib.suppress(DBAPIError):  # a dead connection took the lock along
                     conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": running})
-
-
-def advisory_key(name: str) -> int:
-    """A PostgreSQL advisory lock key for ``name``."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), signed=True)
 
 
 class JobRunner:

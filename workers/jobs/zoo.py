@@ -10,19 +10,16 @@ worker then loads each pending one (``JobRunner.register_zoo``), as it loads any
 
 from __future__ import annotations
 
-import hashlib
-
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from app.db.locks import advisory_key
 from app.db.models import ModelRow, now
 from app.states import ModelState
 from workers.pipeline.catalogue import CATALOGUE
 
 #: The PostgreSQL advisory lock (transaction-scoped) that one ``announce`` holds at a time.
-_ANNOUNCING = int.from_bytes(
-    hashlib.blake2b(b"tb.zoo.announce", digest_size=8).digest(), signed=True
-)
+_ANNOUNCING = advisory_key("tb.zoo.announce")
 
 
 def announce(s: Session) -> int:
