@@ -12,10 +12,10 @@ Every array is held in memory when a dataset is read, so what a file expands to 
 before anything is read: ``MAX_EXPANDED_BYTES`` in all, from each array's ``.npy`` header (its
 shape and type), checked against the bytes actually there (an ``.npz`` is a zip: its entries'
 sizes are capped too), and for parquet from the footer and every page header (values per column
-chunk, uncompressed sizes), since parquet's compression and run-length encodings can expand a
-tiny file hugely. A compressed file's expansion is capped per byte stored as well
-(``MAX_RATIO`` past ``RATIO_FREE_BYTES``): an honest file of features barely compresses, a
-bomb expands a thousandfold.
+chunk, uncompressed sizes; ``_parquet_page_header`` reads them), since parquet's compression and
+run-length encodings can expand a tiny file hugely. A compressed file's expansion is capped per
+byte stored as well (``MAX_RATIO`` past ``RATIO_FREE_BYTES``): an honest file of features barely
+compresses, a bomb expands a thousandfold.
 
 An upload is checked by :func:`scan_precomputed`, which applies every rule of
 :func:`read_precomputed` and computes the same content hash while streaming the arrays a few
@@ -35,6 +35,7 @@ from typing import IO, Any
 import numpy as np
 from numpy.lib import format as npy_format
 
+from workers.pipeline.datasets._parquet_page_header import read_page_header
 from workers.pipeline.datasets.archive import list_members, open_zip, size_text
 from workers.pipeline.datasets.base import (
     MAX_LABEL_CHARS,
@@ -59,7 +60,6 @@ CHECK_CHUNK_BYTES = 16 * 1024**2
 MAX_PAGE_BYTES = 64 * 1024**2  # one parquet page, decompressed whole; writers make ~1 MiB
 MAX_ARRAYS = 1024  # entries of an .npz
 MAX_PAGES = 100_000  # parquet pages of the columns read
-MAX_PAGE_HEADER_BYTES = 1024**2  # real ones are a few KiB (statistics included)
 LABEL_KINDS = "biufUS"  # bool, integers, floats, strings
 NUMBER_KINDS = "biuf"
 
@@ -475,103 +475,6 @@ def _scan(
 
 
 # -- .parquet --------------------------------------------------------------------------------
-class _PageHeader:
-    """Just enough of Thrift's compact protocol to read a parquet page header: its integer
-    fields and nested structs, everything else skipped. Bounded in bytes and depth."""
-
-    def __init__(self, stream: IO[bytes], where: str) -> None:
-        self.stream = stream
-        self.where = where
-        self.buffer = b""
-        self.pos = 0
-
-    def _need(self, count: int) -> None:
-        while self.pos + count > len(self.buffer):
-            if self.pos + count > MAX_PAGE_HEADER_BYTES:
-                raise PipelineError(
-                    f"{self.where}: a page header over {size_text(MAX_PAGE_HEADER_BYTES)}; the "
-                    "file is corrupt or forged"
-                )
-            more = self.stream.read(max(256, len(self.buffer)))
-            if not more:
-                raise PipelineError(f"{self.where}: a page header runs past the end of the file")
-            self.buffer += more
-
-    def _byte(self) -> int:
-        self._need(1)
-        self.pos += 1
-        return self.buffer[self.pos - 1]
-
-    def _varint(self) -> int:
-        value = 0
-        for shift in range(0, 70, 7):
-            byte = self._byte()
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-        raise PipelineError(f"{self.where}: a malformed page header (over-long integer)")
-
-    def _int(self) -> int:
-        raw = self._varint()
-        return (raw >> 1) ^ -(raw & 1)
-
-    def _skip(self, kind: int, depth: int) -> object:
-        """Read one value of compact type ``kind``; returns ints and structs, else None."""
-        if depth > 16:
-            raise PipelineError(f"{self.where}: a malformed page header (nested too deeply)")
-        if kind in (1, 2):  # booleans live in the type
-            return None
-        if kind == 3:
-            self._need(1)
-            self.pos += 1
-            return None
-        if kind in (4, 5, 6):
-            return self._int()
-        if kind == 7:
-            self._need(8)
-            self.pos += 8
-            return None
-        if kind == 8:
-            size = self._varint()
-            self._need(size)
-            self.pos += size
-            return None
-        if kind in (9, 10):
-            head = self._byte()
-            size, element = head >> 4, head & 0x0F
-            if size == 15:
-                size = self._varint()
-            for _ in range(size):  # each element takes at least a byte
-                if element in (1, 2):  # a boolean element is a byte of its own
-                    self._need(1)
-                    self.pos += 1
-                else:
-                    self._skip(element, depth + 1)
-            return None
-        if kind == 11:
-            size = self._varint()
-            if size:
-                types = self._byte()
-                for _ in range(size):
-                    self._skip(types >> 4, depth + 1)
-                    self._skip(types & 0x0F, depth + 1)
-            return None
-        if kind == 12:
-            return self.struct(depth + 1)
-        raise PipelineError(f"{self.where}: a malformed page header (type {kind})")
-
-    def struct(self, depth: int = 0) -> dict[int, object]:
-        fields: dict[int, object] = {}
-        last = 0
-        while True:
-            head = self._byte()
-            if head == 0:
-                return fields
-            delta, kind = head >> 4, head & 0x0F
-            last = last + delta if delta else self._int()
-            fields[last] = self._skip(kind, depth)
-
-
 _WIDTHS = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 12, "FLOAT": 4, "DOUBLE": 8}
 
 
@@ -582,28 +485,17 @@ def _page_values(stream: IO[bytes], start: int, length: int, where: str) -> tupl
     pos, end = start, start + length
     while pos < end:
         stream.seek(pos)
-        reader = _PageHeader(stream, where)
-        header = reader.struct()
-        kind, size, stored = header.get(1), header.get(2), header.get(3)
-        if not all(isinstance(v, int) and v >= 0 for v in (kind, size, stored)):
-            raise PipelineError(f"{where}: a malformed page header; the file is corrupt")
-        assert isinstance(size, int) and isinstance(stored, int)
-        if size > MAX_PAGE_BYTES:
+        header = read_page_header(stream, where)
+        if header.uncompressed_bytes > MAX_PAGE_BYTES:
             raise PipelineError(
-                f"{where}: a page expands to {size:,} bytes, over the "
+                f"{where}: a page expands to {header.uncompressed_bytes:,} bytes, over the "
                 f"{size_text(MAX_PAGE_BYTES)} cap per page (MAX_PAGE_BYTES; a decompression "
                 "bomb?); write the file with pyarrow's default page size"
             )
-        for field_id in (5, 8):  # DataPageHeader, DataPageHeaderV2: field 1 is num_values
-            page = header.get(field_id)
-            if isinstance(page, dict):
-                count = page.get(1)
-                if not isinstance(count, int) or count < 0:
-                    raise PipelineError(f"{where}: a malformed page header; the file is corrupt")
-                values += count
-        uncompressed += size
+        values += header.values
+        uncompressed += header.uncompressed_bytes
         pages += 1
-        pos += reader.pos + stored
+        pos += header.header_bytes + header.stored_bytes
     if pos != end:
         raise PipelineError(f"{where}: pages run past their column chunk; the file is corrupt")
     return values, uncompressed, pages
