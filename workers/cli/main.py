@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rank.add_argument("--api-key", help="the service's API key (default: TB_API_KEY)")
     sub.add_parser("models", help="list the default model zoo")
-    from workers.cli import evaluation, service
+    from workers.cli import evaluation, finetune, service
 
+    finetune.add_command(sub)
     evaluation.add_commands(sub)
     service.add_commands(sub)
     return parser
@@ -258,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_models()
         if args.command == "rank":
             return _cmd_rank(args)
+        if args.command == "finetune":
+            from workers.cli import finetune
+
+            return finetune.run(args)
         if args.command in ("outcomes", "evaluate", "benchmark"):
             from workers.cli import evaluation
 
