@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install system demo test lint typecheck importlint unit bench services clean
+.PHONY: install system demo test lint typecheck importlint unit quick bench services clean
 
 install: system $(STAMP)
 
@@ -46,6 +46,10 @@ importlint: install
 
 unit: install
 	$(BIN)/pytest -q
+
+# Every test that loads no model: under a minute (the whole suite takes minutes).
+quick: install services
+	$(BIN)/pytest -q -m "not slow"
 
 test: install services lint typecheck importlint unit
 

@@ -13,6 +13,7 @@ from workers.cli import main
 IMAGE_MODELS = "mobilenet-v2,open-nsfw"
 
 
+@pytest.mark.slow
 def test_rank_json_on_a_folder(image_folder: Path, tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "feats"
     code = main(
@@ -37,6 +38,7 @@ def test_rank_json_on_a_folder(image_folder: Path, tmp_path: Path, capsys) -> No
     assert "mobilenet-v2" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_rank_table_csv_plot_and_headless_nulls(image_folder: Path, tmp_path: Path, capsys) -> None:
     text = tmp_path / "t.csv"
     rows = [("the cpu and the compiler", "computers"), ("my program crashed again", "computers"),
@@ -63,6 +65,7 @@ def test_rank_table_csv_plot_and_headless_nulls(image_folder: Path, tmp_path: Pa
     assert table.splitlines()[0].split() == ["rank", "model", "recommended", "logme"]
 
 
+@pytest.mark.slow
 def test_second_run_reads_the_cache(
     image_folder: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
@@ -96,6 +99,7 @@ def test_second_run_reads_the_cache(
         (["rank", "digits", "--models", "torchvision:resnet18"], "cannot fetch weights"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys) -> None:
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -110,6 +114,7 @@ def test_models_lists_the_zoo(capsys) -> None:
         assert name in out
 
 
+@pytest.mark.slow
 def test_console_script_subprocess(tmp_path: Path) -> None:
     """The real entry point in a fresh process: exit code 2 and no traceback on bad input."""
     import subprocess

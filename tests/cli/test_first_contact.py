@@ -124,6 +124,7 @@ def _texts(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_rank_closing_line_states_the_calibrated_quality(tmp_path: Path, capsys) -> None:
     """With outcomes of text datasets stored, the line says the order was fitted on them and
     quotes the leave-one-dataset-out figures `benchmark evaluate` reports for that scope."""
@@ -204,6 +205,7 @@ def test_no_negative_zero(three_models: Path, capsys) -> None:
     assert -1e-3 < gbc["far"] < 0  # the full value, sign and all, where digits show it
 
 
+@pytest.mark.slow
 def test_outcomes_add_after_a_local_rank(tmp_path: Path, capsys) -> None:
     """A local ranking is kept in the local database: its dataset takes outcomes by name, and
     ranking the same data again updates it rather than adding another."""
@@ -221,6 +223,7 @@ def test_outcomes_add_after_a_local_rank(tmp_path: Path, capsys) -> None:
     assert sorted(listed) == ["minilm-intent\tfinetune_top1\t88.5", "minilm-l6\tfinetune_top1\t91"]
 
 
+@pytest.mark.slow
 def test_outcomes_add_names_the_ids_of_datasets_sharing_a_name(tmp_path: Path, capsys) -> None:
     first = _texts(tmp_path / "a" / "reviews.csv", TEXTS)
     second = _texts(tmp_path / "b" / "reviews.csv", [*TEXTS[:-1], ("pie after dinner", "food")])

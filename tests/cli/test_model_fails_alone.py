@@ -6,8 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from workers.cli import main
 from workers.cli.exits import EXIT_MODEL_FAILED
+
+#: a real ranking through the CLI, with zoo models
+pytestmark = pytest.mark.slow
 
 
 def test_a_model_that_cannot_load_fails_alone_with_its_reason(

@@ -43,6 +43,7 @@ def test_the_hook_refuses_the_web_framework() -> None:
     assert result.returncode != 0 and "No module named 'fastapi'" in result.stderr
 
 
+@pytest.mark.slow
 def test_models_command_runs_without_the_web_framework() -> None:
     result = run_without_web(
         """
@@ -58,6 +59,7 @@ def test_models_command_runs_without_the_web_framework() -> None:
 @pytest.mark.parametrize(
     "module", ["workers.jobs.celery_app", "workers.jobs.embedded", "workers.jobs.tasks"]
 )
+@pytest.mark.slow
 def test_job_runners_import_no_web_framework(module: str) -> None:
     result = run_without_web(
         f"""

@@ -118,6 +118,7 @@ def test_a_broken_jpeg_fails_naming_its_file(tmp_path) -> None:
         list(device_batches(samples, [ImageRecipe()], 8, CPU))
 
 
+@pytest.mark.slow
 def test_extraction_with_device_decode_has_its_own_cache_entry(photo_folder) -> None:
     dataset = read_image_folder(photo_folder)
     settings = Settings()
@@ -141,6 +142,7 @@ def test_extraction_with_device_decode_has_its_own_cache_entry(photo_folder) -> 
     assert again.from_cache and np.array_equal(again.features, got.features)
 
 
+@pytest.mark.slow
 def test_models_decoding_differently_share_one_extraction(photo_folder) -> None:
     dataset = read_image_folder(photo_folder)
     settings = Settings()

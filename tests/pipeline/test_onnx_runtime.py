@@ -132,6 +132,7 @@ def test_runtime_setting(monkeypatch) -> None:
         Settings.load()
 
 
+@pytest.mark.slow
 def test_torch_runtime_turns_it_off(monkeypatch) -> None:
     monkeypatch.setenv("TB_RUNTIME", "torch")
     model = load_model("mobilenet-v2")
@@ -141,6 +142,7 @@ def test_torch_runtime_turns_it_off(monkeypatch) -> None:
     assert "+fold" not in nsfw.runtime
 
 
+@pytest.mark.slow
 def test_exported_graph_is_stored_once_and_reused(monkeypatch) -> None:
     settings = Settings.load()  # this test's own TB_DATA_DIR
     monkeypatch.setattr(exported, "_SESSIONS", {})
@@ -161,6 +163,7 @@ def test_exported_graph_is_stored_once_and_reused(monkeypatch) -> None:
     np.testing.assert_array_equal(again.forward(x).features, first.forward(x).features)
 
 
+@pytest.mark.slow
 def test_export_failure_falls_back_to_pytorch_logged_once(monkeypatch, caplog) -> None:
     monkeypatch.setattr(exported, "_FAILED", {})
     monkeypatch.setattr(onnxrt, "_FALLBACKS", set())

@@ -1,4 +1,4 @@
-"""Small helpers for the service tests."""
+"""Small helpers for the service tests, and the one way they boot the embedded service."""
 
 from __future__ import annotations
 
@@ -7,9 +7,54 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from app.db.session import Database
+    from workers.jobs.embedded import LocalQueue
+    from workers.settings import Settings
 
 TERMINAL = {"done", "failed"}
+
+
+@dataclass
+class Embedded:
+    """The embedded service as ``transferbench serve`` builds it: one app, its database and
+    its in-process queue, on the settings given."""
+
+    app: FastAPI
+    db: Database
+    queue: LocalQueue
+    settings: Settings
+
+
+@contextmanager
+def embedded(settings: Settings, *, auth_required: bool, worker: bool = True) -> Iterator[Embedded]:
+    """The embedded service on ``settings``: the database migrated (SQLite under the data
+    folder, or ``settings.database_url``), its worker thread started (``worker=False`` keeps
+    every task queued) without registering the zoo, and the app; the worker stopped and the
+    database closed when the block ends. A test reaches the app through ``TestClient`` or
+    :func:`serve`; the ``embedded_service`` fixture does the first."""
+    from app.db.migrate import upgrade
+    from app.db.session import Database
+    from app.main import create_app
+    from workers.jobs.embedded import LocalQueue
+
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    queue = LocalQueue(db, settings)
+    if worker:
+        queue.start(register_zoo=False)
+    try:
+        app = create_app(settings, queue=queue, db=db, auth_required=auth_required)
+        yield Embedded(app, db, queue, settings)
+    finally:
+        if worker:
+            queue.stop()
+        db.dispose()
 
 
 def wait_for_job(

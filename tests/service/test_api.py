@@ -16,29 +16,23 @@ from sqlalchemy import create_engine, inspect
 from app.db.migrate import downgrade, upgrade
 from app.db.models import Base
 from app.db.session import Database
-from app.main import create_app
 from app.services import apikeys
-from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-from .helpers import register_model
+from .helpers import embedded, register_model
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("api")
     settings = Settings(data_dir=data_dir, max_upload_mb=1, scheduler_tick_s=3600)
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    queue = LocalQueue(db, settings)
-    queue.start(register_zoo=False)
-    app = create_app(settings, queue=queue, db=db, auth_required=False)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with (
+        embedded(settings, auth_required=False) as service,
+        TestClient(service.app, raise_server_exceptions=False) as client,
+    ):
         for name in ("mobilenet-v2", "minilm-l6"):
             assert register_model(client, name, name)["status"] == "ready"
         yield client, settings
-    queue.stop()
-    db.dispose()
 
 
 def problem(r, status: int, *words: str) -> dict:
@@ -67,6 +61,7 @@ def _zip(entries: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_dataset_upload_bad_input(api):
     client, settings = api
     problem(client.post("/v1/datasets", data={"name": "x"}), 422, "file")
@@ -91,6 +86,7 @@ def test_dataset_upload_bad_input(api):
     assert upload(client, "t.csv", csv_bytes(rows)).status_code == 201
 
 
+@pytest.mark.slow
 def test_dataset_lookup_delete_schedule_and_leaderboard_errors(api):
     client, settings = api
     problem(client.get("/v1/datasets/nope"), 404, "no dataset")
@@ -119,6 +115,7 @@ def test_dataset_lookup_delete_schedule_and_leaderboard_errors(api):
     problem(client.get(f"/v1/datasets/{ds['id']}"), 404)
 
 
+@pytest.mark.slow
 def test_model_registry_bad_input(api):
     client, _ = api
     problem(client.get("/v1/models/nope"), 404, "no model")
@@ -147,6 +144,7 @@ def test_model_registry_bad_input(api):
     problem(client.post("/v1/models", json={"name": "z"}), 422, "source")
 
 
+@pytest.mark.slow
 def test_ranking_bad_input(api):
     client, _ = api
     models = {m["name"]: m["id"] for m in client.get("/v1/models").json()}
@@ -177,6 +175,7 @@ def test_ranking_bad_input(api):
     problem(client.get("/v1/nowhere"), 404)
 
 
+@pytest.mark.slow
 def test_api_keys(api):
     client, _ = api
     app = client.app
@@ -200,6 +199,7 @@ def test_api_keys(api):
         app.state.auth_required = False
 
 
+@pytest.mark.slow
 def test_health_and_metrics(api):
     client, _ = api
     assert client.get("/healthz").json() == {"status": "ok"}
@@ -236,6 +236,7 @@ def test_migrations_up_down_up_match_the_models(backend, request, tmp_path: Path
     assert _schema_diff(url) == []
 
 
+@pytest.mark.slow
 def test_cli_apikey_create_prints_a_working_key(tmp_path: Path):
     import subprocess
     import sys
@@ -258,6 +259,7 @@ def test_cli_apikey_create_prints_a_working_key(tmp_path: Path):
     db.dispose()
 
 
+@pytest.mark.slow
 def test_leaderboard_shows_a_new_score_at_once(api):
     import scoring
     from app.db.models import ModelRow
@@ -289,6 +291,7 @@ def test_leaderboard_shows_a_new_score_at_once(api):
     assert [e["value"] for e in client.get(url).json()["entries"]] == [2.5]
 
 
+@pytest.mark.slow
 def test_timestamps_keep_their_utc_offset_and_405_says_what_is_allowed(api):
     client, _ = api
     models = client.get("/v1/models").json()

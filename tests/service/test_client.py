@@ -30,7 +30,6 @@ from app.client import (
     Ranking,
     TransferbenchError,
 )
-from app.db.migrate import upgrade
 from app.db.models import DatasetRow, ModelRow
 from app.db.session import Database
 from app.lifecycle import Task, Trigger, create_job
@@ -39,8 +38,8 @@ from workers.cli import main
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-from .conftest import fashion_zip
-from .helpers import free_port, serve
+from ..conftest import fashion_zip
+from .helpers import embedded, free_port, serve
 
 MODELS = ["mobilenet-v2", "open-nsfw", "mnv2-copy"]  # the copy: same weights, cached features
 METRICS = ["logme", "leep", "hscore_shrinkage"]
@@ -65,18 +64,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         for name in ("TB_SERVER", "TB_API_KEY", "TB_CORS_ORIGINS"):
             env.delenv(name, raising=False)
         settings = Settings(data_dir=data_dir, scheduler_tick_s=3600, cors_origins=[DASHBOARD])
-        upgrade(settings.db_url)
-        db = Database(settings.db_url)
-        queue = LocalQueue(db, settings)
-        queue.start(register_zoo=False)
-        app = create_app(settings, queue=queue, db=db, auth_required=False)
-        with serve(app) as url:
+        with embedded(settings, auth_required=False) as service, serve(service.app) as url:
             with Client(url) as tb:
                 for name in MODELS:
                     tb.register_model(name, "mobilenet-v2" if name == "mnv2-copy" else name)
-            yield Live(url, db, queue, app.state.reads, settings)
-        queue.stop()
-        db.dispose()
+            yield Live(url, service.db, service.queue, service.app.state.reads, settings)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +117,7 @@ def _csv(i: int) -> bytes:
     return ("text,label\n" + "\n".join(rows)).encode()
 
 
+@pytest.mark.slow
 def test_client_uploads_ranks_and_reads_back(live: Live, ranked, zip_path: Path, tmp_path, capsys):
     dataset, ranking = ranked
     assert (dataset.name, dataset.n_samples, dataset.modality) == ("fashion", 40, "image")
@@ -163,6 +156,7 @@ def test_client_uploads_ranks_and_reads_back(live: Live, ranked, zip_path: Path,
     assert "sample" in capsys.readouterr().err  # tqdm's bar went to stderr
 
 
+@pytest.mark.slow
 def test_outcomes_and_evaluation(live: Live, ranked, with_outcomes):
     dataset, _ = ranked
     with Client(live.url) as tb:
@@ -177,6 +171,7 @@ def test_outcomes_and_evaluation(live: Live, ranked, with_outcomes):
         assert overall.scope == "default:image/classification/finetune_top1"  # tenant:scope
 
 
+@pytest.mark.slow
 def test_errors_carry_the_problem_fields(live: Live, ranked, tmp_path: Path):
     dataset, _ = ranked
     with Client(live.url) as tb:
@@ -210,6 +205,7 @@ def test_errors_carry_the_problem_fields(live: Live, ranked, tmp_path: Path):
     assert caught.value.status is None and "cannot reach" in caught.value.detail
 
 
+@pytest.mark.slow
 def test_async_client_has_the_same_calls(live: Live, ranked):
     dataset, ranking = ranked
 
@@ -233,6 +229,7 @@ def test_async_client_has_the_same_calls(live: Live, ranked):
     assert error.status == 404
 
 
+@pytest.mark.slow
 def test_conditional_gets_answer_304_while_nothing_changed(live: Live, ranked, with_outcomes):
     dataset, ranking = ranked
     urls = [
@@ -259,6 +256,7 @@ def test_conditional_gets_answer_304_while_nothing_changed(live: Live, ranked, w
             assert other.status_code == 200 and other.content == first.content
 
 
+@pytest.mark.slow
 def test_cors_headers_only_for_configured_origins(live: Live):
     with httpx.Client(base_url=live.url) as http:
         allowed = http.get("/v1/models", headers={"Origin": DASHBOARD})
@@ -308,6 +306,7 @@ def _walk(http: httpx.Client, path: str, limit: int, **params: str) -> list[dict
         assert pages < 100
 
 
+@pytest.mark.slow
 def test_pagination_walks_every_item_once(live: Live, ranked, with_outcomes):
     dataset, _ = ranked
     with httpx.Client(base_url=live.url) as http:
@@ -401,6 +400,7 @@ def _events(response: httpx.Response) -> Iterator[tuple[str, str]]:
             data.append(line[5:].strip())
 
 
+@pytest.mark.slow
 def test_event_stream_sends_progress_then_the_final_ranking(live: Live, ranked):
     dataset, _ = ranked
     job_id, held = _held_job(live, dataset.id)
@@ -433,6 +433,7 @@ def test_event_stream_sends_progress_then_the_final_ranking(live: Live, ranked):
         assert missing.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.slow
 def test_event_stream_stops_polling_when_the_client_leaves(live: Live, ranked, monkeypatch):
     dataset, _ = ranked
     job_id, held = _held_job(live, dataset.id)  # stays queued: the stream would go on forever
@@ -466,6 +467,7 @@ def _count_datasets(live: Live) -> int:
     return len(httpx.get(f"{live.url}/v1/datasets", params={"limit": 1000}).json())
 
 
+@pytest.mark.slow
 def test_remote_cli_prints_the_servers_ranking(
     live: Live, ranked, zip_path: Path, capsys, monkeypatch
 ):

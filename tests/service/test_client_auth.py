@@ -20,10 +20,7 @@ from sqlalchemy import update
 
 from app import schemas
 from app.client import AsyncClient, Client, TransferbenchError
-from app.db.migrate import upgrade
 from app.db.models import ModelRow
-from app.db.session import Database
-from app.main import create_app
 from app.services import apikeys
 from scoring.recommend import RECOMMENDED
 from workers.cli import main
@@ -31,7 +28,10 @@ from workers.cli.exits import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-from .helpers import register_model, serve, wait_for_job
+from .helpers import embedded, register_model, serve, wait_for_job
+
+#: the module's server registers and ranks a real zoo model
+pytestmark = pytest.mark.slow
 
 #: the shared zoo model every tenant may rank with
 ZOO = "mobilenet-v2"
@@ -84,16 +84,12 @@ def keyed(
             scheduler_tick_s=3600,
             rate_limit_per_min=0,
         )
-        upgrade(pg_module_url)
-        db = Database(pg_module_url)
-        queue = LocalQueue(db, settings)
-        queue.start(register_zoo=False)
-        app = create_app(settings, queue=queue, db=db, auth_required=True)
-        with db.session() as s:
-            keys = {t: apikeys.create(s, f"{t}-write", tenant=t, role="write") for t in "ab"}
-        with serve(app) as url:
+        with embedded(settings, auth_required=True) as service, serve(service.app) as url:
+            db = service.db
+            with db.session() as s:
+                keys = {t: apikeys.create(s, f"{t}-write", tenant=t, role="write") for t in "ab"}
             ids: dict[str, str] = {}
-            keyed = Keyed(url, app, queue, keys, ids, zip_path)
+            keyed = Keyed(url, service.app, service.queue, keys, ids, zip_path)
             with keyed.http() as http:
                 zoo = register_model(http, ZOO, ZOO)
                 assert zoo["status"] == "ready", zoo
@@ -109,8 +105,6 @@ def keyed(
                 s.flush()
                 ids["gone"], ids["twin"] = rows[0].id, rows[1].id
             yield keyed
-        queue.stop()
-        db.dispose()
 
 
 @pytest.fixture(scope="module")

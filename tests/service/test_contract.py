@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.errors import FailureGroup
 
-from app.db.migrate import upgrade
 from app.db.session import Database
 from app.main import create_app
 from app.problems import PROBLEM
@@ -31,7 +30,8 @@ from app.services import apikeys
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-from .conftest import png
+from ..conftest import png_bytes as png
+from .helpers import embedded
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 MIN_REQUESTS = 1000
@@ -135,27 +135,18 @@ def _settings(data_dir: Path, pg_url: str) -> Settings:
 @pytest.fixture
 def contract(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Contract]:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a generated model source never reaches a hub
-    settings = _settings(tmp_path, pg_url)
-    upgrade(pg_url)
-    db = Database(pg_url)
-    queue = LocalQueue(db, settings)
-    queue.start(register_zoo=False)
-    app = create_app(settings, queue=queue, db=db, auth_required=True)
-    with db.session() as session:
-        admin = apikeys.create(session, "contract-admin", role="admin")
-        read = apikeys.create(session, "contract-read", role="read")
-    identities = {
-        "admin": {"Authorization": f"Bearer {admin}"},
-        "read": {"Authorization": f"Bearer {read}"},
-        "none": {},
-        "wrong": {"Authorization": "Bearer tb_not-a-key-of-this-service"},
-    }
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)
-    try:
-        yield Contract(app, schema, identities)
-    finally:
-        queue.stop()
-        db.dispose()
+    with embedded(_settings(tmp_path, pg_url), auth_required=True) as service:
+        with service.db.session() as session:
+            admin = apikeys.create(session, "contract-admin", role="admin")
+            read = apikeys.create(session, "contract-read", role="read")
+        identities = {
+            "admin": {"Authorization": f"Bearer {admin}"},
+            "read": {"Authorization": f"Bearer {read}"},
+            "none": {},
+            "wrong": {"Authorization": "Bearer tb_not-a-key-of-this-service"},
+        }
+        schema = schemathesis.openapi.from_asgi("/openapi.json", service.app, config=CONFIG)
+        yield Contract(service.app, schema, identities)
 
 
 def _images_zip() -> bytes:
@@ -198,6 +189,7 @@ def _negatable(operation: Any) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_every_answer_conforms_to_the_schema(contract: Contract) -> None:
     started = time.monotonic()
     tally = Tally()

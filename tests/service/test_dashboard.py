@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +26,12 @@ import httpx
 import pytest
 
 from app import sessions
-from app.db.migrate import upgrade
 from app.db.session import Database
-from app.main import create_app
 from app.services import apikeys
-from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-from .conftest import fashion_zip
-from .helpers import register_model, wait_for_job
+from ..conftest import fashion_zip
+from .helpers import embedded, register_model, serve, wait_for_job
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(
@@ -93,39 +87,11 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(data_dir: Path, *, auth_required: bool) -> Iterator[Server]:
     """uvicorn on a free port in a thread, serving the embedded default."""
-    import uvicorn
-
     settings = Settings(data_dir=data_dir, scheduler_tick_s=3600)
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    queue = LocalQueue(db, settings)
-    queue.start(register_zoo=False)
-    app = create_app(settings, queue=queue, db=db, auth_required=auth_required)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield Server(f"http://127.0.0.1:{port}", db, app)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        queue.stop()
-        db.dispose()
+    with embedded(settings, auth_required=auth_required) as service, serve(service.app) as url:
+        yield Server(url, service.db, service.app)
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +180,7 @@ def _earlier_dataset(api: httpx.Client) -> None:
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.slow
 def test_dashboard_end_to_end(open_server: Server, browser: Any, zip_file: Path) -> None:
     """Upload from the browser, start a ranking, watch it finish live, record outcomes, see
     the evaluation; every page at desktop and phone width; a page without JavaScript."""
@@ -384,6 +351,7 @@ def test_dashboard_pages_explain_problems(open_server: Server) -> None:
         assert "frame-ancestors 'none'" in api.get("/dashboard").headers["content-security-policy"]
 
 
+@pytest.mark.slow
 def test_dashboard_with_api_keys(keyed_server: Server, browser: Any, zip_file: Path) -> None:
     """A key entered once becomes an HttpOnly, SameSite=Strict session cookie that holds
     neither the key nor its hash; it authorises the pages and their /v1 calls, state changes

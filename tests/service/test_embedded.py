@@ -12,31 +12,21 @@ import pytest
 from fastapi.testclient import TestClient
 
 import scoring
-from app.db.migrate import upgrade
-from app.db.session import Database
-from app.main import create_app
-from workers.jobs.embedded import LocalQueue
-from workers.settings import Settings
 
 from .helpers import model_ids, register_model, wait_for_job
+
+#: every test ranks with real zoo models in the embedded worker
+pytestmark = pytest.mark.slow
 
 MODELS = ("mobilenet-v2", "open-nsfw")
 
 
 @pytest.fixture
-def embedded(data_dir: Path):
-    settings = Settings(data_dir=data_dir, scheduler_tick_s=3600)
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    queue = LocalQueue(db, settings)
-    queue.start(register_zoo=False)
-    app = create_app(settings, queue=queue, db=db, auth_required=False)
-    with TestClient(app) as client:
-        for name in MODELS:
-            assert register_model(client, name, name)["status"] == "ready"
-        yield client, queue, settings
-    queue.stop()
-    db.dispose()
+def embedded(embedded_service):
+    service = embedded_service()
+    for name in MODELS:
+        assert register_model(service.client, name, name)["status"] == "ready"
+    return service.client, service.queue, service.settings
 
 
 def _upload(client: TestClient, content: bytes, name: str = "fashion", **form: str):

@@ -16,16 +16,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from app.db.migrate import upgrade
 from app.db.session import Database
 from app.fastreads import APPLICATION_NAME
 from app.main import create_app
 from app.services import apikeys
-from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-from .conftest import REDIS, _unreachable
-from .helpers import register_model, wait_for_job
+from ..conftest import REDIS, _unreachable
+from .helpers import embedded, register_model, wait_for_job
+
+#: the module's deployment registers and ranks real zoo models
+pytestmark = pytest.mark.slow
 
 MODELS = ("minilm-l6", "minilm-intent")
 TEXTS = "text,label\n" + "\n".join(
@@ -68,49 +69,49 @@ def env(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> Iterato
         "scheduler_tick_s": 3600,
         "rate_limit_per_min": 0,
     }
-    upgrade(url)
-    dbs = [Database(url) for _ in range(3)]
-    queue = LocalQueue(dbs[0], Settings(**base))
-    queue.start(register_zoo=False)
-    with dbs[0].session() as s:
-        keys = {t: apikeys.create(s, t, tenant=t, role="admin") for t in ("a", "b")}
-        keys["reader"] = apikeys.create(s, "reader", tenant="a", role="read")
-        keys["doomed"] = apikeys.create(s, "doomed", tenant="a", role="read")
-        keys["limited"] = apikeys.create(s, "limited", tenant="a", role="read")
-    fast = create_app(Settings(**base), queue=queue, db=dbs[0], auth_required=True)
-    full = create_app(
-        Settings(**base, fast_reads=False), queue=queue, db=dbs[1], auth_required=True
-    )
-    # a rate limit counted in Redis, shared with nobody else here
-    limited = create_app(
-        Settings(**{**base, "rate_limit_per_min": 3, "broker_url": REDIS}),
-        queue=queue,
-        db=dbs[2],
-        auth_required=True,
-    )
-    assert fast.state.fast_reads is not None and full.state.fast_reads is None
-    with TestClient(fast) as c1, TestClient(full) as c2, TestClient(limited) as c3:
-        h = {"Authorization": f"Bearer {keys['a']}"}
-        models = [register_model(c1, n, n, h) for n in MODELS]
-        assert all(m["status"] == "ready" for m in models), models
-        r = c1.post(
-            "/v1/datasets", files={"file": ("t.csv", TEXTS.encode())}, data={"name": "t"}, headers=h
+    with embedded(Settings(**base), auth_required=True) as service:
+        queue, dbs = service.queue, [service.db, Database(url), Database(url)]
+        with dbs[0].session() as s:
+            keys = {t: apikeys.create(s, t, tenant=t, role="admin") for t in ("a", "b")}
+            keys["reader"] = apikeys.create(s, "reader", tenant="a", role="read")
+            keys["doomed"] = apikeys.create(s, "doomed", tenant="a", role="read")
+            keys["limited"] = apikeys.create(s, "limited", tenant="a", role="read")
+        fast = service.app
+        full = create_app(
+            Settings(**base, fast_reads=False), queue=queue, db=dbs[1], auth_required=True
         )
-        assert r.status_code == 201, r.text
-        dataset = r.json()["id"]
-        r = c1.post(
-            "/v1/rankings",
-            json={"dataset_id": dataset, "model_ids": [m["id"] for m in models]},
-            headers=h,
+        # a rate limit counted in Redis, shared with nobody else here
+        limited = create_app(
+            Settings(**{**base, "rate_limit_per_min": 3, "broker_url": REDIS}),
+            queue=queue,
+            db=dbs[2],
+            auth_required=True,
         )
-        assert r.status_code == 202, r.text
-        job = wait_for_job(c1, r.json()["id"], headers=h)
-        assert job["status"] == "done", job
-        assert queue.wait_idle(120)
-        yield Env(c1, c2, url, keys, dataset, job["id"], c3)
-    queue.stop()
-    for db in dbs:
-        db.dispose()
+        assert fast.state.fast_reads is not None and full.state.fast_reads is None
+        with TestClient(fast) as c1, TestClient(full) as c2, TestClient(limited) as c3:
+            h = {"Authorization": f"Bearer {keys['a']}"}
+            models = [register_model(c1, n, n, h) for n in MODELS]
+            assert all(m["status"] == "ready" for m in models), models
+            r = c1.post(
+                "/v1/datasets",
+                files={"file": ("t.csv", TEXTS.encode())},
+                data={"name": "t"},
+                headers=h,
+            )
+            assert r.status_code == 201, r.text
+            dataset = r.json()["id"]
+            r = c1.post(
+                "/v1/rankings",
+                json={"dataset_id": dataset, "model_ids": [m["id"] for m in models]},
+                headers=h,
+            )
+            assert r.status_code == 202, r.text
+            job = wait_for_job(c1, r.json()["id"], headers=h)
+            assert job["status"] == "done", job
+            assert queue.wait_idle(120)
+            yield Env(c1, c2, url, keys, dataset, job["id"], c3)
+        for db in dbs[1:]:
+            db.dispose()
 
 
 def same(a: Any, b: Any) -> None:

@@ -25,7 +25,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
 import scoring
-from app.db.migrate import upgrade
 from app.db.models import DatasetRow, JobModelRow, LeaderboardRow, ModelRow
 from app.db.session import Database
 from app.main import create_app
@@ -34,7 +33,10 @@ from workers.cli.main import main
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-from .helpers import register_model, wait_for_job
+from .helpers import embedded, register_model, wait_for_job
+
+#: real zoo models ranked, and `transferbench serve` processes started
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("minilm-l6", "minilm-intent")
@@ -95,36 +97,32 @@ def deployment(
         scheduler_tick_s=3600,
         rate_limit_per_min=0,
     )
-    upgrade(url)
-    db_one, db_two = Database(url), Database(url)
-    queue = LocalQueue(db_one, settings)
-    queue.start(register_zoo=False)
-    with db_one.session() as s:
-        keys = {t: apikeys.create(s, t, tenant=t, role="admin") for t in ("a", "b")}
-    one = create_app(settings, queue=queue, db=db_one, auth_required=True)
-    two = create_app(settings, queue=queue, db=db_two, auth_required=True)
-    with TestClient(one) as c1, TestClient(two) as c2:
-        env = Deployment(c1, c2, queue, url, keys)
-        models = [register_model(c1, n, n, env.h()) for n in MODELS]
-        assert all(m["status"] == "ready" for m in models), models
-        env.ids["models"] = [m["id"] for m in models]
-        env.ids["dataset"] = env.upload(0)
-        # read before anything is scored: stored empty, then rewritten by the score steps
-        assert env.board(c2, env.ids["dataset"], "logme").json()["entries"] == []
-        r = c1.post(
-            "/v1/rankings",
-            json={"dataset_id": env.ids["dataset"], "model_ids": env.ids["models"]},
-            headers=env.h(),
-        )
-        assert r.status_code == 202, r.text
-        job = wait_for_job(c2, r.json()["id"], headers=env.h())
-        assert job["status"] == "done", job
-        env.ids["job"] = job
-        assert queue.wait_idle(120)
-        yield env
-    queue.stop()
-    db_one.dispose()
-    db_two.dispose()
+    with embedded(settings, auth_required=True) as service:
+        queue, db_one, db_two = service.queue, service.db, Database(url)
+        with db_one.session() as s:
+            keys = {t: apikeys.create(s, t, tenant=t, role="admin") for t in ("a", "b")}
+        one = service.app
+        two = create_app(settings, queue=queue, db=db_two, auth_required=True)
+        with TestClient(one) as c1, TestClient(two) as c2:
+            env = Deployment(c1, c2, queue, url, keys)
+            models = [register_model(c1, n, n, env.h()) for n in MODELS]
+            assert all(m["status"] == "ready" for m in models), models
+            env.ids["models"] = [m["id"] for m in models]
+            env.ids["dataset"] = env.upload(0)
+            # read before anything is scored: stored empty, then rewritten by the score steps
+            assert env.board(c2, env.ids["dataset"], "logme").json()["entries"] == []
+            r = c1.post(
+                "/v1/rankings",
+                json={"dataset_id": env.ids["dataset"], "model_ids": env.ids["models"]},
+                headers=env.h(),
+            )
+            assert r.status_code == 202, r.text
+            job = wait_for_job(c2, r.json()["id"], headers=env.h())
+            assert job["status"] == "done", job
+            env.ids["job"] = job
+            assert queue.wait_idle(120)
+            yield env
+        db_two.dispose()
 
 
 def stored(url: str, dataset_id: str) -> dict[str, tuple[bytes, str | None]]:

@@ -5,50 +5,27 @@ answer while the body is still unsent, and nothing is spooled to disk."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from app.db.migrate import upgrade
-from app.db.session import Database
-from app.main import create_app
 from app.services import apikeys
-from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .helpers import embedded, serve
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
     data_dir = tmp_path_factory.mktemp("limits")
     settings = Settings(data_dir=data_dir, max_upload_mb=1, scheduler_tick_s=3600)
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    with db.session() as s:
-        key = apikeys.create(s, "limits")
-    queue = LocalQueue(db, settings)
-    app = create_app(settings, queue=queue, db=db, auth_required=True)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield port, key, settings.uploads_dir
-    srv.should_exit = True
-    thread.join(timeout=15)
-    db.dispose()
+    with embedded(settings, auth_required=True, worker=False) as service:
+        with service.db.session() as s:
+            key = apikeys.create(s, "limits")
+        with serve(service.app) as url:
+            yield int(url.rsplit(":", 1)[1]), key, settings.uploads_dir
 
 
 def _headers_only(port: int, length: int, key: str | None) -> tuple[int, float]:

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,16 +17,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.db.migrate import upgrade
 from app.db.models import ModelRow
 from app.db.session import Database
-from app.main import create_app
 from workers.jobs import zoo
 from workers.jobs.embedded import LocalQueue
 from workers.pipeline.catalogue import CATALOGUE
-from workers.settings import Settings
 
-from .faults import ROOT, Service, env_for, free_port
+from ..faults import ROOT, Service, env_for, free_port
 from .helpers import wait_for_job
 
 pytestmark = pytest.mark.slow
@@ -37,22 +33,13 @@ LOADING = "registering the built-in zoo: {} of {} models (a worker loads their w
 
 
 @pytest.fixture
-def embedded(data_dir: Path) -> Iterator[tuple[TestClient, LocalQueue, Database]]:
+def embedded(embedded_service) -> tuple[TestClient, LocalQueue, Database]:
     """The embedded API with its worker thread started but the zoo not loaded: what
     ``serve`` has done the moment it accepts a connection, held there."""
-    settings = Settings(data_dir=data_dir, scheduler_tick_s=3600)
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    queue = LocalQueue(db, settings)
-    queue.start(register_zoo=False)
-    try:
-        with TestClient(create_app(settings, queue=queue, db=db, auth_required=False)) as client:
-            with db.session() as s:  # what `serve` does before its first request
-                assert zoo.announce(s) == len(CATALOGUE)
-            yield client, queue, db
-    finally:
-        queue.stop()
-        db.dispose()
+    service = embedded_service()
+    with service.db.session() as s:  # what `serve` does before its first request
+        assert zoo.announce(s) == len(CATALOGUE)
+    return service.client, service.queue, service.db
 
 
 def _zoo_id(db: Database, name: str) -> str:

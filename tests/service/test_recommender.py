@@ -18,16 +18,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 import scoring
-from app.db.migrate import upgrade
 from app.db.models import DatasetRow, ModelRow, OutcomeRow, ScoreRow
 from app.db.scores import upsert_scores
 from app.db.session import Database
 from app.errors import Invalid
-from app.main import create_app
 from app.services import benchmarks, recommender
 from workers.cli.main import main
-from workers.jobs.embedded import LocalQueue
-from workers.settings import Settings
 
 from .helpers import register_model
 
@@ -66,17 +62,9 @@ def as_csv(rows: list[dict[str, object]]) -> bytes:
 
 
 @pytest.fixture
-def service(data_dir: Path):
-    settings = Settings(data_dir=data_dir, scheduler_tick_s=3600)
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    queue = LocalQueue(db, settings)
-    queue.start(register_zoo=False)
-    app = create_app(settings, queue=queue, db=db, auth_required=False)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield client, queue, db
-    queue.stop()
-    db.dispose()
+def service(embedded_service):
+    booted = embedded_service(raise_server_exceptions=False)
+    return booted.client, booted.queue, booted.db
 
 
 def _import(client: TestClient, rows, **form):
@@ -222,6 +210,7 @@ def test_leave_one_out_ignores_the_held_out_outcomes(service) -> None:
     assert any(dict(after.predictions[d]) != dict(before.predictions[d]) for d in others)
 
 
+@pytest.mark.slow
 def test_outcomes_api_replace_and_bad_input(service, small_zip: bytes) -> None:
     client, _, _ = service
     model_id = register_model(client, "mobilenet-v2", "mobilenet-v2")["id"]

@@ -17,7 +17,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from app.db.migrate import upgrade
 from app.db.models import ModelRow
 from app.db.session import Database
 from app.main import create_app
@@ -25,8 +24,11 @@ from app.services import apikeys
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
-from .conftest import fashion_zip
-from .helpers import register_model, wait_for_job
+from ..conftest import fashion_zip
+from .helpers import embedded, register_model, wait_for_job
+
+#: the module's service registers and ranks real zoo models
+pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -49,59 +51,54 @@ def shared(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> Iter
     settings = Settings(
         data_dir=data_dir, database_url=url, scheduler_tick_s=3600, rate_limit_per_min=0
     )
-    upgrade(url)
-    db = Database(url)
-    queue = LocalQueue(db, settings)
-    queue.start(register_zoo=False)
-    app = create_app(settings, queue=queue, db=db, auth_required=True)
-    keys = {}
-    with db.session() as s:
-        for tenant in ("a", "b"):
-            for role in ("read", "write", "admin"):
-                keys[f"{tenant}-{role}"] = apikeys.create(
-                    s, f"{tenant}-{role}", tenant=tenant, role=role
-                )
-    with TestClient(app, raise_server_exceptions=False) as client:
-        env = Shared(client, app, settings, db, keys, {})
-        zoo = register_model(client, "mobilenet-v2", "mobilenet-v2", env.h("a-admin"))
-        env.ids["zoo_model"] = zoo["id"]
-        with db.session() as s:  # the operator's zoo model: shared by every tenant
-            s.execute(update(ModelRow).where(ModelRow.id == zoo["id"]).values(tenant=None))
-        model = register_model(client, "a-net", "mobilenet-v2", env.h("a-write"))
-        assert model["status"] == "ready" and model["tenant"] == "a", model
-        env.ids["model"] = model["id"]
-        data = fashion_zip(per_class=6, classes=3)
-        up = client.post(
-            "/v1/datasets", files={"file": ("a.zip", data)}, data={"name": "a-secret"},
-            headers=env.h("a-write"),
-        )  # fmt: skip
-        assert up.status_code == 201, up.text
-        env.ids["dataset"] = up.json()["id"]
-        job = client.post(
-            "/v1/rankings",
-            json={"dataset_id": env.ids["dataset"], "model_ids": [model["id"]]},
-            headers=env.h("a-write"),
-        )
-        assert job.status_code == 202, job.text
-        env.ids["job"] = job.json()["id"]
-        assert wait_for_job(client, env.ids["job"], headers=env.h("a-read"))["status"] == "done"
-        r = client.post(
-            f"/v1/datasets/{env.ids['dataset']}/outcomes",
-            json=[{"model_id": model["id"], "value": 0.9}],
-            headers=env.h("a-write"),
-        )
-        assert r.status_code == 200, r.text
-        # the same content, uploaded by b: b's own dataset, not a's
-        up_b = client.post(
-            "/v1/datasets", files={"file": ("b.zip", data)}, data={"name": "b-data"},
-            headers=env.h("b-write"),
-        )  # fmt: skip
-        assert up_b.status_code == 201, up_b.text
-        assert up_b.json()["id"] != env.ids["dataset"]
-        env.ids["b_dataset"] = up_b.json()["id"]
-        yield env
-    queue.stop()
-    db.dispose()
+    with embedded(settings, auth_required=True) as service:
+        db, app = service.db, service.app
+        keys = {}
+        with db.session() as s:
+            for tenant in ("a", "b"):
+                for role in ("read", "write", "admin"):
+                    keys[f"{tenant}-{role}"] = apikeys.create(
+                        s, f"{tenant}-{role}", tenant=tenant, role=role
+                    )
+        with TestClient(app, raise_server_exceptions=False) as client:
+            env = Shared(client, app, settings, db, keys, {})
+            zoo = register_model(client, "mobilenet-v2", "mobilenet-v2", env.h("a-admin"))
+            env.ids["zoo_model"] = zoo["id"]
+            with db.session() as s:  # the operator's zoo model: shared by every tenant
+                s.execute(update(ModelRow).where(ModelRow.id == zoo["id"]).values(tenant=None))
+            model = register_model(client, "a-net", "mobilenet-v2", env.h("a-write"))
+            assert model["status"] == "ready" and model["tenant"] == "a", model
+            env.ids["model"] = model["id"]
+            data = fashion_zip(per_class=6, classes=3)
+            up = client.post(
+                "/v1/datasets", files={"file": ("a.zip", data)}, data={"name": "a-secret"},
+                headers=env.h("a-write"),
+            )  # fmt: skip
+            assert up.status_code == 201, up.text
+            env.ids["dataset"] = up.json()["id"]
+            job = client.post(
+                "/v1/rankings",
+                json={"dataset_id": env.ids["dataset"], "model_ids": [model["id"]]},
+                headers=env.h("a-write"),
+            )
+            assert job.status_code == 202, job.text
+            env.ids["job"] = job.json()["id"]
+            assert wait_for_job(client, env.ids["job"], headers=env.h("a-read"))["status"] == "done"
+            r = client.post(
+                f"/v1/datasets/{env.ids['dataset']}/outcomes",
+                json=[{"model_id": model["id"], "value": 0.9}],
+                headers=env.h("a-write"),
+            )
+            assert r.status_code == 200, r.text
+            # the same content, uploaded by b: b's own dataset, not a's
+            up_b = client.post(
+                "/v1/datasets", files={"file": ("b.zip", data)}, data={"name": "b-data"},
+                headers=env.h("b-write"),
+            )  # fmt: skip
+            assert up_b.status_code == 201, up_b.text
+            assert up_b.json()["id"] != env.ids["dataset"]
+            env.ids["b_dataset"] = up_b.json()["id"]
+            yield env
 
 
 #: a valid body for each route with one, so only the ownership check can refuse it

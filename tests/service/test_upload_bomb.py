@@ -21,7 +21,10 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
-from .faults import Service, env_for, free_port
+from ..faults import Service, env_for, free_port
+
+#: `transferbench serve` in a process of its own, and uploads of hundreds of megabytes
+pytestmark = pytest.mark.slow
 
 #: what one upload's validation (or two at once) may add to the API's resident memory
 BOUND = 256 * 1024**2

@@ -21,13 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.db.migrate import upgrade
-from app.db.session import Database
-from app.main import create_app
-from workers.jobs.embedded import LocalQueue
-from workers.settings import Settings
-
-from .conftest import fashion_zip
+from ..conftest import fashion_zip
 from .helpers import model_ids, register_model, wait_for_job
 
 
@@ -50,29 +44,24 @@ def _files(root: Path) -> list[Path]:
 
 
 @pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedded_service):
     """The API with the in-process worker on SQLite, and a temporary folder of its own, so that
     what a request leaves in it is this test's alone."""
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     (tmp_path / "data").mkdir()
-    settings = Settings(data_dir=tmp_path / "data", max_upload_mb=8, scheduler_tick_s=3600)
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    queue = LocalQueue(db, settings)
-    queue.start(register_zoo=False)
-    app = create_app(settings, queue=queue, db=db, auth_required=False)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield client, settings, temp
-    queue.stop()
-    db.dispose()
+    service = embedded_service(
+        data_dir=tmp_path / "data", max_upload_mb=8, raise_server_exceptions=False
+    )
+    return service.client, service.settings, temp
 
 
 def _upload(client: TestClient, name: str, content: bytes):
     return client.post("/v1/datasets", files={"file": (name, content)}, data={"name": name})
 
 
+@pytest.mark.slow
 def test_a_deleted_dataset_leaves_no_open_handle_and_no_file(served) -> None:
     client, settings, _ = served
     assert register_model(client, "mobilenet-v2", "mobilenet-v2")["status"] == "ready"

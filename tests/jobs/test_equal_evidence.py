@@ -1,5 +1,5 @@
 """A dataset's recommended order compares its models on equal evidence, on real PostgreSQL
-with the workers' steps run as plain functions (``tests/service/test_jobs.py``'s harness):
+with the workers' steps run as plain functions (``tests/jobs/harness.py``):
 real models, real features, real scores.
 
 The finding: a dataset ranked on logme alone for two models while the scheduler ranked the
@@ -23,7 +23,7 @@ from app.services import leaderboards, rankings, recommender
 from scoring.recommend import RECOMMENDED
 from workers.jobs.tasks import handlers
 
-from .test_jobs import Harness, harness  # noqa: F401 - the fixture
+from .harness import Harness
 
 MODELS = ("efficientnet-lite0", "mobilenet-v2", "open-nsfw")
 TENANT = "default"  # the harness dataset's tenant
@@ -73,8 +73,9 @@ def logme_only_then_rerank(h: Harness) -> tuple[list[str], str]:
     return pair, third
 
 
+@pytest.mark.slow
 def test_the_scheduler_fills_the_default_metrics_a_logme_ranking_left_out(
-    harness: Harness,  # noqa: F811 - the imported fixture
+    harness: Harness,
 ):
     pair, third = logme_only_then_rerank(harness)
     held = run_all_but_reranks(harness)
@@ -100,8 +101,9 @@ def test_the_scheduler_fills_the_default_metrics_a_logme_ranking_left_out(
     ] * len(MODELS)
 
 
+@pytest.mark.slow
 def test_the_recommended_order_never_counts_a_missing_metric_as_neutral(
-    harness: Harness,  # noqa: F811 - the imported fixture
+    harness: Harness,
 ):
     pair, third = logme_only_then_rerank(harness)
     run_all_but_reranks(harness)
@@ -145,8 +147,9 @@ def test_no_metric_shared_by_all_leaves_the_odd_models_unranked():
     )
 
 
+@pytest.mark.slow
 def test_a_rankings_results_and_its_leaderboard_agree_on_the_current_score(
-    harness: Harness,  # noqa: F811 - the imported fixture
+    harness: Harness,
     monkeypatch: pytest.MonkeyPatch,
 ):
     """After a metric's version moves on, a score of the old version is current nowhere:

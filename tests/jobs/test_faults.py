@@ -1,6 +1,6 @@
 """Faults in the Postgres + Redis + Celery deployment, against real processes: the API
 (`transferbench serve`), a Celery worker and beat, and a private PostgreSQL and Redis that each
-test stops and starts (``tests/service/faults.py``). After each fault every ranking job ends,
+test stops and starts (``tests/faults.py``). After each fault every ranking job ends,
 done or failed with a reason, and every score is stored exactly once."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from app.db.session import Database
 from app.lifecycle import Task
 from app.queue import CeleryQueue
 
-from .conftest import fashion_zip
-from .faults import PostgresServer, RedisServer, Service, env_for, free_port, wait_until
-from .helpers import TERMINAL
+from ..conftest import fashion_zip
+from ..faults import PostgresServer, RedisServer, Service, env_for, free_port, wait_until
+from ..service.helpers import TERMINAL
 
 pytestmark = pytest.mark.slow
 

@@ -17,71 +17,12 @@ from sqlalchemy.exc import IntegrityError
 
 import scoring
 from app.db.locks import advisory_key
-from app.db.migrate import upgrade
 from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, ScoreRow, now
 from app.db.scores import upsert_score
-from app.db.session import Database
 from app.lifecycle import Task, Trigger, create_job
-from app.services import datasets as dataset_service
-from workers.jobs.scheduler import Scheduler
-from workers.jobs.steps import Abandoned, JobRunner
-from workers.jobs.tasks import handlers
-from workers.settings import Settings
+from workers.jobs.steps import Abandoned
 
-
-class Harness:
-    """A runner whose queue is a list, drained synchronously."""
-
-    def __init__(self, db: Database, settings: Settings) -> None:
-        self.tasks: list[tuple[Task, list]] = []
-        self.db = db
-        self.runner = JobRunner(db, settings, self)
-        self.scheduler = Scheduler(self.runner)
-        self.forward_calls = 0
-
-    def enqueue(self, task: Task, args: list) -> None:
-        self.tasks.append((task, list(args)))
-
-    def drain(self) -> None:
-        table = handlers(self.runner, self.scheduler)
-        while self.tasks:
-            task, args = self.tasks.pop(0)
-            table[task](*args)
-
-    def register(self, name: str, spec: str | None = None, tenant: str | None = None) -> str:
-        info = self.runner.resolve_model(spec or name)
-        model = self.runner.load(spec or name)
-        forward = model.forward
-
-        def counted(batch):
-            self.forward_calls += 1
-            return forward(batch)
-
-        model.forward = counted
-        with self.db.session() as s:
-            row = ModelRow(
-                name=name, source={"spec": spec or name}, builtin=False, tenant=tenant, **info
-            )
-            s.add(row)
-            s.flush()
-            return row.id
-
-
-@pytest.fixture
-def harness(pg_url: str, tmp_path: Path, small_zip: bytes, data_dir: Path):
-    settings = Settings(database_url=pg_url, data_dir=data_dir)
-    upgrade(pg_url)
-    db = Database(pg_url)
-    h = Harness(db, settings)
-    upload = tmp_path / "upload.zip"
-    upload.write_bytes(small_zip)
-    with db.session() as s:
-        row, _ = dataset_service.register(
-            s, settings, upload, tenant="default", name="fashion", modality=None, task=None
-        )
-        h.dataset_id = row.id
-    yield h
-    db.dispose()
+from .harness import Harness
 
 
 def _count_scores(h: Harness, **where) -> int:
@@ -92,6 +33,7 @@ def _count_scores(h: Harness, **where) -> int:
         return int(s.scalar(q))
 
 
+@pytest.mark.slow
 def test_registering_a_model_reranks_only_the_missing_work(harness: Harness):
     first = harness.register("mobilenet-v2")
     assert len(harness.scheduler.rerank_missing()) == 1
@@ -109,6 +51,7 @@ def test_registering_a_model_reranks_only_the_missing_work(harness: Harness):
     assert harness.scheduler.rerank_missing() == []  # nothing left to do
 
 
+@pytest.mark.slow
 def test_another_tenants_model_is_never_ranked_on_a_tenants_dataset(harness: Harness):
     harness.register("mobilenet-v2", tenant="other")
     assert harness.scheduler.rerank_missing() == []  # the dataset is the default tenant's
@@ -118,6 +61,7 @@ def test_another_tenants_model_is_never_ranked_on_a_tenants_dataset(harness: Har
         assert [m.model_id for m in s.get(JobRow, job).models] == [own]
 
 
+@pytest.mark.slow
 def test_a_metric_version_bump_recomputes_only_that_metric(harness: Harness, monkeypatch):
     model = harness.register("mobilenet-v2")
     harness.scheduler.rerank_missing()
@@ -138,6 +82,7 @@ def test_a_metric_version_bump_recomputes_only_that_metric(harness: Harness, mon
         assert jm.status == "done"
 
 
+@pytest.mark.slow
 def test_cron_schedule_creates_a_job_when_due(harness: Harness):
     harness.register("mobilenet-v2")
     with harness.db.session() as s:
@@ -153,6 +98,7 @@ def test_cron_schedule_creates_a_job_when_due(harness: Harness):
         )
 
 
+@pytest.mark.slow
 def test_one_unloadable_model_fails_alone(harness: Harness):
     good = harness.register("mobilenet-v2")
     with harness.db.session() as s:
@@ -183,6 +129,7 @@ def test_one_unloadable_model_fails_alone(harness: Harness):
     assert "nonexistent" not in states[bad_id][1]
 
 
+@pytest.mark.slow
 def test_a_remote_models_file_refused_since_registration_fails_that_model_alone(
     harness: Harness,
 ):
@@ -215,6 +162,7 @@ def test_a_remote_models_file_refused_since_registration_fails_that_model_alone(
     assert "TB_MODEL_DIR" in states[remote_id][1]
 
 
+@pytest.mark.slow
 def test_requeue_only_models_whose_heartbeat_stopped(harness: Harness):
     model = harness.register("mobilenet-v2")
     (job,) = harness.scheduler.rerank_missing()
@@ -230,6 +178,7 @@ def test_requeue_only_models_whose_heartbeat_stopped(harness: Harness):
         assert s.get(JobRow, job).status == "done"
 
 
+@pytest.mark.slow
 def test_scores_are_stored_exactly_once(harness: Harness):
     model = harness.register("mobilenet-v2")
     key = {

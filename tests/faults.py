@@ -1,4 +1,5 @@
-"""Private servers and the service's own processes for the fault tests (``test_faults.py``).
+"""Private servers and the service's own processes for the fault tests (``jobs/test_faults.py``)
+and the tests that run ``transferbench serve`` in a process of its own.
 
 Each fault test stops and starts its servers, so it never touches the shared PostgreSQL and
 Redis on 5432 and 6379: it gets a PostgreSQL cluster of its own (Debian's ``initdb`` and
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def unavailable(message: str) -> None:

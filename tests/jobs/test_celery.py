@@ -24,8 +24,8 @@ from app.main import create_app
 from app.queue import CeleryQueue
 from workers.settings import Settings
 
-from .conftest import fashion_zip
-from .helpers import model_ids, register_model, wait_for_job
+from ..conftest import fashion_zip
+from ..service.helpers import model_ids, register_model, wait_for_job
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
