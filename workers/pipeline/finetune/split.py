@@ -59,7 +59,7 @@ def stratified_split(
     group_labels = labels[first_row]
     rng = np.random.default_rng(seed)
     held: list[np.ndarray] = []
-    for label in np.unique(group_labels):
+    for label in np.unique(group_labels).tolist():
         members = np.flatnonzero(group_labels == label)
         if len(members) < 2:
             raise PipelineError(
