@@ -100,16 +100,9 @@ HISTORY = "history"
 RECOMMENDED = "recommended"
 #: A dataset teaches the recommender only with at least this many outcomes.
 MIN_OUTCOMES = 3
-#: Metrics the uncalibrated default averages (matched after ``_canonical``).
-RELIABLE_METRICS: tuple[str, ...] = (
-    "logme",
-    "logme_regression",
-    "hscore_shrinkage",
-    "nleep",
-    "sfda",
-    "gbc",
-    "transrate",
-)
+#: Metrics the uncalibrated default averages (matched after ``_canonical``): those the
+#: registry declares ``reliable``.
+RELIABLE_METRICS: tuple[str, ...] = tuple(n for n, spec in REGISTRY.items() if spec.reliable)
 #: Shrinkage strengths the inner cross-validation chooses from (per unit of dataset weight;
 #: a rank feature has variance ~1/12, so 1e-3 barely regularises and 10 pins w to w0).
 LAMBDA_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)

@@ -1,8 +1,11 @@
 """Which metrics exist, what each needs, and one entry point that runs several of them.
 
-Each metric declares its name, a version (bumped whenever its numbers change, so stored scores
-can be recomputed), what it needs (features, source probabilities, or both), whether higher
-is better and which target kinds it supports. ``compute`` validates the inputs once and runs
+A metric is its module, its entry here and its test. Each entry declares the metric's name, its
+public function, a version (bumped whenever its numbers change, so stored scores can be
+recomputed), what it needs (features, source probabilities, or both), whether higher is better,
+which target kinds it supports, and the properties its maths guarantees (invariances, the range
+of its values). The registry-wide tests and the benchmark read those declarations, so they cover
+a new entry without a list of names of their own. ``compute`` validates the inputs once and runs
 the requested metrics on one shared ``FeatureStats``, so the Gram matrix and its
 eigendecompositions are formed once for LogME, H-score, shrinkage H-score, TransRate and SFDA.
 
@@ -23,19 +26,23 @@ import numpy as np
 from scoring._context import FeatureStats
 from scoring._validation import Labels, check_features, check_labels, check_probs, check_targets
 from scoring.errors import DegenerateScore, TransferabilityError
-from scoring.gbc import _gbc
-from scoring.hscore import _hscore, _hscore_shrinkage
-from scoring.knn import _knn_accuracy
-from scoring.leep import expected_log_prediction
-from scoring.linear_probe import _linear_probe
-from scoring.logme import _logme_classification, _logme_regression
-from scoring.nce import _nce
-from scoring.nleep import _nleep
-from scoring.sfda import _sfda
-from scoring.transrate import _transrate
+from scoring.gbc import _gbc, gbc
+from scoring.hscore import _hscore, _hscore_shrinkage, hscore, hscore_shrinkage
+from scoring.knn import _knn_accuracy, knn_accuracy
+from scoring.leep import expected_log_prediction, leep
+from scoring.linear_probe import _linear_probe, linear_probe_accuracy
+from scoring.logme import _logme_classification, _logme_regression, logme, logme_regression
+from scoring.nce import _nce, nce
+from scoring.nleep import _nleep, nleep
+from scoring.sfda import _sfda, sfda
+from scoring.transrate import _transrate, transrate
 
 Need = Literal["features", "probs"]
 Target = Literal["classification", "regression"]
+#: What a metric's value does not depend on: the order of the samples, the names of the
+#: classes, duplicating every sample, a common offset added to the features, or a positive
+#: factor they are scaled by.
+Invariance = Literal["sample_order", "label_names", "duplication", "offset", "scale"]
 
 
 @dataclass
@@ -58,7 +65,15 @@ class Inputs:
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A metric's declaration. ``run`` computes it from validated, shared inputs."""
+    """A metric's declaration. ``run`` computes it from validated, shared inputs; ``function``
+    is the public ``f(x, labels, **options) -> float`` it equals, with x the (N, D) features,
+    or the (N, Z) source probabilities for a metric that needs only those.
+
+    The rest states what the maths guarantees, for the registry-wide tests to check:
+    ``invariances``; ``bounds``, the closed range its values lie in; ``slow`` for a metric
+    that fits a model per call (the benchmark and the many-example property tests leave it
+    out); ``reliable`` for one the recommender's uncalibrated default averages.
+    """
 
     name: str
     version: int
@@ -67,12 +82,23 @@ class MetricSpec:
     targets: frozenset[Target]
     reference: str
     run: Callable[[Inputs, Mapping[str, Any]], float] = field(repr=False)
+    function: Callable[..., float] = field(repr=False)
     min_per_class: int = 1
     degenerate_when: str = ""
+    invariances: frozenset[Invariance] = frozenset()
+    bounds: tuple[float, float] = (-math.inf, math.inf)
+    slow: bool = False
+    reliable: bool = False
+
+    @property
+    def can_degenerate(self) -> bool:
+        """Whether some inputs put it in a regime where it raises ``DegenerateScore``."""
+        return not self.degenerate_when.startswith("never")
 
 
 def _spec(
     name: str,
+    function: Callable[..., float],
     run: Callable[[Inputs, Mapping[str, Any]], float],
     needs: Iterable[Need],
     reference: str,
@@ -81,6 +107,10 @@ def _spec(
     targets: Iterable[Target] = ("classification",),
     min_per_class: int = 1,
     degenerate_when: str,
+    invariances: Iterable[Invariance] = (),
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+    slow: bool = False,
+    reliable: bool = False,
 ) -> MetricSpec:
     return MetricSpec(
         name=name,
@@ -90,8 +120,13 @@ def _spec(
         targets=frozenset(targets),
         reference=reference,
         run=run,
+        function=function,
         min_per_class=min_per_class,
         degenerate_when=degenerate_when,
+        invariances=frozenset(invariances),
+        bounds=bounds,
+        slow=slow,
+        reliable=reliable,
     )
 
 
@@ -118,99 +153,141 @@ def _with_probs(fn: Callable[..., float]) -> Callable[[Inputs, Mapping[str, Any]
 
 
 _NEVER_LOGME = "never: the evidence is maximised over the prior's strength, for any N and D"
+#: Deterministic functions of the samples as a set, whatever the classes are called.
+_EXCHANGEABLE: tuple[Invariance, ...] = ("sample_order", "label_names")
+#: Defined by empirical distributions alone (means, covariances, joint frequencies).
+_DISTRIBUTIONAL: tuple[Invariance, ...] = (*_EXCHANGEABLE, "duplication")
+_NON_POSITIVE: tuple[float, float] = (-math.inf, 0.0)
+_FRACTION: tuple[float, float] = (0.0, 1.0)
 
 REGISTRY: dict[str, MetricSpec] = {
     s.name: s
     for s in (
         _spec(
             "logme",
+            logme,
             lambda inp, _: _logme_classification(inp.need_stats()).score,
             ["features"],
             "You et al., ICML 2021",
             version=2,  # 2: log|A| over all D eigenvalues (1 matched the thin-SVD shortcut)
             degenerate_when=_NEVER_LOGME,
+            invariances=[*_EXCHANGEABLE, "scale"],
+            reliable=True,
         ),
         _spec(
             "logme_regression",
+            logme_regression,
             _run_logme_regression,
             ["features"],
             "You et al., ICML 2021",
             version=2,
             targets=["regression"],
             degenerate_when=_NEVER_LOGME,
+            reliable=True,
         ),
         _spec(
             "leep",
+            leep,
             _with_probs(lambda p, lab: expected_log_prediction(p, lab)),
             ["probs"],
             "Nguyen et al., ICML 2020",
             degenerate_when="never: the source probabilities are the model's own, not fitted here",
+            invariances=_DISTRIBUTIONAL,
+            bounds=_NON_POSITIVE,
         ),
         _spec(
             "nce",
+            nce,
             _with_probs(lambda p, lab: _nce(p.argmax(axis=1), p.shape[1], lab)),
             ["probs"],
             "Tran et al., ICCV 2019",
             degenerate_when="never: the source labels are the model's own, not fitted here",
+            invariances=_DISTRIBUTIONAL,
+            bounds=_NON_POSITIVE,
         ),
         _spec(
             "nleep",
+            nleep,
             _with_x(_nleep),
             ["features"],
             "Li et al., CVPR 2021",
             degenerate_when="5 C >= N: a mixture component per sample, the labels alone decide",
+            slow=True,
+            reliable=True,
         ),
         _spec(
             "hscore",
+            hscore,
             lambda inp, _: _hscore(inp.need_stats()),
             ["features"],
             "Bao et al., ICIP 2019",
             degenerate_when="N - C < D (class means off the within-class span): C - 1 for all",
+            invariances=[*_DISTRIBUTIONAL, "offset", "scale"],
         ),
         _spec(
             "hscore_shrinkage",
+            hscore_shrinkage,
             lambda inp, _: _hscore_shrinkage(inp.need_stats()),
             ["features"],
             "Ibrahim et al., ICLR 2023",
             degenerate_when="never: the Ledoit-Wolf shrinkage keeps the covariance invertible",
+            invariances=[*_EXCHANGEABLE, "offset", "scale"],
+            reliable=True,
         ),
         _spec(
             "transrate",
+            transrate,
             lambda inp, o: _transrate(inp.need_stats(), **o),
             ["features"],
             "Huang et al., ICML 2022",
             degenerate_when="never: the coding rates are finite and vary with the features",
+            invariances=[*_DISTRIBUTIONAL, "offset"],
+            reliable=True,
         ),
         _spec(
             "gbc",
+            gbc,
             lambda inp, o: _gbc(inp.need_stats(), **o),
             ["features"],
             "Pandy et al., CVPR 2022",
             min_per_class=2,
             degenerate_when="|GBC| <= eps C (C - 1): zero at working precision, no order",
+            invariances=[*_DISTRIBUTIONAL, "offset", "scale"],
+            bounds=_NON_POSITIVE,
+            reliable=True,
         ),
         _spec(
             "sfda",
+            sfda,
             lambda inp, _: _sfda(inp.need_stats()),
             ["features"],
             "Shao et al., ECCV 2022",
             degenerate_when="N - C < D, or within 1e-9 of 1: saturated near 1 for any features",
+            invariances=[*_DISTRIBUTIONAL, "offset"],
+            bounds=_FRACTION,
+            reliable=True,
         ),
         _spec(
             "knn",
+            knn_accuracy,
             _with_x(_knn_accuracy),
             ["features"],
             "leave-one-out k-NN accuracy",
             min_per_class=2,
             degenerate_when="never: a held-out accuracy, not fitted to the samples it scores",
+            invariances=["scale"],
+            bounds=_FRACTION,
         ),
         _spec(
             "linear_probe",
+            linear_probe_accuracy,
             _with_x(_linear_probe),
             ["features"],
             "Kornblith et al., CVPR 2019",
             min_per_class=2,
             degenerate_when="never: a cross-validated accuracy on held-out folds",
+            bounds=_FRACTION,
+            slow=True,
         ),
     )
 }

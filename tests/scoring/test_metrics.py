@@ -183,15 +183,9 @@ def test_nleep_is_deterministic_and_orders_features():
 @pytest.mark.parametrize(
     "name",
     [
-        "logme",
-        "hscore",
-        "hscore_shrinkage",
-        "transrate",
-        "gbc",
-        "sfda",
-        "knn",
-        "linear_probe",
-        "nleep",
+        n
+        for n, spec in scoring.REGISTRY.items()
+        if spec.needs == {"features"} and "classification" in spec.targets
     ],
 )
 def test_every_feature_metric_prefers_separable_features(name):
@@ -202,7 +196,9 @@ def test_every_feature_metric_prefers_separable_features(name):
     assert s_good > s_noise
 
 
-@pytest.mark.parametrize("name", ["leep", "nce"])
+@pytest.mark.parametrize(
+    "name", [n for n, spec in scoring.REGISTRY.items() if spec.needs == {"probs"}]
+)
 def test_probability_metrics_prefer_informative_sources(name):
     x, labels = separable_features(400, 5, 3, strength=4.0)
     informative = softmax_probs(x * 3, 20)
