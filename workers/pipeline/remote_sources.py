@@ -1,10 +1,12 @@
 """What a remote client may name as a model source (the API checks it; the worker confines it
 again when it loads the weights, on its own view of the disk).
 
+- Which source is which kind is declared once, in :data:`workers.pipeline.specs.SOURCE_TABLE`.
 - The zoo by name, and hub models by name: ``torchvision:NAME``, ``timm:NAME`` (or
-  ``timm:hf-hub:ORG/NAME``), ``hf:ORG/NAME``, ``st:ORG/NAME``.
-- Local files (``onnx:``, ``torchscript:``, ``statedict:``, and ``hf:``/``st:`` directories)
-  only by a path relative to the operator's ``TB_MODEL_DIR``, never outside it (no ``..``, no
+  ``timm:hf-hub:ORG/NAME``), ``hf:ORG/NAME``, ``st:ORG/NAME``. A ``hub`` source is open to
+  remote clients only with a rule for its names in :data:`HUB_NAMES`.
+- Local files (``file`` sources, and ``hub_or_dir`` directories) only by a path relative to
+  the operator's ``TB_MODEL_DIR``, never outside it (no ``..``, no
   absolute path, no symbolic link out of it). Without ``TB_MODEL_DIR``, no local file at all:
   a file a caller managed to place anywhere on the server never gets loaded (loading a
   TorchScript or pickled state dict runs code).
@@ -21,13 +23,24 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-from workers.pipeline.specs import ModelSpec, SpecError, parse_spec
+from workers.pipeline.specs import ModelSpec, SpecError, parse_spec, sources_of_kind
 
-FILE_SOURCES = ("onnx", "torchscript", "statedict")
-HUB_OR_DIR_SOURCES = ("hf", "st")
+FILE_SOURCES = sources_of_kind("file")
+HUB_OR_DIR_SOURCES = sources_of_kind("hub_or_dir")
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 _TORCHVISION = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _TIMM = re.compile(r"(hf-hub:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,127}", re.ASCII)
+#: each ``hub`` source -> the names a remote client may give it, and what to name instead
+HUB_NAMES: dict[str, tuple[re.Pattern[str], str]] = {
+    "torchvision": (_TORCHVISION, "name a torchvision architecture"),
+    "timm": (_TIMM, "name a timm model (or hf-hub:ORG/NAME), not a local directory"),
+}
+_REMOTE_HUBS = ", ".join(
+    f"{s}:"
+    for s in sources_of_kind("hub", "hub_or_dir")
+    if s in HUB_NAMES or s in HUB_OR_DIR_SOURCES
+)
+_REMOTE_FILES = ", ".join(f"{s}:" for s in FILE_SOURCES)
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/])(?:/[^\s/'\"<>:]+)+/?")
 
 
@@ -65,8 +78,8 @@ def check(spec: str, *, model_dir_set: bool) -> ModelSpec | None:
         if _ZOO_NAME.fullmatch(spec):
             return None
         raise SourceRefused(
-            f"unknown model {spec!r}: give a zoo name or SOURCE:REF (torchvision:, timm:, "
-            "hf:, st:, and with TB_MODEL_DIR set onnx:, torchscript:, statedict:)"
+            f"unknown model {spec!r}: give a zoo name or SOURCE:REF ({_REMOTE_HUBS}, and with "
+            f"TB_MODEL_DIR set {_REMOTE_FILES})"
         )
     try:
         parsed = parse_spec(spec)
@@ -81,14 +94,10 @@ def check(spec: str, *, model_dir_set: bool) -> ModelSpec | None:
             f"arch={arch!r}: name a torchvision architecture (mobilenet_v2) or a timm "
             "architecture (timm:resnet18), not a path or another source"
         )
-    if source == "torchvision":
-        if not _TORCHVISION.fullmatch(ref):
-            raise SourceRefused(f"torchvision:{ref}: name a torchvision architecture")
-    elif source == "timm":
-        if not _TIMM.fullmatch(ref):
-            raise SourceRefused(
-                f"timm:{ref}: name a timm model (or hf-hub:ORG/NAME), not a local directory"
-            )
+    if source in HUB_NAMES:
+        pattern, instead = HUB_NAMES[source]
+        if not pattern.fullmatch(ref):
+            raise SourceRefused(f"{source}:{ref}: {instead}")
     elif source in HUB_OR_DIR_SOURCES:
         if not _HUB_NAME.fullmatch(ref) or ".." in ref:
             _relative(ref, source)  # the message for a path
@@ -98,9 +107,11 @@ def check(spec: str, *, model_dir_set: bool) -> ModelSpec | None:
         if not model_dir_set:
             raise SourceRefused(
                 f"{source}: this server takes no model files from remote clients (its operator "
-                "has not set TB_MODEL_DIR); name a hub model (hf:, st:, timm:, torchvision:)"
+                f"has not set TB_MODEL_DIR); name a hub model ({_REMOTE_HUBS})"
             )
         _relative(ref, source)
+    else:  # a hub source with no rule for its names: nothing a remote client gives is checked
+        raise SourceRefused(f"{source}: not open to remote clients; name one of {_REMOTE_HUBS}")
     return parsed
 
 

@@ -16,16 +16,8 @@ The grammar, read literally (a spec is not a URL):
   Likewise ``+`` is a plus sign, and ``;`` and ``#`` are characters of the value they sit in.
 - No control characters (a newline would forge lines in logs and messages).
 
-Sources and their options:
-
-- ``torchvision:resnet18?weights=IMAGENET1K_V1``: architecture + weights enum name (default DEFAULT)
-- ``timm:resnet50.a1_in1k``: any timm model name with pretrained weights
-- ``hf:REPO_ID_OR_DIR?max_length=256``: transformers ``AutoModel``, mean-pooled last hidden state
-- ``st:REPO_ID_OR_DIR``: a sentence-transformers pipeline
-- ``onnx:FILE?layer=VALUE&size=224&...``: onnxruntime; features from the graph value ``layer``
-  (default: the input of the last MatMul/Gemm)
-- ``torchscript:FILE?head=1&size=224``: a TorchScript file returning features or (features, logits)
-- ``statedict:FILE?arch=mobilenet_v2`` (torchvision) or ``?arch=timm:resnet18``; ``num_classes=``
+Sources, their kinds and their options: :data:`SOURCE_TABLE`, the one declaration of them
+(the loaders of :mod:`workers.pipeline.models.sources` and the remote check read it too).
 
 Image options: ``size``, ``resize``, ``resize_mode`` (shorter|square), ``interpolation``,
 ``mean``/``std`` (three numbers in 0..255 units, comma separated), ``order`` (RGB|BGR),
@@ -38,22 +30,59 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from workers.pipeline.errors import PipelineError
 
 IMAGE_OPTIONS = ("size", "resize", "resize_mode", "interpolation", "mean", "std", "order", "layout")
 
+#: What a source's REF names, which decides what a remote client may give as one: ``hub``, a
+#: model name its library fetches (never a path); ``hub_or_dir``, a hub repo id or a local
+#: directory (remote clients: a directory only inside ``TB_MODEL_DIR``); ``file``, a local file
+#: (remote clients: only inside ``TB_MODEL_DIR``, and only where it is set).
+SourceKind = Literal["hub", "hub_or_dir", "file"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model source: its name in a spec, what its REF names and the options it reads."""
+
+    name: str
+    kind: SourceKind
+    options: tuple[str, ...]
+
+
+#: Every model source, declared once; a new source is a row here and a loader in
+#: :data:`workers.pipeline.models.sources.LOADERS`.
+SOURCE_TABLE: tuple[Source, ...] = (
+    # torchvision:resnet18?weights=IMAGENET1K_V1: architecture + weights enum name (default
+    # DEFAULT)
+    Source("torchvision", "hub", ("weights", "layer", *IMAGE_OPTIONS)),
+    # timm:resnet50.a1_in1k: any timm model name with pretrained weights
+    Source("timm", "hub", ("layer", *IMAGE_OPTIONS)),
+    # hf:REPO_ID_OR_DIR?max_length=256: transformers AutoModel, mean-pooled last hidden state
+    Source("hf", "hub_or_dir", ("max_length",)),
+    # st:REPO_ID_OR_DIR: a sentence-transformers pipeline
+    Source("st", "hub_or_dir", ()),
+    # onnx:FILE?layer=VALUE&size=224: onnxruntime; features from the graph value ``layer``
+    # (default: the input of the last MatMul/Gemm)
+    Source("onnx", "file", ("layer", "head", *IMAGE_OPTIONS)),
+    # torchscript:FILE?head=1&size=224: a TorchScript file returning features or
+    # (features, logits)
+    Source("torchscript", "file", ("head", *IMAGE_OPTIONS)),
+    # statedict:FILE?arch=mobilenet_v2 (torchvision) or ?arch=timm:resnet18; num_classes=
+    Source("statedict", "file", ("arch", "num_classes", "layer", *IMAGE_OPTIONS)),
+)
 #: each source -> the options it reads
-OPTIONS: dict[str, tuple[str, ...]] = {
-    "torchvision": ("weights", "layer", *IMAGE_OPTIONS),
-    "timm": ("layer", *IMAGE_OPTIONS),
-    "hf": ("max_length",),
-    "st": (),
-    "onnx": ("layer", "head", *IMAGE_OPTIONS),
-    "torchscript": ("head", *IMAGE_OPTIONS),
-    "statedict": ("arch", "num_classes", "layer", *IMAGE_OPTIONS),
-}
+OPTIONS: dict[str, tuple[str, ...]] = {s.name: s.options for s in SOURCE_TABLE}
 SOURCES = tuple(OPTIONS)
+
+
+def sources_of_kind(*kinds: SourceKind) -> tuple[str, ...]:
+    """The names of the sources of the given kinds, in declaration order."""
+    return tuple(s.name for s in SOURCE_TABLE if s.kind in kinds)
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -139,4 +168,15 @@ def _options(text: str, source: str, query: str) -> dict[str, str]:
     return options
 
 
-__all__ = ["IMAGE_OPTIONS", "OPTIONS", "SOURCES", "ModelSpec", "SpecError", "parse_spec"]
+__all__ = [
+    "IMAGE_OPTIONS",
+    "OPTIONS",
+    "SOURCES",
+    "SOURCE_TABLE",
+    "ModelSpec",
+    "Source",
+    "SourceKind",
+    "SpecError",
+    "parse_spec",
+    "sources_of_kind",
+]

@@ -317,6 +317,7 @@ def _torchscript(spec: ModelSpec, name: str, settings: Settings) -> CandidateMod
     )
 
 
+#: each source of :data:`workers.pipeline.specs.SOURCE_TABLE` -> its loader, in that order
 LOADERS: dict[str, Callable[[ModelSpec, str, Settings], CandidateModel]] = {
     "torchvision": _torchvision,
     "timm": _timm,
