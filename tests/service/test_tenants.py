@@ -168,12 +168,17 @@ def test_every_endpoint_answers_404_for_another_tenants_ids(shared: Shared):
     # the answer to a model id or name nobody has (422: the body names it), naming only what
     # b sent
     assert r.status_code == 422 and ids["model"] in r.text and "a-net" not in r.text
-    r = client.post(
-        f"/v1/datasets/{ids['b_dataset']}/outcomes",
-        json=[{"model_id": "a-net", "value": 0.5}],
-        headers=shared.h("b-write"),
-    )
-    assert r.status_code == 404, r.text
+
+    # Outcomes naming a's model: answered exactly as a name nobody has
+    def outcome_for(name: str) -> tuple[int, str]:
+        r = client.post(
+            f"/v1/datasets/{ids['b_dataset']}/outcomes",
+            json=[{"model_id": name, "value": 0.5}],
+            headers=shared.h("b-write"),
+        )
+        return r.status_code, r.json()["detail"].replace(name, "NAME")
+
+    assert outcome_for("a-net") == outcome_for("nobody-has-this") == (422, outcome_for("x")[1])
 
     # The dashboard pages too.
     from app import sessions
