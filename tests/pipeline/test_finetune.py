@@ -257,3 +257,26 @@ def test_a_stop_ends_the_model_at_its_next_step(
                        device="cpu", limits=Limits(deadline=0.0))  # fmt: skip
     assert [r.error for r in results] == ["stopped at the start of the model: the job's time "
                                           "ran out"] * 2  # fmt: skip
+
+
+@pytest.mark.slow
+def test_torchscript_trains_unless_frozen_and_a_frozen_one_trains_head_only(
+    fmnist_full: Dataset, tmp_path: Path
+) -> None:
+    """A scripted MobileNetV3 (random weights: no download) trains in full; frozen, it has no
+    weights that take gradients, so full fine-tuning fails it with the reason, head-only not."""
+    import torchvision
+
+    module = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    torch.jit.script(module).save(str(tmp_path / "open.pt"))
+    torch.jit.freeze(torch.jit.script(module)).save(str(tmp_path / "frozen.pt"))
+    specs = [f"torchscript:{tmp_path / 'open.pt'}", f"torchscript:{tmp_path / 'frozen.pt'}"]
+    tiny = _three_classes(fmnist_full, 4)
+    for mode in ("full", "head"):
+        recipe = FineTuneRecipe(mode=mode, epochs=1, batch_size=8, validation=1)
+        open_one, frozen = finetune(tiny, specs, recipe, device="cpu")
+        assert open_one.error is None and math.isfinite(open_one.train_loss[0])
+        if mode == "full":
+            assert frozen.error is not None and "no weights that take gradients" in frozen.error
+        else:
+            assert frozen.error is None and frozen.top1 is not None

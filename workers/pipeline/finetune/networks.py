@@ -6,6 +6,7 @@ a text encoder), plus how a batch of samples becomes its input."""
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,7 +140,13 @@ def trainable_parts(model: CandidateModel) -> nn.Module:
         module = copy.deepcopy(model.module).cpu()
         return Tapped(module, model.net.tap, model.net.capture, logits=False)
     if isinstance(model, TorchScriptImageModel):
-        return ScriptedFeatures(copy.deepcopy(model.module).cpu())
+        # saved and loaded again: a deep copy of a scripted module gives weights that are not
+        # leaves of the autograd graph, which no optimiser can step
+        buffer = io.BytesIO()
+        torch.jit.save(model.module, buffer)  # type: ignore[no-untyped-call]
+        buffer.seek(0)
+        scripted = torch.jit.load(buffer, map_location="cpu")  # type: ignore[no-untyped-call]
+        return ScriptedFeatures(scripted)
     if isinstance(model, HFTextModel | SentenceTransformerModel):
         return copy.deepcopy(model.net).cpu()
     raise Untrainable(f"{model.name}: a {type(model).__name__} cannot be fine-tuned here")
