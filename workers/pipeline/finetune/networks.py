@@ -143,7 +143,7 @@ def trainable_parts(model: CandidateModel) -> nn.Module:
         # saved and loaded again: a deep copy of a scripted module gives weights that are not
         # leaves of the autograd graph, which no optimiser can step
         buffer = io.BytesIO()
-        torch.jit.save(model.module, buffer)  # type: ignore[no-untyped-call]
+        torch.jit.save(model.module, buffer)
         buffer.seek(0)
         scripted = torch.jit.load(buffer, map_location="cpu")  # type: ignore[no-untyped-call]
         return ScriptedFeatures(scripted)
