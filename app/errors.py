@@ -1,5 +1,5 @@
 """The error types of the domain: each carries the HTTP status, title and detail a client
-acts on. They import no web framework; ``app.problems`` renders them as
+acts on. They import no web framework; ``app.web.problems`` renders them as
 application/problem+json (RFC 9457)."""
 
 from __future__ import annotations

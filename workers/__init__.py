@@ -3,7 +3,8 @@ import-linter contract in pyproject.toml holds them):
 
 - ``workers.cli``: the ``transferbench`` command;
 - ``workers.jobs``: the job steps, the scheduler, the Celery and embedded runners;
-- ``app``: the HTTP API, the database, the job lifecycle;
+- ``app``: the service: its domain (database, services, job lifecycle), its web side in
+  ``app.web``;
 - ``workers.pipeline``: models, datasets, extraction, the feature cache, ranking arrays;
 - ``workers.settings``: the one settings object;
 - ``scoring``: the metrics.

@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     fast_reads: bool = Field(
         default=True,
         description="on PostgreSQL, answer leaderboard and finished-ranking reads on the event "
-        "loop in one database round trip (`app/fastreads.py`); `false`: the full stack",
+        "loop in one database round trip (`app/web/fastreads.py`); `false`: the full stack",
     )
     job_timeout_s: int = Field(
         default=86_400,

@@ -71,7 +71,7 @@ def principal_of(row: ApiKeyRow | None) -> Principal | None:
 
 
 #: the key with hash ``:key_hash``, if any: (id, tenant, role, revoked_at) on one index lookup;
-#: ``authenticate`` and the API's fast reads (``app.fastreads``) both run it
+#: ``authenticate`` and the API's fast reads (``app.web.fastreads``) both run it
 BY_HASH = select(ApiKeyRow.id, ApiKeyRow.tenant, ApiKeyRow.role, ApiKeyRow.revoked_at).where(
     ApiKeyRow.key_hash == bindparam("key_hash")
 )

@@ -155,7 +155,7 @@ def lock(session: Session, dataset_ids: Iterable[str]) -> None:
 
 
 _KEY = ("dataset_id", "metric")
-#: a stored board's body, by ``:dataset_id`` and ``:metric`` (also run by ``app.fastreads``)
+#: a stored board's body, by ``:dataset_id`` and ``:metric`` (also run by ``app.web.fastreads``)
 BODY = select(LeaderboardRow.body).where(
     LeaderboardRow.dataset_id == bindparam("dataset_id"),
     LeaderboardRow.metric == bindparam("metric"),

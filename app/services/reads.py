@@ -22,7 +22,7 @@ from app.services import datasets, leaderboards, rankings
 from app.tenancy import can_see
 
 #: how many models the job ``:job_id`` holds: a cached finished ranking's validator (also run
-#: by ``app.fastreads``)
+#: by ``app.web.fastreads``)
 MODEL_COUNT = (
     select(func.count()).select_from(JobModelRow).where(JobModelRow.job_id == bindparam("job_id"))
 )

@@ -20,8 +20,8 @@ import scoring
 from app.db.migrate import upgrade
 from app.db.models import DatasetRow, JobModelRow, ScoreRow
 from app.db.session import Database
-from app.main import create_app
 from app.queue import CeleryQueue
+from app.web.main import create_app
 from workers.settings import Settings
 
 from ..conftest import fashion_zip

@@ -40,7 +40,7 @@ def embedded(settings: Settings, *, auth_required: bool, worker: bool = True) ->
     :func:`serve`; the ``embedded_service`` fixture does the first."""
     from app.db.migrate import upgrade
     from app.db.session import Database
-    from app.main import create_app
+    from app.web.main import create_app
     from workers.jobs.embedded import LocalQueue
 
     upgrade(settings.db_url)

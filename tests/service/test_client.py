@@ -33,7 +33,7 @@ from app.client import (
 from app.db.models import DatasetRow, ModelRow
 from app.db.session import Database
 from app.lifecycle import Task, Trigger, create_job
-from app.main import create_app
+from app.web.main import create_app
 from workers.cli import main
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings

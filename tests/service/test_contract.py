@@ -24,9 +24,9 @@ from schemathesis import GenerationMode
 from schemathesis.errors import FailureGroup
 
 from app.db.session import Database
-from app.main import create_app
-from app.problems import PROBLEM
 from app.services import apikeys
+from app.web.main import create_app
+from app.web.problems import PROBLEM
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
@@ -275,7 +275,7 @@ def test_document_describes_problems_and_the_key(tmp_path: Path) -> None:
         "/v1/datasets/{dataset_id}/evaluation",
         "/v1/evaluation",
     ]
-    for path in conditional:  # app.api.http.conditional: ETag, If-None-Match, 304
+    for path in conditional:  # app.web.api.http.conditional: ETag, If-None-Match, 304
         operation = document["paths"][path]["get"]
         assert {"ETag"} <= set(operation["responses"]["200"]["headers"]), path
         assert "content" not in operation["responses"]["304"], path

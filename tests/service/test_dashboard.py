@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app import sessions
 from app.db.session import Database
 from app.services import apikeys
+from app.web import sessions
 from workers.settings import Settings
 
 from ..conftest import fashion_zip

@@ -1,4 +1,4 @@
-"""The fast reads (``app.fastreads``) against the full stack, on one real PostgreSQL database
+"""The fast reads (``app.web.fastreads``) against the full stack, on one real PostgreSQL database
 and Redis: two API apps, one with the fast path and one without (``TB_FAST_READS=off``), must
 answer every request the same, byte for byte; the fast one must have answered the polled
 reads itself, and passed on everything it cannot answer exactly.
@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from app.db.session import Database
-from app.fastreads import APPLICATION_NAME
-from app.main import create_app
 from app.services import apikeys
+from app.web.fastreads import APPLICATION_NAME
+from app.web.main import create_app
 from workers.settings import Settings
 
 from ..conftest import REDIS, _unreachable

@@ -27,8 +27,8 @@ from sqlalchemy import select, text
 import scoring
 from app.db.models import DatasetRow, JobModelRow, LeaderboardRow, ModelRow
 from app.db.session import Database
-from app.main import create_app
 from app.services import apikeys, leaderboards, rankings, recommender
+from app.web.main import create_app
 from workers.cli.main import main
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings

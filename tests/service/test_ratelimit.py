@@ -1,4 +1,4 @@
-"""The rate limit's count from the event loop (``app.ratelimit``): against the real Redis of
+"""The rate limit's count from the event loop (``app.web.ratelimit``): against the real Redis of
 this machine, and against servers that misbehave (silent, closing)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 import pytest
 import redis
 
-from app._redis_protocol import RespError, ScriptCounter, parse
-from app.ratelimit import _COUNT, WINDOW_S, RedisLimiter
+from app.web._redis_protocol import RespError, ScriptCounter, parse
+from app.web.ratelimit import _COUNT, WINDOW_S, RedisLimiter
 
 
 def run(coro):  # type: ignore[no-untyped-def]

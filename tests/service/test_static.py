@@ -71,7 +71,8 @@ def test_the_api_extra_and_the_core_need_no_torch():
 
 def test_importing_the_api_loads_no_torch():
     code = (
-        "import sys, app.main, app.api.datasets, app.services.datasets, app.services.rankings;"
+        "import sys, app.web.main, app.web.api.datasets, app.services.datasets, "
+        "app.services.rankings;"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run(

@@ -19,8 +19,8 @@ from sqlalchemy import update
 
 from app.db.models import ModelRow
 from app.db.session import Database
-from app.main import create_app
 from app.services import apikeys
+from app.web.main import create_app
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 
@@ -181,7 +181,7 @@ def test_every_endpoint_answers_404_for_another_tenants_ids(shared: Shared):
     assert outcome_for("a-net") == outcome_for("nobody-has-this") == (422, outcome_for("x")[1])
 
     # The dashboard pages too.
-    from app import sessions
+    from app.web import sessions
 
     with shared.db.session() as s:
         key_id = apikeys.active(s, "b-read").id  # type: ignore[union-attr]

@@ -15,12 +15,12 @@ from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from app.api.deps import SessionDep
 from app.db.migrate import upgrade
 from app.db.models import DatasetRow
 from app.db.session import Database
-from app.main import create_app
 from app.services import apikeys
+from app.web.api.deps import SessionDep
+from app.web.main import create_app
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
 

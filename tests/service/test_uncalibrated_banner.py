@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import scoring
-from app.dashboard.web import templates
+from app.web.dashboard.web import templates
 
 
 def _note(rec: scoring.Recommendation) -> str:

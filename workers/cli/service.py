@@ -169,7 +169,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> int:
         uvicorn.run(f"{__name__}:api_app", factory=True, host=host, port=port, workers=workers)
         return 0
     from app.db.session import Database
-    from app.main import create_app
+    from app.web.main import create_app
     from workers.jobs.embedded import LocalQueue
 
     # the worker's own engine: the API's carries the request timeouts, a worker's steps do not
@@ -201,7 +201,7 @@ def _announce_zoo(settings: Settings) -> None:
 def api_app() -> FastAPI:
     """One API process of ``serve`` with a broker (uvicorn calls this in each worker process):
     its own database engine and broker connection."""
-    from app.main import create_app
+    from app.web.main import create_app
 
     settings = Settings.load()
     return create_app(settings, auth_required=_auth_required(settings, None))

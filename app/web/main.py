@@ -8,18 +8,18 @@ from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import text
 
-from app import fastreads, observability, problems
-from app.api import datasets, evaluation, models, openapi, rankings
-from app.api.limits import BodyGuard
-from app.dashboard.pages import install as install_dashboard
 from app.db.permits import Permits, permits_for
 from app.db.session import Database
 from app.lifecycle import TaskQueue
 from app.queue import CeleryQueue
-from app.ratelimit import make_limiter
 from app.services import models as model_service
 from app.services.reads import Reads
-from app.timeouts import RequestTimeout
+from app.web import fastreads, observability, problems
+from app.web.api import datasets, evaluation, models, openapi, rankings
+from app.web.api.limits import BodyGuard
+from app.web.dashboard.pages import install as install_dashboard
+from app.web.ratelimit import make_limiter
+from app.web.timeouts import RequestTimeout
 from workers.settings import Settings
 
 log = logging.getLogger("transferbench.api")

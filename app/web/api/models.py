@@ -5,7 +5,10 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Response
 
 from app import schemas
-from app.api.deps import (
+from app.db.models import ModelRow
+from app.services import model_deletion
+from app.services import models as service
+from app.web.api.deps import (
     Authorized,
     PageDep,
     PrincipalDep,
@@ -14,10 +17,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
 )
-from app.api.http import located
-from app.db.models import ModelRow
-from app.services import model_deletion
-from app.services import models as service
+from app.web.api.http import located
 
 router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Authorized])
 

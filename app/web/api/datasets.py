@@ -6,12 +6,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from app import schemas, timeouts
-from app.api.deps import Authorized, PageDep, PrincipalDep, ReadsDep, SessionDep, SettingsDep
-from app.api.http import CONDITIONAL, conditional, located
+from app import schemas
 from app.db.models import DatasetRow
 from app.services import datasets as service
 from app.tenancy import DEFAULT_TENANT
+from app.web import timeouts
+from app.web.api.deps import Authorized, PageDep, PrincipalDep, ReadsDep, SessionDep, SettingsDep
+from app.web.api.http import CONDITIONAL, conditional, located
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Authorized])
 

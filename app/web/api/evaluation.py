@@ -12,14 +12,14 @@ from fastapi import APIRouter, Body, File, Form, Query, Request, Response, Uploa
 from fastapi.concurrency import run_in_threadpool
 
 from app import schemas
-from app.api.deps import Authorized, PageDep, PrincipalDep, QueueDep, SessionDep, SettingsDep
-from app.api.http import CONDITIONAL, conditional
 from app.db.models import OutcomeRow
 from app.errors import Invalid, TooLarge
 from app.lifecycle import Task, defer
 from app.services import benchmarks, outcomes, recommender
 from app.services import datasets as dataset_service
 from app.tenancy import Role
+from app.web.api.deps import Authorized, PageDep, PrincipalDep, QueueDep, SessionDep, SettingsDep
+from app.web.api.http import CONDITIONAL, conditional
 
 router = APIRouter(tags=["evaluation"], dependencies=[Authorized])
 Measure = Annotated[str, Query(min_length=1, max_length=64)]

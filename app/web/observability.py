@@ -97,7 +97,7 @@ class Meter:
 class _Measure:
     """Counts and times requests by route template (a plain ASGI middleware: no per-request
     task or body buffering, unlike ``@app.middleware("http")``). Requests that
-    ``app.fastreads`` answers never reach it; that middleware counts them itself."""
+    ``app.web.fastreads`` answers never reach it; that middleware counts them itself."""
 
     def __init__(self, app: ASGIApp, meter: Meter) -> None:
         self.app, self.meter = app, meter

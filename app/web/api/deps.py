@@ -12,17 +12,17 @@ from fastapi import Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from app import sessions, timeouts
-from app.api.http import Pagination
 from app.db.permits import Permits
 from app.db.session import Database
 from app.errors import TooManyRequests, Unauthorized
 from app.lifecycle import TaskQueue
-from app.ratelimit import RateLimiter
 from app.services import apikeys
 from app.services.pages import DEFAULT_LIMIT, MAX_LIMIT
 from app.services.reads import Reads
 from app.tenancy import LOCAL, Principal, Role
+from app.web import sessions, timeouts
+from app.web.api.http import Pagination
+from app.web.ratelimit import RateLimiter
 from workers.settings import Settings
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -45,7 +45,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     opens, without holding a thread while it waits; the permits are fewer than the pool's
     connections, and one-hop database work (key checks, cached reads) always finds one.
 
-    Once the commit starts, the request's timeout no longer applies (``app.timeouts``): a
+    Once the commit starts, the request's timeout no longer applies (``app.web.timeouts``): a
     client is never told a request failed that the database has kept."""
     db = get_db(request)
     async with get_permits(request).hold():
@@ -111,7 +111,7 @@ def get_session_secret(request: Request) -> bytes | None:
 
 async def require_key(request: Request) -> Principal:
     """Who the request acts as: its Bearer key's tenant and role, or, for a request with no
-    Authorization header at all, the dashboard's session cookie (``app.sessions``).
+    Authorization header at all, the dashboard's session cookie (``app.web.sessions``).
     Checked against the database on every request, so a revoked key fails on the next one.
     A GET needs the ``read`` role, anything else ``write``; then the key's rate limit.
     Without key checks (``TB_AUTH=off``) every request is the ``default`` tenant's admin.

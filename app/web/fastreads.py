@@ -37,19 +37,20 @@ from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 from sqlalchemy.engine import make_url
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import schemas, timeouts
-from app.api import datasets as datasets_api
-from app.api import rankings as rankings_api
-from app.api.deps import count_request
-from app.api.http import JSON, etag, none_match
+from app import schemas
 from app.errors import ProblemError
-from app.observability import Meter
-from app.problems import problem
-from app.ratelimit import RateLimiter
 from app.services import apikeys, leaderboards
 from app.services.reads import MODEL_COUNT, Reads
 from app.tenancy import LOCAL, Principal
-from app.timeouts import answer
+from app.web import timeouts
+from app.web.api import datasets as datasets_api
+from app.web.api import rankings as rankings_api
+from app.web.api.deps import count_request
+from app.web.api.http import JSON, etag, none_match
+from app.web.observability import Meter
+from app.web.problems import problem
+from app.web.ratelimit import RateLimiter
+from app.web.timeouts import answer
 
 log = logging.getLogger("transferbench.api")
 
@@ -305,7 +306,7 @@ def _carry(scope: Scope, principal: Principal) -> None:
 def _conditional(
     headers: dict[bytes, bytes], body: bytes
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """``app.api.http.conditional``'s answer, as ASGI messages' parts."""
+    """``app.web.api.http.conditional``'s answer, as ASGI messages' parts."""
     tag = etag(body)
     sent = headers.get(b"if-none-match")
     out = [(b"etag", tag.encode()), (b"cache-control", b"no-cache")]

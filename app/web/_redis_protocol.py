@@ -1,6 +1,6 @@
 """A Redis client for one thing: running a Lua script by its SHA-1 over one asyncio
 connection, in Redis's own protocol (RESP2). The rate limiter counts with it
-(``app.ratelimit``); nothing else in the project speaks the protocol itself."""
+(``app.web.ratelimit``); nothing else in the project speaks the protocol itself."""
 
 from __future__ import annotations
 

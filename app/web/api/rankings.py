@@ -8,7 +8,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app import schemas
-from app.api.deps import (
+from app.db.models import JobRow
+from app.lifecycle import JobStatus
+from app.services import events
+from app.services import rankings as service
+from app.web.api.deps import (
     Authorized,
     PageDep,
     PrincipalDep,
@@ -17,11 +21,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
 )
-from app.api.http import CONDITIONAL, conditional, located
-from app.db.models import JobRow
-from app.lifecycle import JobStatus
-from app.services import events
-from app.services import rankings as service
+from app.web.api.http import CONDITIONAL, conditional, located
 
 router = APIRouter(prefix="/v1/rankings", tags=["rankings"], dependencies=[Authorized])
 

@@ -17,11 +17,11 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import sessions
-from app.api import deps
 from app.db.session import Database
 from app.errors import ProblemError, Unauthorized
 from app.tenancy import DEFAULT_TENANT, LOCAL, Principal
+from app.web import sessions
+from app.web.api import deps
 from scoring.recommend import RECOMMENDED
 
 from . import assets, views
@@ -120,7 +120,7 @@ DatabaseDep = Annotated[Database, Depends(deps.get_db)]
 def secret_of(request: Request) -> bytes:
     secret = deps.get_session_secret(request)
     if secret is None:  # install() sets it; a router included without it has no sessions
-        raise RuntimeError("the dashboard router needs app.dashboard.pages.install(app)")
+        raise RuntimeError("the dashboard router needs app.web.dashboard.pages.install(app)")
     return secret
 
 

@@ -12,9 +12,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
-from app import sessions, timeouts
-from app.api import deps
-from app.api.deps import QueueDep, SessionDep, SettingsDep
 from app.errors import Invalid, NotFound, ProblemError
 from app.lifecycle import Task, defer
 from app.services import datasets as dataset_service
@@ -22,6 +19,9 @@ from app.services import outcomes as outcome_service
 from app.services import rankings as ranking_service
 from app.services import recommender
 from app.tenancy import DEFAULT_TENANT, Role
+from app.web import sessions, timeouts
+from app.web.api import deps
+from app.web.api.deps import QueueDep, SessionDep, SettingsDep
 
 from . import queries, views
 from .web import (

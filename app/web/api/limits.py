@@ -11,9 +11,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.deps import require_key
 from app.errors import ProblemError, TooLarge
-from app.problems import problem
+from app.web.api.deps import require_key
+from app.web.problems import problem
 
 #: Room for multipart framing and form fields around the file itself.
 OVERHEAD_BYTES = 1 << 20

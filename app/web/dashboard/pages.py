@@ -16,12 +16,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session
 
-from app import sessions
-from app.api.deps import SessionDep, SettingsDep
 from app.errors import Invalid, NotFound
 from app.services import datasets as dataset_service
 from app.services import models as model_service
 from app.services import recommender
+from app.web import sessions
+from app.web.api.deps import SessionDep, SettingsDep
 
 from . import assets, forms, queries, views
 from .web import PREFIX, DatabaseDep, ViewerDep, gather, make_router, render

@@ -22,7 +22,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ProblemError
-from app.problems import problem
+from app.web.problems import problem
 
 SCOPE_KEY = "transferbench.deadline"
 

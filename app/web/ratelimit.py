@@ -7,7 +7,7 @@ If Redis cannot be reached the request is let through (the limit protects the se
 broker being down is reported by ``/readyz``).
 
 ``hit`` blocks (routes call it in a thread); ``ahit`` is the same count from the event loop
-(``app.fastreads``), with a Redis client of that loop's own.
+(``app.web.fastreads``), with a Redis client of that loop's own.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from app._redis_protocol import ScriptCounter
+from app.web._redis_protocol import ScriptCounter
 
 log = logging.getLogger("transferbench.api")
 WINDOW_S = 60
@@ -107,7 +107,7 @@ class RedisLimiter:
 
 def _async_counter(url: str) -> Any:
     """``await counter(slot, ttl_s)``: the count script from the event loop. Plain and unix
-    URLs take ``ScriptCounter`` (``app._redis_protocol``); others (TLS) take redis-py's
+    URLs take ``ScriptCounter`` (``app.web._redis_protocol``); others (TLS) take redis-py's
     asyncio client."""
     if url.startswith(("redis://", "unix://")):
         return ScriptCounter(url, _COUNT, timeout_s=0.5).count

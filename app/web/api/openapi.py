@@ -10,10 +10,10 @@ without touching this module:
   CSRF token);
 - a path parameter, or a JSON body that names other objects (``*_id``, ``*_ids``): 404;
 - a change (POST, PUT, PATCH, DELETE): 409;
-- POST, PUT, PATCH (``app.api.limits.BodyGuard`` caps every body): 413, and with a body 400
+- POST, PUT, PATCH (``app.web.api.limits.BodyGuard`` caps every body): 413, and with a body 400
   (a body that cannot be parsed at all);
 - any parameter or body: 422, the problem replacing FastAPI's ``HTTPValidationError``;
-- every operation: 503 past the request timeout (``app.timeouts``), and with a body 408;
+- every operation: 503 past the request timeout (``app.web.timeouts``), and with a body 408;
 - paginated (``get_pagination``): the ``Link`` and ``X-Next-Cursor`` headers of its 200.
 
 A status a route declares itself (``responses={...}``, e.g. a 503 when it waits on a worker)
@@ -32,9 +32,9 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
-from app.api.deps import get_pagination, require_key
-from app.api.limits import BODY_METHODS
-from app.problems import PROBLEM
+from app.web.api.deps import get_pagination, require_key
+from app.web.api.limits import BODY_METHODS
+from app.web.problems import PROBLEM
 
 SCHEME = "apiKey"
 PROBLEM_SCHEMA = "ProblemDetails"
@@ -174,7 +174,7 @@ def describe(document: dict[str, Any], app: FastAPI) -> dict[str, Any]:
 
 def statuses(method: str, shape: Shape, body_schema: dict[str, Any] | None) -> set[int]:
     """The problems an operation of this shape can answer."""
-    found: set[int] = {503}  # app.timeouts: past TB_REQUEST_TIMEOUT_S
+    found: set[int] = {503}  # app.web.timeouts: past TB_REQUEST_TIMEOUT_S
     if shape.keyed:
         found |= {401, 429}
         if method in CHANGES:
