@@ -4,7 +4,7 @@ and what a local ranking leaves in it, so its models' real outcomes can be recor
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.db.migrate import upgrade
 from app.db.session import Database
@@ -102,3 +102,23 @@ def _shared_model(session: Session, name: str) -> ModelRow | None:
         ModelRow.name == name, ModelRow.tenant.is_(None), ModelRow.reference.is_(False)
     )
     return session.scalar(query)
+
+
+def store_outcomes(settings: Settings, dataset_id: str, entries: list[dict[str, Any]]) -> int:
+    """Store ``entries`` (``{model_id, value, measure, higher_is_better, details}``, a model
+    by id or name) as outcomes of dataset ``dataset_id``, then refit the recommender and
+    rewrite the recommended leaderboards it made stale: what ``transferbench outcomes add``
+    does, in one transaction. A model, dataset and measure stored before is replaced (an
+    upsert), never duplicated. Returns the number stored."""
+    from app.services import leaderboards, outcomes, recommender
+
+    db = local_database(settings)
+    try:
+        with db.session() as s:
+            outcomes.record(s, dataset_id, entries, None)
+            recommender.refit_all(s)
+            for stale in leaderboards.stale_recommended(s):
+                leaderboards.rewrite_recommended(s, stale)
+        return len(entries)
+    finally:
+        db.dispose()

@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the dataset is uploaded unless the server already holds its content",
     )
     rank.add_argument("--api-key", help="the service's API key (default: TB_API_KEY)")
+    from workers.cli import evaluation, finetune, service, verify
+
+    verify.add_arguments(rank)
     sub.add_parser("models", help="list the default model zoo")
-    from workers.cli import evaluation, finetune, service
 
     finetune.add_command(sub)
     evaluation.add_commands(sub)
@@ -92,8 +94,11 @@ def _cmd_models() -> int:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
+    from workers.cli import verify
+
     settings = Settings.load()
     server = args.server or settings.server
+    verifying = verify.plan(args, server)  # bad --verify flags fail before any scoring
     if server:
         try:
             from workers.cli import remote
@@ -127,15 +132,30 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     if fit is not None:
         rows = with_recommendation(rows, result.metrics, fit)
     recommendation = _recommendation(rows, result.metrics, fit, quality)
-    emit(rows, result.metrics, args, f"{result.dataset_name} (N={result.n})", recommendation)
-    _record(result)
-    return EXIT_MODEL_FAILED if any(row.error for row in rows) else 0
+    title = f"{result.dataset_name} (N={result.n})"
+    failed = any(row.error for row in rows)
+    if verifying is None or args.format != "json":  # JSON waits to carry the verification
+        emit(rows, result.metrics, args, title, recommendation)
+    recorded = _record(result)
+    if verifying is None:
+        return EXIT_MODEL_FAILED if failed else 0
+    sys.stdout.flush()  # the ranking shows while the fine-tuning runs
+    checked, stored = verify.verify(verifying, rows, recorded, args.quiet)
+    if args.format == "json":
+        extra = {"verification": {**checked.to_dict(), "outcomes": stored}}
+        emit(rows, result.metrics, args, title, recommendation, extra)
+    else:  # where the closing line went: after a table on stdout, else on stderr
+        on_stdout = not args.output and args.format == "table"
+        print(verify.block(checked), end="", file=sys.stdout if on_stdout else sys.stderr)
+    failed = failed or any(c.result.error for c in checked.candidates)
+    return EXIT_MODEL_FAILED if failed else 0
 
 
-def _record(result: RankResult) -> None:
+def _record(result: RankResult) -> tuple[str, str, list[str]] | None:
     """Keep the ranking in the local database and say how to add its real outcomes there
-    (on stderr: stdout holds the ranking). A database that cannot be written is said, not
-    fatal: the ranking has been printed."""
+    (on stderr: stdout holds the ranking); returns (dataset name, id, models not kept), or
+    None when it was not kept. A database that cannot be written is said, not fatal: the
+    ranking has been printed."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from workers.cli.database import record_ranking
@@ -144,9 +164,9 @@ def _record(result: RankResult) -> None:
         recorded = record_ranking(Settings.load(), result)
     except (SQLAlchemyError, OSError) as exc:
         _err(f"the ranking was not kept in the local database: {str(exc).splitlines()[0]}")
-        return
+        return None
     if recorded is None:
-        return
+        return None
     name, dataset_id, skipped = recorded
     note = f"; not kept (not in the zoo or the database): {', '.join(skipped)}" if skipped else ""
     print(
@@ -154,6 +174,7 @@ def _record(result: RankResult) -> None:
         f"results with `transferbench outcomes add {dataset_id} MODEL VALUE`{note}",
         file=sys.stderr,
     )
+    return recorded
 
 
 def _recommendation(

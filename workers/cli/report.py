@@ -48,11 +48,13 @@ def as_table(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def as_json(rows: Sequence[RankedModel]) -> str:
+def as_json(rows: Sequence[RankedModel], extra: Mapping[str, Any] | None = None) -> str:
+    """The rows as a JSON list; with ``extra`` (``rank --verify``'s ``verification``), an
+    object of the rows as ``ranking`` and ``extra``'s keys beside it."""
     out = [
         {**r.to_dict(), "scores": {k: unsigned_zero(v) for k, v in r.scores.items()}} for r in rows
     ]
-    return json.dumps(out, indent=2) + "\n"
+    return json.dumps({"ranking": out, **extra} if extra else out, indent=2) + "\n"
 
 
 def as_csv(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
@@ -66,9 +68,14 @@ def as_csv(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def render(rows: Sequence[RankedModel], metrics: Sequence[str], fmt: str) -> str:
+def render(
+    rows: Sequence[RankedModel],
+    metrics: Sequence[str],
+    fmt: str,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
     if fmt == "json":
-        return as_json(rows)
+        return as_json(rows, extra)
     if fmt == "csv":
         return as_csv(rows, metrics)
     return as_table(rows, metrics)
@@ -180,17 +187,19 @@ def emit(
     args: Any,
     title: str,
     recommendation: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Print (or write to ``args.output``) a ranking in ``args.format``, the recommender's
     column first when there is one, then :func:`verdict`, and save ``args.plot``: the local
-    and the remote ``rank`` commands alike. The verdict goes to stdout after a table there,
+    and the remote ``rank`` commands alike. ``extra``: what JSON carries beside the ranking
+    (:func:`as_json`). The verdict goes to stdout after a table there,
     else to stderr, so JSON and CSV on stdout stay machine-readable."""
     from workers.pipeline.rank import write_text_atomic
 
     columns = list(metrics)
     if any(r.scores.get(RECOMMENDED) is not None for r in rows):
         columns.insert(0, RECOMMENDED)
-    text = render(rows, columns, args.format)
+    text = render(rows, columns, args.format, extra)
     on_stdout = not args.output
     if args.output:
         write_text_atomic(args.output, text)
