@@ -61,14 +61,18 @@ def round_epochs(total: int, candidates: int) -> int:
 
 @dataclass
 class Round:
-    """One round: the epochs each candidate trained for, who trained, and who went on."""
+    """One round: the epochs its candidates (``models``) are measured after, those of them
+    trained in it (the others were measured after as many epochs in an earlier round, whose
+    result stands), and those that went on (the last round: the winner)."""
 
     epochs: int
     models: list[str]
+    trained: list[str]
     kept: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "models": self.models, "kept": self.kept}
+        return {"epochs": self.epochs, "models": self.models, "trained": self.trained,
+                "kept": self.kept}  # fmt: skip
 
 
 @dataclass
@@ -211,7 +215,7 @@ def successive_halving(
         )
         finished = len(alive) == 1 or not trained
         kept = trained[: math.ceil(len(trained) / 2)] if not finished else trained
-        rounds.append(Round(epochs, list(alive), kept))
+        rounds.append(Round(epochs, list(alive), todo, kept))
         for name in alive:
             if name not in kept:
                 out_in[name] = len(rounds)
