@@ -110,15 +110,23 @@ def store_outcomes(settings: Settings, dataset_id: str, entries: list[dict[str, 
     rewrite the recommended leaderboards it made stale: what ``transferbench outcomes add``
     does, in one transaction. A model, dataset and measure stored before is replaced (an
     upsert), never duplicated. Returns the number stored."""
-    from app.services import leaderboards, outcomes, recommender
+    from app.services import outcomes
 
     db = local_database(settings)
     try:
         with db.session() as s:
             outcomes.record(s, dataset_id, entries, None)
-            recommender.refit_all(s)
-            for stale in leaderboards.stale_recommended(s):
-                leaderboards.rewrite_recommended(s, stale)
+            refit(s)
         return len(entries)
     finally:
         db.dispose()
+
+
+def refit(session: Any) -> None:
+    """After outcomes or a table changed: refit the recommender, then rewrite the recommended
+    leaderboards the refit made stale, as the service's refit does."""
+    from app.services import leaderboards, recommender
+
+    recommender.refit_all(session)
+    for stale in leaderboards.stale_recommended(session):
+        leaderboards.rewrite_recommended(session, stale)

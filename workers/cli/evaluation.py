@@ -75,7 +75,7 @@ def _scope_options(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from app.services import benchmarks, outcomes, recommender
-    from workers.cli.database import local_database
+    from workers.cli.database import local_database, refit
 
     db = local_database(Settings.load())
     with db.session() as s:
@@ -92,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 by_dataset.setdefault(_dataset(s, dataset_key).id, []).append(entry)
             for dataset_id, items in by_dataset.items():  # one transaction: all or nothing
                 outcomes.record(s, dataset_id, items, None)
-            recommender.refit_all(s)
-            _rewrite_recommended(s)
+            refit(s)
             print(f"stored {len(entries)} outcome(s) for {len(by_dataset)} dataset(s)")
             return 0
         if args.command == "benchmark" and args.benchmark_command == "import":
@@ -102,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 s, text, table=args.name or args.file.stem, outcome=args.outcome,
                 modality=args.modality, task=args.task, lower_is_better=args.lower_is_better,
             )  # fmt: skip
-            recommender.refit_all(s)
-            _rewrite_recommended(s)
+            refit(s)
             scope = recommender.Scope(args.modality, args.task, args.outcome)
             print(
                 f"imported {imported.table}: {imported.datasets} datasets, {imported.models} "
@@ -299,11 +297,3 @@ def _dataset(session: Any, key: str) -> Any:
         ids = ", ".join(r.id for r in rows)
         raise PipelineError(f"{len(rows)} datasets are named {key!r} (ids {ids}); give the id")
     return rows[0]
-
-
-def _rewrite_recommended(session: Any) -> None:
-    """The recommended leaderboards the refit made stale, as the service's refit does."""
-    from app.services import leaderboards
-
-    for dataset_id in leaderboards.stale_recommended(session):
-        leaderboards.rewrite_recommended(session, dataset_id)
