@@ -52,9 +52,11 @@ class Upload(Protocol):
     async def read(self, size: int = -1) -> bytes: ...
 
 
-def default_name(filename: str | None) -> str:
-    """An upload's name when none is given: its file's name without the suffix, as the upload
-    page promises (``cats.v2.npz`` -> ``cats.v2``)."""
+def dataset_name(given: str | None, filename: str | None) -> str:
+    """An upload's name: the one given (stripped), else its file's name without the suffix,
+    as the upload page promises (``cats.v2.npz`` -> ``cats.v2``)."""
+    if given and given.strip():
+        return given.strip()
     name = PurePath(filename or "").name
     for suffix in SUFFIXES:
         if name.lower().endswith(suffix) and len(name) > len(suffix):

@@ -55,7 +55,7 @@ async def upload(
         settings,
         tmp,
         tenant=tenant,
-        name=(name or "").strip() or service.default_name(file.filename),
+        name=service.dataset_name(name, file.filename),
         modality=modality,
         task=task,
     )

@@ -128,7 +128,7 @@ async def upload(
             settings,
             tmp,
             tenant=viewer.tenant or DEFAULT_TENANT,
-            name=name.strip() or dataset_service.default_name(file.filename),
+            name=dataset_service.dataset_name(name, file.filename),
             modality=modality or None,
             task=task or None,
         )
