@@ -1,4 +1,4 @@
-"""The ranking job's states and the tasks that move it on, as plain enums.
+"""The jobs' states (rankings, fine-tunes) and the tasks that move them on, as plain enums.
 
 They live apart from ``app.lifecycle`` (which owns the rules: legal transitions, creation, the
 hand-off to the queue, and re-exports these) only so that code with no database can use them:
@@ -42,6 +42,39 @@ class ModelStatus(StrEnum):
         return Task.SCORE if self is ModelStatus.SCORING else Task.EXTRACT
 
 
+class FineTuneStatus(StrEnum):
+    """A fine-tuning job: ``cancelled`` when a client deleted it while it ran."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (FineTuneStatus.DONE, FineTuneStatus.FAILED, FineTuneStatus.CANCELLED)
+
+    @classmethod
+    def active(cls) -> tuple[FineTuneStatus, ...]:
+        return tuple(s for s in cls if not s.terminal)
+
+
+class RunStatus(StrEnum):
+    """One model's fine-tuning run within a fine-tuning job (one per round of successive
+    halving)."""
+
+    QUEUED = "queued"
+    TRAINING = "training"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
 class ModelState(StrEnum):
     """A model registration: ``pending`` until a worker has loaded the weights."""
 
@@ -69,8 +102,11 @@ class Task(StrEnum):
     REQUEUE_STALE = "tb.requeue_stale"
     RUN_SCHEDULES = "tb.run_schedules"
     REFIT_RECOMMENDER = "tb.refit_recommender"
+    FINETUNE = "tb.finetune"
 
     @property
     def queue(self) -> str:
-        """Forward passes (and loading weights) go to ``gpu`` workers, the rest to ``cpu``."""
-        return "gpu" if self in (Task.EXTRACT, Task.RESOLVE_MODEL, Task.REGISTER_MODEL) else "cpu"
+        """Forward and backward passes (and loading weights) go to ``gpu`` workers, the rest
+        to ``cpu``."""
+        gpu = (Task.EXTRACT, Task.RESOLVE_MODEL, Task.REGISTER_MODEL, Task.FINETUNE)
+        return "gpu" if self in gpu else "cpu"

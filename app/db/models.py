@@ -124,6 +124,10 @@ class JobRow(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: the recommended ordering, computed once when the job finishes (names its fit)
     recommendation: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: what the request asked to verify by fine-tuning (``{"top_k", "recipe"}``), if anything
+    verify: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: the fine-tuning job that verifies it, once the ranking is done
+    finetune_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     models: Mapped[list[JobModelRow]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobModelRow.position"
@@ -154,6 +158,79 @@ class JobModelRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
     job: Mapped[JobRow] = relationship(back_populates="models")
+    model: Mapped[ModelRow] = relationship()
+
+
+class FineTuneJobRow(Base):
+    """A fine-tuning job: models fine-tuned on a dataset with one recipe, each alone (``each``)
+    or by successive halving (``halving``, a ranking's verification), one run per model and
+    round (``FineTuneRunRow``)."""
+
+    __tablename__ = "finetune_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str | None] = mapped_column(String(TENANT_LENGTH), index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    #: the ranking it verifies, if any
+    ranking_id: Mapped[str | None] = mapped_column(
+        ForeignKey("ranking_jobs.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    method: Mapped[str] = mapped_column(String(16), default="each")
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    #: the recipe's fields as the request gave them (the rest are the defaults)
+    recipe: Mapped[dict[str, Any]] = mapped_column(JSON)
+    per_class: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    keep_weights: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the successive halving's summary once it ends (winner, measured order, tau)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    runs: Mapped[list[FineTuneRunRow]] = relationship(
+        back_populates="job",
+        cascade="all, delete-orphan",
+        order_by="(FineTuneRunRow.round, FineTuneRunRow.position)",
+    )
+
+
+class FineTuneRunRow(Base):
+    """One model fine-tuned once: its progress, its per-epoch curve, and what it reached on the
+    held-out samples."""
+
+    __tablename__ = "finetune_runs"
+    __table_args__ = (UniqueConstraint("job_id", "model_id", "round", name="uq_finetune_run"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("finetune_jobs.id", ondelete="CASCADE"), index=True
+    )
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    #: the model's place in the request (a verification: in the predicted order), 0 first
+    position: Mapped[int] = mapped_column(Integer)
+    round: Mapped[int] = mapped_column(Integer, default=1)
+    epochs: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    steps_total: Mapped[int] = mapped_column(Integer, default=0)
+    train_loss: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    val_top1: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    top1: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: the whole measurement (``FineTuneResult.to_dict()``), once done
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: an earlier run of the same model and budget this one repeats (not trained again)
+    same_as: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: the fine-tuned weights kept (``keep_weights``): path and bytes (the tenant's quota)
+    weights_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    weights_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    job: Mapped[FineTuneJobRow] = relationship(back_populates="runs")
     model: Mapped[ModelRow] = relationship()
 
 
