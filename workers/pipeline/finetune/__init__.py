@@ -56,11 +56,40 @@ that does not fit fails the model with that reason. A model PyTorch cannot train
 a TorchScript without gradients, except head-only) fails alone, with the reason.
 """
 
-from workers.pipeline.finetune.networks import Untrainable
-from workers.pipeline.finetune.recipe import FineTuneRecipe, FineTuneResult
-from workers.pipeline.finetune.run import finetune, finetune_model, open_for_finetune
-from workers.pipeline.finetune.split import Split, column_split, stratified_split
-from workers.pipeline.finetune.trainer import Limits, Progress, Stopped
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.pipeline.finetune.networks import Untrainable
+    from workers.pipeline.finetune.recipe import FineTuneRecipe, FineTuneResult
+    from workers.pipeline.finetune.run import finetune, finetune_model, open_for_finetune
+    from workers.pipeline.finetune.split import Split, column_split, stratified_split
+    from workers.pipeline.finetune.trainer import Limits, Progress, Stopped
+
+#: where each exported name lives: imported on first use, so that the recipe (torch-free) can be
+#: validated by the API, which imports no torch (``from workers.pipeline.finetune.recipe``)
+_HOMES = {
+    "Untrainable": "networks",
+    "FineTuneRecipe": "recipe",
+    "FineTuneResult": "recipe",
+    "finetune": "run",
+    "finetune_model": "run",
+    "open_for_finetune": "run",
+    "Split": "split",
+    "column_split": "split",
+    "stratified_split": "split",
+    "Limits": "trainer",
+    "Progress": "trainer",
+    "Stopped": "trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
 
 __all__ = [
     "FineTuneRecipe",

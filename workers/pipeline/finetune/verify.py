@@ -42,6 +42,7 @@ from typing import Any
 from scoring import rank_quality
 from workers.pipeline.datasets import Dataset
 from workers.pipeline.errors import PipelineError
+from workers.pipeline.finetune.halving import keep, measured_order, round_epochs
 from workers.pipeline.finetune.recipe import FineTuneRecipe, FineTuneResult
 from workers.pipeline.finetune.run import finetune
 from workers.pipeline.finetune.split import Split, stratified_split
@@ -50,13 +51,6 @@ from workers.settings import Settings
 
 #: the outcome measure a verification stores, as ``transferbench outcomes add`` does by default
 MEASURE = "finetune_top1"
-
-
-def round_epochs(total: int, candidates: int) -> int:
-    """The epochs each of ``candidates`` trains for in its round, of a total budget ``total``:
-    ``ceil(total / 2**h)`` with ``h = ceil(log2 candidates)`` halvings still to come."""
-    halvings = math.ceil(math.log2(candidates)) if candidates > 1 else 0
-    return math.ceil(total / (1 << halvings))
 
 
 @dataclass
@@ -209,12 +203,7 @@ def successive_halving(
             measured.update(((r.model, epochs), r) for r in results)
         for name in alive:
             last[name] = measured[(name, epochs)]
-        trained = sorted(
-            (name for name in alive if last[name].top1 is not None),
-            key=lambda name: (-(last[name].top1 or 0.0), predicted[name]),
-        )
-        finished = len(alive) == 1 or not trained
-        kept = trained[: math.ceil(len(trained) / 2)] if not finished else trained
+        kept, finished = keep(alive, {name: last[name].top1 for name in alive}, predicted)
         rounds.append(Round(epochs, list(alive), todo, kept))
         for name in alive:
             if name not in kept:
@@ -237,10 +226,8 @@ def _verification(
     """The measured order and its agreement with the predicted one."""
     winner = rounds[-1].kept[0] if rounds[-1].kept else None
 
-    def place(name: str) -> tuple[int, float, int]:  # later out, better; then top-1, then order
-        return (-out_in.get(name, len(rounds) + 1), -(last[name].top1 or 0.0), predicted[name])
-
-    order = sorted((n for n in names if last[n].top1 is not None), key=place)
+    top1 = {name: last[name].top1 for name in names}
+    order = measured_order(names, predicted, top1, out_in, len(rounds))
     measured_rank = {name: i + 1 for i, name in enumerate(order)}
     candidates = [
         Verified(n, predicted[n], last[n], out_in.get(n), measured_rank.get(n)) for n in names
