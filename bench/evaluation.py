@@ -7,8 +7,10 @@ every other numeric column a metric's score (repeated (dataset, model) rows are 
 text columns ignored). Then ``scoring.evaluate_lodo``: for each dataset with >= 3 outcomes,
 ``scoring.rank_quality`` of every metric against the outcomes, and of the recommender fitted
 leave-one-dataset-out (it never sees that dataset's outcomes, not even in its history).
-Also reported, as "uncalibrated default": the recommender's documented fallback (fitted on
-no outcomes at all), so the gain from learning is visible.
+Also reported: "metric_only", the recommender's metric-only calibrated order (weights fitted
+leave-one-dataset-out on the metric ranks alone, no model history: what a model the table does
+not hold gets), and "uncalibrated default", the documented fallback (fitted on no outcomes at
+all), so the gain from learning is visible.
 
 Prints, per table, method x (kendall_tau, weighted_tau, pearson, top1_hit, top1_regret)
 means over datasets, best weighted tau first, with the number of datasets; writes
@@ -18,9 +20,11 @@ means over datasets, best weighted tau first, with the number of datasets; write
              "metrics": {METRIC: {"kendall_tau": .., "weighted_tau": .., "pearson": ..,
                                   "top1_hit": .., "top1_regret": ..}},
              "recommended": {same keys},
+             "metric_only": {same keys},
              "uncalibrated_default": {same keys},
              "per_dataset": {DATASET: {METHOD: {same keys}}},
              "weights": {DATASET: {FEATURE: weight fitted without DATASET}},
+             "metric_weights": {DATASET: {METRIC: metric-only weight fitted without it}},
              "seconds": time of evaluate_lodo}}
 
 and ``OUT/evaluation.png``: weighted tau per dataset (columns) and method (rows), one
@@ -49,7 +53,7 @@ if __package__ in (None, ""):  # run as a file: this file's folder would shadow 
 import numpy as np
 
 import scoring
-from scoring.recommend import FIGURES, RECOMMENDED, DatasetRecord
+from scoring.recommend import FIGURES, METRIC_ONLY, RECOMMENDED, DatasetRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TABLES = ROOT.parent / "shared" / "benchmarks"
@@ -104,17 +108,20 @@ def evaluate_table(path: Path, outcome: str, lower: Sequence[str]) -> dict[str, 
     }
     return {
         "datasets": len(ev.datasets),
-        "metrics": {m: dict(ev.mean[m]) for m in ev.methods if m != RECOMMENDED},
+        "metrics": {m: dict(ev.mean[m]) for m in ev.methods if m not in (RECOMMENDED, METRIC_ONLY)},
         RECOMMENDED: dict(ev.mean[RECOMMENDED]),
+        METRIC_ONLY: dict(ev.mean[METRIC_ONLY]),
         DEFAULT_LABEL: summarise(fallback),
         "per_dataset": per_dataset,
         "weights": {n: dict(w) for n, w in ev.weights.items()},
+        "metric_weights": {n: dict(w) for n, w in ev.metric_weights.items()},
         "seconds": seconds,
     }
 
 
 def print_table(name: str, result: Mapping[str, Any]) -> None:
     rows = {**result["metrics"], RECOMMENDED: result[RECOMMENDED]}
+    rows[METRIC_ONLY] = result[METRIC_ONLY]
     rows[DEFAULT_LABEL] = result[DEFAULT_LABEL]
     order = sorted(rows, key=lambda m: -np.nan_to_num(rows[m]["weighted_tau"], nan=-9.0))
     width = max(len(m) for m in rows) + 2
@@ -123,10 +130,11 @@ def print_table(name: str, result: Mapping[str, Any]) -> None:
     for m in order:
         print(m.ljust(width) + "".join(f"{rows[m][f]:14.3f}" for f in FIGURES))
     best = max(result["metrics"], key=lambda m: np.nan_to_num(result["metrics"][m]["weighted_tau"]))
-    b, r = result["metrics"][best], result[RECOMMENDED]
+    b, r, o = result["metrics"][best], result[RECOMMENDED], result[METRIC_ONLY]
     print(
         f"best single metric {best}: weighted tau {b['weighted_tau']:.3f}, regret "
-        f"{b['top1_regret']:.3f}; recommended: {r['weighted_tau']:.3f}, {r['top1_regret']:.3f}"
+        f"{b['top1_regret']:.3f}; metric-only calibrated: {o['weighted_tau']:.3f}, "
+        f"{o['top1_regret']:.3f}; recommended: {r['weighted_tau']:.3f}, {r['top1_regret']:.3f}"
     )
 
 
@@ -147,7 +155,7 @@ def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> None:
         methods = sorted(
             result["metrics"], key=lambda m: -np.nan_to_num(result["metrics"][m]["weighted_tau"])
         )
-        methods = [RECOMMENDED, DEFAULT_LABEL, *methods]
+        methods = [RECOMMENDED, METRIC_ONLY, DEFAULT_LABEL, *methods]
         grid = np.array(
             [[result["per_dataset"][d][m]["weighted_tau"] for d in datasets] for m in methods]
         )
@@ -158,7 +166,7 @@ def plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> None:
             )
         means = [
             result[m]["weighted_tau"]
-            if m in (RECOMMENDED, DEFAULT_LABEL)
+            if m in (RECOMMENDED, METRIC_ONLY, DEFAULT_LABEL)
             else result["metrics"][m]["weighted_tau"]
             for m in methods
         ]
