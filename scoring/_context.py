@@ -32,6 +32,8 @@ class FeatureStats:
         self.n, self.d = int(x.shape[0]), int(x.shape[1])
         self._labels = labels
         self.device = _linalg.resolve_device(device)
+        #: Results a family of metrics shares (NCTI's three components come from one LDA fit).
+        self.memo: dict[str, Any] = {}
 
     @property
     def labels(self) -> Labels:

@@ -26,14 +26,23 @@ import numpy as np
 from scoring._context import FeatureStats
 from scoring._validation import Labels, check_features, check_labels, check_probs, check_targets
 from scoring.errors import DegenerateScore, TransferabilityError
+from scoring.etran import _etran_energy, _etran_lda, etran_energy, etran_lda
 from scoring.gbc import _gbc, gbc
 from scoring.hscore import _hscore, _hscore_shrinkage, hscore, hscore_shrinkage
-from scoring.knn import _knn_accuracy, knn_accuracy
+from scoring.knn import _knn_accuracy, _knn_regression, knn_accuracy, knn_regression
 from scoring.leep import expected_log_prediction, leep
-from scoring.linear_probe import _linear_probe, linear_probe_accuracy
+from scoring.linear_probe import (
+    _linear_probe,
+    _linear_probe_r2,
+    linear_probe_accuracy,
+    linear_probe_r2,
+)
 from scoring.logme import _logme_classification, _logme_regression, logme, logme_regression
 from scoring.nce import _nce, nce
+from scoring.ncti import ncti_ncc, ncti_parts, ncti_seli, ncti_vc
 from scoring.nleep import _nleep, nleep
+from scoring.pactran import _pactran_gauss, pactran_gauss
+from scoring.parc import _parc, parc
 from scoring.sfda import _sfda, sfda
 from scoring.transrate import _transrate, transrate
 
@@ -144,6 +153,16 @@ def _with_x(fn: Callable[..., float]) -> Callable[[Inputs, Mapping[str, Any]], f
     return run
 
 
+def _with_targets(fn: Callable[..., float]) -> Callable[[Inputs, Mapping[str, Any]], float]:
+    """Adapt a (features, targets, **options) helper of real-valued targets."""
+
+    def run(inp: Inputs, opts: Mapping[str, Any]) -> float:
+        assert inp.targets is not None
+        return fn(inp.need_stats().x, inp.targets, **opts)
+
+    return run
+
+
 def _with_probs(fn: Callable[..., float]) -> Callable[[Inputs, Mapping[str, Any]], float]:
     def run(inp: Inputs, opts: Mapping[str, Any]) -> float:
         assert inp.probs is not None
@@ -159,6 +178,12 @@ _EXCHANGEABLE: tuple[Invariance, ...] = ("sample_order", "label_names")
 _DISTRIBUTIONAL: tuple[Invariance, ...] = (*_EXCHANGEABLE, "duplication")
 _NON_POSITIVE: tuple[float, float] = (-math.inf, 0.0)
 _FRACTION: tuple[float, float] = (0.0, 1.0)
+_AT_MOST_ONE: tuple[float, float] = (-math.inf, 1.0)
+_NCTI_DEGENERATE = (
+    "its LDA unshrunk (the 32 leading variances sum past 23) with class means off the "
+    "within-class span (N - C < k, k <= 64 components): perfect in-sample separation"
+)
+_CONSTANT_TARGET = "a target column constant on the scored samples: R^2 is undefined"
 
 REGISTRY: dict[str, MetricSpec] = {
     s.name: s
@@ -287,6 +312,97 @@ REGISTRY: dict[str, MetricSpec] = {
             min_per_class=2,
             degenerate_when="never: a cross-validated accuracy on held-out folds",
             bounds=_FRACTION,
+            slow=True,
+        ),
+        _spec(
+            "etran_energy",
+            etran_energy,
+            lambda inp, o: _etran_energy(inp.need_stats(), **o),
+            ["features"],
+            "Gholami et al., ICCV 2023",
+            degenerate_when="never: a label-free statistic of the features, finite for any",
+            invariances=_EXCHANGEABLE,
+        ),
+        _spec(
+            "etran_lda",
+            etran_lda,
+            lambda inp, _: _etran_lda(inp.need_stats()),
+            ["features"],
+            "Gholami et al., ICCV 2023",
+            degenerate_when="within 1e-9 of 1: every sample given its own class with certainty",
+            invariances=[*_DISTRIBUTIONAL, "offset"],
+            bounds=_FRACTION,
+        ),
+        _spec(
+            "ncti_seli",
+            ncti_seli,
+            lambda inp, _: ncti_parts(inp.need_stats()).seli,
+            ["features"],
+            "Wang et al., ICCV 2023",
+            degenerate_when=_NCTI_DEGENERATE,
+            invariances=[*_EXCHANGEABLE, "offset"],
+            bounds=(0.0, math.inf),
+        ),
+        _spec(
+            "ncti_ncc",
+            ncti_ncc,
+            lambda inp, _: ncti_parts(inp.need_stats()).ncc,
+            ["features"],
+            "Wang et al., ICCV 2023",
+            degenerate_when=_NCTI_DEGENERATE,
+            invariances=[*_EXCHANGEABLE, "offset"],
+            bounds=_FRACTION,
+        ),
+        _spec(
+            "ncti_vc",
+            ncti_vc,
+            lambda inp, _: ncti_parts(inp.need_stats()).vc,
+            ["features"],
+            "Wang et al., ICCV 2023",
+            degenerate_when=_NCTI_DEGENERATE,
+            invariances=[*_EXCHANGEABLE, "offset"],
+        ),
+        _spec(
+            "parc",
+            parc,
+            lambda inp, o: _parc(inp.need_stats(), **o),
+            ["features"],
+            "Bolya et al., NeurIPS 2021",
+            degenerate_when="no two samples share a class, or every pair is equally dissimilar",
+            invariances=["label_names", "offset", "scale"],
+            bounds=(-100.0, 100.0),
+        ),
+        _spec(
+            "pactran_gauss",
+            pactran_gauss,
+            lambda inp, o: _pactran_gauss(inp.need_stats(), **o),
+            ["features"],
+            "Ding et al., ECCV 2022",
+            degenerate_when="never: the L2 prior keeps the fitted head and the bound finite",
+            invariances=[*_EXCHANGEABLE, "offset"],
+            bounds=_NON_POSITIVE,
+            slow=True,
+        ),
+        _spec(
+            "knn_regression",
+            knn_regression,
+            _with_targets(_knn_regression),
+            ["features"],
+            "leave-one-out k-NN regression R^2",
+            targets=["regression"],
+            degenerate_when=_CONSTANT_TARGET,
+            invariances=["scale"],
+            bounds=_AT_MOST_ONE,
+        ),
+        _spec(
+            "linear_probe_r2",
+            linear_probe_r2,
+            _with_targets(_linear_probe_r2),
+            ["features"],
+            "k-fold cross-validated ridge regression R^2",
+            targets=["regression"],
+            degenerate_when=_CONSTANT_TARGET,
+            bounds=_AT_MOST_ONE,
             slow=True,
         ),
     )

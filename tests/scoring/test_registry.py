@@ -24,7 +24,9 @@ def test_applicable_follows_needs_and_targets():
     assert "logme" in headless and "leep" not in headless and "logme_regression" not in headless
     assert scoring.applicable(["logme", "leep"], has_features=False, has_probs=True) == ["leep"]
     assert scoring.applicable(has_features=True, has_probs=True, target="regression") == [
-        "logme_regression"
+        "logme_regression",
+        "knn_regression",
+        "linear_probe_r2",
     ]
     with pytest.raises(TransferabilityError, match=r"unknown metric 'logmee'.*known metrics"):
         scoring.applicable(["logmee"], has_features=True, has_probs=False)
