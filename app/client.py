@@ -218,6 +218,7 @@ class _Calls:
         name: str | None,
         modality: str | None,
         task: str | None,
+        tags: str | None = None,
     ) -> Op[Dataset]:
         source = Path(path).expanduser()
         if not source.exists():
@@ -229,7 +230,8 @@ class _Calls:
                 upload = _zip_folder(source, tmp)
             handle = stack.enter_context(upload.open("rb"))
             form = {"name": name or source.stem or "dataset"}
-            form |= {k: v for k, v in (("modality", modality), ("task", task)) if v}
+            given = (("modality", modality), ("task", task), ("tags", tags))
+            form |= {k: v for k, v in given if v}
             response = yield self._request(
                 "POST",
                 "/v1/datasets",
@@ -496,10 +498,13 @@ class Client(_Calls):
         *,
         modality: str | None = None,
         task: str | None = None,
+        tags: str | None = None,
     ) -> Dataset:
         """Upload a .zip/.csv/.jsonl/.npz/.npy/.parquet file, or a folder (zipped on the fly).
-        Content the server already holds comes back as the existing dataset."""
-        return self._run(self._upload(path, name, modality, task))
+        Content the server already holds comes back as the existing dataset. ``tags``: a
+        token-classification JSONL's tags as given (``"bio"``) or merged to entity types
+        (``"entity"``)."""
+        return self._run(self._upload(path, name, modality, task, tags))
 
     def models(self) -> list[Model]:
         """Every registered model, by modality and name."""
@@ -701,8 +706,9 @@ class AsyncClient(_Calls):
         *,
         modality: str | None = None,
         task: str | None = None,
+        tags: str | None = None,
     ) -> Dataset:
-        return await self._run(self._upload(path, name, modality, task))
+        return await self._run(self._upload(path, name, modality, task, tags))
 
     async def models(self) -> list[Model]:
         return await self._run(self._models())

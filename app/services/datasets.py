@@ -97,15 +97,17 @@ def register(
     name: str,
     modality: str | None,
     task: str | None,
+    tags: str | None = None,
 ) -> tuple[DatasetRow, bool]:
     """Validate the saved file and store it as the tenant's; returns (row, created). The same
-    content uploaded again by the same tenant is the same row."""
+    content uploaded again by the same tenant is the same row. ``tags``: a token-classification
+    upload's tags as given (``bio``) or merged to entity types (``entity``: stored merged)."""
     from workers.pipeline.datasets import check_upload
     from workers.pipeline.errors import PipelineError
 
     try:  # every image decoded and every row parsed, within the readers' caps
         with _validating:
-            dataset = check_upload(tmp)
+            dataset = check_upload(tmp, tags=tags)
     except PipelineError as exc:
         tmp.unlink(missing_ok=True)
         raise Invalid(str(exc).replace(str(tmp), "the upload")) from exc

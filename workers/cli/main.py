@@ -46,8 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     rank = sub.add_parser("rank", help="rank candidate models on a dataset")
     rank.add_argument(
         "dataset",
-        help="folder (one subfolder per class), .zip, .csv/.jsonl (text, or image manifest), "
-        ".npz/.npy/.parquet features, or a built-in: fashion-mnist, digits, fortunes",
+        help="folder (one subfolder per class), .zip, .csv/.jsonl (text, text pairs, or image "
+        "manifest), .jsonl token classification (tokens, tags), .npz/.npy/.parquet features, "
+        "or a built-in: fashion-mnist, digits, fortunes",
+    )
+    rank.add_argument(
+        "--tags",
+        choices=("bio", "entity"),
+        help="token classification: score the tags as given (bio, the default) or merged to "
+        "entity types (entity: B-PER, I-PER -> PER)",
     )
     rank.add_argument("--models", type=_csv_list, help="zoo names or specs, comma separated")
     rank.add_argument(
@@ -120,6 +127,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         save_features=args.save_features,
         show_progress=not args.quiet,
+        tags=args.tags,
     )
     result = run_rank(request)
     rows = result.rows

@@ -137,7 +137,7 @@ def _dataset_on(tb: Client, args: argparse.Namespace, tmp: Path) -> tuple[Datase
                 "locally (without --server)"
             )
         upload = Path(spec).expanduser()
-        local = open_dataset(str(upload))  # validates here, before any upload
+        local = open_dataset(str(upload), tags=args.tags)  # validates here, before any upload
         if upload.is_file() and local.modality == "image" and upload.suffix.lower() != ".zip":
             upload = _export(local, tmp)  # a manifest: its images must travel with it
     # the hash the server will compute: of the file it gets, where that is not the original
@@ -146,7 +146,7 @@ def _dataset_on(tb: Client, args: argparse.Namespace, tmp: Path) -> tuple[Datase
     if found is None:
         if not args.quiet:
             print(f"uploading {local.name} ({len(local)} samples) to {tb.url}", file=sys.stderr)
-        found = tb.upload_dataset(upload, name=local.name)
+        found = tb.upload_dataset(upload, name=local.name, tags=args.tags)
     return found, per_class
 
 

@@ -33,6 +33,13 @@ from workers.pipeline.errors import PipelineError
 from workers.pipeline.loader import decoded_batches, in_process_batches
 from workers.pipeline.models.base import CandidateModel, ModelOutput
 from workers.pipeline.models.preprocessing import ImageRecipe
+from workers.pipeline.models.text_tasks import (
+    sample_lengths,
+    sample_tokens,
+    sentence_lengths,
+    torch_model,
+    word_features,
+)
 from workers.pipeline.runtime import configure, default_threads
 
 log = logging.getLogger(__name__)
@@ -301,17 +308,18 @@ def _extract_texts(
     max_tokens: int | None,
     progress: ProgressFn | None,
 ) -> tuple[dict[str, list[ModelOutput]], np.ndarray]:
-    texts = [str(t) for t in dataset.samples]
+    # texts, or text pairs encoded by the tokenizer's own pair encoding (text_tasks)
+    texts = list(dataset.samples) if dataset.kind == "pairs" else [str(t) for t in dataset.samples]
     groups = list(_group(models).values())
     # Longest first, in tokens: batches of similar length pad less (by characters, a batch of
     # 32 fortunes carried 39% padding; by tokens, 4%), and an OOM shows up on batch one.
-    lengths = groups[0][0].token_lengths(texts)
+    lengths = sample_lengths(groups[0][0], texts)
     order = np.argsort([-n for n in lengths], kind="stable")
     outputs: dict[str, list[ModelOutput]] = defaultdict(list)
     for batch in text_batches([lengths[i] for i in order], batch_size, max_tokens):
         chunk = [texts[i] for i in order[batch]]
         for group in groups:
-            tokens = group[0].tokenize(chunk)
+            tokens = sample_tokens(group[0], chunk)
             ran: dict[str, list[ModelOutput]] = {}
             for model in group:
                 if model.trunk is not None and model.trunk in ran:
@@ -327,6 +335,60 @@ def _extract_texts(
         if progress:
             progress(min(batch.stop, len(texts)), len(texts))
     return outputs, np.argsort(order)
+
+
+def _extract_words(
+    models: Sequence[CandidateModel],
+    dataset: Dataset,
+    batch_size: int,
+    max_tokens: int | None,
+    stats: ExtractionStats,
+    progress: ProgressFn | None,
+) -> dict[str, list[ModelOutput]]:
+    """Token classification: each sentence among the samples (words) runs once per model
+    (once per shared encoder), longest first in batches; each word's row is its subwords'
+    mean (:func:`~workers.pipeline.models.text_tasks.word_features`), in sample order."""
+    sentences: list[Sequence[str]] = []
+    first: dict[int, int] = {}  # id(sentence) -> its position in ``sentences``
+    rows: list[tuple[int, int]] = []  # each sample's (sentence, word)
+    wanted: list[int] = []  # samples (words) of each sentence
+    for sample in dataset.samples:
+        sentence = sample.sentence  # type: ignore[attr-defined]
+        at = first.setdefault(id(sentence), len(sentences))
+        if at == len(sentences):
+            sentences.append(sentence.tokens)
+            wanted.append(0)
+        wanted[at] += 1
+        rows.append((at, sample.index))  # type: ignore[attr-defined]
+    lengths = sentence_lengths(models[0], sentences)
+    order = np.argsort([-n for n in lengths], kind="stable")
+    words: dict[str, list[torch.Tensor | None]] = {m.name: [None] * len(sentences) for m in models}
+    done = 0
+    for batch in text_batches([lengths[i] for i in order], batch_size, max_tokens):
+        chunk = order[batch].tolist()
+        ran: dict[str, list[torch.Tensor]] = {}
+        for model in models:
+            if model.trunk is not None and model.trunk in ran:
+                features = ran[model.trunk]  # a shared encoder ran already: its head only
+            else:
+                began = time.perf_counter()
+                features = word_features(model, [sentences[i] for i in chunk])
+                stats.forward_calls[model.name] += 1
+                stats.forward_s[model.name] += time.perf_counter() - began
+                if model.trunk is not None:
+                    ran[model.trunk] = features
+            for i, feats in zip(chunk, features, strict=True):
+                words[model.name][i] = feats
+        done += sum(wanted[i] for i in chunk)
+        if progress:
+            progress(done, len(dataset))
+    outputs: dict[str, list[ModelOutput]] = {}
+    for model in models:
+        per_sentence = [f for f in words[model.name] if f is not None]
+        starts = np.cumsum([0] + [len(f) for f in per_sentence[:-1]])
+        picked = torch.cat(per_sentence)[torch.as_tensor([starts[at] + w for at, w in rows])]
+        outputs[model.name] = [model.finish(picked, None)]
+    return outputs
 
 
 def extract(
@@ -363,6 +425,10 @@ def extract(
                 f"{model.name} is a {model.modality} model but {dataset.name} is a "
                 f"{dataset.modality} dataset"
             )
+    if dataset.kind == "tokens":
+        # word features pool per-token hidden states, which only the PyTorch module gives (an
+        # exported graph returns sentence features): its runtime keys them
+        models = [torch_model(m) for m in models]
     configure(num_threads)
     stats = stats if stats is not None else ExtractionStats()
     if device is not None:
@@ -397,7 +463,11 @@ def extract(
         num_workers = max(1, default_threads() - 1) if device.type == "cuda" else 0
     began = time.perf_counter()
     with torch.inference_mode() if dataset.modality == "text" else contextlib.nullcontext():
-        if dataset.modality == "image":
+        if dataset.kind == "tokens":
+            max_tokens = CPU_BATCH_TOKENS if device.type == "cpu" else None
+            outputs = _extract_words(pending, dataset, size, max_tokens, stats, progress)
+            inverse = None
+        elif dataset.modality == "image":
             outputs = _extract_images(pending, dataset, runner, size, device, num_workers, progress)
             inverse = None
         else:

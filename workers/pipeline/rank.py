@@ -44,6 +44,8 @@ class RankRequest:
     use_cache: bool = True
     save_features: Path | None = None
     show_progress: bool = False
+    #: token-classification datasets: tags as given ("bio") or merged to entity types
+    tags: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def load_dataset(request: RankRequest) -> Dataset:
     """Open and (when asked, or by a built-in's default) subsample the dataset."""
-    dataset = open_dataset(request.dataset)
+    dataset = open_dataset(request.dataset, tags=request.tags)
     per_class = request.per_class
     if per_class is None and request.dataset in BUILTINS:
         per_class = BUILTINS[request.dataset].default_per_class

@@ -44,6 +44,13 @@ async def upload(
     ] = None,
     modality: Annotated[Literal["image", "text", "features"] | None, Form()] = None,
     task: Annotated[Literal["classification", "regression"] | None, Form()] = None,
+    tags: Annotated[
+        Literal["bio", "entity"] | None,
+        Form(
+            description="token classification (JSONL tokens/tags): the tags as given (bio, "
+            "the default) or merged to entity types (entity: B-PER, I-PER -> PER)"
+        ),
+    ] = None,
 ) -> DatasetRow:
     tenant = principal.tenant or DEFAULT_TENANT
     # validation grows with the upload (every image decoded), which TB_MAX_UPLOAD_MB bounds
@@ -58,6 +65,7 @@ async def upload(
         name=service.dataset_name(name, file.filename),
         modality=modality,
         task=task,
+        tags=tags,
     )
     if not created:
         response.status_code = 200

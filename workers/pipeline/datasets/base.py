@@ -14,6 +14,10 @@ from workers.pipeline.errors import PipelineError
 
 Modality = Literal["image", "text", "features"]
 Target = Literal["classification", "regression"]
+#: What one text sample is: a text (``plain``), a text pair (``pairs``: the tokenizer's own pair
+#: encoding) or one word of a tokenized sentence (``tokens``: token classification, one sample
+#: per word, its features pooled from the sentence's subword features).
+Kind = Literal["plain", "pairs", "tokens"]
 
 #: A class label is a name; a longer one would make every row of the label array that wide
 #: (numpy strings are fixed-width), so one long label in a big file would expand hugely.
@@ -37,8 +41,11 @@ class ContentHash:
     """A dataset's content hash, fed rows in order: a reader that streams a file (and never
     holds its samples) hashes it exactly as :attr:`Dataset.content_hash` does."""
 
-    def __init__(self, modality: Modality, target: Target) -> None:
-        self._digest = hashlib.sha256(f"transferbench-dataset-v1|{modality}|{target}".encode())
+    def __init__(self, modality: Modality, target: Target, kind: Kind = "plain") -> None:
+        seed = f"transferbench-dataset-v1|{modality}|{target}"
+        # a plain dataset's seed is as it always was: its hashes (and cached features) stay valid
+        seed += "" if kind == "plain" else f"|{kind}"
+        self._digest = hashlib.sha256(seed.encode())
 
     def add(self, sample_digests: Sequence[bytes], labels: Sequence[object]) -> None:
         """The next rows: each sample's digest and its label (a Python value, ``.tolist()``)."""
@@ -64,6 +71,7 @@ class Summary:
     n_samples: int
     #: ``(label, count)`` in sorted label order; empty for regression targets
     classes: list[tuple[object, int]]
+    kind: Kind = "plain"
 
     def validate(self, where: str) -> Summary:
         """Raise :class:`PipelineError` unless the labels can be ranked on."""
@@ -79,7 +87,14 @@ class Summary:
         if dataset.target == "classification":
             names, counts = np.unique(dataset.labels, return_counts=True)
             classes = list(zip(names.tolist(), counts.tolist(), strict=True))
-        return cls(dataset.modality, dataset.target, dataset.content_hash, len(dataset), classes)
+        return cls(
+            dataset.modality,
+            dataset.target,
+            dataset.content_hash,
+            len(dataset),
+            classes,
+            dataset.kind,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,10 +102,13 @@ class Dataset:
     """A validated target dataset.
 
     - ``samples``: ``N`` items: :class:`~workers.pipeline.datasets.images.ImageSample` for images,
-      ``str`` for text, row indices for precomputed features.
+      ``str`` for text, :class:`~workers.pipeline.datasets.pairs.TextPair` for text pairs,
+      :class:`~workers.pipeline.datasets.tokens.WordSample` for the words of a token
+      classification dataset, row indices for precomputed features.
     - ``labels``: ``(N,)`` class labels (any hashable) or float regression targets.
     - ``digests``: ``N`` sha256 digests of the samples' content (bytes, pixels or text).
     - ``precomputed``: model name -> arrays, for ``modality == "features"`` only.
+    - ``kind``: text datasets, what a sample is (:data:`Kind`).
     """
 
     name: str
@@ -101,6 +119,7 @@ class Dataset:
     target: Target = "classification"
     precomputed: dict[str, PrecomputedModel] = field(default_factory=dict)
     origin: str = ""
+    kind: Kind = "plain"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -108,7 +127,7 @@ class Dataset:
     @cached_property
     def content_hash(self) -> str:
         """sha256 (hex) of every sample's content and label, in order: keys the feature cache."""
-        content = ContentHash(self.modality, self.target)
+        content = ContentHash(self.modality, self.target, self.kind)
         content.add(self.digests, self.labels.tolist())
         return content.hexdigest(m.hash_name for m in self.precomputed.values())
 
@@ -152,6 +171,7 @@ class Dataset:
                 for name, arrays in self.precomputed.items()
             },
             origin=self.origin,
+            kind=self.kind,
         )
 
     def subsample(self, per_class: int, seed: int = 0) -> Dataset:
