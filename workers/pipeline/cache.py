@@ -35,13 +35,16 @@ class CachedFeatures:
     meta: dict[str, Any]
 
 
-def feature_key(model: CandidateModel, dataset_hash: str) -> str:
+def feature_key(model: CandidateModel, dataset_hash: str, layer: str | None = None) -> str:
     """sha256 (hex) of the weights fingerprint, layer, recipe, head, runtime, dataset hash and,
-    where it is not PIL's, the image decode (so keys made before ``TB_DECODE`` stay valid)."""
+    where it is not PIL's, the image decode (so keys made before ``TB_DECODE`` stay valid).
+
+    ``layer``: one of ``model.layer_names()``; None (or the last, ``model.layer``) is the
+    features rankings always used, under the key they always had."""
     identity: dict[str, object] = {
         "format": FORMAT_VERSION,
         "fingerprint": model.fingerprint,
-        "layer": model.layer,
+        "layer": layer or model.layer,
         "recipe": model.recipe.cache_identity(),
         "head": model.has_head,
         "runtime": model.runtime,

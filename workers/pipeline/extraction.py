@@ -9,17 +9,21 @@
 - Features ``(N, D)`` float32 and, with a head, probs ``(N, Z)`` float32 go to the feature
   cache; a model whose key is cached does no forward pass.
 - Batch size: from free memory unless given; an out-of-memory error halves it and retries.
+- Layers (``layers=``): the other layers a model is asked for come from the same forward
+  pass as its features (hooks, hidden states, one multi-output ONNX graph); each is cached
+  as its own entry, keyed by its name; the last layer keeps the key it always had.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -61,13 +65,21 @@ CPU_BATCH_TOKENS = 512
 @dataclass(frozen=True)
 class FeatureSet:
     """One model's arrays on one dataset: ``features`` ``(N, D)`` float32, ``probs``
-    ``(N, Z)`` float32 or None, and whether they came from the cache."""
+    ``(N, Z)`` float32 or None, and whether they came from the cache.
+
+    With layers asked for: ``layers``, layer index -> ``(N, D_i)`` float32 features of each
+    one asked (the last layer's are ``features``), and ``layer_names``, every layer's name
+    by index (``CandidateModel.layer_names``)."""
 
     model: str
     features: np.ndarray
     probs: np.ndarray | None
     from_cache: bool = False
     cache_key: str | None = None
+    layers: Mapping[int, np.ndarray] = field(default_factory=dict)
+    layer_names: tuple[str, ...] = ()
+    #: layer index -> the cache key of its features, for each of ``layers``
+    layer_keys: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,19 +145,28 @@ def _batch_len(batch: Any) -> int:
 
 
 class _Runner:
-    """Runs models on batches in micro-batches, halving a model's micro-batch on OOM."""
+    """Runs models on batches in micro-batches, halving a model's micro-batch on OOM;
+    ``extra``: model name -> the other layers its forward pass also gives."""
 
-    def __init__(self, batch_size: int, stats: ExtractionStats) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        stats: ExtractionStats,
+        extra: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> None:
         self.micro: dict[str, int] = defaultdict(lambda: batch_size)
         self.stats = stats
+        self.extra = dict(extra or {})
 
     def __call__(self, model: CandidateModel, batch: Any) -> list[ModelOutput]:
         outputs, start, total = [], 0, _batch_len(batch)
         while start < total:
             size = self.micro[model.name]
             began = time.perf_counter()
+            extra = self.extra.get(model.name, ())
             try:
-                out = model.forward(_slice(batch, start, start + size))
+                part = _slice(batch, start, start + size)
+                out = model.forward_layers(part, extra) if extra else model.forward(part)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not _is_oom(exc):
                     raise
@@ -165,12 +186,19 @@ class _Runner:
         return outputs
 
 
-def _collect(outputs: list[ModelOutput]) -> tuple[np.ndarray, np.ndarray | None]:
+def _collect(
+    outputs: list[ModelOutput],
+) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
+    """Features, probs and each extra layer's features, all batches joined."""
     features = np.concatenate([o.features for o in outputs]).astype(np.float32, copy=False)
+    layers = [
+        np.concatenate([o.layers[j] for o in outputs]).astype(np.float32, copy=False)
+        for j in range(len(outputs[0].layers))
+    ]
     if outputs[0].probs is None:
-        return features, None
+        return features, None, layers
     probs = [o.probs for o in outputs if o.probs is not None]
-    return features, np.concatenate(probs).astype(np.float32, copy=False)
+    return features, np.concatenate(probs).astype(np.float32, copy=False), layers
 
 
 def _group(models: Sequence[CandidateModel]) -> dict[tuple[Any, ...], list[CandidateModel]]:
@@ -320,21 +348,51 @@ def _extract_texts(
         chunk = [texts[i] for i in order[batch]]
         for group in groups:
             tokens = sample_tokens(group[0], chunk)
-            ran: dict[str, list[ModelOutput]] = {}
+            ran: dict[tuple[str, tuple[int, ...]], list[ModelOutput]] = {}
             for model in group:
-                if model.trunk is not None and model.trunk in ran:
+                shared = (model.trunk or "", runner.extra.get(model.name, ()))
+                if model.trunk is not None and shared in ran:
                     # A shared encoder ran already on these tokens: only this model's head.
-                    same = ran[model.trunk]
                     outputs[model.name].extend(
-                        model.finish(torch.from_numpy(o.features), None) for o in same
+                        dataclasses.replace(
+                            model.finish(torch.from_numpy(o.features), None), layers=o.layers
+                        )
+                        for o in ran[shared]
                     )
                     continue
                 outputs[model.name].extend(out := runner(model, tokens))
                 if model.trunk is not None:
-                    ran[model.trunk] = out
+                    ran[shared] = out
         if progress:
             progress(min(batch.stop, len(texts)), len(texts))
     return outputs, np.argsort(order)
+
+
+@dataclass
+class _Plan:
+    """What one model of an :func:`extract` call gives and under which cache keys: ``model``
+    runs it (``for_layers`` may hand it to another), ``asked`` are the layer indices asked
+    for, ``keys`` index -> key of each asked layer but the last (whose key is ``key``)."""
+
+    model: CandidateModel
+    names: tuple[str, ...]
+    asked: tuple[int, ...]
+    key: str
+    keys: dict[int, str]
+
+    @property
+    def last(self) -> int:
+        return len(self.names) - 1
+
+    def layer_keys(self) -> dict[int, str]:
+        return {i: self.keys.get(i, self.key) for i in self.asked}
+
+
+def _plan(model: CandidateModel, asked: tuple[int, ...] | None, dataset_hash: str) -> _Plan:
+    names = model.layer_names() if asked is not None else ()
+    last = len(names) - 1
+    keys = {i: feature_key(model, dataset_hash, names[i]) for i in asked or () if i != last}
+    return _Plan(model, names, asked or (), feature_key(model, dataset_hash), keys)
 
 
 def _extract_words(
@@ -395,6 +453,7 @@ def extract(
     models: Sequence[CandidateModel],
     dataset: Dataset,
     *,
+    layers: Mapping[str, Sequence[int]] | None = None,
     cache: FeatureCache | None = None,
     batch_size: int | None = None,
     device: torch.device | None = None,
@@ -409,6 +468,11 @@ def extract(
     Returns model name -> :class:`FeatureSet` with ``features`` ``(N, D)`` float32 and
     ``probs`` ``(N, Z)`` float32 for models with a head. ``progress(done, total)`` is called
     after every batch with samples done out of ``N``.
+
+    ``layers``: model name -> layer indices (``CandidateModel.select_layers``) whose features
+    come in ``FeatureSet.layers``, from the same forward pass as its features, each cached
+    under its own key (a model whose every asked layer is cached runs no forward pass); a
+    model not named gives its features alone, as always.
 
     ``device``: move every model there first, in ``precision`` (``TB_PRECISION``); None keeps
     each model where it was loaded (``load_model`` places it by ``TB_DEVICE``). Cache keys are
@@ -436,16 +500,39 @@ def extract(
             model.to(device, precision)
     results: dict[str, FeatureSet] = {}
     pending: list[CandidateModel] = []
-    keys = {m.name: feature_key(m, dataset.content_hash) for m in models}
+    plans: dict[str, _Plan] = {}
+    hits: dict[str, dict[int, np.ndarray]] = {}
+    extra: dict[str, tuple[int, ...]] = {}
     for model in models:
-        hit = cache.get(keys[model.name]) if cache else None
-        if hit is not None and len(hit.features) == len(dataset):
+        asked = None
+        if layers is not None and model.name in layers:
+            asked = tuple(sorted(set(layers[model.name])))
+        plan = plans[model.name] = _plan(model, asked, dataset.content_hash)
+        hit = cache.get(plan.key) if cache else None
+        if hit is not None and len(hit.features) != len(dataset):
+            hit = None
+        found = {}
+        for index, key in plan.keys.items():
+            entry = cache.get(key) if cache else None
+            if entry is not None and len(entry.features) == len(dataset):
+                found[index] = entry.features
+        if hit is not None and len(found) == len(plan.keys):
+            by_index = {**found, plan.last: hit.features} if plan.asked else {}
             results[model.name] = FeatureSet(
-                model.name, hit.features, hit.probs, True, keys[model.name]
-            )
+                model.name, hit.features, hit.probs, True, plan.key,
+                {i: by_index[i] for i in plan.asked}, plan.names, plan.layer_keys(),
+            )  # fmt: skip
             stats.cache_hits.append(model.name)
-        else:
-            pending.append(model)
+            continue
+        missing = tuple(i for i in plan.keys if i not in found)
+        runs = model.for_layers(missing) if missing else model
+        if runs is not model:  # another runtime: its own keys, nothing of the cache reused
+            plan = plans[model.name] = _plan(runs, asked, dataset.content_hash)
+            found, missing = {}, tuple(plan.keys)
+        hits[model.name] = found
+        if missing:
+            extra[model.name] = missing
+        pending.append(runs)
     if not pending:
         if progress:
             progress(len(dataset), len(dataset))
@@ -455,7 +542,7 @@ def extract(
     # device (an ONNX Runtime model beside GPU models reads it back on the CPU).
     device = next((m.device for m in pending if m.device.type != "cpu"), torch.device("cpu"))
     size = batch_size or pick_batch_size(pending, device)
-    runner = _Runner(size, stats)
+    runner = _Runner(size, stats, extra)
     if num_workers is None:
         # On CPU the forward pass already uses every core: decode in a thread of this process
         # (see PREFETCH_BATCHES). On GPU, decode in worker processes on every core but the one
@@ -490,13 +577,24 @@ def extract(
         waiting,
     )
     for model in pending:
-        features, probs = _collect(outputs[model.name])
+        plan = plans[model.name]
+        features, probs, computed = _collect(outputs[model.name])
         if inverse is not None:
             features = features[inverse]
             probs = probs[inverse] if probs is not None else None
-        key = keys[model.name]
+            computed = [c[inverse] for c in computed]
+        made = dict(zip(extra.get(model.name, ()), computed, strict=True))
+        by_index = {**hits[model.name], **made}
         if cache:
             meta = {**model.describe(), "dataset": dataset.content_hash, "n": len(dataset)}
-            cache.put(key, features, probs, meta)
-        results[model.name] = FeatureSet(model.name, features, probs, False, key)
+            cache.put(plan.key, features, probs, meta)
+            for index in extra.get(model.name, ()):
+                layer_meta = {**meta, "layer": plan.names[index], "layer_index": index}
+                cache.put(plan.keys[index], by_index[index], None, layer_meta)
+        if plan.asked:
+            by_index[plan.last] = features
+        results[model.name] = FeatureSet(
+            model.name, features, probs, False, plan.key,
+            {i: by_index[i] for i in plan.asked}, plan.names, plan.layer_keys(),
+        )  # fmt: skip
     return {name: results[name] for name in names}

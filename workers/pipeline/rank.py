@@ -19,6 +19,7 @@ from workers.pipeline.cache import FeatureCache, write_npz_atomic
 from workers.pipeline.datasets import BUILTINS, Dataset, open_dataset
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.extraction import FeatureSet, extract
+from workers.pipeline.layers import MEAN, LayerChoice, LayerError, is_default, order_label
 from workers.pipeline.models.base import CandidateModel
 from workers.pipeline.models.zoo import ZOO, load_model, zoo_names
 from workers.pipeline.ranking import (
@@ -46,6 +47,9 @@ class RankRequest:
     show_progress: bool = False
     #: token-classification datasets: tags as given ("bio") or merged to entity types
     tags: str | None = None
+    #: which layers to score (``workers.pipeline.layers``); with ``layer_mean`` their mean too
+    layers: LayerChoice = "last"
+    layer_mean: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,8 @@ def compute_features(
     if dataset.modality == "features":
         if request.models:
             raise PipelineError("a feature file is ranked as it is; drop --models")
+        if not is_default(request.layers, request.layer_mean):
+            raise PipelineError("a feature file holds one layer per model; drop --layers")
         precomputed = {
             name: FeatureSet(name, arrays.features, arrays.probs)
             for name, arrays in dataset.precomputed.items()
@@ -138,6 +144,18 @@ def compute_features(
     names = list(request.models) if request.models else zoo_names(dataset.modality)
     configure(settings.num_threads)
     models, failed = load_models(request, names, settings)
+    chosen: dict[str, tuple[int, ...]] | None = None
+    if not is_default(request.layers, request.layer_mean):
+        chosen = {}
+        for model in list(models):
+            try:  # a model that cannot give these layers fails alone, with the reason
+                chosen[model.name] = model.select_layers(request.layers)
+            except LayerError as exc:
+                failed[model.name] = str(exc)
+                models.remove(model)
+        if not models:
+            reasons = "; ".join(failed.values())
+            raise PipelineError(f"no model can give the layers asked for ({reasons})")
     cache = FeatureCache(settings.feature_cache_dir) if request.use_cache else None
     device = resolve_device(settings.device)
     with _progress_bar(request, len(dataset), f"features x{len(models)} models") as bar:
@@ -148,6 +166,7 @@ def compute_features(
         features = extract(
             models,
             dataset,
+            layers=chosen,
             cache=cache,
             batch_size=request.batch_size or settings.batch_size,
             device=device,
@@ -168,6 +187,29 @@ def save_features(directory: Path, features: dict[str, FeatureSet], labels: np.n
         write_npz_atomic(directory / f"{safe}.npz", arrays)
 
 
+def model_arrays(fs: FeatureSet, choice: LayerChoice, layer_mean: bool) -> ModelArrays:
+    """What the metrics see of one model: its features, or with layers each chosen layer's
+    (labelled by index) and, with ``layer_mean``, their mean (``mean``); ordered by
+    :func:`workers.pipeline.layers.order_label`. The mean needs layers of one width: a
+    ``LayerError`` says so otherwise."""
+    if not fs.layers:
+        return ModelArrays(fs.features, fs.probs)
+    chosen = sorted(fs.layers)
+    layers = {str(i): fs.layers[i] for i in chosen}
+    if layer_mean:
+        widths = sorted({fs.layers[i].shape[1] for i in chosen})
+        if len(widths) > 1:
+            raise LayerError(
+                f"{fs.model}: its layers {chosen} have different widths ({widths[0]} to "
+                f"{widths[-1]}), so their features have no mean; rank them without "
+                "layer_mean, or choose layers of one width"
+            )
+        stacked = np.stack([fs.layers[i] for i in chosen]).astype(np.float64)
+        layers[MEAN] = stacked.mean(axis=0).astype(np.float32)
+    order = order_label(choice, chosen, len(fs.layer_names), layer_mean)
+    return ModelArrays(fs.features, fs.probs, layers, order)
+
+
 def run_rank(request: RankRequest, settings: Settings | None = None) -> RankResult:
     """Open the dataset, extract (or read cached) features, score and rank the models; a
     model that cannot be loaded comes last, unranked, with its reason (``RankedModel.error``)."""
@@ -179,8 +221,13 @@ def run_rank(request: RankRequest, settings: Settings | None = None) -> RankResu
     features, failed = compute_features(request, dataset, settings)
     if request.save_features:
         save_features(request.save_features, features, dataset.labels)
-    arrays = {name: ModelArrays(fs.features, fs.probs) for name, fs in features.items()}
-    rows = rank_models(arrays, dataset.labels, metrics, dataset.target)
+    arrays: dict[str, ModelArrays] = {}
+    for name, fs in features.items():
+        try:
+            arrays[name] = model_arrays(fs, request.layers, request.layer_mean)
+        except LayerError as exc:
+            failed[name] = str(exc)
+    rows = rank_models(arrays, dataset.labels, metrics, dataset.target) if arrays else []
     rows += [failed_row(name, reason, metrics) for name, reason in failed.items()]
     return RankResult(
         dataset.name, len(dataset), metrics, rows, features, dataset.modality, dataset.target,

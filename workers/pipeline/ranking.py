@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -9,30 +10,45 @@ import numpy as np
 
 import scoring
 from workers.pipeline.errors import PipelineError
+from workers.pipeline.layers import best_layer
 
 
 @dataclass(frozen=True)
 class ModelArrays:
-    """What a metric sees of one model: ``features`` ``(N, D)``, ``probs`` ``(N, Z)`` or None."""
+    """What a metric sees of one model: ``features`` ``(N, D)``, ``probs`` ``(N, Z)`` or None.
+
+    With layers: ``layers``, label (``"3"``, ``"mean"``) -> ``(N, D_i)`` features, each
+    scored with ``probs``; ``order``, the label whose scores order the model."""
 
     features: np.ndarray
     probs: np.ndarray | None
+    layers: Mapping[str, np.ndarray] | None = None
+    order: str | None = None
 
 
 @dataclass(frozen=True)
 class RankedModel:
     """One row of a ranking: ``scores`` holds ``recommended`` (the recommender's combined
     score) and each metric; ``rank`` is None when the row could not be ordered. ``errors``:
-    why a metric is missing; ``error``: why the whole model failed (it could not be loaded)."""
+    why a metric is missing; ``error``: why the whole model failed (it could not be loaded).
+
+    With layers: ``layers``, each layer's scores by label; ``layer``, the label ``scores``
+    are of (the one it is ordered by); ``best_layer``, the layer its first metric scores
+    best (:func:`workers.pipeline.layers.best_layer`)."""
 
     model: str
     rank: int | None
     scores: dict[str, float | None]
     errors: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    layers: dict[str, dict[str, float | None]] | None = None
+    layer: str | None = None
+    best_layer: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         row: dict[str, object] = {"model": self.model, "rank": self.rank, "scores": self.scores}
+        if self.layers is not None:
+            row.update(layer=self.layer, best_layer=self.best_layer, layers=self.layers)
         if self.error is not None:
             row["error"] = self.error
         return row
@@ -66,23 +82,52 @@ def rank_models(
 ) -> list[RankedModel]:
     """Score each model on ``labels`` ``(N,)`` with every metric that applies to it (others
     None, with the reason in ``errors``) and order by the first metric, best first (tied
-    models share a rank); models it does not apply to come last."""
-    scores: dict[str, dict[str, float | None]] = {}
-    errors: dict[str, dict[str, str]] = {}
+    models share a rank); models it does not apply to come last. A model with ``layers`` is
+    scored on each, and ordered by its ``order`` layer's scores."""
+    rows = []
     for name, model in arrays.items():
-        usable = scoring.applicable(
-            metrics, has_features=True, has_probs=model.probs is not None, target=target
-        )
-        try:
-            result = scoring.compute_detailed(
-                usable, labels, features=model.features, probs=model.probs, target=target
+        if model.layers is None:
+            scores, errors = score_arrays(
+                name, model.features, model.probs, labels, metrics, target
             )
-        except scoring.TransferabilityError as exc:  # inputs no metric can use (e.g. NaN)
-            raise PipelineError(f"{name}: {exc}") from exc
-        scores[name] = {m: result.values.get(m) for m in metrics}
-        errors[name] = result.errors
-    rows = [RankedModel(name, None, scores[name], errors[name]) for name in arrays]
+            rows.append(RankedModel(name, None, scores, errors))
+            continue
+        per_layer: dict[str, dict[str, float | None]] = {}
+        layer_errors: dict[str, dict[str, str]] = {}
+        for label, features in model.layers.items():
+            per_layer[label], layer_errors[label] = score_arrays(
+                f"{name} layer {label}", features, model.probs, labels, metrics, target
+            )
+        order = model.order or next(iter(model.layers))
+        rows.append(
+            RankedModel(
+                name, None, per_layer[order], layer_errors[order],
+                layers=per_layer, layer=order, best_layer=best_layer(per_layer, metrics),
+            )
+        )  # fmt: skip
     return with_recommendation(rows, metrics)
+
+
+def score_arrays(
+    name: str,
+    features: np.ndarray,
+    probs: np.ndarray | None,
+    labels: np.ndarray,
+    metrics: Sequence[str],
+    target: scoring.Target,
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Every metric of ``metrics`` on one set of arrays: values (None where not computed) and
+    why each missing one is missing."""
+    usable = scoring.applicable(
+        metrics, has_features=True, has_probs=probs is not None, target=target
+    )
+    try:
+        result = scoring.compute_detailed(
+            usable, labels, features=features, probs=probs, target=target
+        )
+    except scoring.TransferabilityError as exc:  # inputs no metric can use (e.g. NaN)
+        raise PipelineError(f"{name}: {exc}") from exc
+    return {m: result.values.get(m) for m in metrics}, result.errors
 
 
 def with_recommendation(
@@ -109,6 +154,6 @@ def with_recommendation(
     }
     by_name = {r.model: r for r in rows}
     return [
-        RankedModel(name, rank, table[name], by_name[name].errors, by_name[name].error)
+        dataclasses.replace(by_name[name], rank=rank, scores=table[name])
         for name, rank in scoring.rank_rows(table, metrics)
     ]

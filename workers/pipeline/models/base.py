@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from workers.pipeline.errors import PipelineError
+from workers.pipeline.layers import LayerChoice, LayersUnsupported, resolve
 from workers.pipeline.models.preprocessing import ImageRecipe, Recipe, TextRecipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -28,10 +29,13 @@ class ModelOutput:
     - ``features``: ``(B, D)`` float32, the chosen layer's activations.
     - ``probs``: ``(B, Z)`` float32 source-class probabilities (rows sum to 1), or ``None``
       for a model without a source classifier head.
+    - ``layers``: from :meth:`CandidateModel.forward_layers`, the ``(B, D_i)`` float32
+      features of the other layers asked for, in the order asked; empty otherwise.
     """
 
     features: np.ndarray
     probs: np.ndarray | None
+    layers: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,8 +151,10 @@ class CandidateModel(ABC):
         lengths pad less). This default counts characters."""
         return [len(t) for t in texts]
 
-    def export_spec(self) -> ExportSpec | None:
-        """How to export the forward pass to ONNX, or None for a model that cannot be."""
+    def export_spec(self, extra: tuple[int, ...] = ()) -> ExportSpec | None:
+        """How to export the forward pass to ONNX, or None for a model that cannot be. With
+        ``extra`` (layer indices, the last excluded): a graph that also gives those layers,
+        first, as :meth:`forward_layers` does."""
         return None
 
     def feeds(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -164,6 +170,42 @@ class CandidateModel(ABC):
     def forward(self, batch: Any) -> ModelOutput:
         """Image models: ``(B, 3, H, W)`` uint8 tensor from the recipe's geometry.
         Text models: the dict :meth:`tokenize` returned. Runs without gradients."""
+
+    # -- layers (see workers.pipeline.layers) ------------------------------------------------
+    def layers_unsupported(self) -> str | None:
+        """Why this model gives its last layer only, or None when it gives every layer of
+        :meth:`layer_names`. This default: it has no other layer to give."""
+        return (
+            f"{self.name} gives only the layer it is loaded with ({self.layer}); "
+            "rank it with layers=last"
+        )
+
+    def layer_names(self) -> tuple[str, ...]:
+        """Every layer it can give, in forward order; the last is :attr:`layer` (so the last
+        layer's cache key is the one its features always had)."""
+        return (self.layer,)
+
+    def select_layers(self, choice: LayerChoice) -> tuple[int, ...]:
+        """The absolute indices of ``choice`` on this model; ``LayersUnsupported`` (with the
+        reason) when it asks for more than the last layer of a model that gives only that."""
+        if choice != "last":
+            reason = self.layers_unsupported()
+            if reason is not None:
+                raise LayersUnsupported(reason)
+        return resolve(choice, len(self.layer_names()), self.name)
+
+    def for_layers(self, extra: tuple[int, ...]) -> CandidateModel:
+        """The model that computes the layers ``extra`` (indices, the last excluded) beside
+        its features in one forward pass: this one, or one it hands the work to (an ONNX
+        Runtime model whose multi-layer graph failed: its PyTorch reference)."""
+        return self
+
+    def forward_layers(self, batch: Any, extra: tuple[int, ...]) -> ModelOutput:
+        """:meth:`forward` that also gives the layers ``extra`` (indices, the last excluded)
+        in ``ModelOutput.layers``, from the same forward pass."""
+        if extra:
+            raise LayersUnsupported(self.layers_unsupported() or f"{self.name}: no layers")
+        return self.forward(batch)
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -245,6 +287,7 @@ __all__ = [
     "CandidateModel",
     "ExportSpec",
     "ImageRecipe",
+    "LayersUnsupported",
     "ModelOutput",
     "TextRecipe",
     "autocast_dtype",

@@ -78,7 +78,12 @@ class OnnxRuntimeModel(CandidateModel):
     """
 
     def __init__(
-        self, reference: CandidateModel, session: ort.InferenceSession, graph: str
+        self,
+        reference: CandidateModel,
+        session: ort.InferenceSession,
+        graph: str,
+        store: GraphStore | None = None,
+        threads: int = 1,
     ) -> None:
         self.reference = reference
         self.runtime = RUNTIME
@@ -87,6 +92,9 @@ class OnnxRuntimeModel(CandidateModel):
         self._session = session
         self._inputs = [i.name for i in session.get_inputs()]
         self._outputs = [o.name for o in session.get_outputs()]
+        self._store, self._threads = store, threads
+        #: multi-layer graphs (:meth:`for_layers`), by the extra layers they give
+        self._layered: dict[tuple[int, ...], ort.InferenceSession] = {}
 
     def __getattr__(self, name: str) -> Any:
         if name == "reference":  # not set yet (copy, unpickling): no recursion
@@ -116,11 +124,12 @@ class OnnxRuntimeModel(CandidateModel):
     def to(self, device: torch.device, precision: str = "auto") -> OnnxRuntimeModel:
         return self  # ONNX Runtime's CPU provider; the reference stays on the CPU too
 
-    def forward(self, batch: Any) -> ModelOutput:
+    def _run(self, session: ort.InferenceSession, batch: Any) -> list[torch.Tensor]:
         feeds = self.reference.feeds(batch)
-        arrays = {name: np.ascontiguousarray(feeds[name].cpu().numpy()) for name in self._inputs}
+        inputs = [i.name for i in session.get_inputs()]
+        arrays = {name: np.ascontiguousarray(feeds[name].cpu().numpy()) for name in inputs}
         try:
-            outputs = self._session.run(self._outputs, arrays)
+            outputs = session.run([o.name for o in session.get_outputs()], arrays)
         except Exception as exc:  # onnxruntime raises its own exception types
             if "allocat" in str(exc).lower():
                 raise RuntimeError(f"{self.name}: out of memory in ONNX Runtime") from exc
@@ -128,8 +137,49 @@ class OnnxRuntimeModel(CandidateModel):
                 f"{self.name}: ONNX Runtime failed ({exc.__class__.__name__}: {exc}); "
                 "TB_RUNTIME=torch runs it on PyTorch"
             ) from exc
-        tensors = [torch.from_numpy(np.asarray(o)) for o in outputs]
+        return [torch.from_numpy(np.asarray(o)) for o in outputs]
+
+    def forward(self, batch: Any) -> ModelOutput:
+        tensors = self._run(self._session, batch)
         return self.reference.finish(tensors[0], tensors[1] if len(tensors) > 1 else None)
+
+    # -- layers: the reference's, from one graph that gives them all -----------------------
+    def layers_unsupported(self) -> str | None:
+        return self.reference.layers_unsupported()
+
+    def layer_names(self) -> tuple[str, ...]:
+        return self.reference.layer_names()
+
+    def for_layers(self, extra: tuple[int, ...]) -> CandidateModel:
+        """This model, with a graph exported from the reference's multi-layer module (checked
+        against it as the single-layer one is); the PyTorch reference when that fails (the
+        reason logged once), whose ``runtime`` then keys the features."""
+        if not extra or extra in self._layered:
+            return self
+        spec = self.reference.export_spec(extra)
+        if spec is None or self._store is None:
+            return self.reference
+        key = graph_key(export_identity(self.reference, spec))
+        if key in _FAILED:
+            return self.reference
+        try:
+            self._layered[extra] = exported_session(spec, key, self._store, self._threads)
+        except Exception as exc:
+            _FAILED[key] = f"{exc.__class__.__name__}: {str(exc)[:300]}"
+            note_fallback(key, f"{self.name}: its layers run on PyTorch: {_FAILED[key]}")
+            return self.reference
+        return self
+
+    def forward_layers(self, batch: Any, extra: tuple[int, ...]) -> ModelOutput:
+        if not extra:
+            return self.forward(batch)
+        if extra not in self._layered and self.for_layers(extra) is not self:
+            return self.reference.forward_layers(batch, extra)
+        tensors = self._run(self._layered[extra], batch)
+        n = len(extra)
+        result = self.reference.finish(tensors[n], tensors[n + 1] if len(tensors) > n + 1 else None)
+        layers = tuple(t.numpy().astype(np.float32, copy=False) for t in tensors[:n])
+        return ModelOutput(result.features, result.probs, layers)
 
 
 def export_identity(model: CandidateModel, spec: ExportSpec) -> dict[str, Any]:
@@ -227,4 +277,6 @@ def accelerate(model: CandidateModel, settings: Settings) -> CandidateModel:
         _FAILED[key] = f"{exc.__class__.__name__}: {str(exc)[:300]}"
         note_fallback(key, f"{model.name}: running on PyTorch, not ONNX Runtime: {_FAILED[key]}")
         return model
-    return OnnxRuntimeModel(model, session, key)
+    return OnnxRuntimeModel(
+        model, session, key, store_for(settings), configure(settings.num_threads)
+    )

@@ -120,6 +120,12 @@ class OnnxImageModel(CandidateModel):
         self.runtime = f"onnxruntime-{ORT_VERSION}+fold{FOLD_VERSION}"
         return data
 
+    def layers_unsupported(self) -> str | None:
+        return (
+            f"{self.name} is an ONNX file: it gives only its feature value ({self.layer}); "
+            "rank it with layers=last, or load another value with ?layer=VALUE"
+        )
+
     def forward(self, batch: torch.Tensor) -> ModelOutput:
         """``batch``: ``(B, 3, H, W)`` uint8 -> features ``(B, D)``, probs ``(B, Z)``."""
         x = self.recipe.normalize(batch.cpu()).numpy()

@@ -66,16 +66,24 @@ def tensor_names(tokens: dict[str, Any]) -> tuple[str, ...]:
 
 class MeanPooled(nn.Module):
     """A transformers encoder: token tensors (positionally, in ``names`` order) ->
-    ``(features (B, D),)``, the mask-weighted mean of the last hidden state."""
+    ``(features (B, D),)``, the mask-weighted mean of the last hidden state. With ``extra``
+    (hidden-state indices), the mean of each of those hidden states comes first, from the
+    same forward pass: ``(*extra, features)``."""
 
-    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+    def __init__(
+        self, model: nn.Module, names: tuple[str, ...], extra: tuple[int, ...] = ()
+    ) -> None:
         super().__init__()
-        self.model, self.names = model, names
+        self.model, self.names, self.extra = model, names, extra
 
-    def forward(self, *tokens: torch.Tensor) -> tuple[torch.Tensor]:
+    def forward(self, *tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
         inputs = dict(zip(self.names, tokens, strict=True))
-        hidden = self.model(**inputs).last_hidden_state
-        return (mean_pool(hidden, inputs["attention_mask"]),)
+        mask = inputs["attention_mask"]
+        if not self.extra:
+            return (mean_pool(self.model(**inputs).last_hidden_state, mask),)
+        out = self.model(**inputs, output_hidden_states=True)
+        layers = tuple(mean_pool(out.hidden_states[i], mask) for i in self.extra)
+        return (*layers, mean_pool(out.last_hidden_state, mask))
 
 
 class SentenceEmbedding(nn.Module):
@@ -111,18 +119,26 @@ def eager_attention(encoder: Any) -> Iterator[None]:
 
 
 def _text_export_spec(
-    model: CandidateModel, module: nn.Module, weights: str, kind: str, encoder: Any
+    model: CandidateModel,
+    module: nn.Module,
+    weights: str,
+    kind: str,
+    encoder: Any,
+    extra: tuple[int, ...] = (),
 ) -> ExportSpec:
     example = model.feeds(model.tokenize(EXAMPLE_TEXTS))
     axes = {0: "batch", 1: "tokens"}
+    identity: dict[str, Any] = {"kind": kind, "layer": model.layer, "inputs": list(example)}
+    if extra:
+        identity["hidden_states"] = list(extra)
     return ExportSpec(
         module=module,
         example=example,
         check=model.feeds(model.tokenize(CHECK_TEXTS)),
         dynamic={name: axes for name in example},
-        outputs=("features",),
+        outputs=(*(f"layer{i}" for i in extra), "features"),
         weights=weights,
-        identity={"kind": kind, "layer": model.layer, "inputs": list(example)},
+        identity=identity,
         tracing=partial(eager_attention, encoder),
     )
 
@@ -154,6 +170,7 @@ class HFTextModel(CandidateModel):
         self.head_classes = head.classes if head else None
         self.net = MeanPooled(self.model, tensor_names(self.tokenize(EXAMPLE_TEXTS)))
         self.trunk = f"torch:{self.encoder_fingerprint}:{self.layer}"
+        self._hidden_states: int | None = None
 
     def to(self, device: torch.device, precision: str = "auto") -> HFTextModel:
         self.place(device, precision)
@@ -188,10 +205,39 @@ class HFTextModel(CandidateModel):
             (features,) = self.net(*self.feeds(batch).values())
         return self.finish(features)
 
-    def export_spec(self) -> ExportSpec:
+    def export_spec(self, extra: tuple[int, ...] = ()) -> ExportSpec:
         """Batch and token axes dynamic; the head stays outside the graph (see :meth:`finish`),
-        so models sharing this encoder share the exported file."""
-        return _text_export_spec(self, self.net, self.encoder_fingerprint, "hf-mean", self.model)
+        so models sharing this encoder share the exported file. With ``extra`` (hidden-state
+        indices) the graph also gives those layers, first (:meth:`forward_layers`)."""
+        net = self._layer_net(extra) if extra else self.net
+        return _text_export_spec(self, net, self.encoder_fingerprint, "hf-mean", self.model, extra)
+
+    # -- layers: every hidden state, mean-pooled over real tokens as the last one is ---------
+    def layers_unsupported(self) -> str | None:
+        return None
+
+    def layer_names(self) -> tuple[str, ...]:
+        """``hidden_states.0:mean`` (the embeddings) ... one per transformer layer; the last
+        is the last hidden state, :attr:`layer`. Counted once on an example batch."""
+        if self._hidden_states is None:
+            with self.computing():
+                out = self.model(**self.feeds(self.tokenize(EXAMPLE_TEXTS)),
+                                 output_hidden_states=True)  # fmt: skip
+            self._hidden_states = len(out.hidden_states)
+        count = self._hidden_states
+        return (*(f"hidden_states.{i}:mean" for i in range(count - 1)), self.layer)
+
+    def _layer_net(self, extra: tuple[int, ...]) -> MeanPooled:
+        return MeanPooled(self.model, self.net.names, extra)
+
+    def forward_layers(self, batch: dict[str, torch.Tensor], extra: tuple[int, ...]) -> ModelOutput:
+        if not extra:
+            return self.forward(batch)
+        with self.computing():
+            out = self._layer_net(extra)(*self.feeds(batch).values())
+        result = self.finish(out[-1])
+        layers = tuple(t.float().cpu().numpy().astype(np.float32) for t in out[:-1])
+        return ModelOutput(result.features, result.probs, layers)
 
 
 class SentenceTransformerModel(CandidateModel):
@@ -234,6 +280,14 @@ class SentenceTransformerModel(CandidateModel):
             (features,) = self.net(*self.feeds(batch).values())
         return self.finish(features)
 
-    def export_spec(self) -> ExportSpec:
+    def layers_unsupported(self) -> str | None:
+        return (
+            f"{self.name} is a sentence-transformers pipeline: it gives its sentence embedding "
+            "only; load its encoder as hf:REF to rank its hidden states"
+        )
+
+    def export_spec(self, extra: tuple[int, ...] = ()) -> ExportSpec | None:
+        if extra:
+            return None
         encoder = getattr(self.model[0], "auto_model", None) if len(self.model) else None
         return _text_export_spec(self, self.net, self.fingerprint, "st-embedding", encoder)

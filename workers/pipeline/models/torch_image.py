@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from workers.pipeline.errors import PipelineError
+from workers.pipeline.layers import LayersUnsupported
 from workers.pipeline.models.base import (
     CandidateModel,
     ExportSpec,
@@ -40,30 +41,77 @@ class Tapped(nn.Module):
     export traces it, so both compute the same layer and head.
 
     ``tap``: the submodule whose ``capture`` (its input or output) is the feature; None takes
-    the module's own output.
+    the module's own output. ``extra``: submodules whose outputs, pooled, come first, in this
+    order (other layers, from the same forward pass): ``(*extra, features[, logits])``.
     """
 
-    def __init__(self, module: nn.Module, tap: str | None, capture: str, logits: bool) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        tap: str | None,
+        capture: str,
+        logits: bool,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.module = module
         self.tap, self.capture, self.logits = tap, capture, logits
+        self.extra = extra
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         store: list[torch.Tensor] = []
-        handle = None
+        taken: dict[str, torch.Tensor] = {}
+        handles = []
         if self.tap is not None:
 
             def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
                 store.append(args[0] if self.capture == "input" else out)
 
-            handle = self.module.get_submodule(self.tap).register_forward_hook(hook)
+            handles.append(self.module.get_submodule(self.tap).register_forward_hook(hook))
+        for name in self.extra:
+
+            def keep(_m: nn.Module, _a: object, out: torch.Tensor, _name: str = name) -> None:
+                taken[_name] = out
+
+            handles.append(self.module.get_submodule(name).register_forward_hook(keep))
         try:
             out = self.module(x)
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
         features = pool(store[-1] if store else out)
-        return (features, out) if self.logits else (features,)
+        layers = tuple(pool(taken[name]) for name in self.extra)
+        return (*layers, features, out) if self.logits else (*layers, features)
+
+
+#: the containers whose children are an image model's main stages or blocks, by attribute:
+#: torchvision (features: MobileNet, EfficientNet, VGG, DenseNet), timm (blocks, stages),
+#: EfficientNet-Lite (_blocks), Swin (layers)
+STAGE_CONTAINERS = ("features", "blocks", "_blocks", "stages", "layers")
+
+
+def stage_modules(module: nn.Module) -> list[str]:
+    """The names of ``module``'s main stages or blocks, in forward order: the children of its
+    largest top-level container among :data:`STAGE_CONTAINERS` (children with weights), else
+    its top-level ``layer1``, ``layer2``, ... (ResNet); empty when it has neither."""
+    best: list[str] = []
+    for attr in STAGE_CONTAINERS:
+        container = getattr(module, attr, None)
+        if isinstance(container, nn.Sequential | nn.ModuleList):
+            names = [
+                f"{attr}.{name}"
+                for name, child in container.named_children()
+                if any(True for _ in child.parameters())
+            ]
+            if len(names) > len(best):
+                best = names
+    if best:
+        return best
+    return [
+        name
+        for name, _ in module.named_children()
+        if name.startswith("layer") and name[5:].isdigit()
+    ]
 
 
 class TorchImageModel(CandidateModel):
@@ -115,6 +163,8 @@ class TorchImageModel(CandidateModel):
         # than NCHW on the 2-core build machine (33 -> 48 images/s, batch 8).
         self.module.to(memory_format=torch.channels_last)
         self.channels_last = True
+        self._stages: tuple[str, ...] | None = None
+        self._layered: dict[tuple[int, ...], Tapped] = {}
 
     def to(self, device: torch.device, precision: str = "auto") -> TorchImageModel:
         self.place(device, precision)
@@ -132,22 +182,96 @@ class TorchImageModel(CandidateModel):
 
     def forward(self, batch: torch.Tensor) -> ModelOutput:
         """``batch``: ``(B, 3, H, W)`` uint8 -> features ``(B, D)``, probs ``(B, 1000)``."""
+        out = self._run(self.net, batch)
+        return self.finish(out[0], out[1] if len(out) > 1 else None)
+
+    def _run(self, net: Tapped, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # Normalised straight into the layout the module runs in: no transpose afterwards.
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = self.recipe.normalize(batch.to(self.device, non_blocking=True), memory_format=fmt)
         with self.computing():
-            out = self.net(x)
-        return self.finish(out[0], out[1] if len(out) > 1 else None)
+            return tuple(net(x))
 
-    def export_spec(self) -> ExportSpec:
-        """Random images, normalised as the recipe does; batch axis dynamic."""
+    # -- layers ----------------------------------------------------------------------------
+    def layers_unsupported(self) -> str | None:
+        if self._tap is not None and self._capture == "output":
+            return (
+                f"{self.name} was loaded with a chosen layer ({self.layer}); load it without "
+                "?layer= to rank its layers"
+            )
+        if not self.layer_names()[:-1]:
+            return (
+                f"{self.name}: no main stages or blocks found (no {', '.join(STAGE_CONTAINERS)} "
+                "container, no layer1..); load a layer with ?layer=NAME instead"
+            )
+        return None
+
+    def layer_names(self) -> tuple[str, ...]:
+        """Its main stages or blocks (:func:`stage_modules`), each pooled by global average as
+        its features are, then its feature layer. A last stage whose pooled output is the
+        feature layer already (ResNet's layer4, MobileNetV2's last conv: the classifier reads
+        its global average) is that layer, named once: a probe image decides."""
+        if self._stages is None:
+            stages = stage_modules(self.module) if self._capture == "input" or not self._tap else []
+            if stages and self._duplicates_features(stages[-1]):
+                stages = stages[:-1]
+            self._stages = tuple(stages)
+        return (*self._stages, self.layer)
+
+    def _duplicates_features(self, stage: str) -> bool:
+        net = Tapped(self.module, self._tap, self._capture, False, (stage,))
+        probe = random_images(self.recipe, 1, seed=2)
+        with self.computing():
+            out = net(probe.to(self.device))
+        pooled, features = out[0], out[1]
+        return pooled.shape == features.shape and bool(
+            torch.allclose(pooled.float(), features.float(), rtol=1e-4, atol=1e-5)
+        )
+
+    def _layer_net(self, extra: tuple[int, ...]) -> Tapped:
+        if extra not in self._layered:
+            names = self.layer_names()
+            if any(i >= len(names) - 1 for i in extra):
+                raise LayersUnsupported(f"{self.name}: layers {extra} are beyond its stages")
+            self._layered[extra] = Tapped(
+                self.module,
+                self._tap,
+                self._capture,
+                self.head_classes is not None,
+                tuple(names[i] for i in extra),
+            )
+        return self._layered[extra]
+
+    def forward_layers(self, batch: torch.Tensor, extra: tuple[int, ...]) -> ModelOutput:
+        if not extra:
+            return self.forward(batch)
+        out = self._run(self._layer_net(extra), batch)
+        n = len(extra)
+        result = self.finish(out[n], out[n + 1] if len(out) > n + 1 else None)
+        layers = tuple(t.float().cpu().numpy().astype(np.float32, copy=False) for t in out[:n])
+        return ModelOutput(result.features, result.probs, layers)
+
+    def export_spec(self, extra: tuple[int, ...] = ()) -> ExportSpec:
+        """Random images, normalised as the recipe does; batch axis dynamic. With ``extra``
+        (layer indices), the graph also gives those layers, first (:meth:`forward_layers`)."""
         example = random_images(self.recipe, 2, seed=0)
+        net = self._layer_net(extra) if extra else self.net
+        identity: dict[str, object] = {
+            "kind": "torch-image",
+            "layer": self.layer,
+            "input": list(example.shape[1:]),
+        }
+        if extra:
+            identity["layers"] = list(net.extra)
         return ExportSpec(
-            module=self.net,
+            module=net,
             example={"pixels": example},
             check={"pixels": random_images(self.recipe, 3, seed=1)},
             dynamic={"pixels": {0: "batch"}},
-            outputs=("features", "logits") if self.net.logits else ("features",),
+            outputs=(
+                *(f"layer{i}" for i in extra),
+                *(("features", "logits") if net.logits else ("features",)),
+            ),
             weights=self.fingerprint,
-            identity={"kind": "torch-image", "layer": self.layer, "input": list(example.shape[1:])},
+            identity=identity,
         )

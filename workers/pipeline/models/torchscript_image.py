@@ -88,9 +88,17 @@ class TorchScriptImageModel(CandidateModel):
             return self.finish(out[0], out[1])
         return self.finish(out, None)
 
-    def export_spec(self) -> ExportSpec:
+    def layers_unsupported(self) -> str | None:
+        return (
+            f"{self.name} is a TorchScript file: it gives only the outputs it was saved with "
+            "(a scripted graph cannot be hooked); rank it with layers=last"
+        )
+
+    def export_spec(self, extra: tuple[int, ...] = ()) -> ExportSpec | None:
         """The scripted module itself (a wrapper around it cannot be traced); its outputs are
         pooled in :meth:`finish`, on either runtime. Batch axis dynamic."""
+        if extra:
+            return None
         example = random_images(self.recipe, 2, seed=0)
         return ExportSpec(
             module=self.module,
