@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install system demo test lint typecheck importlint unit quick bench services clean
+.PHONY: install system demo test lint typecheck importlint unit quick bench reference-tables services clean
 
 install: system $(STAMP)
 
@@ -55,6 +55,11 @@ test: install services lint typecheck importlint unit
 
 bench: install
 	$(BIN)/python bench/scoring.py
+
+# The reference tables shipped in app/reference/: the published image table and the current
+# ground truth of bench/groundtruth.py (run after it has added cells).
+reference-tables: install
+	$(BIN)/python scripts/reference_tables.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -156,6 +156,13 @@ class Settings(BaseSettings):
         description="on PostgreSQL, answer leaderboard and finished-ranking reads on the event "
         "loop in one database round trip (`app/web/fastreads.py`); `false`: the full stack",
     )
+    reference_tables: bool = Field(
+        default=True,
+        description="import the reference tables that ship with transferbench (the published "
+        "image table, the zoo's ground truth) as shared benchmarks when the database is created "
+        "or migrated, a new version replacing the old rows; `off`: import none (those already "
+        "imported stay until removed)",
+    )
     job_timeout_s: int = Field(
         default=86_400,
         ge=60,

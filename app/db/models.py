@@ -128,6 +128,9 @@ class JobRow(Base):
     verify: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     #: the fine-tuning job that verifies it, once the ranking is done
     finetune_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: which layers it scores (``{"choice": "all" | [indices], "mean": bool}``); null: the
+    #: last layer alone (``workers.pipeline.layers``)
+    layers: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     models: Mapped[list[JobModelRow]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="JobModelRow.position"
@@ -156,6 +159,10 @@ class JobModelRow(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     extract_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: a ranking by layers: the chosen indices, every layer's name, each chosen layer's
+    #: cache key, and once scored its scores per layer, the layer it is ordered by and its
+    #: best layer
+    layers: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     job: Mapped[JobRow] = relationship(back_populates="models")
     model: Mapped[ModelRow] = relationship()
@@ -336,3 +343,30 @@ class LeaderboardRow(Base):
     #: the recommended board: the fingerprint of its scope's fit when it was computed
     fit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+
+
+class ReferenceTableRow(Base):
+    """A reference table shipped with transferbench, as imported: its version (the digest
+    of its file) and the datasets it made, so a new version replaces exactly those."""
+
+    __tablename__ = "reference_tables"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    datasets: Mapped[list[Any]] = mapped_column(JSON, default=list)  # dataset ids
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+
+
+class ModelAliasRow(Base):
+    """An explicit link from a reference model (``ref:NAME``) to a registered model: the
+    reference model's outcomes count as the registered model's history for ``tenant`` (NULL:
+    the operator's, for every tenant). Never inferred from a name."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("tenant", "reference_id", name="uq_model_alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str | None] = mapped_column(String(TENANT_LENGTH), index=True)
+    reference_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)

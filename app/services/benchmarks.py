@@ -16,7 +16,7 @@ import hashlib
 import io
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -53,6 +53,8 @@ class Imported:
     rows: int
     metrics: list[str]
     external: list[str]
+    #: the reference datasets the table's rows went to
+    dataset_ids: list[str] = field(default_factory=list)
 
 
 def import_table(
@@ -121,8 +123,10 @@ def import_table(
     stored = outcome_service.measure_direction(session, outcome, tenant)
     if stored is not None and stored != higher_outcome:
         raise Invalid(f"outcomes under {outcome!r} are stored with the other direction")
+    dataset_ids = []
     for ds_name, record in records.items():
         dataset = _reference_dataset(session, table, ds_name, modality, task, tenant)
+        dataset_ids.append(dataset.id)
         for column, per in record.scores.items():
             for model, value in per.items():
                 score_rows.append(
@@ -157,6 +161,7 @@ def import_table(
         rows=len(rows),
         metrics=sorted(n for n in set(names.values()) if n in scoring.REGISTRY),
         external=external,
+        dataset_ids=dataset_ids,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select
@@ -24,6 +24,8 @@ from app.db.models import (
     DatasetRow,
     ExternalMetricRow,
     JobRow,
+    ModelAliasRow,
+    ModelRow,
     OutcomeRow,
     RecommenderFitRow,
     now,
@@ -32,7 +34,7 @@ from app.db.scores import insert_ignore
 from app.errors import Invalid
 from app.services import models as model_service
 from app.tenancy import visible
-from scoring.recommend import HISTORY, MIN_OUTCOMES, RECOMMENDED, Fit
+from scoring.recommend import HISTORY, METRIC_ONLY, MIN_OUTCOMES, RECOMMENDED, Fit
 
 DEFAULT_MEASURE = "finetune_top1"
 
@@ -68,10 +70,32 @@ class Scope:
 
 @dataclass(frozen=True)
 class Records:
-    """One scope's inputs: dataset id -> record, and metric -> higher_is_better."""
+    """One scope's inputs: dataset id -> record, and metric -> higher_is_better; ``aliased``:
+    registered model id -> the name of the reference model whose rows were counted as its
+    (``aliases``); ``reference``: the ids of the datasets of imported tables."""
 
     datasets: dict[str, scoring.DatasetRecord]
     directions: dict[str, bool]
+    aliased: dict[str, str] = field(default_factory=dict)
+    reference: frozenset[str] = frozenset()
+
+
+def aliases(session: Session, tenant: str | None) -> dict[str, tuple[str, str]]:
+    """reference model id -> (registered model id, reference name) of the explicit aliases
+    the tenant has: the operator's (shared) and its own, its own winning (``tenant`` None:
+    the operator's only). Never inferred from a name."""
+    owners: list[ColumnElement[bool]] = [ModelAliasRow.tenant.is_(None)]
+    if tenant is not None:
+        owners.append(ModelAliasRow.tenant == tenant)
+    rows = session.execute(
+        select(ModelAliasRow, ModelRow.name)
+        .join(ModelRow, ModelRow.id == ModelAliasRow.reference_id)
+        .where(or_(*owners))
+    ).all()
+    out: dict[str, tuple[str, str]] = {}
+    for alias, name in sorted(rows, key=lambda r: r[0].tenant is not None):  # own last: wins
+        out[alias.reference_id] = (alias.model_id, str(name))
+    return out
 
 
 def directions(session: Session, metrics: Iterable[str], tenant: str | None) -> dict[str, bool]:
@@ -132,23 +156,49 @@ def records(session: Session, scope: Scope, *, reference_only: bool = False) -> 
     ids = list(session.scalars(query))
     scores = current_scores(session, ids)
     outcomes = outcome_values(session, scope)
+    linked = aliases(session, scope.tenant)
+    rename = {ref: model for ref, (model, _) in linked.items()}
     datasets = {
-        ds: scoring.DatasetRecord(scores=scores[ds], outcomes=outcomes.get(ds, {}))
+        ds: scoring.DatasetRecord(
+            scores={
+                k: {rename.get(m, m): v for m, v in per.items()} for k, per in scores[ds].items()
+            },
+            outcomes={rename.get(m, m): v for m, v in outcomes.get(ds, {}).items()},
+        )
         for ds in ids
         if ds in scores
     }
     metrics = {m for r in datasets.values() for m in r.scores}
-    return Records(datasets, directions(session, metrics, scope.tenant))
+    reference = frozenset(
+        session.scalars(
+            select(DatasetRow.id).where(DatasetRow.id.in_(ids), DatasetRow.reference.is_(True))
+        )
+    )
+    return Records(
+        datasets,
+        directions(session, metrics, scope.tenant),
+        aliased={model: name for model, name in linked.values()},
+        reference=reference,
+    )
 
 
 def quality_of(evaluation: scoring.Evaluation) -> dict[str, Any]:
     """The recommender's leave-one-dataset-out means: what to expect of its picks."""
     mean = evaluation.mean[RECOMMENDED]
+    n = evaluation.count[RECOMMENDED]["weighted_tau"]
+    tau, regret = _finite(mean["weighted_tau"]), _finite(mean["top1_regret"])
+    statement = f"calibrated on {n} datasets with outcomes"
+    if tau is not None:
+        statement += f": weighted tau {tau:.2f}"
+        if regret is not None:
+            statement += f", top-1 regret {regret:.2g} points"
     return {
-        "weighted_tau": _finite(mean["weighted_tau"]),
-        "top1_regret": _finite(mean["top1_regret"]),
+        "method": RECOMMENDED,
+        "weighted_tau": tau,
+        "top1_regret": regret,
         "top1_hit": _finite(mean["top1_hit"]),
-        "datasets": evaluation.count[RECOMMENDED]["weighted_tau"],
+        "datasets": n,
+        "statement": statement,
     }
 
 
@@ -189,6 +239,87 @@ def current_fit(session: Session, scope: Scope) -> tuple[Fit, RecommenderFitRow]
         if row is None:  # pragma: no cover - the insert or the other writer made it
             raise RuntimeError(f"the fit {fit.fingerprint} of {scope.key} could not be stored")
     return fit, row
+
+
+def metric_only_fit(
+    session: Session, scope: Scope, metrics: Iterable[str]
+) -> tuple[Fit, RecommenderFitRow]:
+    """The metric-only order for candidates none of which has a history (a model the tables
+    do not hold learns nothing from theirs): ``Fit.metric_weights`` fitted on the scope's
+    datasets with outcomes (the shipped and imported tables, the tenant's own) over
+    ``metrics`` only, recorded once per fingerprint under ``<scope>|metric-only`` with its
+    leave-one-dataset-out quality (``metric_quality``). Calibrated when a dataset with
+    outcomes scores one of ``metrics``; a metric none scores keeps its prior weight."""
+    wanted = set(metrics)
+    recs = records(session, scope)
+    restricted = {
+        ds: scoring.DatasetRecord(
+            scores={k: per for k, per in r.scores.items() if k in wanted}, outcomes=r.outcomes
+        )
+        for ds, r in recs.datasets.items()
+    }
+    restricted = {ds: r for ds, r in restricted.items() if r.scores}
+    dirs = {k: recs.directions[k] for k in {k for r in restricted.values() for k in r.scores}}
+    fit = scoring.fit_recommender(restricted, directions=dirs)
+    labelled = set(fit.outcome_ranks)
+    covered = sorted(k for k in wanted if any(k in restricted[ds].scores for ds in labelled))
+    key = f"{scope.key}|metric-only"
+    lookup = select(RecommenderFitRow).where(
+        RecommenderFitRow.scope == key, RecommenderFitRow.fingerprint == fit.fingerprint
+    )
+    row = session.scalar(lookup)
+    if row is None:
+        quality: dict[str, Any] = {}
+        if covered:
+            evaluation = scoring.evaluate_lodo(restricted, directions=dirs)
+            quality = metric_quality(evaluation, labelled <= recs.reference)
+            missing = sorted(wanted - set(covered))
+            if missing:
+                quality["statement"] += (
+                    f"; no table covers {', '.join(missing)}: its documented prior weight is used"
+                )
+        insert_ignore(
+            session,
+            RecommenderFitRow,
+            {
+                "scope": key,
+                "fingerprint": fit.fingerprint,
+                "version": fit.version,
+                "calibrated": bool(covered),
+                "n_datasets": fit.n_datasets,
+                "weights": {**dict(fit.metric_weights), HISTORY: 0.0},
+                "quality": quality,
+                "created_at": now(),
+            },
+            key=("scope", "fingerprint"),
+        )
+        row = session.scalar(lookup)
+        if row is None:  # pragma: no cover - the insert or the other writer made it
+            raise RuntimeError(f"the fit {fit.fingerprint} of {key} could not be stored")
+    return fit, row
+
+
+def metric_quality(evaluation: scoring.Evaluation, published: bool) -> dict[str, Any]:
+    """The metric-only order's leave-one-dataset-out means, with the sentence a
+    recommendation states (``published``: every dataset learned from is a table's)."""
+    mean = evaluation.mean[METRIC_ONLY]
+    n = evaluation.count[METRIC_ONLY]["weighted_tau"]
+    tau, regret = _finite(mean["weighted_tau"]), _finite(mean["top1_regret"])
+    kind = "published " if published else ""
+    if tau is None:
+        statement = f"calibrated on {kind}datasets too few to hold one out and measure it"
+    else:
+        statement = f"calibrated on {n} {kind}datasets: weighted tau {tau:.2f}"
+        if regret is not None:
+            statement += f", top-1 regret {regret:.2g} points"
+    return {
+        "method": METRIC_ONLY,
+        "weighted_tau": tau,
+        "top1_regret": regret,
+        "top1_hit": _finite(mean["top1_hit"]),
+        "datasets": n,
+        "statement": statement,
+    }
 
 
 def scopes_with_outcomes(session: Session, tenant: str | None = None) -> set[Scope]:
@@ -241,6 +372,9 @@ def recommend(
     if current is None:
         return None
     fit, row = current
+    # the scope's fit names every input (its fingerprint covers every dataset's scores and
+    # outcomes), so boards keyed by it stay current whichever weights this order uses
+    scope_fit = row.fingerprint
     scores = current_scores(session, [dataset.id]).get(dataset.id, {})
     if model_ids is not None:
         keep = set(model_ids)
@@ -255,10 +389,17 @@ def recommend(
     ranked, metrics = compared(held)
     every = set().union(*held.values())
     names = model_service.names_of(session, ranked)
+    # a model's history is its outcomes on the other datasets (its own or an alias's)
+    elsewhere = {m for ds, per in fit.outcome_ranks.items() if ds != dataset.id for m in per}
+    metric_only = not elsewhere.intersection(ranked)
+    if metric_only:
+        fit, row = metric_only_fit(session, scope, metrics)
+    via = {m: name for m, name in _aliased(session, scope).items() if m in elsewhere}
     try:
         rec = fit.recommend(
             {k: {m: scores[k][m] for m in ranked} for k in metrics},
             exclude_dataset=dataset.id if dataset.id in fit.outcome_ranks else None,
+            metric_only=metric_only,
         )
     except scoring.TransferabilityError:
         # the metrics they all have are equal for every one of them and none has an outcome
@@ -282,6 +423,7 @@ def recommend(
                     k: v for k, v in e.contributions.items() if k in metrics or k == HISTORY
                 },
                 "history_datasets": e.history_count,
+                **({"history_via": via[m]} if m in via and e.history_count else {}),
                 # every ordered model has every metric used: the fit's notes on missing
                 # metrics speak of the ones left out for all, which "left_out_metrics" names
                 "notes": [n for n in e.notes if not n.startswith("missing ")],
@@ -289,13 +431,15 @@ def recommend(
             for m, e in rec.evidence.items()
         }
     return {
-        "fit": row.fingerprint,
+        "fit": scope_fit,
+        **({"metric_only_fit": row.fingerprint} if metric_only else {}),
         "version": row.version,
         "scope": scope.key,
         "calibrated": row.calibrated,
         "expected_quality": row.quality if row.calibrated else "uncalibrated",
         "learned_from_datasets": row.n_datasets,
-        "weights": dict(fit.weights),
+        "method": METRIC_ONLY if metric_only else RECOMMENDED,
+        "weights": dict(row.weights) if metric_only else dict(fit.weights),
         "metrics_used": used,
         "left_out_metrics": sorted(every - metrics),
         # metrics every model has that cannot tell them apart (equal for all): not weighed
@@ -314,6 +458,11 @@ def recommend(
             for m, e in evidence.items()
         },
     }
+
+
+def _aliased(session: Session, scope: Scope) -> dict[str, str]:
+    """registered model id -> the reference model whose history it carries (``aliases``)."""
+    return {model: name for model, name in aliases(session, scope.tenant).values()}
 
 
 def compared(held: Mapping[str, set[str]]) -> tuple[list[str], set[str]]:
@@ -355,8 +504,14 @@ def evaluation(
     """Every metric and the recommender against the stored outcomes, leave-one-dataset-out:
     across the scope (mean, median, number of datasets), or for one dataset."""
     recs = records(session, scope, reference_only=reference_only)
+    # a dataset without outcomes under the measure neither teaches nor tests: its metrics
+    # would only be listed with no figure
+    with_outcomes = {ds: r for ds, r in recs.datasets.items() if r.outcomes}
+    directions = {
+        k: recs.directions[k] for k in {k for r in with_outcomes.values() for k in r.scores}
+    }
     try:
-        result = scoring.evaluate_lodo(recs.datasets, directions=recs.directions)
+        result = scoring.evaluate_lodo(with_outcomes, directions=directions)
     except scoring.TransferabilityError as exc:
         raise Invalid(
             f"nothing to evaluate for {scope.key}: {exc}; record outcomes for at least "

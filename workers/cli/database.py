@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from app.db.migrate import upgrade
 from app.db.session import Database
+from app.services.reference import prepare
 from workers.settings import Settings
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ def local_database(settings: Settings) -> Database:
     if not settings.database_url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    upgrade(settings.db_url)
+    prepare(settings.db_url, reference_tables=settings.reference_tables)
     return Database(settings.db_url)
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scoring.recommend import RECOMMENDED
+from scoring.recommend import METRIC_ONLY, RECOMMENDED
 from workers.cli.report import number, unsigned_zero
 from workers.settings import Settings
 
@@ -197,7 +197,10 @@ def _report(scope: Any, result: dict[str, Any]) -> dict[str, Any]:
     return {
         "scope": _label(scope),
         "datasets": result.get("datasets", 1),
-        "metrics": {k: _json_figures(v) for k, v in figures.items() if k != RECOMMENDED},
+        "metrics": {
+            k: _json_figures(v) for k, v in figures.items() if k not in (RECOMMENDED, METRIC_ONLY)
+        },
+        "metric_only": _json_figures(figures.get(METRIC_ONLY)),
         "recommended": _json_figures(figures.get(RECOMMENDED)),
     }
 

@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
     if not settings.database_url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     if args.command == "migrate":
-        from app.db.migrate import upgrade
+        from app.services.reference import prepare
 
-        upgrade(settings.db_url)
+        prepare(settings.db_url, reference_tables=settings.reference_tables)
         print(f"database at head: {settings.db_url.split('@')[-1]}")
         return 0
     if args.command == "apikey":
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> int:
     import uvicorn
 
-    from app.db.migrate import upgrade
+    from app.services.reference import prepare
 
     log = logging.getLogger("transferbench.serve")
     if workers < 1:
@@ -151,7 +151,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> int:
             file=sys.stderr,
         )
         return 2
-    upgrade(settings.db_url)  # once, before any API process starts
+    # once, before any API process starts: the schema, then the shipped reference tables
+    prepare(settings.db_url, reference_tables=settings.reference_tables)
     _announce_zoo(settings)  # before the first request: /readyz and rankings know the zoo
     auth = _auth_required(settings, host)
     if not auth:
