@@ -83,7 +83,8 @@ def _linear_probe_r2(
     pred = np.empty_like(y)
     for train, test in KFold(n_splits=folds, shuffle=True, random_state=seed).split(x):
         scaler = StandardScaler().fit(x[train])
-        model = RidgeCV(alphas=alphas).fit(scaler.transform(x[train]), y[train])
+        model = RidgeCV(alphas=alphas, alpha_per_target=True)
+        model.fit(scaler.transform(x[train]), y[train])
         pred[test] = model.predict(scaler.transform(x[test])).reshape(test.shape[0], -1)
     return _r2(pred, y, "the linear probe's R^2")
 
