@@ -34,13 +34,16 @@ Run from the repository root:
     .venv/bin/python -m bench.scoring --metrics logme,hscore --repeat 3 --out /tmp/bench
     .venv/bin/python -m bench.scoring --grid full --with-slow # adds linear_probe and nleep
     .venv/bin/python -m bench.scoring --threads 1             # on a machine busy with other work
+    .venv/bin/python -m bench.scoring --grid new --name scoring_new \
+        --metrics etran_energy,etran_lda,ncti_seli,ncti_ncc,ncti_vc,parc,pactran_gauss
 
 On a machine where other processes occupy the cores, multi-threaded BLAS waits on them and
 small eigendecompositions get tens of times slower; the load average is printed and recorded,
 and ``--threads 1`` gives stable (single-core) numbers there. The exit status is 1 when LogME
 and the baseline disagree (> 1e-8) at any point, else 0 (the targets are reported, not enforced).
 
-Grids. quick: N in {1000, 5000}, D = 256, C = 10. full: N in {1000, 10000, 50000},
+Grids. quick: N in {1000, 5000}, D = 256, C = 10. new: the one point N=20,000, D=1,024,
+C=100 at which the metrics of issue 23 are timed (``--name`` keeps their results apart). full: N in {1000, 10000, 50000},
 D in {256, 2048}, C in {10, 100}, all 12 points; none is redundant (N <= D exercises the
 N x N kernel path, N > D the D x D Gram path, and C changes the per-class work of LogME's
 baseline, TransRate, GBC and SFDA). The cost is dominated by the two N=50,000, D=2,048
@@ -99,6 +102,8 @@ GRIDS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
     "quick": ((1000, 5000), (256,), (10,)),
     "full": ((1000, 10000, 50000), (256, 2048), (10, 100)),
     "target": ((50_000,), (2048,), (100,)),
+    # The metrics added for issue 23 (ETran, NCTI, PARC, PACTran) are timed at this point.
+    "new": ((20_000,), (1024,), (100,)),
 }
 TARGET_POINT = (50_000, 2048, 100)
 TARGET_SPEEDUP = 5.0
@@ -599,6 +604,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--repeat", type=int, default=None, help="best of R runs (default: 3 quick, 1 full)"
     )
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument(
+        "--name", default="scoring", help="results go to OUT/NAME.json and OUT/NAME.png"
+    )
     ap.add_argument("--metrics", default=None, help="comma-separated names (default: all fast)")
     ap.add_argument(
         "--with-slow", action="store_true", help=f"also time the slow metrics ({', '.join(SLOW)})"
@@ -666,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("PASS" if agree else "FAIL")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = args.out / "scoring.json", args.out / "scoring.png"
+    json_path, png_path = args.out / f"{args.name}.json", args.out / f"{args.name}.png"
     payload = {
         "benchmark": "bench.scoring",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -705,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     written = [json_path]
     for dev in devices:
-        path = png_path if dev == "cpu" else args.out / f"scoring_{dev}.png"
+        path = png_path if dev == "cpu" else args.out / f"{args.name}_{dev}.png"
         plot(points, metrics, dev, path)
         written.append(path)
     print(f"wrote {', '.join(map(str, written))} (total {total:.1f} s)")
