@@ -160,10 +160,9 @@ def test_word_features_are_the_mean_of_the_models_own_subword_states(
     assert features.features.shape == (len(dataset), 384)
     expected = np.concatenate(_own_word_means([list(r["tokens"]) for r in ner_rows(24)]))
     np.testing.assert_allclose(features.features, expected, atol=2e-5)
-    # computed by the PyTorch model (the exported graph gives sentence features only), and
-    # keyed so; a second extraction is a cache hit
-    reference = getattr(model, "reference", model)
-    assert features.cache_key == feature_key(reference, dataset.content_hash)
+    # keyed under the model as loaded, as the service's steps key it; a second extraction
+    # is a cache hit
+    assert features.cache_key == feature_key(model, dataset.content_hash)
     again = ExtractionStats()
     (cached,) = extract([model], dataset, cache=cache, stats=again).values()
     assert cached.from_cache and again.cache_hits == ["minilm-l6"]

@@ -41,7 +41,6 @@ from workers.pipeline.models.text_tasks import (
     sample_lengths,
     sample_tokens,
     sentence_lengths,
-    torch_model,
     word_features,
 )
 from workers.pipeline.runtime import configure, default_threads
@@ -405,7 +404,12 @@ def _extract_words(
 ) -> dict[str, list[ModelOutput]]:
     """Token classification: each sentence among the samples (words) runs once per model
     (once per shared encoder), longest first in batches; each word's row is its subwords'
-    mean (:func:`~workers.pipeline.models.text_tasks.word_features`), in sample order."""
+    mean (:func:`~workers.pipeline.models.text_tasks.word_features`), in sample order.
+
+    Per-token hidden states come from the PyTorch module only (an exported graph returns
+    sentence features), so an ONNX Runtime model's word features are its PyTorch reference's;
+    they are cached under the model as loaded, as every caller keys them (the dataset's kind
+    is in its content hash, so they never mix with sentence features)."""
     sentences: list[Sequence[str]] = []
     first: dict[int, int] = {}  # id(sentence) -> its position in ``sentences``
     rows: list[tuple[int, int]] = []  # each sample's (sentence, word)
@@ -489,10 +493,6 @@ def extract(
                 f"{model.name} is a {model.modality} model but {dataset.name} is a "
                 f"{dataset.modality} dataset"
             )
-    if dataset.kind == "tokens":
-        # word features pool per-token hidden states, which only the PyTorch module gives (an
-        # exported graph returns sentence features): its runtime keys them
-        models = [torch_model(m) for m in models]
     configure(num_threads)
     stats = stats if stats is not None else ExtractionStats()
     if device is not None:
