@@ -249,3 +249,22 @@ def test_layer_choices() -> None:
     assert order_label((1, 4), (1, 4), 7, True) == "mean"
     per = {"0": {"logme": 1.0}, "1": {"logme": 2.0}, "2": {"logme": 2.0}, "mean": {"logme": 9.0}}
     assert best_layer(per, ["logme"]) == "1"  # ties: the earlier layer; the mean is no layer
+
+
+def test_cli_rank_by_layers(capsys, tmp_path) -> None:
+    from workers.cli.main import main
+
+    out = tmp_path / "ranking.json"
+    args = ["rank", "fortunes", "--models", "minilm-l6", "--per-class", "6", "--quiet"]
+    code = main([*args, "--metrics", "logme", "--layers", "0,-1", "--format", "json",
+                 "--output", str(out)])  # fmt: skip
+    assert code == 0
+    (row,) = json.loads(out.read_text())
+    assert sorted(row["layers"]) == ["0", "6"] and row["layer"] == "6"
+    assert row["best_layer"] in ("0", "6") and row["scores"]["logme"] == row["layers"]["6"]["logme"]
+    assert main([*args, "--metrics", "logme", "--layers", "all"]) == 0
+    table = capsys.readouterr().out
+    assert "per layer (> ordered by this layer, * best layer by logme)" in table
+    with pytest.raises(SystemExit) as bad:
+        main([*args, "--layers", "first"])
+    assert bad.value.code == 2 and "use last, all, or layer indices" in capsys.readouterr().err

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from app.db.models import DatasetRow, ModelRow
     from workers.pipeline.rank import RankResult
+    from workers.pipeline.ranking import RankedModel
 
 
 def local_database(settings: Settings) -> Database:
@@ -61,13 +62,24 @@ def record_ranking(settings: Settings, result: RankResult) -> tuple[str, str, li
                 }
                 for r in result.rows
                 if (model := models[r.model]) is not None
-                for metric, value in r.scores.items()
+                for metric, value in _last_layer_scores(result, r).items()
                 if metric in scoring.REGISTRY and value is not None
             ]
             leaderboards.store_scores(s, rows)
             return dataset.name, dataset.id, sorted(m for m, row in models.items() if row is None)
     finally:
         db.dispose()
+
+
+def _last_layer_scores(result: RankResult, row: RankedModel) -> dict[str, float | None]:
+    """The scores a model's row in the database stands for: its last layer's (the features a
+    ranking without layers scores), none when a ranking by layers left that layer out."""
+    if row.layers is None:
+        return row.scores
+    features = result.features.get(row.model)
+    if features is None or not features.layer_names:
+        return {}
+    return row.layers.get(str(len(features.layer_names) - 1), {})
 
 
 def _dataset(session: Session, result: RankResult) -> DatasetRow:

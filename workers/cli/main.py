@@ -37,6 +37,15 @@ def _metric_list(text: str) -> list[str]:
     return [metric_name(name) for name in _csv_list(text)]
 
 
+def _layers(text: str) -> Any:
+    from workers.pipeline.layers import LayerError, parse_layers
+
+    try:
+        return parse_layers(text)
+    except LayerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transferbench", description="Which pretrained model should I use for my dataset?"
@@ -63,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma separated, any case (LogME is logme; default: logme,leep,...)",
     )
     rank.add_argument("--per-class", type=int, help="at most K samples per class (seeded)")
+    rank.add_argument(
+        "--layers",
+        type=_layers,
+        default="last",
+        help="which layers to score: last (default), all, or indices 0,3,5 (-1: the last); "
+        "each model's score per layer and its best layer are shown",
+    )
+    rank.add_argument(
+        "--layer-mean",
+        action="store_true",
+        help="also score the mean of the chosen layers' features, and order models by it",
+    )
     rank.add_argument("--seed", type=int, help="subsampling seed (default 0)")
     rank.add_argument("--format", choices=("table", "json", "csv"), default="table")
     rank.add_argument("--output", type=Path, help="write the ranking here instead of stdout")
@@ -128,6 +149,8 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         save_features=args.save_features,
         show_progress=not args.quiet,
         tags=args.tags,
+        layers=args.layers,
+        layer_mean=args.layer_mean,
     )
     result = run_rank(request)
     rows = result.rows

@@ -48,6 +48,28 @@ def as_table(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def layer_table(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
+    """Each model's scores per layer, one line a layer: ``>`` marks the layer it is ordered
+    by, ``*`` its best layer (by the first metric); empty when no row has layers."""
+    body = []
+    for r in rows:
+        for label, scores in (r.layers or {}).items():
+            mark = (">" if label == r.layer else "") + ("*" if label == r.best_layer else "")
+            body.append([r.model, label, mark, *(_fmt(scores.get(m)) for m in metrics)])
+    if not body:
+        return ""
+    header = ["model", "layer", "", *metrics]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = []
+    for line in [header, *body]:
+        cells = [line[0].ljust(widths[0]), line[1].rjust(widths[1]), line[2].ljust(widths[2])]
+        cells += [c.rjust(w) for c, w in zip(line[3:], widths[3:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    note = f"per layer (> ordered by this layer, * best layer by {metrics[0]}):"
+    return "\n" + note + "\n" + "\n".join(lines) + "\n"
+
+
 def as_json(rows: Sequence[RankedModel], extra: Mapping[str, Any] | None = None) -> str:
     """The rows as a JSON list; with ``extra`` (``rank --verify``'s ``verification``), an
     object of the rows as ``ranking`` and ``extra``'s keys beside it."""
@@ -78,7 +100,7 @@ def render(
         return as_json(rows, extra)
     if fmt == "csv":
         return as_csv(rows, metrics)
-    return as_table(rows, metrics)
+    return as_table(rows, metrics) + layer_table(rows, [m for m in metrics if m != RECOMMENDED])
 
 
 def bar_chart(rows: Sequence[RankedModel], metrics: Sequence[str], title: str) -> Figure:
