@@ -282,6 +282,8 @@ class _Calls:
         models: Sequence[Model | str] | None,
         metrics: Sequence[str] | None,
         per_class: int | None,
+        layers: str | Sequence[int] = "last",
+        layer_mean: bool = False,
     ) -> Op[Ranking]:
         body: dict[str, Any] = {"dataset_id": _id(dataset)}
         if models is not None:
@@ -290,6 +292,10 @@ class _Calls:
             body["metrics"] = list(metrics)
         if per_class is not None:
             body["per_class"] = per_class
+        if layers != "last":
+            body["layers"] = layers if isinstance(layers, str) else list(layers)
+        if layer_mean:
+            body["layer_mean"] = True
         response = yield self._request("POST", "/v1/rankings", json=body)
         return _parse(Ranking, response)
 
@@ -532,12 +538,16 @@ class Client(_Calls):
         per_class: int | None = None,
         wait: bool = True,
         progress: bool = True,
+        layers: str | Sequence[int] = "last",
+        layer_mean: bool = False,
     ) -> Ranking:
         """Start ranking ``models`` (names or ids; default: every model for the dataset's
         modality) on ``dataset`` with ``metrics`` (default: the service's). With ``wait``,
         return the finished ranking (results best first, and its ``recommendation``),
-        showing a progress bar on stderr when ``progress``; a failed ranking raises."""
-        started = self._run(self._start(dataset, models, metrics, per_class))
+        showing a progress bar on stderr when ``progress``; a failed ranking raises.
+        ``layers``: ``"last"``, ``"all"`` or indices; each result then has its scores per
+        layer and its best layer (``layer_mean``: and the mean of the chosen layers)."""
+        started = self._run(self._start(dataset, models, metrics, per_class, layers, layer_mean))
         return self.wait(started, progress=progress) if wait else started
 
     def ranking(self, ranking: Ranking | str) -> Ranking:
@@ -732,8 +742,12 @@ class AsyncClient(_Calls):
         per_class: int | None = None,
         wait: bool = True,
         progress: bool = True,
+        layers: str | Sequence[int] = "last",
+        layer_mean: bool = False,
     ) -> Ranking:
-        started = await self._run(self._start(dataset, models, metrics, per_class))
+        started = await self._run(
+            self._start(dataset, models, metrics, per_class, layers, layer_mean)
+        )
         return await self.wait(started, progress=progress) if wait else started
 
     async def ranking(self, ranking: Ranking | str) -> Ranking:

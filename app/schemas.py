@@ -6,9 +6,9 @@ these same models."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from app.states import JobStatus, ModelState, ModelStatus
 
@@ -76,6 +76,18 @@ class RankingIn(BaseModel):
     )
     metrics: list[str] | None = Field(default=None, min_length=1)
     per_class: int | None = Field(default=None, ge=1, description="at most K samples per class")
+    layers: Literal["last", "all"] | list[StrictInt] = Field(
+        default="last",
+        description="which layers to score: last (the features every ranking uses), all, or "
+        "indices (0: a text encoder's embeddings or an image model's first stage; -1: the "
+        "last); every layer comes from one forward pass. Models are ordered by the mean with "
+        "layer_mean, else by the last layer when chosen, else by the first index given",
+    )
+    layer_mean: bool = Field(
+        default=False,
+        description="also score the mean of the chosen layers' features (layers of one "
+        "width), and order models by it",
+    )
 
 
 class ModelProgress(BaseModel):
@@ -94,6 +106,20 @@ class RankedModel(BaseModel):
     model_id: str
     model: str
     scores: dict[str, float | None]
+    layers: dict[str, dict[str, float | None]] | None = Field(
+        default=None,
+        description="a ranking by layers: each layer's scores, by index (and mean)",
+    )
+    layer: str | None = Field(
+        default=None, description="a ranking by layers: the layer scores are of and ordered by"
+    )
+    best_layer: str | None = Field(
+        default=None,
+        description="a ranking by layers: the layer the first metric scores best (not mean)",
+    )
+    layer_names: list[str] | None = Field(
+        default=None, description="a ranking by layers: every layer's name, by index"
+    )
 
 
 class RankingSummary(BaseModel):
@@ -130,6 +156,10 @@ class RankingOut(RankingSummary):
         "whether it is calibrated on outcomes and its expected quality, weights, and per-model "
         "evidence",
     )
+    layers: Literal["last", "all"] | list[int] = Field(
+        default="last", description="the layers it scores, as requested"
+    )
+    layer_mean: bool = False
 
 
 #: What a leaderboard orders by when a request names no metric: the recommender's combined

@@ -4,6 +4,7 @@ when the request commits), and a job is described with its progress and results.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -25,6 +26,7 @@ from app.services import pages, recommender
 from app.states import ModelState
 from app.tenancy import can_change, owned
 from scoring.recommend import RECOMMENDED
+from workers.pipeline.layers import LayerError, check_choice, is_default
 
 
 def create(
@@ -37,9 +39,15 @@ def create(
     *,
     tenant: str | None,
     max_active_jobs: int | None = None,
+    layers: str | Sequence[int] = "last",
+    layer_mean: bool = False,
 ) -> JobRow:
     """A job ranking the dataset (the tenant's own) with models the tenant can see; at most
     ``max_active_jobs`` of the tenant's jobs queued or running at once."""
+    try:  # a malformed layer choice is refused before anything is looked up
+        layer_choice = check_choice(list(layers) if not isinstance(layers, str) else layers)
+    except LayerError as exc:
+        raise Invalid(str(exc)) from exc
     dataset = dataset_service.get(session, dataset_id, tenant)
     target = scoring.target_kind(dataset.task)
     if dataset.reference:
@@ -129,9 +137,13 @@ def create(
             )
     if per_class is not None and dataset.task != "classification":
         raise Invalid("per_class applies to class labels; drop it for a regression dataset")
-    return create_job(
+    job = create_job(
         session, queue, dataset, models, chosen, trigger=Trigger.API, per_class=per_class
     )
+    if not is_default(layer_choice, layer_mean):
+        stored = layer_choice if isinstance(layer_choice, str) else list(layer_choice)
+        job.layers = {"choice": stored, "mean": layer_mean}
+    return job
 
 
 #: newest first
@@ -196,6 +208,8 @@ def describe(session: Session, job: JobRow) -> schemas.RankingOut:
         progress=progress,
         results=results,
         recommendation=job.recommendation if results is not None else None,
+        layers=(job.layers or {}).get("choice", "last"),
+        layer_mean=bool((job.layers or {}).get("mean")),
     )
 
 
@@ -204,6 +218,8 @@ def _results(session: Session, job: JobRow) -> list[schemas.RankedModel]:
     leaderboards use) and its recommended score, ranked by ``scoring.rank_rows`` (the CLI's
     rule too)."""
     names = {m.model_id: m.model.name for m in job.models}
+    if job.layers:
+        return _layered_results(job, names)
     rows = scores.current(session, [job.dataset_id], model_ids=names, metrics=job.metrics)
     combined = (job.recommendation or {}).get("scores", {})
     table = {
@@ -220,6 +236,38 @@ def _results(session: Session, job: JobRow) -> list[schemas.RankedModel]:
     return [
         schemas.RankedModel(rank=rank, model_id=i, model=names[i], scores=table[i])
         for i, rank in order
+    ]
+
+
+def _layered_results(job: JobRow, names: dict[str, str]) -> list[schemas.RankedModel]:
+    """A ranking by layers: each model's scores on the layer it is ordered by
+    (``workers.pipeline.layers.order_label``), and per layer; the recommended score only when
+    that is the last layer (the one the recommender's scores are of)."""
+    combined = (job.recommendation or {}).get("scores", {})
+    table: dict[str, dict[str, float | None]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    by_last = not (job.layers or {}).get("mean")
+    for m in job.models:
+        info[m.model_id] = layered = dict(m.layers or {})
+        order = layered.get("order")
+        per = layered.get("scores", {}).get(order, {}) if order is not None else {}
+        if order is not None and order != str(len(layered.get("names", [])) - 1):
+            by_last = False
+        table[m.model_id] = {metric: per.get(metric) for metric in job.metrics}
+    for i, row in table.items():  # one order for every model: the recommender's, or none
+        table[i] = {RECOMMENDED: combined.get(i) if by_last else None, **row}
+    return [
+        schemas.RankedModel(
+            rank=rank,
+            model_id=i,
+            model=names[i],
+            scores=table[i],
+            layers=info[i].get("scores"),
+            layer=info[i].get("order"),
+            best_layer=info[i].get("best"),
+            layer_names=info[i].get("names"),
+        )
+        for i, rank in scoring.rank_rows(table, job.metrics)
     ]
 
 

@@ -69,8 +69,15 @@ def _run(args: argparse.Namespace, server: str, api_key: str | None) -> int:
         if args.models is not None:
             _check_models(args.models, tb.models(), server)  # before any upload
         dataset, per_class = _dataset_on(tb, args, Path(tmp))
+        layers = getattr(args, "layers", "last")
         ranking = tb.rank(
-            dataset, args.models, args.metrics, per_class=per_class, progress=not args.quiet
+            dataset,
+            args.models,
+            args.metrics,
+            per_class=per_class,
+            progress=not args.quiet,
+            layers=layers if isinstance(layers, str) else list(layers),
+            layer_mean=bool(getattr(args, "layer_mean", False)),
         )
     n = max((p.samples_total for p in ranking.progress), default=dataset.n_samples)
     emit(_rows(ranking), ranking.metrics, args, f"{dataset.name} (N={n})", ranking.recommendation)
@@ -104,7 +111,12 @@ def _rows(ranking: Ranking) -> list[RankedModel]:
         for metric, reason in errors.items():
             _err(f"{result.model}: {metric} not computed: {reason}")
         error = state.error if state else None
-        rows.append(RankedModel(result.model, result.rank, dict(result.scores), errors, error))
+        rows.append(
+            RankedModel(
+                result.model, result.rank, dict(result.scores), errors, error,
+                result.layers, result.layer, result.best_layer,
+            )
+        )  # fmt: skip
     return rows
 
 

@@ -46,6 +46,7 @@ from workers.pipeline import remote_sources
 from workers.pipeline.cache import FeatureCache, feature_key
 from workers.pipeline.datasets import Dataset, open_dataset
 from workers.pipeline.errors import PipelineError
+from workers.pipeline.layers import LayerError, best_layer, check_choice
 from workers.settings import Settings
 
 log = logging.getLogger("transferbench.worker")
@@ -277,6 +278,8 @@ class JobRunner:
             if dataset_row is None:  # deleted since: the cascade removes the job too
                 return
             source, per_class = dict(model_row.source), job.per_class
+            asked = dict(job.layers) if job.layers else None
+        layered: dict[str, Any] | None = None
         try:
             # a file named at registration may have gone, or left TB_MODEL_DIR, since: that
             # model fails alone, with the reason
@@ -289,9 +292,28 @@ class JobRunner:
                     "(fingerprint mismatch); register it again under a new name"
                 )
             key = feature_key(model, dataset.content_hash)
+            # a ranking by layers: the layers this model gives of those asked (a model that
+            # gives only its last fails alone, with the reason), all from one forward pass
+            chosen = model.select_layers(check_choice(asked["choice"])) if asked else None
             self._update(job_id, model_id, samples_total=len(dataset))
             started = time.perf_counter()
-            if self.cache.get(key) is None:
+            if chosen is not None:
+                from workers.pipeline.extraction import extract
+
+                got = extract(
+                    [model],
+                    dataset,
+                    layers={model.name: chosen},
+                    cache=self.cache,
+                    progress=self._progress(job_id, model_id),
+                )[model.name]
+                key = got.cache_key or key
+                layered = {
+                    "chosen": list(chosen),
+                    "names": list(got.layer_names),
+                    "keys": {str(i): k for i, k in got.layer_keys.items()},
+                }
+            elif self.cache.get(key) is None:
                 from workers.pipeline.extraction import extract
 
                 extract(
@@ -313,6 +335,8 @@ class JobRunner:
                 return
             move_model(jm, ModelStatus.SCORING)
             jm.feature_key = key
+            if layered is not None:
+                jm.layers = layered
             jm.samples_done = jm.samples_total
             jm.extract_seconds = elapsed
             jm.job.heartbeat_at = jm.heartbeat_at = now()
@@ -329,7 +353,9 @@ class JobRunner:
             if dataset_row is None:
                 return
             cached = self.cache.get(jm.feature_key) if jm.feature_key else None
-            if cached is None:  # cache lost (e.g. a cleaned volume): extract again
+            layered = dict(jm.layers) if jm.layers and job.layers else None
+            layer_arrays = self._layer_arrays(layered) if layered else {}
+            if cached is None or layer_arrays is None:  # cache lost (a cleaned volume): again
                 move_model(jm, ModelStatus.QUEUED)
                 defer(s, self.queue, Task.EXTRACT, job_id, model_id)
                 return
@@ -342,10 +368,18 @@ class JobRunner:
             done = scores.scored(s, dataset_row.id, model_id, wanted)
             todo = [m for m in wanted if m not in done]
             per_class, dataset_id = job.per_class, dataset_row.id
+            metrics, asked = list(job.metrics), dict(job.layers or {})
+        if layered is not None and len(layered["names"]) - 1 not in layered["chosen"]:
+            # the scores of a model stand for its last layer: one left out stores none
+            done, todo = set(), []
         errors: dict[str, str] = dict(skipped)
         values: dict[str, float] = {}
-        if todo:
-            labels = self.open(dataset_row, per_class).labels
+        labels = self.open(dataset_row, per_class).labels if todo or layered else None
+        if layered is not None and layer_arrays and labels is not None:
+            layered |= self._layer_scores(
+                model_row.name, layered, asked, cached, layer_arrays, labels, metrics, target
+            )
+        if todo and labels is not None:
             try:
                 result = scoring.compute_detailed(
                     todo, labels, features=cached.features, probs=cached.probs, target=target
@@ -369,8 +403,20 @@ class JobRunner:
                 return
             jm.metrics_done = sorted(set(done) | set(values))
             jm.metric_errors = errors
+            if layered is not None:  # done by the layer it is ordered by
+                jm.layers = layered
+                by_order = layered.get("scores", {}).get(layered.get("order"), {})
+                jm.metrics_done = sorted(m for m, v in by_order.items() if v is not None)
+                jm.metric_errors = {
+                    **skipped,
+                    **layered.get("errors", {}).get(layered.get("order"), {}),
+                }
+                errors = dict(jm.metric_errors)
             if jm.metrics_done:
                 move_model(jm, ModelStatus.DONE)
+            elif layered is not None and layered.get("error"):
+                move_model(jm, ModelStatus.FAILED)
+                jm.error = layered["error"]
             else:
                 move_model(jm, ModelStatus.FAILED)
                 jm.error = "no metric could be computed: " + "; ".join(errors.values())
@@ -383,6 +429,61 @@ class JobRunner:
                     # the dataset's other models have (a re-ranking skips a model while it
                     # is in a job): fill them now, from the features just cached
                     defer(s, self.queue, Task.RERANK_MISSING)
+
+    # -- layers --------------------------------------------------------------------------
+    def _layer_arrays(self, layered: dict[str, Any]) -> dict[int, Any] | None:
+        """Each chosen layer's cached features by index; None when one is gone."""
+        arrays = {}
+        for index, key in layered["keys"].items():
+            entry = self.cache.get(key)
+            if entry is None:
+                return None
+            arrays[int(index)] = entry.features
+        return arrays
+
+    def _layer_scores(
+        self,
+        name: str,
+        layered: dict[str, Any],
+        asked: dict[str, Any],
+        cached: Any,
+        arrays: dict[int, Any],
+        labels: Any,
+        metrics: list[str],
+        target: scoring.Target,
+    ) -> dict[str, Any]:
+        """Every metric on every chosen layer (and their mean when asked), as the local
+        ``rank --layers`` scores them: ``scores`` and ``errors`` by layer label, ``order``
+        (the layer the model is ordered by), ``best`` (its best layer); ``error`` when the
+        mean cannot be taken."""
+        from workers.pipeline.extraction import FeatureSet
+        from workers.pipeline.rank import model_arrays
+        from workers.pipeline.ranking import score_arrays
+
+        choice = check_choice(asked["choice"])
+        fs = FeatureSet(
+            name, cached.features, cached.probs, layers=arrays, layer_names=tuple(layered["names"])
+        )
+        try:
+            model = model_arrays(fs, choice, bool(asked.get("mean")))
+        except LayerError as exc:
+            return {"scores": {}, "errors": {}, "order": None, "best": None, "error": str(exc)}
+        per_layer: dict[str, dict[str, float | None]] = {}
+        errors: dict[str, dict[str, str]] = {}
+        for label, features in (model.layers or {}).items():
+            try:
+                per_layer[label], errors[label] = score_arrays(
+                    f"{name} layer {label}", features, cached.probs, labels, metrics, target
+                )
+            except PipelineError as exc:
+                per_layer[label] = dict.fromkeys(metrics)
+                errors[label] = dict.fromkeys(metrics, str(exc))
+        return {
+            "scores": per_layer,
+            "errors": errors,
+            "order": model.order,
+            "best": best_layer(per_layer, metrics),
+        }
 
     # -- helpers -------------------------------------------------------------------------
     def _await_registration(self, model_id: str) -> str | None:

@@ -44,6 +44,8 @@ def create(
         body.per_class,
         tenant=principal.tenant,
         max_active_jobs=settings.tenant_max_active_jobs,
+        layers=body.layers,
+        layer_mean=body.layer_mean,
     )
     response.headers["Location"] = f"/v1/rankings/{job.id}"
     return service.describe(session, job)
