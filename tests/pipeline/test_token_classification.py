@@ -222,3 +222,25 @@ def test_every_label_metric_scores_the_word_features(zoo, ner_file: Path) -> Non
         if row.model == "minilm-l6":  # no head: the metrics of source probabilities cannot run
             missing = {m: e for m, e in missing.items() if "probs" not in scoring.REGISTRY[m].needs}
         assert not missing, (row.model, missing)
+
+
+@pytest.mark.slow
+def test_a_sentence_transformers_pipeline_pools_its_token_embeddings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.pipeline.models.text import SentenceTransformerModel
+    from workers.pipeline.models.zoo import load_model
+
+    monkeypatch.setenv("TB_RUNTIME", "torch")
+    model = load_model(f"st:{minilm_dir()}")
+    assert isinstance(model, SentenceTransformerModel)
+    sentences = [list(r["tokens"]) for r in ner_rows(6)]
+    got = word_features(model, sentences)
+    pipeline = model.model
+    for words, features in zip(sentences, got, strict=True):
+        encoded = pipeline.tokenizer(words, is_split_into_words=True, return_tensors="pt")
+        with torch.no_grad():
+            states = pipeline(dict(encoded))["token_embeddings"][0].numpy()
+        ids = np.array([-1 if w is None else w for w in encoded.word_ids(0)])
+        expected = np.stack([states[ids == w].mean(axis=0) for w in range(len(words))])
+        np.testing.assert_allclose(features.numpy(), expected, atol=2e-5)
