@@ -69,6 +69,11 @@ def test_every_layer_scored_as_the_local_command_scores_it(service) -> None:
     for label, scores in mine.layers.items():
         for metric in METRICS:
             assert row["layers"][label][metric] == pytest.approx(scores[metric], rel=1e-5)
+    # the dataset page draws a per-layer chart for the model, its best layer marked
+    page = svc.client.get(f"/dashboard/datasets/{ds['id']}")
+    assert page.status_code == 200, page.text
+    assert "Scores by layer" in page.text and "<polyline" in page.text
+    assert f"<strong>minilm-l6</strong> · best layer {row['best_layer']}" in page.text
     # the model's stored score (its leaderboard) stays its last layer's
     board = svc.client.get(f"/v1/datasets/{ds['id']}/leaderboard?metric=logme").json()
     assert board["entries"][0]["value"] == pytest.approx(row["layers"]["6"]["logme"], rel=1e-9)

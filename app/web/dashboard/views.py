@@ -200,7 +200,68 @@ def dataset_page(
         "metric_choices": metric_choices(dataset) if not dataset.reference else [],
         "schedule": schedule_view(dataset),
         "jobs": recent_jobs(session, tenant, dataset.id),
+        "layer_charts": layer_charts(queries.jobs(session, tenant, dataset_id=dataset.id)),
         **figures,
+    }
+
+
+#: the size of a per-layer chart, in SVG user units
+SPARK_W, SPARK_H, SPARK_PAD = 180.0, 48.0, 5.0
+
+
+def layer_charts(jobs: Iterable[JobRow]) -> dict[str, Any] | None:
+    """The newest finished ranking by layers among ``jobs``: per model, its first metric
+    across its layers as a small line chart (points, the best layer marked) and the values
+    themselves; None when there is none."""
+    job = next((j for j in jobs if j.layers and j.status == JobStatus.DONE), None)
+    if job is None or not job.metrics:
+        return None
+    metric = job.metrics[0]
+    charts = []
+    for m in job.models:
+        info = dict(m.layers or {})
+        scores: dict[str, dict[str, float | None]] = info.get("scores") or {}
+        values = sorted(
+            (int(label), value)
+            for label, per in scores.items()
+            if label != "mean" and (value := per.get(metric)) is not None
+        )
+        if not values:
+            continue
+        names = info.get("names") or []
+        charts.append(
+            {
+                "model": m.model.name,
+                "best": info.get("best"),
+                "order": info.get("order"),
+                "mean": (scores.get("mean") or {}).get(metric),
+                "values": [
+                    {"layer": i, "name": names[i] if i < len(names) else str(i), "value": v}
+                    for i, v in values
+                ],
+                **_sparkline(values, info.get("best")),
+            }
+        )
+    return {"job_id": job.id, "metric": metric, "created_at": job.created_at, "charts": charts}
+
+
+def _sparkline(values: list[tuple[int, float]], best: str | None) -> dict[str, Any]:
+    """``(layer, value)`` pairs -> the SVG polyline ``points`` and the best layer's ``dot``."""
+    low, high = min(v for _, v in values), max(v for _, v in values)
+    span = high - low or 1.0
+    step = (SPARK_W - 2 * SPARK_PAD) / max(len(values) - 1, 1)
+    xy = [
+        (SPARK_PAD + k * step, SPARK_PAD + (high - v) / span * (SPARK_H - 2 * SPARK_PAD))
+        for k, (_, v) in enumerate(values)
+    ]
+    dot = next((xy[k] for k, (i, _) in enumerate(values) if str(i) == best), None)
+    return {
+        "points": " ".join(f"{x:.1f},{y:.1f}" for x, y in xy),
+        "dot": dot,
+        "low": low,
+        "high": high,
+        "width": SPARK_W,
+        "height": SPARK_H,
     }
 
 
