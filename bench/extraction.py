@@ -18,6 +18,11 @@ In one run, on the same machine state (measurements interleaved, best of ``--rep
     python bench/extraction.py [--n 256] [--batch-size 8] [--models a,b] [--repeats 3]
 
 Prints tables; writes bench/results/extraction.json and extraction.png.
+
+``--layers`` measures instead every layer against the last layer alone: for each zoo model on
+its default runtime (ONNX Runtime on a CPU), ``extract`` with ``layers=all`` against plain
+``extract``, no cache, interleaved, best of ``--repeats`` (target: at most 1.3x); writes
+bench/results/extraction_layers.json.
 """
 
 from __future__ import annotations
@@ -305,6 +310,101 @@ def _plot(report: dict) -> None:
     fig.savefig(RESULTS / "extraction.png", dpi=100)
 
 
+def bench_layers(names, data_by_modality, bs, text_bs, repeats, settings) -> list[dict]:
+    """All layers against the last alone, per model: seconds, their ratio, and what one
+    forward pass per layer would cost instead (the layer count x the last layer's time)."""
+    rows = []
+    for name in names:
+        model = load_model(name, settings)
+        data = data_by_modality[model.modality]
+        size = bs if model.modality == "image" else text_bs
+        reason = model.layers_unsupported()
+        if reason is not None:
+            rows.append({"model": name, "runtime": model.runtime, "refused": reason})
+            print(f"  {name}: only its last layer ({reason})", flush=True)
+            continue
+        chosen = model.select_layers("all")
+        layers = {name: chosen}
+        extract([model], data, layers=layers, batch_size=size)  # warm-up (and the export)
+        extract([model], data, batch_size=size)
+        last, every = [], []
+        for _ in range(repeats):  # interleaved: both see the same machine state
+            last.append(best_of(lambda m=model, d=data, s=size: extract([m], d, batch_size=s), 1))
+            every.append(
+                best_of(
+                    lambda m=model, d=data, s=size, ly=layers: extract(
+                        [m], d, layers=ly, batch_size=s
+                    ),
+                    1,
+                )
+            )
+        runs = model.for_layers(tuple(chosen[:-1]))
+        row = {
+            "model": name,
+            "runtime": runs.runtime,
+            "layers": len(chosen),
+            "samples": len(data),
+            "last_s": min(last),
+            "all_s": min(every),
+        }
+        row["ratio"] = row["all_s"] / row["last_s"]
+        rows.append(row)
+        print(
+            f"  {name}: last {row['last_s']:.2f} s, all {row['layers']} layers "
+            f"{row['all_s']:.2f} s (x{row['ratio']:.2f})",
+            flush=True,
+        )
+    return rows
+
+
+def main_layers(args: argparse.Namespace) -> int:
+    threads = configure()
+    images = fashion_mnist("t10k").subsample(args.n // 10 + 1, seed=0)
+    images = images.select(np.arange(min(args.n, len(images))))
+    texts = open_dataset("fortunes").subsample(args.texts_per_class, seed=0)
+    names = [*args.models.split(","), *args.text_models.split(",")]
+    with tempfile.TemporaryDirectory(prefix="tb-bench-") as tmp:
+        settings = Settings(data_dir=Path(tmp))  # the default runtime: what a ranking gets
+        rows = bench_layers(
+            names,
+            {"image": images, "text": texts},
+            args.batch_size,
+            args.text_batch_size,
+            args.repeats,
+            settings,
+        )
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu_name(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "n_images": len(images),
+        "n_texts": len(texts),
+        "batch_size": args.batch_size,
+        "text_batch_size": args.text_batch_size,
+        "repeats": args.repeats,
+        "target_ratio": 1.3,
+        "models": rows,
+    }
+    print(f"\n{report['cpu']}, {threads} threads, torch {torch.__version__}")
+    head = f"{'model':<20} {'runtime':<12} {'layers':>6} {'last s':>7} {'all s':>7} {'all/last':>8}"
+    print(f"\nall layers against the last, {len(images)} images / {len(texts)} texts\n{head}")
+    print("-" * len(head))
+    for r in rows:
+        if "refused" in r:
+            print(f"{r['model']:<20} only its last layer: {r['refused']}")
+            continue
+        runtime = "onnxruntime" if r["runtime"].startswith("onnx") else r["runtime"]
+        print(
+            f"{r['model']:<20} {runtime:<12} {r['layers']:>6} {r['last_s']:>7.2f} "
+            f"{r['all_s']:>7.2f} {r['ratio']:>7.2f}x"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "extraction_layers.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'extraction_layers.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256, help="images per measurement")
@@ -316,7 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-models", default=",".join(zoo_names("text")))
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     parser.add_argument("--skip", default="", help="comma list of: images,texts,decode,shared")
+    parser.add_argument(
+        "--layers", action="store_true", help="only all layers against the last (see above)"
+    )
     args = parser.parse_args(argv)
+    if args.layers:
+        return main_layers(args)
     skip = set(filter(None, args.skip.split(",")))
     threads = configure()
     with tempfile.TemporaryDirectory(prefix="tb-bench-") as tmp:
