@@ -126,3 +126,17 @@ def write_texts(tmp_path: Path, rows: list[dict[str, str]]) -> Path:
         tmp_path / "firsts.jsonl",
         [{"text": r["text"], "label": r["label"]} for r in rows],  # type: ignore[misc]
     )
+
+
+@pytest.mark.slow
+def test_fine_tuning_refuses_pairs_and_words_rather_than_training_on_their_repr(
+    zoo, tmp_path: Path
+) -> None:
+    from tests.nlp_data import ner_rows
+    from workers.pipeline.finetune.run import _inputs
+
+    pairs = open_dataset(str(write_jsonl(tmp_path / "p.jsonl", pair_rows(6))))  # type: ignore[arg-type]
+    words = open_dataset(str(write_jsonl(tmp_path / "n.jsonl", ner_rows(4))))  # type: ignore[arg-type]
+    for dataset, held in ((pairs, "holds text pairs"), (words, "holds the words")):
+        with pytest.raises(PipelineError, match=held):
+            _inputs(zoo("minilm-l6"), dataset, torch.device("cpu"))

@@ -76,6 +76,12 @@ def _inputs(model: CandidateModel, dataset: Dataset, device: torch.device) -> In
         )
     if isinstance(model.recipe, ImageRecipe):
         return ImageInputs(dataset.samples, model.recipe, device)
+    if dataset.kind != "plain":  # a pair or a word is no text the classifier takes
+        held = "text pairs" if dataset.kind == "pairs" else "the words of tagged sentences"
+        raise PipelineError(
+            f"{dataset.name} holds {held}; fine-tuning trains a classifier of single texts, "
+            "so this dataset can be ranked but not fine-tuned here"
+        )
     texts = [str(text) for text in dataset.samples]
     return TextInputs(texts, model, text_input_names(model), device)
 
