@@ -43,6 +43,12 @@ class ModelIn(BaseModel):
         max_length=2000,
         description="a zoo name or SOURCE:REF spec, e.g. timm:resnet50.a1_in1k",
     )
+    aliases: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="models of imported benchmark tables (NAME or ref:NAME) that are this model: "
+        "their fine-tuning outcomes count as its history; never inferred from a name",
+    )
 
 
 class ModelOut(BaseModel):
@@ -232,6 +238,23 @@ class OutcomeOut(BaseModel):
     higher_is_better: bool
     details: dict[str, Any]
     created_at: datetime
+
+
+class ReferenceTableOut(BaseModel):
+    """A reference table shipped with transferbench, as imported into this database."""
+
+    name: str
+    version: str = Field(description="sha256 of the table's file as imported")
+    shipped_version: str | None = Field(
+        description="the version the installed package ships (imported at the next start)"
+    )
+    modality: str | None
+    task: str | None
+    outcome: str | None
+    source: str | None = Field(description="where the numbers come from, and their licence")
+    datasets: int
+    models: int = Field(description="models with an outcome")
+    imported_at: str
 
 
 class BenchmarkImported(BaseModel):

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.db.models import JobModelRow, ModelRow, now
+from app.db.models import JobModelRow, ModelAliasRow, ModelRow, now
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.lifecycle import Task, TaskQueue, defer
 from app.services import pages
@@ -163,6 +163,71 @@ def register(
     session.flush()
     defer(session, queue, Task.REGISTER_MODEL, row.id)
     return row
+
+
+def link_aliases(
+    session: Session, model: ModelRow, names: Iterable[str], tenant: str | None
+) -> list[ModelAliasRow]:
+    """Link each reference model (``NAME`` or ``ref:NAME``, of a table the tenant can see) to
+    ``model``: its outcomes count as ``model``'s history in the tenant's recommender
+    (``tenant`` None: the operator's link, for every tenant). A later link of the same
+    reference model replaces the earlier one. Raises ``Invalid`` naming what is unknown."""
+    wanted = [n if n.startswith(REFERENCE_PREFIX) else REFERENCE_PREFIX + n for n in names]
+    if not wanted:
+        return []
+    found = {
+        m.name: m
+        for m in session.scalars(
+            select(ModelRow)
+            .where(ModelRow.name.in_(wanted), ModelRow.reference.is_(True))
+            .where(visible(ModelRow.tenant, tenant))
+            .order_by(ModelRow.tenant.is_not(None))  # the tenant's own last: it wins
+        )
+    }
+    unknown = [n for n in wanted if n not in found]
+    if unknown:
+        raise Invalid(
+            f"no imported benchmark table has the model(s) {', '.join(unknown)}; an alias names "
+            "a model of a table you can see (GET /v1/models lists them as ref:NAME)"
+        )
+    if model.reference:
+        raise Invalid(
+            f"{model.name} is itself a model of an imported table; alias a registered one"
+        )
+    out = []
+    for name in dict.fromkeys(wanted):
+        ref = found[name]
+        if model.modality is not None and ref.modality not in (None, model.modality):
+            raise Invalid(
+                f"{name} is a {ref.modality} model and {model.name} a {model.modality} one"
+            )
+        owner = ModelAliasRow.tenant == tenant if tenant else ModelAliasRow.tenant.is_(None)
+        row = session.scalar(
+            select(ModelAliasRow).where(ModelAliasRow.reference_id == ref.id, owner)
+        )
+        if row is None:
+            row = ModelAliasRow(tenant=tenant, reference_id=ref.id, model_id=model.id)
+            session.add(row)
+        else:
+            row.model_id = model.id
+        out.append(row)
+    session.flush()
+    return out
+
+
+def resolve_registered(session: Session, key: str, tenant: str | None) -> ModelRow:
+    """The registered (non-reference) model the tenant can see whose id, name or source spec
+    is ``key`` (the right-hand side of ``--alias NAME=MODEL``)."""
+    query = select(ModelRow).where(ModelRow.reference.is_(False), visible(ModelRow.tenant, tenant))
+    rows = list(session.scalars(query.where(or_(ModelRow.id == key, ModelRow.name == key))))
+    if not rows:
+        rows = [m for m in session.scalars(query) if (m.source or {}).get("spec") == key]
+    if not rows:
+        raise Invalid(
+            f"no registered model with id, name or source {key!r}: register it first "
+            "(POST /v1/models, or rank it here so the database keeps it), or use a zoo name"
+        )
+    return sorted(rows, key=lambda m: m.tenant is None)[0]  # the tenant's own first
 
 
 def deletable(session: Session, model_id: str, principal: Principal) -> ModelRow:

@@ -49,6 +49,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     bimp.add_argument("--task", choices=("classification", "regression"), default="classification")
     bimp.add_argument("--lower-is-better", action="append", default=[], metavar="NAME")
     bimp.add_argument("--name", help="the table's name (default: the file name)")
+    bimp.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL",
+        help="the table's model NAME is the registered MODEL (id, name or source spec): its "
+        "outcomes count as MODEL's history; repeat for several (never inferred from names)",
+    )
+    blist = bsub.add_parser("list", help="the reference tables shipped and imported")
+    blist.add_argument("--format", choices=("table", "json"), default="table")
     beval = bsub.add_parser("evaluate", help="the evaluation over the imported tables")
     _scope_options(beval)
 
@@ -74,7 +84,7 @@ def _scope_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.services import benchmarks, outcomes, recommender
+    from app.services import benchmarks, models, outcomes, recommender
     from workers.cli.database import local_database, refit
 
     db = local_database(Settings.load())
@@ -95,18 +105,27 @@ def run(args: argparse.Namespace) -> int:
             refit(s)
             print(f"stored {len(entries)} outcome(s) for {len(by_dataset)} dataset(s)")
             return 0
+        if args.command == "benchmark" and args.benchmark_command == "list":
+            return _list_tables(s, args)
         if args.command == "benchmark" and args.benchmark_command == "import":
+            pairs = _alias_pairs(args.alias)
             text = _read_text(args.file)
             imported = benchmarks.import_table(
                 s, text, table=args.name or args.file.stem, outcome=args.outcome,
                 modality=args.modality, task=args.task, lower_is_better=args.lower_is_better,
             )  # fmt: skip
+            linked = []
+            for name, key in pairs:
+                model = models.resolve_registered(s, key, None)
+                models.link_aliases(s, model, [name], None)
+                linked.append(f"ref:{name.removeprefix('ref:')} -> {model.name}")
             refit(s)
             scope = recommender.Scope(args.modality, args.task, args.outcome)
             print(
                 f"imported {imported.table}: {imported.datasets} datasets, {imported.models} "
                 f"models, {imported.rows} rows; metrics {', '.join(imported.metrics)}; "
-                f"external scores {', '.join(imported.external) or 'none'}; evaluate it with "
+                f"external scores {', '.join(imported.external) or 'none'}; "
+                f"aliases {', '.join(linked) or 'none'}; evaluate it with "
                 f"`transferbench benchmark evaluate {_options(scope)}`"
             )
             return 0
@@ -117,6 +136,43 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
         sys.stdout.write("\n".join(_table(scope, result) for scope, result in results))
+    return 0
+
+
+def _alias_pairs(values: list[str]) -> list[tuple[str, str]]:
+    """``NAME=MODEL`` options as (NAME, MODEL); a malformed one is refused before anything
+    is imported."""
+    from workers.pipeline.errors import PipelineError
+
+    out = []
+    for value in values:
+        name, sep, model = value.partition("=")
+        if not sep or not name.strip() or not model.strip():
+            raise PipelineError(
+                f"--alias {value!r}: write NAME=MODEL, the table's model name and a registered "
+                "model (e.g. --alias resnet50=torchvision:resnet50)"
+            )
+        out.append((name.strip(), model.strip()))
+    return out
+
+
+def _list_tables(session: Any, args: argparse.Namespace) -> int:
+    """``benchmark list``: the shipped reference tables as imported."""
+    from app.services import reference
+
+    tables = reference.listed(session)
+    if args.format == "json":
+        print(json.dumps(tables, indent=2))
+        return 0
+    if not tables:
+        print("no reference table imported (TB_REFERENCE_TABLES=off, or none ships)")
+        return 0
+    for t in tables:
+        stale = "" if t["version"] == t["shipped_version"] else " (a newer version ships)"
+        print(
+            f"{t['name']}	{t['modality']}/{t['task']}/{t['outcome']}	{t['datasets']} datasets"
+            f"	{t['models']} models	version {t['version'][:12]}{stale}	{t['source']}"
+        )
     return 0
 
 

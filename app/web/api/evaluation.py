@@ -15,7 +15,7 @@ from app import schemas
 from app.db.models import OutcomeRow
 from app.errors import Invalid, TooLarge
 from app.lifecycle import Task, defer
-from app.services import benchmarks, outcomes, recommender
+from app.services import benchmarks, outcomes, recommender, reference
 from app.services import datasets as dataset_service
 from app.tenancy import Role
 from app.web.api.deps import Authorized, PageDep, PrincipalDep, QueueDep, SessionDep, SettingsDep
@@ -89,6 +89,13 @@ def evaluation(
     scope = recommender.Scope(modality, task, measure, tenant=principal.tenant)
     found = recommender.evaluation(session, scope)
     return conditional(request, schemas.Evaluation.model_validate(found).model_dump_json().encode())
+
+
+@router.get("/v1/benchmarks", response_model=list[schemas.ReferenceTableOut])
+def list_benchmarks(session: SessionDep) -> list[dict[str, Any]]:
+    """The reference tables that ship with transferbench as imported here (shared by every
+    tenant): name, version, scope, source and licence, datasets and models."""
+    return reference.listed(session)
 
 
 @router.post("/v1/benchmarks", status_code=201, response_model=schemas.BenchmarkImported)

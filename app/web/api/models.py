@@ -41,8 +41,10 @@ def register(
     response: Response,
 ) -> ModelRow:
     """Accepted as ``pending``: a worker loads the weights, then the model is ``ready`` (it
-    joins rankings) or ``failed`` with the reason. Poll ``Location``."""
+    joins rankings) or ``failed`` with the reason. Poll ``Location``. ``aliases``: models of
+    imported tables (``ref:NAME``) whose fine-tuning outcomes count as this model's history."""
     row = service.register(session, queue, settings, body.name, body.source, principal)
+    service.link_aliases(session, row, body.aliases, principal.tenant)
     response.headers["Location"] = f"/v1/models/{row.id}"
     return row
 

@@ -1,0 +1,272 @@
+"""The reference tables that ship with transferbench: imported once per version, listed, and
+the calibrated recommendation they give a tenant with no outcomes of its own; explicit
+aliases carrying a table's history to a registered model; tenants kept apart.
+
+The tenant's models and scores here are rows written directly (two image models scored with
+the default metrics), so the recommender's choice between the metric-only order and the full
+one can be checked without loading a model; the end-to-end ranking of the zoo on
+Fashion-MNIST is the one slow test at the bottom."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+import scoring
+from app.db.models import DatasetRow, ModelAliasRow, ModelRow, OutcomeRow, ReferenceTableRow
+from app.db.scores import upsert_scores
+from app.errors import Invalid
+from app.reference import ReferenceTable, shipped
+from app.services import models as model_service
+from app.services import recommender, reference
+from workers.cli.main import main
+
+from .helpers import model_ids, register_model, wait_for_job
+
+METRICS = {
+    "logme": (3.0, 2.0, 1.0),
+    "leep": (-1.0, -2.0, -3.0),
+    "hscore_shrinkage": (1.0, 3.0, 2.0),
+}
+
+
+@pytest.fixture
+def service(embedded_service):
+    booted = embedded_service(raise_server_exceptions=False, worker=False)
+    with booted.db.session() as s:
+        reference.sync(s)
+    return booted
+
+
+def _counts(db) -> tuple[int, ...]:
+    with db.session() as s:
+        return tuple(
+            int(s.scalar(select(func.count()).select_from(t)) or 0)
+            for t in (DatasetRow, ModelRow, OutcomeRow, ReferenceTableRow)
+        )
+
+
+def _tenant_dataset(s, tenant: str, models: list[ModelRow], i: int = 0) -> DatasetRow:
+    """A dataset of ``tenant`` with the three default-like metrics scored for ``models``."""
+    ds = DatasetRow(name=f"{tenant}-d{i}", modality="image", task="classification",
+                    content_hash=f"{tenant}{i}".ljust(64, "0"), n_samples=30, classes=[],
+                    path="", tenant=tenant)  # fmt: skip
+    s.add(ds)
+    s.flush()
+    upsert_scores(
+        s,
+        [
+            {"dataset_id": ds.id, "model_id": m.id, "metric": metric,
+             "metric_version": scoring.REGISTRY[metric].version, "value": values[j] + i}
+            for metric, values in METRICS.items()
+            for j, m in enumerate(models)
+        ],
+    )  # fmt: skip
+    return ds
+
+
+def _models(s, tenant: str | None = None) -> list[ModelRow]:
+    rows = [
+        ModelRow(name=f"net-{c}", modality="image", source={"spec": f"torchvision:net_{c}"},
+                 has_head=True, fingerprint="0" * 64, tenant=tenant)
+        for c in "abc"
+    ]  # fmt: skip
+    s.add_all(rows)
+    s.flush()
+    return rows
+
+
+def test_shipped_tables_are_imported_once_and_listed(service, data_dir: Path) -> None:
+    before = _counts(service.db)
+    assert before[3] == len(shipped()) >= 1
+    with service.db.session() as s:
+        assert {r.state for r in reference.sync(s)} == {"current"}
+    assert _counts(service.db) == before
+    # prepare() is what serve, migrate and the local commands run: migrations, then the import
+    reference.prepare(service.settings.db_url, reference_tables=True)
+    assert _counts(service.db) == before
+    listed = service.client.get("/v1/benchmarks").json()
+    assert [t["name"] for t in listed] == sorted(t.name for t in shipped())
+    spider = next(t for t in listed if t["name"] == "model_spider_image_zoo")
+    assert (spider["datasets"], spider["models"]) == (8, 10)
+    assert "MIT licence" in spider["source"] and spider["version"] == spider["shipped_version"]
+
+
+def test_reference_tables_off_imports_none(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'off.db'}"
+    reference.prepare(url, reference_tables=False)
+    from app.db.session import Database
+
+    db = Database(url)
+    try:
+        assert _counts(db) == (0, 0, 0, 0)
+    finally:
+        db.dispose()
+
+
+def test_a_new_table_version_replaces_the_old_rows(service, tmp_path: Path) -> None:
+    path = tmp_path / "mine.csv"
+    table = ReferenceTable(file=str(path), name="mine", outcome="top1", modality="image",
+                           task="classification", source="a test")  # fmt: skip
+
+    def write(rows: list[tuple[str, str, float, float]]) -> None:
+        out = io.StringIO()
+        w = csv.writer(out)
+        w.writerow(["dataset", "model", "top1", "LogME"])
+        w.writerows(rows)
+        path.write_text(out.getvalue())
+
+    write([("A", "m1", 80, 0.9), ("A", "m2", 70, 0.5), ("B", "m1", 60, 0.1)])
+    with service.db.session() as s:
+        assert [r.state for r in reference.sync(s, [table])] == ["imported"]
+    write([("A", "m1", 85, 0.9), ("A", "m2", 70, 0.5)])  # B is gone, m1's outcome changed
+    with service.db.session() as s:
+        assert [r.state for r in reference.sync(s, [table])] == ["replaced"]
+        assert [r.state for r in reference.sync(s, [table])] == ["current"]
+        row = s.get(ReferenceTableRow, "mine")
+        assert row is not None and row.version == table.version and len(row.datasets) == 1
+        names = set(s.scalars(select(DatasetRow.name).where(DatasetRow.id.in_(row.datasets))))
+        assert names == {"A"}
+        outcomes = {
+            o.model.name: o.value
+            for o in s.scalars(select(OutcomeRow).where(OutcomeRow.dataset_id.in_(row.datasets)))
+        }
+        assert outcomes == {"ref:m1": 85.0, "ref:m2": 70.0}
+
+
+def test_no_outcome_of_its_own_gives_the_calibrated_metric_only_order(service) -> None:
+    with service.db.session() as s:
+        ds = _tenant_dataset(s, "default", _models(s, "default"))
+        rec = recommender.recommend(s, ds)
+        assert rec is not None
+        assert rec["calibrated"] is True and rec["method"] == "metric_only"
+        quality = rec["expected_quality"]
+        assert quality["statement"].startswith(
+            f"calibrated on {quality['datasets']} published datasets: weighted tau"
+        )
+        assert quality["weighted_tau"] > 0.5 and quality["datasets"] >= 5
+        assert rec["weights"]["history"] == 0.0
+        # the weights are the metric-only fit on the shipped tables over these metrics
+        recs = recommender.records(s, recommender.Scope.of(ds))
+        only = {
+            d: scoring.DatasetRecord({k: v for k, v in r.scores.items() if k in METRICS},
+                                     r.outcomes)
+            for d, r in recs.datasets.items()
+        }  # fmt: skip
+        only = {d: r for d, r in only.items() if r.scores}
+        by_hand = scoring.fit_recommender(only).metric_weights
+        assert {k: rec["weights"][k] for k in METRICS} == pytest.approx(dict(by_hand))
+        assert all(not e["history_datasets"] for e in rec["evidence"].values())
+
+
+def test_a_scope_no_table_covers_stays_uncalibrated(service) -> None:
+    with service.db.session() as s:
+        ds = _tenant_dataset(s, "default", _models(s, "default"))
+        ds.modality = "text"  # no shipped table of text with three outcomes per dataset
+        s.flush()
+        rec = recommender.recommend(s, ds)
+        assert rec is not None and rec["calibrated"] is False
+        assert rec["expected_quality"] == "uncalibrated"
+
+
+def test_the_tenants_own_outcomes_take_over_and_never_reach_another(service) -> None:
+    with service.db.session() as s:
+        shared = _models(s)  # models every tenant can rank
+        mine = _tenant_dataset(s, "alpha", shared)
+        theirs = _tenant_dataset(s, "beta", shared)
+        labelled = [_tenant_dataset(s, "alpha", shared, i) for i in (1, 2, 3)]
+        for ds in labelled:
+            s.add_all(
+                OutcomeRow(dataset_id=ds.id, model_id=m.id, measure="finetune_top1", value=v,
+                           higher_is_better=True, details={})
+                for m, v in zip(shared, (60.0, 70.0, 90.0), strict=True)
+            )  # fmt: skip
+        s.flush()
+        rec = recommender.recommend(s, mine)
+        assert rec is not None and rec["method"] == "recommended"
+        assert rec["weights"]["history"] > 0
+        assert rec["evidence"][shared[2].id]["history_datasets"] == 3
+        # their outcomes are alpha's: beta still gets the tables' metric-only order
+        other = recommender.recommend(s, theirs)
+        assert other is not None and other["method"] == "metric_only"
+        assert all(not e["history_datasets"] for e in other["evidence"].values())
+
+
+def test_an_alias_carries_the_tables_history_and_its_absence_none(service) -> None:
+    with service.db.session() as s:
+        models = _models(s, "default")
+        ds = _tenant_dataset(s, "default", models)
+        before = recommender.recommend(s, ds)
+        assert before is not None and before["method"] == "metric_only"
+        # another tenant's alias is not this one's
+        model_service.link_aliases(s, models[0], ["resnet50"], "someone-else")
+        assert recommender.recommend(s, ds)["method"] == "metric_only"
+        model_service.link_aliases(s, models[0], ["ref:resnet50"], "default")
+        after = recommender.recommend(s, ds)
+        assert after is not None and after["method"] == "recommended"
+        evidence = after["evidence"]
+        assert evidence[models[0].id]["history_via"] == "ref:resnet50"
+        assert evidence[models[0].id]["history_datasets"] == 8  # the image table's datasets
+        assert "history_via" not in evidence[models[1].id]
+        assert not evidence[models[1].id]["history_datasets"]
+        with pytest.raises(Invalid, match="ref:no-such-net"):
+            model_service.link_aliases(s, models[1], ["no-such-net"], "default")
+
+
+def test_aliases_on_post_models_and_the_cli(
+    service, data_dir: Path, tmp_path: Path, capsys
+) -> None:
+    client = service.client
+    r = client.post("/v1/models", json={"name": "r50", "source": "mobilenet-v2",
+                                        "aliases": ["ref:nope"]})  # fmt: skip
+    assert r.status_code == 422 and "ref:nope" in r.json()["detail"]
+    r = client.post("/v1/models", json={"name": "r50", "source": "mobilenet-v2",
+                                        "aliases": ["resnet50"]})  # fmt: skip
+    assert r.status_code == 202, r.text
+    with service.db.session() as s:
+        alias = s.scalar(select(ModelAliasRow).where(ModelAliasRow.model_id == r.json()["id"]))
+        assert alias is not None and alias.tenant == "default"
+    # the CLI: --alias NAME=MODEL (the model by id, name or source spec), refused when malformed
+    table = tmp_path / "t.csv"
+    table.write_text("dataset,model,top1,LogME\nX,resnet50,80,0.9\nX,vgg,70,0.5\nX,alex,60,0.1\n")
+    assert main(["benchmark", "import", str(table), "--outcome", "top1",
+                 "--alias", "resnet50"]) != 0  # fmt: skip
+    assert "write NAME=MODEL" in capsys.readouterr().err
+    assert main(["benchmark", "import", str(table), "--outcome", "top1",
+                 "--alias", "resnet50=mobilenet-v2"]) == 0  # fmt: skip
+    assert "aliases ref:resnet50 -> r50" in capsys.readouterr().out
+    with service.db.session() as s:  # the operator's link (shared), beside the tenant's own
+        owners = {a.tenant for a in s.scalars(select(ModelAliasRow))}
+        assert owners == {None, "default"}
+
+
+@pytest.mark.slow
+def test_a_new_tenants_first_zoo_ranking_is_calibrated(embedded_service, small_zip) -> None:
+    """Fashion-MNIST images ranked by two zoo models with the default metrics, no outcome
+    posted: the recommendation is the tables' metric-only order with its expected quality."""
+    service = embedded_service()
+    with service.db.session() as s:
+        reference.sync(s)
+    client = service.client
+    for name in ("mobilenet-v2", "efficientnet-lite0"):
+        assert register_model(client, name, name)["status"] == "ready"
+    ds = client.post(
+        "/v1/datasets",
+        files={"file": ("fashion.zip", small_zip, "application/zip")},
+        data={"name": "fashion"},
+    ).json()
+    r = client.post(
+        "/v1/rankings",
+        json={"dataset_id": ds["id"],
+              "model_ids": model_ids(client, "mobilenet-v2", "efficientnet-lite0")},
+    )  # fmt: skip
+    job = wait_for_job(client, r.json()["id"])
+    assert job["status"] == "done", job
+    rec = job["recommendation"]
+    assert rec["calibrated"] is True and rec["method"] == "metric_only"
+    assert "published datasets: weighted tau" in rec["expected_quality"]["statement"]
+    assert rec["expected_quality"]["weighted_tau"] is not None
