@@ -131,9 +131,9 @@ def test_a_tag_scheme_that_does_not_exist_and_tags_on_other_data_are_refused(
         open_dataset(str(csv))
 
 
-def _own_word_means(sentences: list[list[str]]) -> list[np.ndarray]:
-    """Each word's mean subword vector in MiniLM's last hidden state, one sentence at a time
-    (no padding), straight from transformers."""
+def _own_word_means(sentences: list[list[str]], layer: int = -1) -> list[np.ndarray]:
+    """Each word's mean subword vector in MiniLM's hidden state ``layer`` (the last by
+    default), one sentence at a time (no padding), straight from transformers."""
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
@@ -142,7 +142,7 @@ def _own_word_means(sentences: list[list[str]]) -> list[np.ndarray]:
     for words in sentences:
         encoded = tokenizer(words, is_split_into_words=True, return_tensors="pt")
         with torch.no_grad():
-            hidden = model(**encoded).last_hidden_state[0].numpy()
+            hidden = model(**encoded, output_hidden_states=True).hidden_states[layer][0].numpy()
         ids = np.array([-1 if w is None else w for w in encoded.word_ids(0)])
         out.append(np.stack([hidden[ids == w].mean(axis=0) for w in range(len(words))]))
     return out
@@ -244,3 +244,22 @@ def test_a_sentence_transformers_pipeline_pools_its_token_embeddings(
         ids = np.array([-1 if w is None else w for w in encoded.word_ids(0)])
         expected = np.stack([states[ids == w].mean(axis=0) for w in range(len(words))])
         np.testing.assert_allclose(features.numpy(), expected, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_word_features_of_every_layer_come_from_one_pass_and_the_models_own_states(
+    zoo, ner_file: Path
+) -> None:
+    dataset = open_dataset(str(ner_file))
+    model = zoo("minilm-l6")
+    stats = ExtractionStats()
+    (got,) = extract([model], dataset, layers={"minilm-l6": (1, 3, 6)}, stats=stats).values()
+    sentences = [list(r["tokens"]) for r in ner_rows(24)]
+    batches = stats.forward_calls["minilm-l6"]
+    plain = ExtractionStats()
+    extract([model], dataset, stats=plain)
+    assert batches == plain.forward_calls["minilm-l6"]  # one pass per batch, all layers
+    for layer in (1, 3, 6):
+        expected = np.concatenate(_own_word_means(sentences, layer))
+        np.testing.assert_allclose(got.layers[layer], expected, atol=2e-5)
+    np.testing.assert_array_equal(got.layers[6], got.features)

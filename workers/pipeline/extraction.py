@@ -401,10 +401,12 @@ def _extract_words(
     max_tokens: int | None,
     stats: ExtractionStats,
     progress: ProgressFn | None,
+    extra: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, list[ModelOutput]]:
     """Token classification: each sentence among the samples (words) runs once per model
     (once per shared encoder), longest first in batches; each word's row is its subwords'
     mean (:func:`~workers.pipeline.models.text_tasks.word_features`), in sample order.
+    ``extra``: model name -> the other layers asked for, pooled per word from the same pass.
 
     Per-token hidden states come from the PyTorch module only (an exported graph returns
     sentence features), so an ONNX Runtime model's word features are its PyTorch reference's;
@@ -428,17 +430,19 @@ def _extract_words(
     done = 0
     for batch in text_batches([lengths[i] for i in order], batch_size, max_tokens):
         chunk = order[batch].tolist()
-        ran: dict[str, list[torch.Tensor]] = {}
+        ran: dict[tuple[str, tuple[int, ...]], list[torch.Tensor]] = {}
         for model in models:
-            if model.trunk is not None and model.trunk in ran:
-                features = ran[model.trunk]  # a shared encoder ran already: its head only
+            layers = (extra or {}).get(model.name, ())
+            shared = (model.trunk or "", layers)
+            if model.trunk is not None and shared in ran:
+                features = ran[shared]  # a shared encoder ran already: its head only
             else:
                 began = time.perf_counter()
-                features = word_features(model, [sentences[i] for i in chunk])
+                features = word_features(model, [sentences[i] for i in chunk], layers)
                 stats.forward_calls[model.name] += 1
                 stats.forward_s[model.name] += time.perf_counter() - began
                 if model.trunk is not None:
-                    ran[model.trunk] = features
+                    ran[shared] = features
             for i, feats in zip(chunk, features, strict=True):
                 words[model.name][i] = feats
         done += sum(wanted[i] for i in chunk)
@@ -447,9 +451,18 @@ def _extract_words(
     outputs: dict[str, list[ModelOutput]] = {}
     for model in models:
         per_sentence = [f for f in words[model.name] if f is not None]
-        starts = np.cumsum([0] + [len(f) for f in per_sentence[:-1]])
-        picked = torch.cat(per_sentence)[torch.as_tensor([starts[at] + w for at, w in rows])]
-        outputs[model.name] = [model.finish(picked, None)]
+        layered = bool((extra or {}).get(model.name))
+        sizes = [f.shape[-2] for f in per_sentence]  # words: (n, D), or (S, n, D) with layers
+        starts = np.cumsum([0, *sizes[:-1]])
+        at = torch.as_tensor([starts[s] + w for s, w in rows])
+        if not layered:
+            outputs[model.name] = [model.finish(torch.cat(per_sentence)[at], None)]
+            continue
+        picked = torch.cat(per_sentence, dim=1)[:, at]  # (S, N, D)
+        done_output = model.finish(picked[-1], None)
+        outputs[model.name] = [
+            dataclasses.replace(done_output, layers=tuple(p.numpy() for p in picked[:-1]))
+        ]
     return outputs
 
 
@@ -552,7 +565,7 @@ def extract(
     with torch.inference_mode() if dataset.modality == "text" else contextlib.nullcontext():
         if dataset.kind == "tokens":
             max_tokens = CPU_BATCH_TOKENS if device.type == "cpu" else None
-            outputs = _extract_words(pending, dataset, size, max_tokens, stats, progress)
+            outputs = _extract_words(pending, dataset, size, max_tokens, stats, progress, extra)
             inverse = None
         elif dataset.modality == "image":
             outputs = _extract_images(pending, dataset, runner, size, device, num_workers, progress)

@@ -109,25 +109,35 @@ def word_chunks(
     return chunks
 
 
-def _hidden(model: CandidateModel, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The per-token hidden state ``(B, T, D)`` the model's sentence features pool."""
+def _hidden(
+    model: CandidateModel, tokens: dict[str, torch.Tensor], extra: tuple[int, ...] = ()
+) -> torch.Tensor:
+    """The per-token hidden states ``(S, B, T, D)`` the model's features pool: the hidden
+    states ``extra`` (indices into a transformers encoder's ``hidden_states``) and last the
+    one its sentence features pool, all from one forward pass."""
     feeds = model.feeds(tokens)
     with model.computing():
         if isinstance(model, HFTextModel):
-            hidden: torch.Tensor = model.model(**feeds).last_hidden_state
+            if extra:
+                out = model.model(**feeds, output_hidden_states=True)
+                states = [out.hidden_states[i] for i in extra] + [out.last_hidden_state]
+            else:
+                states = [model.model(**feeds).last_hidden_state]
         else:
             assert isinstance(model, SentenceTransformerModel)
-            hidden = model.model(dict(feeds))["token_embeddings"]
-    return hidden.float()
+            if extra:
+                raise PipelineError(model.layers_unsupported() or f"{model.name}: no layers")
+            states = [model.model(dict(feeds))["token_embeddings"]]
+    return torch.stack([state.float() for state in states])
 
 
 def pool_words(
     hidden: torch.Tensor, word_ids: Sequence[Sequence[int | None]], n_words: Sequence[int]
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``hidden`` ``(B, T, D)`` and each row's word id per token -> per row ``(n_words, D)``,
-    each word's mean over its tokens (tokens of no word, padding and specials, left out), and
-    ``(B, max n_words)`` how many tokens each word had."""
-    batch, length, _ = hidden.shape
+    """``hidden`` ``(S, B, T, D)`` (S hidden states) and each row's word id per token -> per
+    row ``(S, n_words, D)``, each word's mean over its tokens (tokens of no word, padding and
+    specials, left out), and ``(B, max n_words)`` how many tokens each word had."""
+    _, batch, length, _ = hidden.shape
     width = max(n_words)
     assign = torch.zeros(batch, width, length, dtype=hidden.dtype, device=hidden.device)
     for row, ids in enumerate(word_ids):
@@ -135,13 +145,17 @@ def pool_words(
             if word is not None:
                 assign[row, word, position] = 1.0
     counts = assign.sum(dim=2, keepdim=True)
-    pooled = (assign @ hidden) / counts.clamp(min=1.0)
-    return [pooled[row, : n_words[row]] for row in range(batch)], counts.squeeze(-1)
+    pooled = (assign @ hidden) / counts.clamp(min=1.0)  # (S, B, W, D)
+    return [pooled[:, row, : n_words[row]] for row in range(batch)], counts.squeeze(-1)
 
 
-def word_features(model: CandidateModel, sentences: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+def word_features(
+    model: CandidateModel, sentences: Sequence[Sequence[str]], extra: tuple[int, ...] = ()
+) -> list[torch.Tensor]:
     """Each sentence's word features ``(n_words, D)`` float32 (on the CPU), from one forward
-    pass over ``sentences`` as a batch (chunks of a long sentence are rows of it). A word the
+    pass over ``sentences`` as a batch (chunks of a long sentence are rows of it). With
+    ``extra`` (hidden-state indices), ``(len(extra) + 1, n_words, D)``: those hidden states'
+    word features first, the last hidden state's last, from the same pass. A word the
     tokenizer gives no token is an error naming it."""
     model = torch_model(model)
     tokenizer, limit = _tokenizer(model)
@@ -162,7 +176,7 @@ def word_features(model: CandidateModel, sentences: Sequence[Sequence[str]]) -> 
     )
     word_ids = [encoded.word_ids(row) for row in range(len(pieces))]
     tokens = {name: value for name, value in encoded.items() if isinstance(value, torch.Tensor)}
-    hidden = _hidden(model, tokens)
+    hidden = _hidden(model, tokens, extra)
     pooled, counts = pool_words(hidden, word_ids, [len(p) for p in pieces])
     out: list[list[torch.Tensor]] = [[] for _ in sentences]
     for row, (piece, (index, start)) in enumerate(zip(pieces, owners, strict=True)):
@@ -175,7 +189,8 @@ def word_features(model: CandidateModel, sentences: Sequence[Sequence[str]]) -> 
                 "remove or replace that word"
             )
         out[index].append(pooled[row].cpu())
-    return [torch.cat(parts) for parts in out]
+    joined = [torch.cat(parts, dim=1) for parts in out]  # (S, n_words, D) each
+    return joined if extra else [states[0] for states in joined]
 
 
 def sentence_lengths(model: CandidateModel, sentences: Sequence[Sequence[str]]) -> list[int]:
