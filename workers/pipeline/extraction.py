@@ -454,11 +454,11 @@ def _extract_words(
         layered = bool((extra or {}).get(model.name))
         sizes = [f.shape[-2] for f in per_sentence]  # words: (n, D), or (S, n, D) with layers
         starts = np.cumsum([0, *sizes[:-1]])
-        at = torch.as_tensor([starts[s] + w for s, w in rows])
+        positions = torch.as_tensor([starts[s] + w for s, w in rows])
         if not layered:
-            outputs[model.name] = [model.finish(torch.cat(per_sentence)[at], None)]
+            outputs[model.name] = [model.finish(torch.cat(per_sentence)[positions], None)]
             continue
-        picked = torch.cat(per_sentence, dim=1)[:, at]  # (S, N, D)
+        picked = torch.cat(per_sentence, dim=1)[:, positions]  # (S, N, D)
         done_output = model.finish(picked[-1], None)
         outputs[model.name] = [
             dataclasses.replace(done_output, layers=tuple(p.numpy() for p in picked[:-1]))
