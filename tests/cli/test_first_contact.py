@@ -42,9 +42,13 @@ def _write(tmp_path: Path, name: str, outcome: str) -> str:
     return str(path)
 
 
-def test_evaluate_without_options_evaluates_the_scope_that_has_data(tmp_path, capsys) -> None:
+def test_evaluate_without_options_evaluates_the_scope_that_has_data(
+    tmp_path, capsys, monkeypatch
+) -> None:
     """A text table under its own outcome name: both evaluate commands find it unasked and
-    say which scope they evaluated; options that match nothing list the scopes there are."""
+    say which scope they evaluated; options that match nothing list the scopes there are.
+    (A database without the shipped reference tables: tests/service/test_reference_tables.py)"""
+    monkeypatch.setenv("TB_REFERENCE_TABLES", "off")
     table = _write(tmp_path, "texts", "finetune_accuracy")
     argv = ["benchmark", "import", table, "--outcome", "finetune_accuracy", "--modality", "text"]
     assert main(argv) == 0
@@ -62,7 +66,8 @@ def test_evaluate_without_options_evaluates_the_scope_that_has_data(tmp_path, ca
     assert "text/classification/finetune_accuracy (--modality text" in err
 
 
-def test_evaluate_without_options_covers_every_scope(tmp_path, capsys) -> None:
+def test_evaluate_without_options_covers_every_scope(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("TB_REFERENCE_TABLES", "off")  # only the two tables imported here
     for name, outcome, modality in (("a", "top1", "image"), ("b", "accuracy", "text")):
         table = _write(tmp_path, name, outcome)
         argv = ["benchmark", "import", table, "--outcome", outcome, "--modality", modality]
@@ -125,9 +130,12 @@ def _texts(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 @pytest.mark.slow
-def test_rank_closing_line_states_the_calibrated_quality(tmp_path: Path, capsys) -> None:
+def test_rank_closing_line_states_the_calibrated_quality(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     """With outcomes of text datasets stored, the line says the order was fitted on them and
     quotes the leave-one-dataset-out figures `benchmark evaluate` reports for that scope."""
+    monkeypatch.setenv("TB_REFERENCE_TABLES", "off")  # only this table's scope
     table = _write(tmp_path, "texts", "finetune_top1")
     argv = ["benchmark", "import", table, "--outcome", "finetune_top1", "--modality", "text"]
     assert main(argv) == 0
