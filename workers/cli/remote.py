@@ -127,7 +127,7 @@ def _dataset_on(tb: Client, args: argparse.Namespace, tmp: Path) -> tuple[Datase
     per_class: int | None = args.per_class
     if spec in BUILTINS:  # subsampled here, with the local command's defaults and seed
         builtin = BUILTINS[spec]
-        local = builtin.load()
+        local = open_dataset(spec, tags=args.tags)  # a built-in: refuses --tags, as locally
         cap = per_class or builtin.default_per_class
         if cap:
             local = local.subsample(cap, args.seed or 0)
