@@ -263,3 +263,16 @@ def test_word_features_of_every_layer_come_from_one_pass_and_the_models_own_stat
         expected = np.concatenate(_own_word_means(sentences, layer))
         np.testing.assert_allclose(got.layers[layer], expected, atol=2e-5)
     np.testing.assert_array_equal(got.layers[6], got.features)
+
+
+def test_an_entity_upload_keeps_non_ascii_words_as_written(tmp_path: Path) -> None:
+    rows = [
+        {"tokens": ["Gödel", "taught", "in", "Zürich"], "tags": ["B-PER", "O", "O", "B-LOC"]},
+        {"tokens": ["Erdős", "wrote", "1475", "papers"], "tags": ["B-PER", "O", "B-NUM", "O"]},
+    ]
+    path = write_jsonl(tmp_path / "ner.jsonl", rows)  # type: ignore[arg-type]
+    size = path.stat().st_size
+    merged = open_dataset(str(path), tags="entity")
+    assert check_upload(path, tags="entity").content_hash == merged.content_hash
+    assert "Zürich" in path.read_text(encoding="utf-8") and path.stat().st_size <= size
+    assert [s.word for s in open_dataset(str(path)).samples][:4] == rows[0]["tokens"]

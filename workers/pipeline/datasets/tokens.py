@@ -240,7 +240,8 @@ def merge_tags_file(path: Path) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for sentence, tags in _numbered(path, iter_rows(path), "entity"):
-                out.write(json.dumps({"tokens": list(sentence.tokens), "tags": tags}))
+                row = {"tokens": list(sentence.tokens), "tags": tags}
+                out.write(json.dumps(row, ensure_ascii=False))
                 out.write("\n")
         os.replace(tmp, path)
     except OSError as exc:
