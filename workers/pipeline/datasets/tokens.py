@@ -233,7 +233,8 @@ def scan_token_table(
 
 def merge_tags_file(path: Path) -> None:
     """Rewrite ``path`` (JSONL) in place with every tag merged to its entity type, one line at
-    a time (memory for one line); the lines' other keys are dropped. Checks every line as
+    a time (memory for one line); the lines' other keys are dropped, and each line is written
+    compact and unescaped (no larger than it came). Checks every line as
     :func:`read_token_table` does. An upload asked to merge is stored this way, so reading the
     stored file later gives the same labels and content hash whatever ``tags`` is then."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -241,7 +242,7 @@ def merge_tags_file(path: Path) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for sentence, tags in _numbered(path, iter_rows(path), "entity"):
                 row = {"tokens": list(sentence.tokens), "tags": tags}
-                out.write(json.dumps(row, ensure_ascii=False))
+                out.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
                 out.write("\n")
         os.replace(tmp, path)
     except OSError as exc:
