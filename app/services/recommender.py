@@ -191,7 +191,7 @@ def quality_of(evaluation: scoring.Evaluation) -> dict[str, Any]:
     if tau is not None:
         statement += f": weighted tau {tau:.2f}"
         if regret is not None:
-            statement += f", top-1 regret {regret:.2g} points"
+            statement += f", top-1 regret {regret:.2f} points"
     return {
         "method": RECOMMENDED,
         "weighted_tau": tau,
@@ -299,19 +299,19 @@ def metric_only_fit(
     return fit, row
 
 
-def metric_quality(evaluation: scoring.Evaluation, published: bool) -> dict[str, Any]:
+def metric_quality(evaluation: scoring.Evaluation, reference: bool) -> dict[str, Any]:
     """The metric-only order's leave-one-dataset-out means, with the sentence a
-    recommendation states (``published``: every dataset learned from is a table's)."""
+    recommendation states (``reference``: every dataset learned from is a table's)."""
     mean = evaluation.mean[METRIC_ONLY]
     n = evaluation.count[METRIC_ONLY]["weighted_tau"]
     tau, regret = _finite(mean["weighted_tau"]), _finite(mean["top1_regret"])
-    kind = "published " if published else ""
+    kind = "reference " if reference else ""
     if tau is None:
         statement = f"calibrated on {kind}datasets too few to hold one out and measure it"
     else:
         statement = f"calibrated on {n} {kind}datasets: weighted tau {tau:.2f}"
         if regret is not None:
-            statement += f", top-1 regret {regret:.2g} points"
+            statement += f", top-1 regret {regret:.2f} points"
     return {
         "method": METRIC_ONLY,
         "weighted_tau": tau,
