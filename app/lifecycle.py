@@ -1,4 +1,4 @@
-"""The ranking job's lifecycle, in one place.
+"""The jobs' lifecycles, in one place: rankings, then fine-tunes (further down).
 
 A ranking job is a row in ``ranking_jobs`` plus one row per candidate model in
 ``ranking_job_models``. This module owns everything about it that more than one caller needs:
@@ -27,17 +27,30 @@ Model states::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, now
+import scoring
+from app.db.models import (
+    DatasetRow,
+    FineTuneJobRow,
+    FineTuneRunRow,
+    JobModelRow,
+    JobRow,
+    ModelRow,
+    now,
+)
+from app.states import FineTuneStatus as FineTuneStatus
 from app.states import JobStatus as JobStatus
 from app.states import ModelStatus as ModelStatus
+from app.states import RunStatus as RunStatus
 from app.states import Task as Task
 from app.states import Trigger as Trigger
+from workers.pipeline.finetune.halving import keep, measured_order, round_epochs
 
 log = logging.getLogger("transferbench.lifecycle")
 
@@ -213,3 +226,236 @@ def finish_if_complete(session: Session, job_id: str) -> JobStatus | None:
         move_job(job, JobStatus.FAILED)
         job.error = "every model failed; see the per-model errors"
     return JobStatus(job.status)
+
+
+# -- fine-tuning jobs ---------------------------------------------------------------------
+#
+# A fine-tuning job is a row in ``finetune_jobs`` plus one row per model and round in
+# ``finetune_runs``; one ``Task.FINETUNE`` (on the ``gpu`` queue) trains one run. A job of
+# method ``each`` has one round: every model trains for the recipe's epochs. A job of method
+# ``halving`` (a ranking's verification) runs successive halving
+# (``workers.pipeline.finetune.halving``): when every run of a round has ended, the better half
+# goes on to the next round with a larger budget, until one is left. A run whose model was
+# measured after as many epochs in an earlier round is not trained again: it repeats that
+# measurement (``same_as``; the same recipe, seed and data give the same result).
+#
+# Run states::
+#
+#     queued -> training -> done
+#        |         |  ^
+#        |         +--+  (re-delivered after its worker died: trained again from the start)
+#        +---------+----> failed | cancelled
+#     queued -> done   (a repeat of an earlier measurement)
+
+FINETUNE_TRANSITIONS: Mapping[FineTuneStatus, frozenset[FineTuneStatus]] = {
+    FineTuneStatus.QUEUED: frozenset(
+        {
+            FineTuneStatus.RUNNING,
+            FineTuneStatus.DONE,
+            FineTuneStatus.FAILED,
+            FineTuneStatus.CANCELLED,
+        }
+    ),
+    FineTuneStatus.RUNNING: frozenset(
+        {FineTuneStatus.DONE, FineTuneStatus.FAILED, FineTuneStatus.CANCELLED}
+    ),
+    FineTuneStatus.DONE: frozenset(),
+    FineTuneStatus.FAILED: frozenset(),
+    FineTuneStatus.CANCELLED: frozenset(),
+}
+
+RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.QUEUED: frozenset(
+        {RunStatus.TRAINING, RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED}
+    ),
+    RunStatus.TRAINING: frozenset(
+        {RunStatus.TRAINING, RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED}
+    ),
+    RunStatus.DONE: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+
+#: the two ways a fine-tuning job trains its models
+METHOD_EACH, METHOD_HALVING = "each", "halving"
+
+
+def move_finetune(job: FineTuneJobRow, to: FineTuneStatus) -> None:
+    """Set a fine-tuning job's status (and its timestamps), or raise ``IllegalTransition``."""
+    current = FineTuneStatus(job.status)
+    if to not in FINETUNE_TRANSITIONS[current]:
+        raise IllegalTransition(f"fine-tuning job {job.id}: {current} -> {to} is not allowed")
+    job.status = to
+    if to is FineTuneStatus.RUNNING:
+        job.started_at = now()
+    elif to.terminal:
+        job.finished_at = now()
+
+
+def move_run(run: FineTuneRunRow, to: RunStatus) -> None:
+    """Set one fine-tuning run's status (and its timestamps), or raise ``IllegalTransition``."""
+    current = RunStatus(run.status)
+    if to not in RUN_TRANSITIONS[current]:
+        raise IllegalTransition(
+            f"fine-tuning job {run.job_id} run {run.id}: {current} -> {to} is not allowed"
+        )
+    run.status = to
+    if to is RunStatus.TRAINING:
+        run.started_at = run.heartbeat_at = now()
+    elif to.terminal:
+        run.finished_at = now()
+
+
+def create_finetune(
+    session: Session,
+    queue: Dispatcher,
+    dataset: DatasetRow,
+    models: Sequence[ModelRow],
+    recipe: Mapping[str, Any],
+    *,
+    epochs: int,
+    method: str = METHOD_EACH,
+    per_class: int | None = None,
+    keep_weights: bool = False,
+    ranking_id: str | None = None,
+) -> FineTuneJobRow:
+    """A queued fine-tuning job with its first round of runs (flushed), their tasks deferred
+    until the session commits. ``recipe``: the request's fields (validated by the caller);
+    ``epochs``: the budget (a ``halving`` job's first round trains for a share of it)."""
+    if method not in (METHOD_EACH, METHOD_HALVING):
+        raise ValueError(f"unknown fine-tuning method {method!r}")
+    job = FineTuneJobRow(
+        dataset_id=dataset.id,
+        tenant=dataset.tenant,
+        ranking_id=ranking_id,
+        method=method,
+        status=FineTuneStatus.QUEUED,
+        recipe={**recipe, "epochs": epochs},
+        per_class=per_class,
+        keep_weights=keep_weights,
+    )
+    first = epochs if method == METHOD_EACH else round_epochs(epochs, len(models))
+    job.runs = [_run(m.id, i, 1, first) for i, m in enumerate(models)]
+    session.add(job)
+    session.flush()
+    for run in job.runs:
+        defer(session, queue, Task.FINETUNE, run.id)
+    return job
+
+
+def _run(model_id: str, position: int, round_: int, epochs: int) -> FineTuneRunRow:
+    return FineTuneRunRow(
+        model_id=model_id, position=position, round=round_, epochs=epochs,
+        status=RunStatus.QUEUED, step=0, steps_total=0, train_loss=[], val_top1=[],
+        attempts=0, weights_bytes=0,
+    )  # fmt: skip
+
+
+def round_over(session: Session, queue: Dispatcher, job_id: str) -> FineTuneStatus | None:
+    """Move a fine-tuning job on once every run of its current round has ended: the next round
+    of successive halving (its tasks deferred), or the job's end (done when a model was
+    measured, with the halving's summary; failed otherwise). Returns the status it closed the
+    job with, or None when the job goes on (or was closed already)."""
+    job = session.scalar(
+        select(FineTuneJobRow).where(FineTuneJobRow.id == job_id).with_for_update()
+    )
+    if job is None or FineTuneStatus(job.status).terminal:
+        return None
+    session.flush()
+    while True:
+        runs = list(session.scalars(select(FineTuneRunRow).where(FineTuneRunRow.job_id == job_id)))
+        current = max(r.round for r in runs)
+        this = [r for r in runs if r.round == current]
+        if not all(RunStatus(r.status).terminal for r in this):
+            return None
+        if job.method == METHOD_HALVING:
+            predicted = {r.model_id: r.position for r in runs}
+            alive = [r.model_id for r in sorted(this, key=lambda r: r.position)]
+            kept, finished = keep(alive, {r.model_id: r.top1 for r in this}, predicted)
+            if not finished:
+                epochs = round_epochs(int(job.recipe["epochs"]), len(kept))
+                earlier = {(r.model_id, r.epochs): r for r in runs if r.status == RunStatus.DONE}
+                for model_id in kept:
+                    run = _run(model_id, predicted[model_id], current + 1, epochs)
+                    run.job_id = job.id
+                    session.add(run)
+                    repeat = earlier.get((model_id, epochs))
+                    session.flush()
+                    if repeat is not None:  # measured after as many epochs already
+                        _repeat(run, repeat)
+                    else:
+                        defer(session, queue, Task.FINETUNE, run.id)
+                session.flush()
+                continue
+        measured = [r for r in runs if r.status == RunStatus.DONE]
+        if measured:
+            move_finetune(job, FineTuneStatus.DONE)
+            if job.method == METHOD_HALVING:
+                job.result = halving_summary(runs)
+        else:
+            move_finetune(job, FineTuneStatus.FAILED)
+            job.error = "no model could be fine-tuned; see each model's error"
+        return FineTuneStatus(job.status)
+
+
+def _repeat(run: FineTuneRunRow, earlier: FineTuneRunRow) -> None:
+    move_run(run, RunStatus.DONE)
+    run.same_as = earlier.id
+    run.top1, run.result = earlier.top1, earlier.result
+    run.train_loss, run.val_top1 = list(earlier.train_loss), list(earlier.val_top1)
+    run.step = run.steps_total = earlier.steps_total
+
+
+def halving_summary(runs: Sequence[FineTuneRunRow]) -> dict[str, Any]:
+    """What successive halving measured, from its runs: the winner and its top-1, the rounds,
+    the measured order, whether the winner is the predicted first, and Kendall's tau-b
+    between the predicted and the measured order of the candidates measured (None below
+    three, where ``scoring.rank_quality`` leaves it undefined)."""
+    predicted = {r.model_id: r.position + 1 for r in runs}
+    names = sorted(predicted, key=predicted.__getitem__)
+    rounds = max(r.round for r in runs)
+    last: dict[str, FineTuneRunRow] = {}
+    for r in sorted(runs, key=lambda r: r.round):
+        last[r.model_id] = r
+    out_in = {m: r.round for m, r in last.items() if r.round < rounds}
+    top1 = {m: (r.top1 if r.status == RunStatus.DONE else None) for m, r in last.items()}
+    final, _ = keep(
+        [m for m, r in last.items() if r.round == rounds], top1, predicted
+    )  # the last round ended the halving: its best measured candidate won
+    winner = final[0] if final else None
+    for m, r in last.items():
+        if r.round == rounds and m != winner:
+            out_in[m] = rounds
+    order = measured_order(names, predicted, top1, out_in, rounds)
+    tau = None
+    if order:
+        measured_rank = {m: i + 1 for i, m in enumerate(order)}
+        figures = scoring.rank_quality(
+            [-measured_rank[m] for m in order], [-predicted[m] for m in order]
+        )
+        tau = None if math.isnan(figures["kendall_tau"]) else figures["kendall_tau"]
+    return {
+        "method": "successive halving",
+        "rounds": rounds,
+        "winner": winner,
+        "winner_top1": top1.get(winner) if winner else None,
+        "agrees_with_predicted_first": None if winner is None else winner == names[0],
+        "measured_order": order,
+        "kendall_tau": tau,
+        "out_in_round": out_in,
+    }
+
+
+def unfinished_finetunes(session: Session) -> list[str]:
+    """Ids of the fine-tuning jobs still queued or running."""
+    active = list(FineTuneStatus.active())
+    return list(session.scalars(select(FineTuneJobRow.id).where(FineTuneJobRow.status.in_(active))))
+
+
+def resume_finetune(session: Session, queue: Dispatcher, job_id: str) -> int:
+    """Defer the task of every unfinished run of a fine-tuning job; returns how many."""
+    runs = session.scalars(select(FineTuneRunRow).where(FineTuneRunRow.job_id == job_id))
+    pending = [r for r in runs if not RunStatus(r.status).terminal]
+    for r in pending:
+        defer(session, queue, Task.FINETUNE, r.id)
+    return len(pending)

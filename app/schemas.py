@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from app.states import JobStatus, ModelState, ModelStatus
+from app.states import FineTuneStatus, JobStatus, ModelState, ModelStatus, RunStatus
 
 
 class ClassCount(BaseModel):
@@ -82,6 +82,11 @@ class RankingIn(BaseModel):
     )
     metrics: list[str] | None = Field(default=None, min_length=1)
     per_class: int | None = Field(default=None, ge=1, description="at most K samples per class")
+    verify: VerifyIn | None = Field(
+        default=None,
+        description="once scored, fine-tune the top_k of the recommended order by successive "
+        "halving (a fine-tuning job: see /v1/finetunes) and say which model won",
+    )
     layers: Literal["last", "all"] | list[StrictInt] = Field(
         default="last",
         description="which layers to score: last (the features every ranking uses), all, or "
@@ -161,6 +166,10 @@ class RankingOut(RankingSummary):
         description="the recommender's ordering: the fit behind it (fingerprint, version), "
         "whether it is calibrated on outcomes and its expected quality, weights, and per-model "
         "evidence",
+    )
+    verification: RankingVerification | None = Field(
+        default=None,
+        description="the answer checked by fine-tuning, when the request asked to verify it",
     )
     layers: Literal["last", "all"] | list[int] = Field(
         default="last", description="the layers it scores, as requested"
@@ -289,3 +298,140 @@ class Evaluation(BaseModel):
     count: dict[str, dict[str, int]] = Field(
         description="method -> figure -> the number of datasets where it is finite"
     )
+
+
+# -- fine-tuning ------------------------------------------------------------------------------
+
+
+class RecipeIn(BaseModel):
+    """How each model is fine-tuned; every field has a documented default (docs/finetuning.md):
+    AdamW, linear warm-up over 10% of the steps then cosine decay, label smoothing 0.1, the
+    model's own preprocessing, light augmentation for images, autocast on a GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["full", "head"] = Field(
+        default="full", description="full: every weight trains; head: the backbone is frozen"
+    )
+    epochs: int = Field(default=3, ge=1, le=1000, description="passes over the training samples")
+    time_budget_s: float | None = Field(
+        default=None, gt=0, description="seconds of training per model; it stops at the next step"
+    )
+    learning_rate: float | None = Field(
+        default=None, gt=0, description="default: 1e-4 (images), 5e-5 (text), 1e-2 head only"
+    )
+    batch_size: int = Field(default=32, ge=1, le=4096, description="samples per optimiser step")
+    weight_decay: float | None = Field(
+        default=None, ge=0, description="AdamW's; default 0.05 (images), 0.01 (text)"
+    )
+    seed: int = Field(default=0, ge=0, description="the split, the head's weights, the order")
+    validation: float | int = Field(
+        default=0.2,
+        description="held out of training when the dataset brings no split column: a fraction "
+        "of each class (0 < v < 1) or a count per class (>= 1)",
+    )
+    augment: bool = Field(default=True, description="images: random crop and flip in training")
+
+
+class VerifyIn(RecipeIn):
+    top_k: int = Field(default=3, ge=1, le=16, description="how many of the top models to verify")
+
+
+class FineTuneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: str
+    model_ids: list[str] = Field(
+        min_length=1, max_length=16, description="ids or names of the models to fine-tune"
+    )
+    recipe: RecipeIn = Field(default_factory=RecipeIn)
+    per_class: int | None = Field(
+        default=None, ge=1, description="at most K samples per class (drawn with the seed)"
+    )
+    keep_weights: bool = Field(
+        default=False,
+        description="keep the fine-tuned weights (counted in the tenant's quota) for download",
+    )
+
+
+class FineTuneRunOut(BaseModel):
+    """One model fine-tuned once (one round of a successive halving)."""
+
+    model_id: str
+    model: str
+    round: int
+    epochs: int = Field(description="the epochs this run trains for")
+    status: RunStatus
+    step: int
+    steps_total: int
+    epoch: float = Field(description="epochs done so far")
+    elapsed_s: float | None
+    train_loss: list[float] = Field(description="per epoch: the mean training loss")
+    val_top1: list[float] = Field(description="per epoch: top-1 on the held-out samples")
+    top1: float | None = Field(description="held-out top-1 after the last epoch")
+    seconds: float | None
+    device: str | None
+    n_train: int | None
+    n_validation: int | None
+    repeats_round: int | None = Field(
+        default=None,
+        description="not trained again: the same model, budget, recipe and data were measured "
+        "in this earlier round",
+    )
+    error: str | None
+    weights: str | None = Field(description="where to download the kept weights")
+
+
+class FineTuneResultOut(BaseModel):
+    """One model's last measurement: what ``transferbench finetune --format json`` prints."""
+
+    model_id: str
+    model: str
+    top1: float | None
+    epochs: float | None
+    seconds: float | None
+    device: str | None
+    error: str | None = None
+    predicted_rank: int | None = None
+    measured_rank: int | None = None
+
+
+class FineTuneSummary(BaseModel):
+    id: str
+    dataset_id: str
+    ranking_id: str | None
+    method: str
+    status: FineTuneStatus
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class FineTuneOut(FineTuneSummary):
+    recipe: dict[str, Any] = Field(description="the recipe's fields as given (defaults aside)")
+    per_class: int | None
+    keep_weights: bool
+    started_at: datetime | None
+    error: str | None
+    held_out: str | None = Field(description="how the validation samples were chosen")
+    runs: list[FineTuneRunOut]
+    results: list[FineTuneResultOut] = Field(
+        description="each model's last measurement, best first (failed models last)"
+    )
+    verification: dict[str, Any] | None = Field(
+        default=None,
+        description="successive halving's summary once it ends: the winner, its top-1, the "
+        "measured order, whether the predicted first won, Kendall's tau",
+    )
+
+
+class RankingVerification(BaseModel):
+    top_k: int
+    finetune_id: str | None = Field(description="the fine-tuning job, once the ranking is done")
+    status: FineTuneStatus | None
+    winner: str | None = None
+    winner_top1: float | None = None
+    agrees_with_predicted_first: bool | None = None
+    kendall_tau: float | None = None
+    predicted_order: list[str] = Field(default_factory=list)
+    measured_order: list[str] = Field(default_factory=list)
+    error: str | None = None

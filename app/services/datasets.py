@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import DatasetRow
+from app.db.models import DatasetRow, FineTuneJobRow, FineTuneRunRow
 from app.errors import Invalid, NotFound, TooLarge
 from app.services import pages
 from app.tenancy import can_change, can_see, visible
@@ -169,9 +169,16 @@ def register(
 
 
 def stored_bytes(session: Session, tenant: str) -> int:
-    """Bytes the tenant's datasets take on disk."""
+    """Bytes the tenant keeps on disk: its datasets, and the fine-tuned weights it asked to
+    keep (``keep_weights``)."""
     query = select(func.coalesce(func.sum(DatasetRow.size_bytes), 0))
-    return int(session.scalar(query.where(DatasetRow.tenant == tenant)) or 0)
+    datasets = int(session.scalar(query.where(DatasetRow.tenant == tenant)) or 0)
+    weights = (
+        select(func.coalesce(func.sum(FineTuneRunRow.weights_bytes), 0))
+        .join(FineTuneJobRow, FineTuneJobRow.id == FineTuneRunRow.job_id)
+        .where(FineTuneJobRow.tenant == tenant)
+    )
+    return datasets + int(session.scalar(weights) or 0)
 
 
 def get(session: Session, dataset_id: str, tenant: str | None) -> DatasetRow:

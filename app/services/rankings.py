@@ -21,8 +21,8 @@ from app.db.models import (
 from app.errors import Invalid, NotFound, TooManyRequests
 from app.lifecycle import Dispatcher, JobStatus, ModelStatus, Trigger, create_job
 from app.services import datasets as dataset_service
+from app.services import finetunes, pages, recommender
 from app.services import models as model_service
-from app.services import pages, recommender
 from app.states import ModelState
 from app.tenancy import can_change, owned
 from scoring.recommend import RECOMMENDED
@@ -39,11 +39,13 @@ def create(
     *,
     tenant: str | None,
     max_active_jobs: int | None = None,
+    verify: schemas.VerifyIn | None = None,
     layers: str | Sequence[int] = "last",
     layer_mean: bool = False,
 ) -> JobRow:
     """A job ranking the dataset (the tenant's own) with models the tenant can see; at most
-    ``max_active_jobs`` of the tenant's jobs queued or running at once."""
+    ``max_active_jobs`` of the tenant's jobs queued or running at once. ``verify``: once
+    scored, fine-tune the top of the recommended order (``finetunes.verify_ranking``)."""
     try:  # a malformed layer choice is refused before anything is looked up
         layer_choice = check_choice(list(layers) if not isinstance(layers, str) else layers)
     except LayerError as exc:
@@ -137,9 +139,13 @@ def create(
             )
     if per_class is not None and dataset.task != "classification":
         raise Invalid("per_class applies to class labels; drop it for a regression dataset")
+    checked = (
+        None if verify is None else finetunes.check_verify(session, dataset.id, verify, tenant)
+    )
     job = create_job(
         session, queue, dataset, models, chosen, trigger=Trigger.API, per_class=per_class
     )
+    job.verify = checked
     if not is_default(layer_choice, layer_mean):
         stored = layer_choice if isinstance(layer_choice, str) else list(layer_choice)
         job.layers = {"choice": stored, "mean": layer_mean}
@@ -208,6 +214,7 @@ def describe(session: Session, job: JobRow) -> schemas.RankingOut:
         progress=progress,
         results=results,
         recommendation=job.recommendation if results is not None else None,
+        verification=finetunes.ranking_verification(session, job),
         layers=(job.layers or {}).get("choice", "last"),
         layer_mean=bool((job.layers or {}).get("mean")),
     )

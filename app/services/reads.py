@@ -85,7 +85,13 @@ class Reads:
             self.cache.drop(lambda key, _: key == ("ranking", job_id))
             raise
         body = out.model_dump_json().encode()
-        if JobStatus(out.status).terminal:
+        checking = (
+            out.verification is not None
+            and (out.verification.status is None or not out.verification.status.terminal)
+            and out.verification.error is None
+        )
+        if JobStatus(out.status).terminal and not checking:
+            # (a verification still running changes the body: not cached until it ends)
             # the validator names the dataset, so forget_dataset finds it
             self.cache.put(("ranking", job_id), body, (out.dataset_id, count))
         return body

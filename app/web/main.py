@@ -15,7 +15,7 @@ from app.queue import CeleryQueue
 from app.services import models as model_service
 from app.services.reads import Reads
 from app.web import fastreads, observability, problems
-from app.web.api import datasets, evaluation, models, openapi, rankings
+from app.web.api import datasets, evaluation, finetunes, models, openapi, rankings
 from app.web.api.limits import BodyGuard
 from app.web.dashboard.pages import install as install_dashboard
 from app.web.ratelimit import make_limiter
@@ -87,7 +87,8 @@ def create_app(
             expose_headers=["ETag", "Location", "Link", "X-Next-Cursor"],
             max_age=600,
         )
-    for router in (datasets.router, models.router, rankings.router, evaluation.router):
+    routers = (datasets.router, models.router, rankings.router, finetunes.router, evaluation.router)
+    for router in routers:
         app.include_router(router)
     install_dashboard(app)  # /dashboard: pages, static files, browser sessions
 

@@ -15,8 +15,17 @@ from sqlalchemy import func, select
 
 import scoring
 from app.db import scores
-from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, now
+from app.db.models import (
+    DatasetRow,
+    FineTuneJobRow,
+    FineTuneRunRow,
+    JobModelRow,
+    JobRow,
+    ModelRow,
+    now,
+)
 from app.lifecycle import (
+    FineTuneStatus,
     JobStatus,
     ModelStatus,
     Task,
@@ -24,14 +33,19 @@ from app.lifecycle import (
     create_job,
     defer,
     finish_if_complete,
+    move_finetune,
     move_job,
     move_model,
+    move_run,
     resume,
+    resume_finetune,
+    round_over,
+    unfinished_finetunes,
     unfinished_jobs,
 )
 from app.services import leaderboards, recommender
 from app.services import models as model_service
-from app.states import ModelState
+from app.states import ModelState, RunStatus
 from app.tenancy import can_see
 from workers.jobs.steps import JobRunner
 
@@ -132,6 +146,26 @@ class Scheduler:
                 )  # fmt: skip
                 defer(s, self.queue, status.task, jm.job_id, jm.model_id)
                 stale.append(f"{jm.job_id}/{jm.model_id}")
+            # a fine-tuning run no worker moves on: its worker died mid-training, or its task
+            # was lost (the step trains it again from the start, at most MAX_ATTEMPTS times)
+            runs = s.execute(
+                select(FineTuneRunRow, FineTuneJobRow.created_at)
+                .join(FineTuneJobRow, FineTuneJobRow.id == FineTuneRunRow.job_id)
+                .where(
+                    FineTuneRunRow.status.in_((RunStatus.QUEUED, RunStatus.TRAINING)),
+                    FineTuneJobRow.status.in_(list(FineTuneStatus.active())),
+                )
+            ).all()
+            for run, created_at in runs:
+                if (run.heartbeat_at or created_at) >= cutoff:
+                    continue
+                run.heartbeat_at = now()
+                log.warning(
+                    "re-sending fine-tuning run %s (job %s, %s): no progress for %d s",
+                    run.id, run.job_id, run.status, self.settings.heartbeat_timeout_s,
+                )  # fmt: skip
+                defer(s, self.queue, Task.FINETUNE, run.id)
+                stale.append(f"finetune/{run.id}")
             # a registration still pending: its task was lost (a worker that loads it twice
             # is harmless; the first to finish decides)
             pending = select(ModelRow).where(
@@ -181,6 +215,37 @@ class Scheduler:
                 if job.status == JobStatus.FAILED:
                     job.error = reason
                 log.warning("ranking job %s expired: %s", job.id, reason)
+                expired.append(job.id)
+        return expired + self.expire_overdue_finetunes()
+
+    def expire_overdue_finetunes(self) -> list[str]:
+        """Fail every fine-tuning job still unfinished ``TB_JOB_TIMEOUT_S`` after it was
+        created, as ``expire_overdue`` does rankings: each run not ended fails with the reason
+        (a worker training one stops at its next step), and the job closes with what was
+        measured. Returns their ids."""
+        cutoff = now() - timedelta(seconds=self.settings.job_timeout_s)
+        reason = (
+            f"the fine-tuning job did not finish within {self.settings.job_timeout_s} s "
+            "(TB_JOB_TIMEOUT_S); lower the epochs or the models, or raise the limit"
+        )
+        expired = []
+        with self.db.session() as s:
+            overdue = select(FineTuneJobRow).where(
+                FineTuneJobRow.status.in_(list(FineTuneStatus.active())),
+                FineTuneJobRow.created_at < cutoff,
+            )
+            for job in s.scalars(overdue.with_for_update(skip_locked=True)):
+                for run in job.runs:
+                    if not RunStatus(run.status).terminal:
+                        move_run(run, RunStatus.FAILED)
+                        run.error = reason
+                s.flush()
+                round_over(s, self.queue, job.id)
+                if not FineTuneStatus(job.status).terminal:  # a halving would go on
+                    move_finetune(job, FineTuneStatus.FAILED)
+                if job.status == FineTuneStatus.FAILED:
+                    job.error = reason
+                log.warning("fine-tuning job %s expired: %s", job.id, reason)
                 expired.append(job.id)
         return expired
 
@@ -243,4 +308,7 @@ class Scheduler:
         """Re-send the next task of every unfinished job (a runner starting up after a stop);
         returns how many tasks were sent."""
         with self.db.session() as s:
-            return sum(resume(s, self.queue, job_id) for job_id in unfinished_jobs(s))
+            sent = sum(resume(s, self.queue, job_id) for job_id in unfinished_jobs(s))
+            return sent + sum(
+                resume_finetune(s, self.queue, job_id) for job_id in unfinished_finetunes(s)
+            )

@@ -39,7 +39,7 @@ from app.lifecycle import (
     move_job,
     move_model,
 )
-from app.services import leaderboards, recommender
+from app.services import finetunes, leaderboards, recommender
 from app.states import ModelState
 from workers.jobs import zoo
 from workers.pipeline import remote_sources
@@ -422,6 +422,8 @@ class JobRunner:
                 jm.error = "no metric could be computed: " + "; ".join(errors.values())
             if finish_if_complete(s, job_id) is JobStatus.DONE:
                 recommender.attach(s, jm.job)
+                # asked to be verified: its top models are fine-tuned now (the gpu queue)
+                finetunes.verify_ranking(s, self.queue, jm.job)
                 # the scope's fit moved on: its other datasets' recommended boards follow
                 defer(s, self.queue, Task.REFIT_RECOMMENDER)
                 if set(scoring.default_metrics(target)) - set(jm.job.metrics):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.lifecycle import Task
+from workers.jobs.finetunes import FineTuneSteps
 from workers.jobs.scheduler import Scheduler
 from workers.jobs.steps import JobRunner
 
@@ -21,5 +22,6 @@ def handlers(runner: JobRunner, scheduler: Scheduler) -> dict[Task, Callable[...
         Task.REQUEUE_STALE: scheduler.upkeep,
         Task.RUN_SCHEDULES: scheduler.run_schedules,
         Task.REFIT_RECOMMENDER: scheduler.refit_recommender,
+        Task.FINETUNE: FineTuneSteps(runner).run,
     }
     return table

@@ -44,6 +44,7 @@ def create(
         body.per_class,
         tenant=principal.tenant,
         max_active_jobs=settings.tenant_max_active_jobs,
+        verify=body.verify,
         layers=body.layers,
         layer_mean=body.layer_mean,
     )

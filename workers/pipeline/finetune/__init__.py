@@ -91,6 +91,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
 
+
 __all__ = [
     "FineTuneRecipe",
     "FineTuneResult",

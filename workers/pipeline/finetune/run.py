@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from workers.pipeline.datasets import BUILTINS, Dataset, open_dataset
 from workers.pipeline.datasets.tables import TABLE_SUFFIXES, columns, read_rows
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.finetune.networks import (
+    Classifier,
     ImageInputs,
     TextInputs,
     build_classifier,
@@ -22,7 +23,7 @@ from workers.pipeline.finetune.networks import (
 )
 from workers.pipeline.finetune.recipe import FineTuneRecipe, FineTuneResult
 from workers.pipeline.finetune.split import Split, column_split, stratified_split
-from workers.pipeline.finetune.trainer import Inputs, Limits, Progress, train
+from workers.pipeline.finetune.trainer import EpochDone, Inputs, Limits, Progress, train
 from workers.pipeline.models.base import CandidateModel, autocast_dtype
 from workers.pipeline.models.preprocessing import ImageRecipe
 from workers.pipeline.models.zoo import load_model
@@ -96,10 +97,14 @@ def finetune_model(
     precision: str = "auto",
     limits: Limits | None = None,
     progress: Progress | None = None,
+    epoch_done: EpochDone | None = None,
+    trained: Callable[[Classifier, list[str]], None] | None = None,
 ) -> FineTuneResult:
     """Fine-tune a loaded ``model`` (which is left as it was: the training works on a copy) on
     ``split.train`` of ``dataset`` and measure it on ``split.validation``. Raises what stops
-    it (:class:`~workers.pipeline.finetune.networks.Untrainable`, ``Stopped``, ...)."""
+    it (:class:`~workers.pipeline.finetune.networks.Untrainable`, ``Stopped``, ...).
+    ``epoch_done``: called after each epoch's validation; ``trained``: given the trained
+    network and its classes (the head's outputs, in order), e.g. to keep its weights."""
     limits = limits or Limits()
     began = time.monotonic()
     classes, codes = np.unique(dataset.labels, return_inverse=True)
@@ -110,7 +115,10 @@ def finetune_model(
     example = _inputs(model, dataset, torch.device("cpu")).batch(split.train[:2].tolist(), None)
     net = build_classifier(model, len(classes), recipe.mode == "head", example)
     record = train(net, inputs, labels, split, recipe, model.modality, name=model.name,
-                   device=device, dtype=dtype, limits=limits, progress=progress)  # fmt: skip
+                   device=device, dtype=dtype, limits=limits, progress=progress,
+                   epoch_done=epoch_done)  # fmt: skip
+    if trained is not None:
+        trained(net, [str(c) for c in classes])
     shown = str(device) if dtype is None else f"{device} {_DTYPE_NAMES[dtype]}"
     return FineTuneResult(
         model=model.name,

@@ -21,6 +21,8 @@ from workers.pipeline.finetune.split import Split
 
 #: ``(model, steps done, steps planned)`` after every optimiser step
 Progress = Callable[[str, int, int], None]
+#: ``(epochs done, that epoch's mean training loss, validation top-1 after it)``
+EpochDone = Callable[[int, float, float], None]
 
 
 class Inputs(Protocol):
@@ -116,6 +118,7 @@ def train(
     dtype: torch.dtype | None,
     limits: Limits,
     progress: Progress | None = None,
+    epoch_done: EpochDone | None = None,
 ) -> Training:
     """Train ``net`` on ``split.train`` and measure it on ``split.validation`` after each
     epoch; ``labels``: ``(N,)`` int64 class codes of every row. Raises :class:`Stopped` when
@@ -174,6 +177,8 @@ def train(
         record.train_loss.append(float(np.sum(losses) / len(split.train)) if losses else 0.0)
         record.val_top1.append(evaluate(net, inputs, labels, split.validation, micro, device,
                                         dtype, limits))  # fmt: skip
+        if epoch_done is not None:
+            epoch_done(len(record.val_top1), record.train_loss[-1], record.val_top1[-1])
         if budget_over:
             break
         record.epochs = epoch + 1
