@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db.migrate import upgrade
-from app.db.models import DatasetRow, JobModelRow, JobRow, ScoreRow
+from app.db.models import DatasetRow, FineTuneRunRow, JobModelRow, JobRow, OutcomeRow, ScoreRow
 from app.db.session import Database
 from app.lifecycle import Task
 from app.queue import CeleryQueue
@@ -349,3 +349,42 @@ def test_api_killed_mid_upload_leaves_no_half_dataset(deployment: Deployment) ->
     stored = Path(rows[0].path)
     assert stored.is_file() and stored.read_bytes() == content
     assert files(d.data_dir / "uploads") + files(d.api_tmp) == []
+
+
+def test_worker_killed_mid_finetune_trains_it_again_and_stores_one_outcome(
+    deployment_with_workers: Deployment,
+) -> None:
+    """The Celery worker is SIGKILLed while it fine-tunes a model: a new worker trains the
+    model again from the start (the scheduler re-sends the run no worker moves on), the job
+    ends done, and the dataset holds exactly one outcome for the model."""
+    d = deployment_with_workers
+    dataset = upload(d, fashion_zip(per_class=16, seed=2), "tune")
+    recipe = {"mode": "head", "epochs": 100, "time_budget_s": 6, "batch_size": 8}
+    r = d.client.post(
+        "/v1/finetunes",
+        json={"dataset_id": dataset, "model_ids": ["mobilenet-v2"], "recipe": recipe},
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+
+    def training() -> bool:
+        return bool(d.client.get(f"/v1/finetunes/{job}").json()["runs"][0]["step"] >= 1)
+
+    wait_until(training, 120, "the fine-tuning run never started", d.log())
+    d.service.kill("worker")
+    d.service.start("worker", "worker", "--queues", "gpu,cpu", "--concurrency", "2")
+
+    def ended() -> bool:
+        return d.client.get(f"/v1/finetunes/{job}").json()["status"] in TERMINAL | {"cancelled"}
+
+    wait_until(ended, 240, "the fine-tuning job did not end after the worker's restart", d.log())
+    body = d.client.get(f"/v1/finetunes/{job}").json()
+    (run,) = body["runs"]
+    assert body["status"] == "done" and run["status"] == "done", body
+    assert run["top1"] is not None and run["error"] is None
+    with d.db.session() as s:
+        attempts = s.scalar(select(FineTuneRunRow.attempts))
+        outcomes = s.scalar(
+            select(func.count()).select_from(OutcomeRow).where(OutcomeRow.dataset_id == dataset)
+        )
+    assert attempts == 2 and outcomes == 1
