@@ -112,11 +112,26 @@ class ModelProgress(BaseModel):
     error: str | None
 
 
+class PooledScore(BaseModel):
+    """A score defined over the models of one ranking (ETran, NCTI): computed when the
+    ranking is read, from its models' stored components, never stored."""
+
+    value: float | None
+    models: int = Field(description="how many models of this ranking it is pooled over")
+    components: list[str]
+    note: str
+
+
 class RankedModel(BaseModel):
     rank: int | None
     model_id: str
     model: str
     scores: dict[str, float | None]
+    pooled: dict[str, PooledScore] | None = Field(
+        default=None,
+        description="pooled scores (etran, ncti) when the ranking computed their components: "
+        "min-max scaled across this ranking's models when read, never stored",
+    )
     layers: dict[str, dict[str, float | None]] | None = Field(
         default=None,
         description="a ranking by layers: each layer's scores, by index (and mean)",

@@ -14,7 +14,9 @@ and get NaN); fewer than two models is degenerate (no pool to scale against).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from math import isfinite
 
 from scoring.errors import DegenerateScore, TransferabilityError
 
@@ -63,3 +65,85 @@ def etran(scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """ETran for a pool of models (classification): 0.15 energy + 0.85 LDA, each min-max
     scaled over the models. scores: {model: {"etran_energy": .., "etran_lda": ..}}."""
     return _minmax_sum("ETran", scores, ETRAN_WEIGHTS)
+
+
+#: The pooled scores a ranking shows, each computed from the registry metrics it combines.
+POOLED: dict[
+    str, tuple[Callable[[Mapping[str, Mapping[str, float]]], dict[str, float]], tuple[str, ...]]
+] = {
+    "etran": (etran, tuple(ETRAN_WEIGHTS)),
+    "ncti": (ncti, tuple(NCTI_WEIGHTS)),
+}
+
+
+def expand(names: Sequence[str]) -> list[str]:
+    """``names`` with each pooled score's name replaced by the metrics it combines, in
+    order and once each: ``["etran", "logme"]`` -> ``["etran_energy", "etran_lda", "logme"]``.
+    A pooled score is never a metric of its own (it is computed when a ranking is shown), so
+    asking for it means asking for its components."""
+    out: list[str] = []
+    for name in names:
+        key = name.strip().lower()
+        out += POOLED[key][1] if key in POOLED else [name]
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """One pooled score of a ranking. ``values``: model -> combined score, None for a model
+    left out of the pool (it lacks a component); ``models``: how many models it is pooled
+    over; ``error``: why no model has a value (fewer than two models have every component)."""
+
+    name: str
+    components: tuple[str, ...]
+    values: dict[str, float | None]
+    models: int
+    error: str | None = None
+
+    @property
+    def note(self) -> str:
+        """What the numbers are, in a sentence a ranking can show beside them."""
+        what = ", ".join(self.components)
+        if self.error is not None:
+            return f"not computed: {self.error}"
+        return (
+            f"pooled over the {self.models} models of this ranking that have {what} (each "
+            "min-max scaled across them): computed when shown, never stored, so it moves when "
+            "the pool changes"
+        )
+
+
+def pool_scores(
+    scores: Mapping[str, Mapping[str, float | None]], metrics: Sequence[str]
+) -> dict[str, Pooled]:
+    """The pooled scores of a ranking whose ``metrics`` include all of their components.
+
+    scores: model -> metric -> value (None: not computed) for the models of one ranking. Each
+    pooled score is computed over the models that have every one of its components as a
+    finite number; the others get None. With fewer than two such models it has no value
+    and ``error`` says why."""
+    out: dict[str, Pooled] = {}
+    for name, (combine, components) in POOLED.items():
+        if not set(components) <= set(metrics):
+            continue
+        pool = {
+            model: {c: float(v) for c in components if (v := row.get(c)) is not None}
+            for model, row in scores.items()
+        }
+        pool = {
+            m: comps
+            for m, comps in pool.items()
+            if len(comps) == len(components) and all(isfinite(v) for v in comps.values())
+        }
+        values: dict[str, float | None] = dict.fromkeys(scores)
+        if len(pool) < 2:
+            reason = (
+                f"it scales each of {', '.join(components)} across the models, so it needs at "
+                f"least 2 models with all of them; {len(pool)} of the {len(scores)} here "
+                "have them"
+            )
+            out[name] = Pooled(name, components, values, len(pool), reason)
+            continue
+        values.update(combine(pool))
+        out[name] = Pooled(name, components, values, len(pool))
+    return out

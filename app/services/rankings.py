@@ -25,6 +25,7 @@ from app.services import finetunes, pages, recommender
 from app.services import models as model_service
 from app.states import ModelState
 from app.tenancy import can_change, owned
+from scoring.pool import POOLED, expand, pool_scores
 from scoring.recommend import RECOMMENDED
 from workers.pipeline.layers import LayerError, check_choice, is_default
 
@@ -112,11 +113,12 @@ def create(
     if metrics is None:
         chosen = scoring.default_metrics(target)
     else:
-        chosen = list(dict.fromkeys(metrics))
+        chosen = expand(metrics)  # a pooled score (etran, ncti) stands for its components
         unknown = [m for m in chosen if m not in scoring.REGISTRY]
         if unknown:
             raise Invalid(
                 f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(scoring.REGISTRY)}"
+                f", or a pooled score ({', '.join(POOLED)})"
             )
         wrong_target = [m for m in chosen if dataset.task not in scoring.REGISTRY[m].targets]
         if wrong_target:
@@ -240,10 +242,37 @@ def _results(session: Session, job: JobRow) -> list[schemas.RankedModel]:
         for i in names
     }
     order = scoring.rank_rows(table, job.metrics)
+    pools = _pooled(table, names, job.metrics)
     return [
-        schemas.RankedModel(rank=rank, model_id=i, model=names[i], scores=table[i])
+        schemas.RankedModel(
+            rank=rank, model_id=i, model=names[i], scores=table[i], pooled=pools.get(i)
+        )
         for i, rank in order
     ]
+
+
+def _pooled(
+    table: dict[str, dict[str, float | None]], names: dict[str, str], metrics: Sequence[str]
+) -> dict[str, dict[str, schemas.PooledScore]]:
+    """Each model's pooled scores (ETran, NCTI: ``scoring.pool.pool_scores``, the rule the
+    CLI shows too) when the job's metrics hold their components: computed now, over the
+    models of this ranking, from their current stored components; never stored, so a pool
+    that grows (a later ranking with more models) never invalidates a stored score."""
+    pools = pool_scores(table, metrics)
+    if not pools:
+        return {}
+    return {
+        i: {
+            name: schemas.PooledScore(
+                value=p.values.get(i),
+                models=p.models,
+                components=list(p.components),
+                note=p.note,
+            )
+            for name, p in pools.items()
+        }
+        for i in names
+    }
 
 
 def _layered_results(job: JobRow, names: dict[str, str]) -> list[schemas.RankedModel]:
@@ -263,12 +292,14 @@ def _layered_results(job: JobRow, names: dict[str, str]) -> list[schemas.RankedM
         table[m.model_id] = {metric: per.get(metric) for metric in job.metrics}
     for i, row in table.items():  # one order for every model: the recommender's, or none
         table[i] = {RECOMMENDED: combined.get(i) if by_last else None, **row}
+    pools = _pooled(table, names, job.metrics)
     return [
         schemas.RankedModel(
             rank=rank,
             model_id=i,
             model=names[i],
             scores=table[i],
+            pooled=pools.get(i),
             layers=info[i].get("scores"),
             layer=info[i].get("order"),
             best_layer=info[i].get("best"),

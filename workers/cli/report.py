@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scoring import RECOMMENDED
+from scoring.pool import Pooled
 from scoring.recommend import HISTORY
-from workers.pipeline.ranking import RankedModel
+from workers.pipeline.ranking import RankedModel, pooled
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,9 +36,22 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else number(value)
 
 
-def as_table(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
-    header = ["rank", "model", *metrics]
-    body = [[str(r.rank or "-"), r.model, *(_fmt(r.scores[m]) for m in metrics)] for r in rows]
+def as_table(
+    rows: Sequence[RankedModel], metrics: Sequence[str], pools: Mapping[str, Pooled] | None = None
+) -> str:
+    """Rank, model and each metric's score; with ``pools`` (:func:`pooled`) a column per
+    pooled score after the metrics, and a line under the table saying what it is pooled over."""
+    pools = pools or {}
+    header = ["rank", "model", *metrics, *pools]
+    body = [
+        [
+            str(r.rank or "-"),
+            r.model,
+            *(_fmt(r.scores[m]) for m in metrics),
+            *(_fmt(p.values.get(r.model)) for p in pools.values()),
+        ]
+        for r in rows
+    ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = []
     for line in [header, *body]:
@@ -45,7 +59,22 @@ def as_table(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
         cells += [c.rjust(w) for c, w in zip(line[2:], widths[2:], strict=True)]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [f"{name}: {p.note}" for name, p in pools.items()]
     return "\n".join(lines) + "\n"
+
+
+def pooled_json(pools: Mapping[str, Pooled], model: str) -> dict[str, dict[str, Any]]:
+    """One row's pooled scores as JSON (the service's ``pooled`` of a result row): each with
+    its value, the number of models it is pooled over, its components and its note."""
+    return {
+        name: {
+            "value": unsigned_zero(p.values.get(model)),
+            "models": p.models,
+            "components": list(p.components),
+            "note": p.note,
+        }
+        for name, p in pools.items()
+    }
 
 
 def layer_table(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
@@ -70,22 +99,38 @@ def layer_table(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
     return "\n" + note + "\n" + "\n".join(lines) + "\n"
 
 
-def as_json(rows: Sequence[RankedModel], extra: Mapping[str, Any] | None = None) -> str:
+def as_json(
+    rows: Sequence[RankedModel],
+    extra: Mapping[str, Any] | None = None,
+    pools: Mapping[str, Pooled] | None = None,
+) -> str:
     """The rows as a JSON list; with ``extra`` (``rank --verify``'s ``verification``), an
-    object of the rows as ``ranking`` and ``extra``'s keys beside it."""
+    object of the rows as ``ranking`` and ``extra``'s keys beside it. With ``pools``, each
+    row has ``pooled`` (:func:`pooled_json`)."""
     out = [
         {**r.to_dict(), "scores": {k: unsigned_zero(v) for k, v in r.scores.items()}} for r in rows
     ]
+    if pools:
+        for row, r in zip(out, rows, strict=True):
+            row["pooled"] = pooled_json(pools, r.model)
     return json.dumps({"ranking": out, **extra} if extra else out, indent=2) + "\n"
 
 
-def as_csv(rows: Sequence[RankedModel], metrics: Sequence[str]) -> str:
+def as_csv(
+    rows: Sequence[RankedModel], metrics: Sequence[str], pools: Mapping[str, Pooled] | None = None
+) -> str:
+    pools = pools or {}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["rank", "model", *metrics])
+    writer.writerow(["rank", "model", *metrics, *pools])
     for r in rows:
         writer.writerow(
-            ["" if r.rank is None else r.rank, r.model, *(_fmt(r.scores[m]) for m in metrics)]
+            [
+                "" if r.rank is None else r.rank,
+                r.model,
+                *(_fmt(r.scores[m]) for m in metrics),
+                *(_fmt(p.values.get(r.model)) for p in pools.values()),
+            ]
         )
     return buffer.getvalue()
 
@@ -96,11 +141,15 @@ def render(
     fmt: str,
     extra: Mapping[str, Any] | None = None,
 ) -> str:
+    """The ranking in ``fmt``; a pooled score (ETran, NCTI) whose components are among
+    ``metrics`` is computed here, over these rows (:func:`pooled`), and shown beside them."""
+    pools = pooled(rows, metrics)
     if fmt == "json":
-        return as_json(rows, extra)
+        return as_json(rows, extra, pools)
     if fmt == "csv":
-        return as_csv(rows, metrics)
-    return as_table(rows, metrics) + layer_table(rows, [m for m in metrics if m != RECOMMENDED])
+        return as_csv(rows, metrics, pools)
+    layers = layer_table(rows, [m for m in metrics if m != RECOMMENDED])
+    return as_table(rows, metrics, pools) + layers
 
 
 def bar_chart(rows: Sequence[RankedModel], metrics: Sequence[str], title: str) -> Figure:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import scoring
+from scoring.pool import POOLED, Pooled, expand, pool_scores
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.layers import best_layer
 
@@ -60,18 +61,33 @@ def failed_row(model: str, reason: str, metrics: Sequence[str]) -> RankedModel:
     return RankedModel(model, None, scores, error=reason)
 
 
+#: the names a user may ask for that stand for several metrics (``rank --metrics etran``)
+POOLED_NAMES = tuple(POOLED)
+
+
 def resolve_metrics(requested: Sequence[str] | None, target: scoring.Target) -> list[str]:
-    """Validated metric names; ``None`` -> the defaults that suit ``target``."""
+    """Validated metric names; ``None`` -> the defaults that suit ``target``. A pooled
+    score's name (``etran``, ``ncti``: :data:`scoring.pool.POOLED`) stands for the metrics it
+    combines, and the ranking then shows it (:func:`pooled`)."""
     if requested is None:
         return scoring.default_metrics(target)
+    requested = expand(requested)
     unknown = [m for m in requested if m not in scoring.REGISTRY]
     if unknown:
         raise PipelineError(
-            f"unknown metric {', '.join(unknown)}; choose from {', '.join(scoring.REGISTRY)}"
+            f"unknown metric {', '.join(unknown)}; choose from {', '.join(scoring.REGISTRY)}, "
+            f"or a pooled score ({', '.join(POOLED_NAMES)})"
         )
     if not requested:
         raise PipelineError("no metrics given")
     return list(dict.fromkeys(requested))
+
+
+def pooled(rows: Sequence[RankedModel], metrics: Sequence[str]) -> dict[str, Pooled]:
+    """The pooled scores (ETran, NCTI) of a ranking whose ``metrics`` include their
+    components, over the models of ``rows`` that were scored (``scoring.pool.pool_scores``):
+    computed from the rows as shown, never stored."""
+    return pool_scores({r.model: r.scores for r in rows if r.error is None}, metrics)
 
 
 def rank_models(
