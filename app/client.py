@@ -9,10 +9,13 @@
         best = ranking.results[0].model
         tb.add_outcomes(dataset, {best: 91.2})
         tb.leaderboard(dataset).entries
+        job = tb.finetune(dataset, [best], mode="head", epochs=1)  # measured on held-out samples
+        checked = tb.rank(dataset, verify=3)  # then fine-tunes the top 3: checked.verification
 
 Answers are the service's own response models (``app.schemas``). Every answer other than
-2xx, a failed ranking and an unreachable server raise one exception, ``TransferbenchError``,
-with the problem+json fields (``status``, ``title``, ``detail``, ``type``).
+2xx, a failed ranking or fine-tuning job and an unreachable server raise one exception,
+``TransferbenchError``, with the problem+json fields (``status``, ``title``, ``detail``,
+``type``).
 
 This module imports httpx, pydantic and ``app.schemas`` only: no database, FastAPI or torch.
 """
@@ -26,11 +29,11 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar, overload
+from typing import Any, Literal, Self, TypedDict, TypeVar, Unpack, overload
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -43,11 +46,14 @@ __all__ = [
     "Dataset",
     "DatasetEvaluation",
     "Evaluation",
+    "FineTune",
+    "FineTuneSummary",
     "Leaderboard",
     "Model",
     "Outcome",
     "Ranking",
     "RankingProgress",
+    "RecipeFields",
     "TransferbenchError",
 ]
 
@@ -59,6 +65,8 @@ Leaderboard = schemas.Leaderboard
 Outcome = schemas.OutcomeOut
 DatasetEvaluation = schemas.DatasetEvaluation
 Evaluation = schemas.Evaluation
+FineTune = schemas.FineTuneOut
+FineTuneSummary = schemas.FineTuneSummary
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MEASURE: str = schemas.OutcomeIn.model_fields["measure"].default
@@ -66,12 +74,37 @@ POLL_S = 0.5
 PAGE = 1000  # the service's largest page
 _SLOW = httpx.Timeout(DEFAULT_TIMEOUT_S, read=None, write=None)  # uploads, loading weights
 _TERMINAL = {"done", "failed"}
+#: a fine-tuning job's (and a run's) end states
+_ENDED = {"done", "failed", "cancelled"}
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
-HasId = schemas.DatasetOut | schemas.ModelOut | schemas.RankingSummary
+HasId = schemas.DatasetOut | schemas.ModelOut | schemas.RankingSummary | schemas.FineTuneSummary
 # One operation, written once for both clients: it yields requests and is sent their responses.
 Op = Generator[httpx.Request, httpx.Response, T]
+
+#: how a wait shows a fine-tuning job's progress: True, one tqdm bar per model on stderr;
+#: False, none; None, bars when stderr is a terminal; a callable, given each state polled
+FineTuneProgress = bool | Callable[[schemas.FineTuneOut], object] | None
+
+
+class RecipeFields(TypedDict, total=False):
+    """The recipe's fields ``finetune`` and ``rank(verify=...)`` take one by one (each
+    defaults to the service's documented recipe: ``schemas.RecipeIn``, docs/finetuning.md):
+    ``mode`` (``"full"`` or ``"head"``: the backbone frozen), ``epochs``, ``time_budget_s``
+    (seconds per model), ``learning_rate``, ``batch_size``, ``weight_decay``, ``seed`` (the
+    split, the head, the order), ``validation`` (held out: a fraction of each class, or a
+    count per class) and ``augment`` (images: random crop and flip)."""
+
+    mode: Literal["full", "head"]
+    epochs: int
+    time_budget_s: float
+    learning_rate: float
+    batch_size: int
+    weight_decay: float
+    seed: int
+    validation: float | int
+    augment: bool
 
 
 class TransferbenchError(Exception):
@@ -144,6 +177,63 @@ def _parse_list(model: type[M], response: httpx.Response) -> list[M]:
         return [model.model_validate(item) for item in items]
     except (ValueError, ValidationError) as exc:
         raise _unexpected(response, str(exc)) from exc
+
+
+def _checked(kind: type[schemas.RecipeIn], given: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``given`` checked against the service's own model of it (``RecipeIn``, ``VerifyIn``),
+    as the body to send: the fields given only, so the service's defaults fill the rest."""
+    try:
+        checked = kind.model_validate(dict(given))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or what
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(kind.model_fields)
+            detail = f"{what}: no field {field!r}; the fields are {known}"
+        else:
+            detail = f"{what}: {field}: {error['msg']}"
+        raise TransferbenchError(detail, title="Invalid recipe") from None
+    return checked.model_dump(mode="json", exclude_unset=True)
+
+
+def _recipe(recipe: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe from a dict and fields given one by one (those win)."""
+    return _checked(schemas.RecipeIn, {**(recipe or {}), **fields}, "recipe")
+
+
+def _verify(verify: int | Mapping[str, Any]) -> dict[str, Any]:
+    """``rank``'s ``verify``: a top k (``3``), or ``{"top_k": 3, ...recipe fields}``."""
+    if isinstance(verify, bool) or not isinstance(verify, int | Mapping):
+        raise TransferbenchError(
+            f"verify: give how many of the top models to fine-tune (verify=3) or a dict "
+            f'({{"top_k": 3, "epochs": 1, ...}}), not {verify!r}',
+            title="Invalid recipe",
+        )
+    given = {"top_k": verify} if isinstance(verify, int) else dict(verify)
+    return _checked(schemas.VerifyIn, given, "verify")
+
+
+def _weights_file(path: Path, response: httpx.Response) -> Path:
+    """Where downloaded weights go: ``path``, or in the folder ``path`` under the name the
+    service gives them (``<model>-finetuned-<job>.pt``)."""
+    if not path.is_dir():
+        return path
+    disposition = response.headers.get("content-disposition", "")
+    name = disposition.partition("filename=")[2].split(";")[0].strip().strip('"')
+    return path / (Path(name).name or "finetuned.pt")
+
+
+def _ended(job: FineTune) -> FineTune:
+    """A fine-tuning job that ended: done comes back (a model in it may have failed: its
+    ``error``); failed or cancelled raises, the job in ``extra["finetune"]``."""
+    if job.status == "done":
+        return job
+    title = "Fine-tuning failed" if job.status == "failed" else "Fine-tuning cancelled"
+    raise TransferbenchError(
+        f"fine-tuning job {job.id} {job.status}: {job.error or 'no reason was recorded'}",
+        title=title,
+        extra={"finetune": job},
+    )
 
 
 def _zip_folder(folder: Path, into: Path) -> Path:
@@ -284,8 +374,11 @@ class _Calls:
         per_class: int | None,
         layers: str | Sequence[int] = "last",
         layer_mean: bool = False,
+        verify: int | Mapping[str, Any] | None = None,
     ) -> Op[Ranking]:
         body: dict[str, Any] = {"dataset_id": _id(dataset)}
+        if verify is not None:
+            body["verify"] = _verify(verify)  # checked before anything is sent
         if models is not None:
             body["model_ids"] = self._model_keys(models)
         if metrics is not None:
@@ -298,6 +391,57 @@ class _Calls:
             body["layer_mean"] = True
         response = yield self._request("POST", "/v1/rankings", json=body)
         return _parse(Ranking, response)
+
+    # -- fine-tuning
+    def _start_finetune(
+        self,
+        dataset: Dataset | str,
+        models: Sequence[Model | str],
+        recipe: dict[str, Any],
+        per_class: int | None,
+        keep_weights: bool,
+    ) -> Op[FineTune]:
+        if isinstance(models, str):  # one name is not a list of its letters
+            models = [models]
+        body: dict[str, Any] = {
+            "dataset_id": _id(dataset),
+            "model_ids": self._model_keys(models),
+            "recipe": recipe,
+        }
+        if per_class is not None:
+            body["per_class"] = per_class
+        if keep_weights:
+            body["keep_weights"] = True
+        response = yield self._request("POST", "/v1/finetunes", json=body)
+        return _parse(FineTune, response)
+
+    def _finetune_job(self, job: FineTuneSummary | str) -> Op[FineTune]:
+        response = yield self._request("GET", f"/v1/finetunes/{_id(job)}")
+        return _parse(FineTune, response)
+
+    def _finetunes(
+        self, status: str | None, dataset: Dataset | str | None
+    ) -> Op[list[FineTuneSummary]]:
+        params = {"status": status} if status else {}
+        if dataset is not None:
+            params["dataset_id"] = _id(dataset)
+        return (yield from self._pages("/v1/finetunes", FineTuneSummary, params))
+
+    def _cancel_finetune(self, job: FineTuneSummary | str) -> Op[FineTune | None]:
+        response = yield self._request("DELETE", f"/v1/finetunes/{_id(job)}")
+        return None if response.status_code == 204 else _parse(FineTune, response)
+
+    def _weights_request(self, job: FineTuneSummary | str, model: Model | str) -> httpx.Request:
+        key = model if isinstance(model, str) else model.id
+        path = f"/v1/finetunes/{_id(job)}/models/{key}/weights"
+        return self._request("GET", path, timeout=_SLOW, headers={"Accept": "*/*"})
+
+    def _time_left(self, what: str, deadline: float | None) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TransferbenchError(
+                f"{what} did not end in time; it goes on on the server (wait again, or cancel it)",
+                title="Timed out",
+            )
 
     def _ranking(self, ranking: Ranking | str) -> Op[Ranking]:
         response = yield self._request("GET", f"/v1/rankings/{_id(ranking)}")
@@ -428,6 +572,67 @@ class _Bar:
             self.bar.close()
 
 
+class _RunBars:
+    """A fine-tuning job's progress: one tqdm bar per run on stderr (a model; in successive
+    halving, a model and round), counting its optimiser steps, from the states polled; or
+    the caller's callable, given each state (see ``FineTuneProgress``)."""
+
+    def __init__(self, progress: FineTuneProgress) -> None:
+        self.call = None if isinstance(progress, bool) or progress is None else progress
+        self.bars: dict[tuple[str, int], Any] = {}
+        self.tqdm: Any = None
+        show = progress if isinstance(progress, bool) else progress is None and _on_terminal()
+        if show and self.call is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # the client needs only httpx and pydantic
+                return
+            self.tqdm = tqdm
+
+    def update(self, job: FineTune) -> None:
+        if self.call is not None:
+            self.call(job)
+        if self.tqdm is None:
+            return
+        rounds = job.method == "halving"
+        for run in job.runs:
+            key = (run.model_id, run.round)
+            bar = self.bars.get(key)
+            if bar is None:
+                if run.status == "queued" and not run.steps_total:
+                    continue  # not started: its bar comes when it does
+                desc = f"{run.model} (round {run.round})" if rounds else run.model
+                bar = self.bars[key] = self.tqdm(
+                    total=run.steps_total or None, desc=desc, unit="step", file=sys.stderr
+                )
+            if bar.disable:  # closed: its run ended
+                continue
+            bar.total = run.steps_total or bar.total
+            bar.n = run.step
+            state = str(run.status)
+            if run.status == "training":
+                state = f"epoch {run.epoch:.2f}/{run.epochs}"
+            if run.repeats_round is not None:  # not trained again: that round's result
+                state += f" as in round {run.repeats_round}"
+            if run.top1 is not None:
+                state += f", top-1 {run.top1:.4f}"
+            bar.set_postfix_str(state, refresh=False)
+            bar.refresh()
+            if run.status in _ENDED:
+                bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _on_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced, or closed
+        return False
+
+
 def _final(ranking_id: str, name: str, data: str) -> Ranking:
     """The ranking of a ``done`` event; a ``failed`` one raises."""
     if name == "done":
@@ -540,14 +745,21 @@ class Client(_Calls):
         progress: bool = True,
         layers: str | Sequence[int] = "last",
         layer_mean: bool = False,
+        verify: int | Mapping[str, Any] | None = None,
     ) -> Ranking:
         """Start ranking ``models`` (names or ids; default: every model for the dataset's
         modality) on ``dataset`` with ``metrics`` (default: the service's). With ``wait``,
         return the finished ranking (results best first, and its ``recommendation``),
         showing a progress bar on stderr when ``progress``; a failed ranking raises.
         ``layers``: ``"last"``, ``"all"`` or indices; each result then has its scores per
-        layer and its best layer (``layer_mean``: and the mean of the chosen layers)."""
-        started = self._run(self._start(dataset, models, metrics, per_class, layers, layer_mean))
+        layer and its best layer (``layer_mean``: and the mean of the chosen layers).
+        ``verify``: once scored, fine-tune the top k of the recommended order by successive
+        halving and store what each reached as an outcome: ``3``, or ``{"top_k": 3,
+        "epochs": 1, "mode": "head", ...}`` (``RecipeFields``); ``wait`` then waits for the
+        fine-tuning too (a bar per model), and ``verification`` names the winner."""
+        started = self._run(
+            self._start(dataset, models, metrics, per_class, layers, layer_mean, verify)
+        )
         return self.wait(started, progress=progress) if wait else started
 
     def ranking(self, ranking: Ranking | str) -> Ranking:
@@ -558,19 +770,32 @@ class Client(_Calls):
         return self._run(self._rankings(status))
 
     def wait(
-        self, ranking: Ranking | str, *, progress: bool = True, timeout: float | None = None
+        self,
+        ranking: Ranking | str,
+        *,
+        progress: bool = True,
+        timeout: float | None = None,
+        verification: bool = True,
     ) -> Ranking:
-        """Wait for the ranking to finish (its event stream; polling if the stream breaks)."""
+        """Wait for the ranking to finish (its event stream; polling if the stream breaks);
+        with ``verification``, for the fine-tuning that verifies it too, when it asked for
+        one (its ``verification`` then says what fine-tuning measured)."""
         ranking_id = _id(ranking)
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _Bar(progress, ranking_id)
         try:
             final = self._stream(ranking_id, bar)
             if final is not None:
-                return _final(ranking_id, *final)
-            return _finished(self._poll(ranking_id, bar, deadline))
+                done = _final(ranking_id, *final)
+            else:
+                done = _finished(self._poll(ranking_id, bar, deadline))
         finally:
             bar.close()
+        checking = done.verification.finetune_id if done.verification else None
+        if not verification or checking is None:
+            return done
+        self._until_ended(checking, progress, deadline)
+        return self.ranking(ranking_id)
 
     def _stream(self, ranking_id: str, bar: _Bar) -> tuple[str, str] | None:
         """The final event, or None when the stream could not be followed to its end."""
@@ -612,6 +837,103 @@ class Client(_Calls):
             if deadline is not None and time.monotonic() > deadline:
                 raise TransferbenchError(f"ranking {ranking_id} did not finish in time")
             time.sleep(POLL_S)
+
+    def finetune(
+        self,
+        dataset: Dataset | str,
+        models: Sequence[Model | str],
+        *,
+        recipe: Mapping[str, Any] | None = None,
+        per_class: int | None = None,
+        keep_weights: bool = False,
+        wait: bool = True,
+        progress: FineTuneProgress = None,
+        timeout: float | None = None,
+        **fields: Unpack[RecipeFields],
+    ) -> FineTune:
+        """Fine-tune each of ``models`` (names or ids) on ``dataset`` and measure its top-1 on
+        held-out samples; the service stores each as an outcome (``finetune_top1``) and the
+        recommender refits. The recipe: the service's default, overridden by ``recipe`` (a
+        dict) and then by the fields given here (``mode="head", epochs=1, seed=0, ...``:
+        ``RecipeFields``). ``per_class``: at most K samples per class, drawn with the seed.
+        ``keep_weights``: keep the fine-tuned weights (``download_weights``). With ``wait``,
+        return the ended job (``results``: each model's top-1, best first; a model that
+        failed has its ``error``), showing its progress as ``progress`` says
+        (``FineTuneProgress``); a job that failed or was cancelled raises."""
+        body = _recipe(recipe, fields)  # checked before anything is sent
+        job = self._run(self._start_finetune(dataset, models, body, per_class, keep_weights))
+        return self.wait_finetune(job, progress=progress, timeout=timeout) if wait else job
+
+    def finetune_job(self, job: FineTuneSummary | str) -> FineTune:
+        """A fine-tuning job: its status, each run's progress and curve, the results."""
+        return self._run(self._finetune_job(job))
+
+    def finetunes(
+        self, status: str | None = None, dataset: Dataset | str | None = None
+    ) -> list[FineTuneSummary]:
+        """Every fine-tuning job (in ``status``, of ``dataset``), newest first."""
+        return self._run(self._finetunes(status, dataset))
+
+    def wait_finetune(
+        self,
+        job: FineTuneSummary | str,
+        *,
+        progress: FineTuneProgress = None,
+        timeout: float | None = None,
+    ) -> FineTune:
+        """Wait for a fine-tuning job to end (polling it); a failed or cancelled one raises,
+        the job in the error's ``extra["finetune"]``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return _ended(self._until_ended(_id(job), progress, deadline))
+
+    def _until_ended(
+        self, job_id: str, progress: FineTuneProgress, deadline: float | None
+    ) -> FineTune:
+        bars = _RunBars(progress)
+        try:
+            while True:
+                state = self._run(self._finetune_job(job_id))
+                bars.update(state)
+                if state.status in _ENDED:
+                    return state
+                self._time_left(f"fine-tuning job {job_id}", deadline)
+                time.sleep(POLL_S)
+        finally:
+            bars.close()
+
+    def cancel_finetune(self, job: FineTuneSummary | str) -> FineTune | None:
+        """Cancel a job still queued or running (a model in training stops at its next step;
+        what was measured stays) and return it; a job that has ended is deleted instead,
+        with its kept weights (None; its outcomes stay with the dataset)."""
+        return self._run(self._cancel_finetune(job))
+
+    def download_weights(
+        self, job: FineTuneSummary | str, model: Model | str, path: str | os.PathLike[str]
+    ) -> Path:
+        """Save the weights a job kept (``keep_weights``) for ``model`` (its name or id) to
+        ``path`` (a file, or a folder: under the service's file name); returns the file. One
+        ``torch.save`` dict: ``state_dict`` (the backbone under its source's own names),
+        ``head``, ``classes``, ``source``."""
+        request = self._weights_request(job, model)
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from exc
+        try:
+            if response.is_error:
+                response.read()
+                raise TransferbenchError.from_response(response)
+            target = _weights_file(Path(path).expanduser(), response)
+            partial = target.with_name(target.name + ".partial")
+            with partial.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+            partial.replace(target)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            response.close()
+        return target
 
     def leaderboard(
         self, dataset: Dataset | str, metric: str = schemas.LEADERBOARD_DEFAULT_METRIC
@@ -744,9 +1066,10 @@ class AsyncClient(_Calls):
         progress: bool = True,
         layers: str | Sequence[int] = "last",
         layer_mean: bool = False,
+        verify: int | Mapping[str, Any] | None = None,
     ) -> Ranking:
         started = await self._run(
-            self._start(dataset, models, metrics, per_class, layers, layer_mean)
+            self._start(dataset, models, metrics, per_class, layers, layer_mean, verify)
         )
         return await self.wait(started, progress=progress) if wait else started
 
@@ -757,7 +1080,12 @@ class AsyncClient(_Calls):
         return await self._run(self._rankings(status))
 
     async def wait(
-        self, ranking: Ranking | str, *, progress: bool = True, timeout: float | None = None
+        self,
+        ranking: Ranking | str,
+        *,
+        progress: bool = True,
+        timeout: float | None = None,
+        verification: bool = True,
     ) -> Ranking:
         ranking_id = _id(ranking)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -765,10 +1093,16 @@ class AsyncClient(_Calls):
         try:
             final = await self._stream(ranking_id, bar)
             if final is not None:
-                return _final(ranking_id, *final)
-            return _finished(await self._poll(ranking_id, bar, deadline))
+                done = _final(ranking_id, *final)
+            else:
+                done = _finished(await self._poll(ranking_id, bar, deadline))
         finally:
             bar.close()
+        checking = done.verification.finetune_id if done.verification else None
+        if not verification or checking is None:
+            return done
+        await self._until_ended(checking, progress, deadline)
+        return await self.ranking(ranking_id)
 
     async def _stream(self, ranking_id: str, bar: _Bar) -> tuple[str, str] | None:
         try:
@@ -810,6 +1144,85 @@ class AsyncClient(_Calls):
             if deadline is not None and time.monotonic() > deadline:
                 raise TransferbenchError(f"ranking {ranking_id} did not finish in time")
             await asyncio.sleep(POLL_S)
+
+    async def finetune(
+        self,
+        dataset: Dataset | str,
+        models: Sequence[Model | str],
+        *,
+        recipe: Mapping[str, Any] | None = None,
+        per_class: int | None = None,
+        keep_weights: bool = False,
+        wait: bool = True,
+        progress: FineTuneProgress = None,
+        timeout: float | None = None,
+        **fields: Unpack[RecipeFields],
+    ) -> FineTune:
+        body = _recipe(recipe, fields)
+        job = await self._run(self._start_finetune(dataset, models, body, per_class, keep_weights))
+        if not wait:
+            return job
+        return await self.wait_finetune(job, progress=progress, timeout=timeout)
+
+    async def finetune_job(self, job: FineTuneSummary | str) -> FineTune:
+        return await self._run(self._finetune_job(job))
+
+    async def finetunes(
+        self, status: str | None = None, dataset: Dataset | str | None = None
+    ) -> list[FineTuneSummary]:
+        return await self._run(self._finetunes(status, dataset))
+
+    async def wait_finetune(
+        self,
+        job: FineTuneSummary | str,
+        *,
+        progress: FineTuneProgress = None,
+        timeout: float | None = None,
+    ) -> FineTune:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return _ended(await self._until_ended(_id(job), progress, deadline))
+
+    async def _until_ended(
+        self, job_id: str, progress: FineTuneProgress, deadline: float | None
+    ) -> FineTune:
+        bars = _RunBars(progress)
+        try:
+            while True:
+                state = await self._run(self._finetune_job(job_id))
+                bars.update(state)
+                if state.status in _ENDED:
+                    return state
+                self._time_left(f"fine-tuning job {job_id}", deadline)
+                await asyncio.sleep(POLL_S)
+        finally:
+            bars.close()
+
+    async def cancel_finetune(self, job: FineTuneSummary | str) -> FineTune | None:
+        return await self._run(self._cancel_finetune(job))
+
+    async def download_weights(
+        self, job: FineTuneSummary | str, model: Model | str, path: str | os.PathLike[str]
+    ) -> Path:
+        request = self._weights_request(job, model)
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from exc
+        try:
+            if response.is_error:
+                await response.aread()
+                raise TransferbenchError.from_response(response)
+            target = _weights_file(Path(path).expanduser(), response)
+            partial = target.with_name(target.name + ".partial")
+            with partial.open("wb") as out:
+                async for chunk in response.aiter_bytes():
+                    out.write(chunk)
+            partial.replace(target)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            await response.aclose()
+        return target
 
     async def leaderboard(
         self, dataset: Dataset | str, metric: str = schemas.LEADERBOARD_DEFAULT_METRIC
