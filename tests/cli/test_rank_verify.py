@@ -1,6 +1,7 @@
 """`transferbench rank DATASET --verify K`: the top K fine-tuned here by successive halving, a
 "verified" block after the ranking (a ``verification`` object in JSON), and each measured
-top-1 stored once as an outcome of the dataset in the local database; refused with --server."""
+top-1 stored once as an outcome of the dataset in the local database (with --server: the
+service's, ``tests/service/test_finetune_client.py``)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,7 @@ from workers.cli.exits import EXIT_BAD_INPUT
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
-        (["--verify", "2", "--server", "http://127.0.0.1:9"], {},
-         "--verify fine-tunes on this machine and is not offered with --server"),
-        (["--verify", "2"], {"TB_SERVER": "http://127.0.0.1:9"}, "unset TB_SERVER"),
+        (["--verify", "0", "--server", "http://127.0.0.1:9"], {}, "--verify K needs K >= 1"),
         (["--epochs", "2"], {}, "--epochs sets how --verify fine-tunes"),
         (["--head-only"], {}, "add --verify K"),
         (["--verify", "0"], {}, "--verify K needs K >= 1"),

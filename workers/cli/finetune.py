@@ -1,5 +1,7 @@
 """``transferbench finetune DATASET --models A,B``: fine-tune each model here, on this machine,
-and print what it reached on the held-out samples (:mod:`workers.pipeline.finetune`)."""
+and print what it reached on the held-out samples (:mod:`workers.pipeline.finetune`); with
+``--server URL`` (or ``TB_SERVER``) a service does it on its workers (``workers.cli.remote``),
+and the same table or JSON prints."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from workers.cli.exits import EXIT_MODEL_FAILED
+from workers.cli.exits import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
 from workers.cli.exits import err as _err
 
 #: what each row of the table and of the JSON shows first
@@ -56,10 +58,26 @@ def add_command(sub: Any) -> None:
     cmd.add_argument("--device", help="auto, cpu or cuda (default: TB_DEVICE)")
     cmd.add_argument("--format", choices=("table", "json"), default="table")
     cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmd.add_argument("--server", metavar="URL",
+                     help="fine-tune on this transferbench service instead of here (default: "
+                     "TB_SERVER); it stores each top-1 as an outcome of the dataset")  # fmt: skip
+    cmd.add_argument("--api-key", help="the service's API key (default: TB_API_KEY)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Fine-tune, print one row per model; exit 1 when a model failed (its reason on stderr)."""
+    from workers.settings import Settings
+
+    settings = Settings.load()
+    server = args.server or settings.server
+    if server:
+        try:
+            from workers.cli import remote
+        except ImportError as exc:  # httpx: the client's one dependency beyond the core
+            _err(f"--server needs the HTTP client ({exc.name}): pip install httpx")
+            return EXIT_BAD_INPUT
+        key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+        return remote.run_finetune(args, server, key, lambda rows, t: _show(args, rows, t))
     from tqdm import tqdm
 
     from workers.pipeline.finetune import FineTuneRecipe, finetune, open_for_finetune
@@ -96,22 +114,25 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         if row["error"]:
             _err(f"{row['model']}: failed: {row['error']}")
-    if args.format == "json":
-        print(json.dumps(rows, indent=2))
-    else:
-        print(_table(rows, f"{dataset.name} (N={len(dataset)})"))
+    _show(args, rows, f"{dataset.name} (N={len(dataset)})")
     return EXIT_MODEL_FAILED if any(row["error"] for row in rows) else 0
 
 
-def _table(rows: list[dict[str, Any]], title: str) -> str:
-    """One line per model: top-1 on the held-out samples, epochs, seconds, device, mode."""
+def _show(args: argparse.Namespace, rows: list[dict[str, Any]], title: str) -> None:
+    """The rows on stdout, as ``--format`` says: JSON, or the table under ``title``."""
+    print(json.dumps(rows, indent=2) if args.format == "json" else table(rows, title))
+
+
+def table(rows: list[dict[str, Any]], title: str) -> str:
+    """One line per model: top-1 on the held-out samples, epochs, seconds, device, mode (the
+    local and the remote command alike)."""
     shown = [
         [
             row["model"],
             "failed" if row["top1"] is None else f"{row['top1']:.4f}",
-            f"{row['epochs']:g}",
-            f"{row['seconds']:.1f}",
-            row["device"],
+            "-" if row["epochs"] is None else f"{row['epochs']:g}",
+            "-" if row["seconds"] is None else f"{row['seconds']:.1f}",
+            row["device"] or "-",
             row["mode"],
         ]
         for row in rows

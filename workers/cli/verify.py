@@ -2,7 +2,9 @@
 answer by fine-tuning the top ``K`` of the recommended order here, by successive halving
 (:mod:`workers.pipeline.finetune.verify`), store each measured top-1 as an outcome of the
 dataset (as ``transferbench outcomes add`` would, so the recommender refits), and say whether
-the measured winner is the predicted first."""
+the measured winner is the predicted first. With ``--server`` the service does the same on its
+workers (``verify`` on ``POST /v1/rankings``): :func:`request` is what it is asked, and
+:func:`from_server` reads its fine-tuning job back into the summary :func:`block` prints."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from workers.pipeline.errors import PipelineError
 from workers.settings import Settings
 
 if TYPE_CHECKING:
+    from app.client import FineTune
     from workers.pipeline.datasets import Dataset
     from workers.pipeline.finetune import FineTuneRecipe, Split
     from workers.pipeline.finetune.verify import Verification
@@ -55,8 +58,8 @@ class Plan:
 
 
 def plan(args: argparse.Namespace, server: str | None) -> Plan | None:
-    """The verification ``args`` ask for (None: no ``--verify``); raises PipelineError for
-    flags that cannot be honoured, saying what to do instead."""
+    """The verification ``args`` ask for (None: no ``--verify``, or a ``server`` verifies);
+    raises PipelineError for flags that cannot be honoured, saying what to do instead."""
     if args.verify is None:
         for flag, given in (("--epochs", args.epochs is not None), ("--head-only", args.head_only)):
             if given:
@@ -65,13 +68,12 @@ def plan(args: argparse.Namespace, server: str | None) -> Plan | None:
                     "--verify K to fine-tune the top K, or drop it"
                 )
         return None
-    if server:
-        raise PipelineError(
-            "--verify fine-tunes on this machine and is not offered with --server (or "
-            "TB_SERVER) yet; drop --server and unset TB_SERVER to rank and verify here"
-        )
     if args.verify < 1:
         raise PipelineError(f"--verify K needs K >= 1 models to fine-tune, got {args.verify}")
+    if args.epochs is not None and args.epochs < 1:
+        raise PipelineError(f"--epochs needs at least 1 epoch, got {args.epochs}")
+    if server:
+        return None  # the server fine-tunes: ``remote.run`` sends it ``request(args)``
     from workers.pipeline.finetune import FineTuneRecipe, open_for_finetune
 
     recipe = FineTuneRecipe(
@@ -81,6 +83,80 @@ def plan(args: argparse.Namespace, server: str | None) -> Plan | None:
     )
     dataset, split = open_for_finetune(args.dataset, args.per_class, recipe.seed)
     return Plan(args.verify, dataset, split, recipe)
+
+
+def request(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``verify`` on ``POST /v1/rankings`` for ``args`` (None: no ``--verify``): the top K and
+    the recipe fields given, the rest the service's defaults (the same as here)."""
+    if args.verify is None:
+        return None
+    body: dict[str, Any] = {"top_k": args.verify}
+    if args.epochs is not None:
+        body["epochs"] = args.epochs
+    if args.head_only:
+        body["mode"] = "head"
+    if args.seed is not None:
+        body["seed"] = args.seed
+    return body
+
+
+def from_server(job: FineTune) -> dict[str, Any]:
+    """The service's successive-halving job in the shape of a local verification's
+    ``Verification.to_dict()`` (what :func:`block` prints and JSON carries), with the job's
+    id as ``finetune_id``."""
+    summary = job.verification or {}
+    last: dict[str, Any] = {}
+    for run in sorted(job.runs, key=lambda r: r.round):
+        last[run.model] = run
+    measured = next((r for r in job.runs if r.n_validation is not None), None)
+    out_in: dict[str, int] = summary.get("out_in_round") or {}
+    candidates = [
+        {
+            "model": r.model,
+            "predicted_rank": r.predicted_rank,
+            "measured_rank": r.measured_rank,
+            "top1": r.top1,
+            "epochs": r.epochs if r.epochs is not None else float(last[r.model].epoch),
+            "seconds": r.seconds,
+            "device": r.device,
+            "out_in_round": out_in.get(r.model),
+            "error": r.error,
+        }
+        for r in sorted(job.results, key=lambda r: r.predicted_rank or 0)
+    ]
+    rounds = []
+    numbers = sorted({r.round for r in job.runs})
+    for i, at in enumerate(numbers):
+        runs = [r for r in job.runs if r.round == at]
+        if i + 1 < len(numbers):  # those that went on: the next round's
+            after = [r.model for r in job.runs if r.round == numbers[i + 1]]
+        else:
+            after = [summary["winner"]] if summary.get("winner") else []
+        rounds.append({
+            "epochs": runs[0].epochs,
+            "models": [r.model for r in runs],
+            "trained": [r.model for r in runs if r.repeats_round is None],
+            "kept": after,
+        })  # fmt: skip
+    return {
+        "method": "successive halving",
+        "measure": "finetune_top1",
+        "epochs": int(job.recipe.get("epochs", DEFAULT_EPOCHS)),
+        "mode": str(job.recipe.get("mode", "full")),
+        "held_out": {
+            "samples": measured.n_validation if measured else 0,
+            "split": job.held_out or "",
+        },
+        "trained_on": measured.n_train if measured else 0,
+        "candidates": candidates,
+        "rounds": rounds,
+        "winner": summary.get("winner"),
+        "winner_top1": summary.get("winner_top1"),
+        "agrees_with_predicted_first": summary.get("agrees_with_predicted_first"),
+        "measured_order": list(summary.get("measured_order") or []),
+        "kendall_tau": summary.get("kendall_tau"),
+        "finetune_id": job.id,
+    }
 
 
 def candidates(rows: list[RankedModel], k: int) -> list[str]:
@@ -163,29 +239,31 @@ def _store(result: Verification, recorded: tuple[str, str, list[str]] | None) ->
     return {"dataset_id": dataset_id, "stored": stored, "not_stored": not_stored}
 
 
-def block(result: Verification) -> str:
-    """The "verified" block printed after the ranking: each candidate's measured top-1 (with
-    the held-out count), the round it went out in, the winner, whether it is the predicted
-    first, and Kendall's tau between the predicted and the measured order."""
-    mode = "head only" if result.mode == "head" else "full fine-tuning"
-    held = result.n_validation
+def block(result: dict[str, Any], where: str = "here") -> str:
+    """The "verified" block printed after the ranking, from a verification's summary
+    (``Verification.to_dict()``, or :func:`from_server`'s): each candidate's measured top-1
+    (with the held-out count), the round it went out in, the winner, whether it is the
+    predicted first, and Kendall's tau between the predicted and the measured order.
+    ``where``: where the fine-tuning ran ("here", "on the server at URL")."""
+    mode = "head only" if result["mode"] == "head" else "full fine-tuning"
+    held = int(result["held_out"]["samples"])
     lines = [
-        f"verified by fine-tuning the top {len(result.candidates)} here (successive halving, "
-        f"{result.epochs} epoch(s) for the winner, {mode}; top-1 on {held} held-out samples, "
-        f"{result.split}; trained on {result.n_train}):"
+        f"verified by fine-tuning the top {len(result['candidates'])} {where} (successive "
+        f"halving, {result['epochs']} epoch(s) for the winner, {mode}; top-1 on {held} "
+        f"held-out samples, {result['held_out']['split']}; trained on {result['trained_on']}):"
     ]
     header = ["predicted", "measured", "model", "top1", "correct", "epochs", "out in round"]
     body = []
-    for c in result.candidates:
-        r = c.result
+    for c in result["candidates"]:
+        top1 = c["top1"]
         body.append([
-            str(c.predicted_rank),
-            "-" if c.measured_rank is None else str(c.measured_rank),
-            c.model,
-            "failed" if r.top1 is None else number(r.top1),
-            "" if r.top1 is None else f"{round(r.top1 * held)}/{held}",
-            f"{r.epochs:g}",
-            "winner" if c.model == result.winner else str(c.out_in_round or ""),
+            str(c["predicted_rank"]),
+            "-" if c["measured_rank"] is None else str(c["measured_rank"]),
+            c["model"],
+            "failed" if top1 is None else number(top1),
+            "" if top1 is None else f"{round(top1 * held)}/{held}",
+            "-" if c["epochs"] is None else f"{c['epochs']:g}",
+            "winner" if c["model"] == result["winner"] else str(c["out_in_round"] or ""),
         ])  # fmt: skip
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     for line in [header, *body]:
@@ -198,19 +276,20 @@ def block(result: Verification) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _verdict(result: Verification) -> str:
-    if result.winner is None:
+def _verdict(result: dict[str, Any]) -> str:
+    winner = result["winner"]
+    if winner is None:
         return "No candidate could be fine-tuned (see the reasons above): nothing verified."
-    top1 = next(c.result.top1 for c in result.candidates if c.model == result.winner)
-    first = result.candidates[0].model
+    top1 = next(c["top1"] for c in result["candidates"] if c["model"] == winner)
+    first = result["candidates"][0]["model"]
     said = (
-        f"confirms the predicted first: {result.winner} won"
-        if result.agrees
-        else f"disagrees with the predicted first ({first}): {result.winner} won"
+        f"confirms the predicted first: {winner} won"
+        if result["agrees_with_predicted_first"]
+        else f"disagrees with the predicted first ({first}): {winner} won"
     )
     tau = (
-        f"{number(result.kendall_tau, '.2f')} (1: the same order)"
-        if result.kendall_tau is not None
+        f"{number(result['kendall_tau'], '.2f')} (1: the same order)"
+        if result["kendall_tau"] is not None
         else "undefined below 3 models measured"
     )
     return (
