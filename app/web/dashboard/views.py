@@ -15,6 +15,7 @@ import scoring
 from app.db.models import DatasetRow, JobRow, ModelRow
 from app.errors import Invalid
 from app.services import datasets as dataset_service
+from app.services import finetunes as finetune_service
 from app.services import models as model_service
 from app.services import outcomes as outcome_service
 from app.services import rankings as ranking_service
@@ -201,6 +202,9 @@ def dataset_page(
         "schedule": schedule_view(dataset),
         "jobs": recent_jobs(session, tenant, dataset.id),
         "layer_charts": layer_charts(queries.jobs(session, tenant, dataset_id=dataset.id)),
+        "finetunes": finetune_view(
+            session, dataset.id, tenant, (figures["recommendation"] or {}).get("scores", {})
+        ),
         **figures,
     }
 
@@ -262,6 +266,117 @@ def _sparkline(values: list[tuple[int, float]], best: str | None) -> dict[str, A
         "high": high,
         "width": SPARK_W,
         "height": SPARK_H,
+    }
+
+
+#: the size of a learning curve, in SVG user units
+CURVE_W, CURVE_H, CURVE_PAD = 200.0, 64.0, 6.0
+#: how many fine-tuning jobs of a dataset its page reads
+FINETUNE_JOBS = 20
+
+
+def finetune_view(
+    session: Session, dataset_id: str, tenant: str | None, recommended: Mapping[str, float]
+) -> dict[str, Any] | None:
+    """The dataset's fine-tuning, as ``GET /v1/finetunes/{id}`` describes its jobs: per model
+    its newest run (held-out top-1, epochs, seconds, device, status) beside its place in the
+    predicted (recommended) order and its place by measured top-1, and its learning curve
+    (per epoch, the training loss and the held-out top-1); the jobs themselves. None when
+    nothing was fine-tuned."""
+    found = finetune_service.page(session, tenant, None, dataset_id, FINETUNE_JOBS, None)
+    jobs = [finetune_service.describe(job) for job in found.items]
+    if not jobs:
+        return None
+    newest: dict[str, tuple[Any, Any]] = {}  # model id -> (its newest run, that run's job)
+    for job in jobs:  # newest job first; in a job, a model's last round
+        for run in sorted(job.runs, key=lambda r: -r.round):
+            newest.setdefault(run.model_id, (run, job))
+    predicted = dict(scoring.rank_best_first(dict(recommended))) if recommended else {}
+    measured = dict(
+        scoring.rank_best_first(
+            {m: run.top1 for m, (run, _) in newest.items() if run.top1 is not None}
+        )
+    )
+    order = sorted(
+        newest, key=lambda m: (predicted.get(m) is None, predicted.get(m) or 0, newest[m][0].model)
+    )
+    rows = []
+    for model_id in order:
+        run, job = newest[model_id]
+        rows.append(
+            {
+                "model_id": model_id,
+                "model": run.model,
+                "predicted_rank": predicted.get(model_id),
+                "measured_rank": measured.get(model_id),
+                "top1": run.top1,
+                "epochs": run.epoch,
+                "seconds": run.seconds if run.seconds is not None else run.elapsed_s,
+                "device": run.device,
+                "status": run.status.value,
+                "error": run.error,
+                "n_validation": run.n_validation,
+                "mode": job.recipe.get("mode", "full"),
+                "job_id": job.id,
+                "method": job.method,
+                "curve": _curve(run.train_loss, run.val_top1),
+            }
+        )
+    return {
+        "rows": rows,
+        "jobs": [
+            {
+                "id": job.id,
+                "method": job.method,
+                "status": job.status.value,
+                "models": [r.model for r in job.results],
+                "created_at": job.created_at,
+                "ranking_id": job.ranking_id,
+                "winner": (job.verification or {}).get("winner"),
+                "held_out": job.held_out,
+            }
+            for job in jobs
+        ],
+    }
+
+
+def _curve(train_loss: list[float], val_top1: list[float]) -> dict[str, Any] | None:
+    """Per epoch, the training loss (its own scale, low at the bottom) and the held-out top-1
+    (0 to 1) as two SVG polylines over the same epochs, with a dot per epoch; None before
+    the first epoch ends."""
+    epochs = max(len(train_loss), len(val_top1))
+    if not epochs:
+        return None
+    step = (CURVE_W - 2 * CURVE_PAD) / max(epochs - 1, 1)
+    inner = CURVE_H - 2 * CURVE_PAD
+
+    def xy(values: list[float], low: float, high: float) -> list[tuple[float, float]]:
+        span = high - low or 1.0
+        return [
+            (CURVE_PAD + (k * step if epochs > 1 else (CURVE_W - 2 * CURVE_PAD) / 2),
+             CURVE_PAD + (high - min(max(v, low), high)) / span * inner)
+            for k, v in enumerate(values)
+        ]  # fmt: skip
+
+    finite = [v for v in train_loss if math.isfinite(v)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    loss = xy([v if math.isfinite(v) else high for v in train_loss], low, high)
+    top1 = xy(val_top1, 0.0, 1.0)
+    return {
+        "loss": " ".join(f"{x:.1f},{y:.1f}" for x, y in loss),
+        "top1": " ".join(f"{x:.1f},{y:.1f}" for x, y in top1),
+        "loss_dots": loss,
+        "top1_dots": top1,
+        "epochs": [
+            {
+                "epoch": k + 1,
+                "loss": train_loss[k] if k < len(train_loss) else None,
+                "top1": val_top1[k] if k < len(val_top1) else None,
+            }
+            for k in range(epochs)
+        ],
+        "width": CURVE_W,
+        "height": CURVE_H,
     }
 
 
