@@ -332,6 +332,19 @@ class Fit:
         )
 
 
+def has_history(fit: Fit, models: Iterable[str], *, exclude_dataset: str | None = None) -> bool:
+    """Whether one of ``models`` has an outcome on a dataset ``fit`` learned from, other than
+    ``exclude_dataset``: the one rule for which order a ranking gets. True: the full order
+    (``fit.recommend(...)``); False: no candidate has a history, so a history says nothing
+    and the order is the metric-only one (``fit.recommend(..., metric_only=True)``, with
+    ``metric_weights`` fitted on the metrics the ranking computed). The service's
+    recommendations and the CLI's local ranking both decide by it."""
+    wanted = set(models)
+    return any(
+        wanted.intersection(per) for ds, per in fit.outcome_ranks.items() if ds != exclude_dataset
+    )
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Leave-one-dataset-out figures of every metric and of the recommender.

@@ -34,7 +34,14 @@ from app.db.scores import insert_ignore
 from app.errors import Invalid
 from app.services import models as model_service
 from app.tenancy import visible
-from scoring.recommend import HISTORY, METRIC_ONLY, MIN_OUTCOMES, RECOMMENDED, Fit
+from scoring.recommend import (
+    HISTORY,
+    METRIC_ONLY,
+    MIN_OUTCOMES,
+    RECOMMENDED,
+    Fit,
+    has_history,
+)
 
 DEFAULT_MEASURE = "finetune_top1"
 
@@ -391,7 +398,7 @@ def recommend(
     names = model_service.names_of(session, ranked)
     # a model's history is its outcomes on the other datasets (its own or an alias's)
     elsewhere = {m for ds, per in fit.outcome_ranks.items() if ds != dataset.id for m in per}
-    metric_only = not elsewhere.intersection(ranked)
+    metric_only = not has_history(fit, ranked, exclude_dataset=dataset.id)
     if metric_only:
         fit, row = metric_only_fit(session, scope, metrics)
     via = {m: name for m, name in _aliased(session, scope).items() if m in elsewhere}

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scoring import DatasetRecord, Fit, TransferabilityError, evaluate_lodo, fit_recommender
-from scoring.recommend import MIN_OUTCOMES
+from scoring.recommend import METRIC_ONLY, MIN_OUTCOMES, RECOMMENDED, has_history
 from workers.cli.exits import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
 from workers.cli.exits import err as _err
-from workers.pipeline.ranking import RankedModel, with_recommendation
+from workers.pipeline.ranking import RankedModel, uses_metric_only, with_recommendation
 from workers.settings import Settings
 
 if TYPE_CHECKING:
@@ -225,10 +225,12 @@ def _recommendation(
         return None
     try:
         fit = fit or fit_recommender({"target": DatasetRecord(by_metric)})
-        used = fit.recommend(by_metric)
+        metric_only = uses_metric_only(fit, rows)
+        used = fit.recommend(by_metric, metric_only=metric_only)
     except TransferabilityError:
         return None  # the recommender combines none of these metrics
     return {
+        "method": METRIC_ONLY if metric_only else RECOMMENDED,
         "calibrated": fit.calibrated,
         "learned_from_datasets": fit.n_datasets,
         "weights": dict(used.weights),
@@ -286,7 +288,22 @@ def _stored_fit(result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
     }  # a metric no model here has a value for is no input (the fit refuses its direction)
     present = {m for r in datasets.values() for m in r.scores}
     directions = {m: up for m, up in stored.directions.items() if m in present}
-    quality = recommender.quality_of(evaluate_lodo(datasets, directions=directions))
+    ranked = {r.model for r in result.rows}
+    if has_history(fit_recommender(datasets, directions=directions), ranked):
+        quality = recommender.quality_of(evaluate_lodo(datasets, directions=directions))
+    else:  # no model ranked here has a history: the metric-only order of these metrics
+        datasets = {
+            ds: DatasetRecord({k: v for k, v in r.scores.items() if k in here}, r.outcomes)
+            for ds, r in datasets.items()
+        }
+        datasets = {ds: r for ds, r in datasets.items() if r.scores}
+        directions = {m: up for m, up in directions.items() if m in here}
+        try:
+            evaluation = evaluate_lodo(datasets, directions=directions)
+        except TransferabilityError:  # no dataset with outcomes scores these metrics
+            return None, None
+        reference = set(evaluation.datasets) <= stored.reference
+        quality = recommender.metric_quality(evaluation, reference)
     datasets["(this ranking)"] = DatasetRecord(here)
     directions |= _directions(list(here))
     return fit_recommender(datasets, directions=directions), quality

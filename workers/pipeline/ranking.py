@@ -10,6 +10,7 @@ import numpy as np
 
 import scoring
 from scoring.pool import POOLED, Pooled, expand, pool_scores
+from scoring.recommend import has_history
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.layers import best_layer
 
@@ -146,13 +147,21 @@ def score_arrays(
     return {m: result.values.get(m) for m in metrics}, result.errors
 
 
+def uses_metric_only(fit: scoring.Fit, rows: Sequence[RankedModel]) -> bool:
+    """Whether ``fit`` orders ``rows`` by its metric-only weights: it is calibrated and none
+    of the rows' models has a history in it (``scoring.recommend.has_history``)."""
+    return fit.calibrated and not has_history(fit, (r.model for r in rows))
+
+
 def with_recommendation(
     rows: Sequence[RankedModel], metrics: Sequence[str], fit: scoring.Fit | None = None
 ) -> list[RankedModel]:
     """The rows with the recommender's combined score as their first column, ordered by
     ``scoring.rank_rows`` (the service's rule too). ``fit``: a recommender fit (keys: model
     names) that saw these scores; default: the uncalibrated combination of these scores
-    alone. Without any metric the recommender uses, rows are ordered by the first metric."""
+    alone. A calibrated fit none of whose ranked models has a history gives the metric-only
+    order (``uses_metric_only``: the service's rule). Without any metric the recommender
+    uses, rows are ordered by the first metric."""
     by_metric = {
         m: {r.model: v for r in rows if (v := r.scores.get(m)) is not None} for m in metrics
     }
@@ -161,7 +170,7 @@ def with_recommendation(
     if by_metric:
         try:
             fit = fit or scoring.fit_recommender({"target": scoring.DatasetRecord(by_metric)})
-            combined = fit.recommend(by_metric).scores
+            combined = fit.recommend(by_metric, metric_only=uses_metric_only(fit, rows)).scores
         except scoring.TransferabilityError:
             combined = {}  # none of the metrics the recommender combines was computed
     table = {
