@@ -103,10 +103,13 @@ def test_the_cli_the_api_and_the_client_give_the_same_results(
             assert r.status_code == 202, r.text
             api = wait_finetune(http, r.json()["id"])
         assert api["status"] == "done"
-        # the client: recipe fields one by one, weights kept
+        # the client: recipe fields one by one, weights kept, each state polled handed over
+        seen: list[Any] = []
         job = tb.finetune(dataset, MODELS, mode="head", epochs=1, validation=5,
-                          recipe={"batch_size": 16}, keep_weights=True, progress=False)  # fmt: skip
+                          recipe={"batch_size": 16}, keep_weights=True,
+                          progress=seen.append)  # fmt: skip
         assert job.status == "done" and job.recipe == RECIPE
+        assert seen[-1] == job and {s.status for s in seen} - {"done"} <= {"queued", "running"}
         path = tb.download_weights(job, "mobilenet-v2", tmp_path)
     saved = torch.load(path, weights_only=True)
     assert path.name.startswith("mobilenet-v2-finetuned") and len(saved["classes"]) == 4
