@@ -265,10 +265,17 @@ class OutcomeOut(BaseModel):
 
 
 class ReferenceTableOut(BaseModel):
-    """A reference table shipped with transferbench, as imported into this database."""
+    """A reference table: one shipped with transferbench as imported into this database, or
+    one imported since (``POST /v1/benchmarks``, ``benchmark import``)."""
 
     name: str
-    version: str = Field(description="sha256 of the table's file as imported")
+    kind: Literal["shipped", "imported"] = Field(
+        description="shipped with transferbench, or imported by the operator or a tenant"
+    )
+    shared: bool = Field(description="every tenant's (shipped, or the operator's import)")
+    version: str | None = Field(
+        description="sha256 of the shipped table's file as imported (None: an imported table)"
+    )
     shipped_version: str | None = Field(
         description="the version the installed package ships (imported at the next start)"
     )

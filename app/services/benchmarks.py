@@ -179,6 +179,59 @@ def scopes(session: Session, tenant: str | None) -> list[Scope]:
     return sorted(found, key=lambda s: s.key)
 
 
+def imported_tables(
+    session: Session, tenant: str | None, *, exclude: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """The tables imported with ``import_table`` that ``tenant`` can see (its own and the
+    operator's shared ones; None: every one), leaving out the datasets in ``exclude`` (the
+    shipped tables'): one entry per table name and owner, in the shape of
+    ``reference.listed`` (``kind`` "imported", no version), with ``shared`` (the operator's)
+    and ``imported_at`` (its newest outcome). A table is known by the name its outcomes
+    were stored under (``details.source``)."""
+    skip = set(exclude)
+    found = session.execute(
+        select(
+            DatasetRow.id, DatasetRow.tenant, DatasetRow.modality, DatasetRow.task,
+            OutcomeRow.measure, OutcomeRow.model_id, OutcomeRow.details, OutcomeRow.created_at,
+        )
+        .join(OutcomeRow, OutcomeRow.dataset_id == DatasetRow.id)
+        .where(DatasetRow.reference.is_(True), visible(DatasetRow.tenant, tenant))
+    ).all()  # fmt: skip
+    tables: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for ds, owner, modality, task, measure, model, details, created in found:
+        source = (details or {}).get("source")
+        if ds in skip or not isinstance(source, str):
+            continue
+        t = tables.setdefault(
+            (source, owner),
+            {"scopes": set(), "datasets": set(), "models": set(), "at": created},
+        )
+        t["scopes"].add((modality, task, measure))
+        t["datasets"].add(ds)
+        t["models"].add(model)
+        t["at"] = max(t["at"], created)
+    out = []
+    for (name, owner), t in sorted(tables.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        (modality, task, measure), *more = sorted(t["scopes"])
+        out.append(
+            {
+                "name": name,
+                "kind": "imported",
+                "shared": owner is None,
+                "version": None,
+                "shipped_version": None,
+                "modality": modality if not more else None,
+                "task": task if not more else None,
+                "outcome": measure if not more else None,
+                "source": None,
+                "datasets": len(t["datasets"]),
+                "models": len(t["models"]),
+                "imported_at": t["at"].isoformat(),
+            }
+        )
+    return out
+
+
 def _models(record: scoring.DatasetRecord) -> set[str]:
     return {m for per in record.scores.values() for m in per} | set(record.outcomes)
 

@@ -102,13 +102,17 @@ def prepare(url: str, *, reference_tables: bool) -> None:
             log.info("reference table %s %s (%d datasets)", item.table, item.state, item.datasets)
 
 
-def listed(session: Session) -> list[dict[str, Any]]:
+def listed(session: Session, tenant: str | None = None) -> list[dict[str, Any]]:
     """The shipped tables as imported: name, version, modality, task, outcome, source, the
-    number of datasets and of models with an outcome, and when it was imported."""
+    number of datasets and of models with an outcome, and when it was imported (``kind``
+    "shipped"); then the tables imported since that ``tenant`` can see
+    (``benchmarks.imported_tables``, ``kind`` "imported")."""
     known = {t.name: t for t in shipped()}
     out = []
+    shipped_ids: set[str] = set()
     for row in session.scalars(select(ReferenceTableRow).order_by(ReferenceTableRow.name)):
         ids = [str(i) for i in row.datasets]
+        shipped_ids.update(ids)
         models = session.scalar(
             select(func.count(func.distinct(OutcomeRow.model_id))).where(
                 OutcomeRow.dataset_id.in_(ids)
@@ -119,6 +123,8 @@ def listed(session: Session) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": row.name,
+                "kind": "shipped",
+                "shared": True,
                 "version": row.version,
                 "modality": table.modality if table else None,
                 "task": table.task if table else None,
@@ -130,4 +136,4 @@ def listed(session: Session) -> list[dict[str, Any]]:
                 "shipped_version": table.version if table else None,
             }
         )
-    return out
+    return out + benchmarks.imported_tables(session, tenant, exclude=shipped_ids)

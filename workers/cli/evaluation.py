@@ -157,10 +157,11 @@ def _alias_pairs(values: list[str]) -> list[tuple[str, str]]:
 
 
 def _list_tables(session: Any, args: argparse.Namespace) -> int:
-    """``benchmark list``: the shipped reference tables as imported."""
+    """``benchmark list``: the shipped reference tables as imported, then the tables
+    imported since (``--tenant``: those that tenant can see)."""
     from app.services import reference
 
-    tables = reference.listed(session)
+    tables = reference.listed(session, getattr(args, "tenant", None))
     if args.format == "json":
         print(json.dumps(tables, indent=2))
         return 0
@@ -168,6 +169,14 @@ def _list_tables(session: Any, args: argparse.Namespace) -> int:
         print("no reference table imported (TB_REFERENCE_TABLES=off, or none ships)")
         return 0
     for t in tables:
+        if t["kind"] == "imported":
+            scope = f"{t['modality']}/{t['task']}/{t['outcome']}" if t["modality"] else "mixed"
+            owner = "shared" if t["shared"] else "the tenant's"
+            print(
+                f"{t['name']}\t{scope}\t{t['datasets']} datasets\t{t['models']} models\t"
+                f"imported ({owner}) {t['imported_at']}"
+            )
+            continue
         stale = "" if t["version"] == t["shipped_version"] else " (a newer version ships)"
         print(
             f"{t['name']}	{t['modality']}/{t['task']}/{t['outcome']}	{t['datasets']} datasets"

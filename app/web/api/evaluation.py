@@ -92,10 +92,11 @@ def evaluation(
 
 
 @router.get("/v1/benchmarks", response_model=list[schemas.ReferenceTableOut])
-def list_benchmarks(session: SessionDep) -> list[dict[str, Any]]:
+def list_benchmarks(principal: PrincipalDep, session: SessionDep) -> list[dict[str, Any]]:
     """The reference tables that ship with transferbench as imported here (shared by every
-    tenant): name, version, scope, source and licence, datasets and models."""
-    return reference.listed(session)
+    tenant): name, version, scope, source and licence, datasets and models; then the tables
+    imported since that the caller can see (the operator's and its tenant's own)."""
+    return reference.listed(session, principal.tenant)
 
 
 @router.post("/v1/benchmarks", status_code=201, response_model=schemas.BenchmarkImported)
