@@ -602,8 +602,13 @@ class _RunBars:
                 if run.status == "queued" and not run.steps_total:
                     continue  # not started: its bar comes when it does
                 desc = f"{run.model} (round {run.round})" if rounds else run.model
+                ended = run.status in _ENDED  # seen first at its end (or not trained again)
                 bar = self.bars[key] = self.tqdm(
-                    total=run.steps_total or None, desc=desc, unit="step", file=sys.stderr
+                    total=run.steps_total or None,
+                    initial=run.step if ended else 0,  # no rate for steps not watched
+                    desc=desc,
+                    unit="step",
+                    file=sys.stderr,
                 )
             if bar.disable:  # closed: its run ended
                 continue
