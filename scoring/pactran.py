@@ -21,6 +21,12 @@ that higher is better as for every other entry. ``sigma2_factor`` defaults to 10
 ``lda_factor``, the first of the two the reference reports for each ``lda_factor`` (the one
 ETran's code uses).
 
+How it is computed: the risk and its gradient in closed form, vectorised over classes, with
+the per-class feature sums Z^T Y formed once (the linear part of the risk), one exponential
+per evaluation, and the Hessian's trace from the rows' squared norms; L-BFGS works in the
+eigenbasis of the features' covariance, each direction scaled by the risk's curvature there
+at the start (a change of variables: the same minimum, fewer iterations).
+
 Where this departs from the reference code, and why: the reference stops L-BFGS-B after 100
 iterations (tolerance 1e-6) from a random start (``np.random.normal``, unseeded in the
 function), so its value depends on the random state and on where the optimiser happened to
@@ -41,7 +47,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import scipy.optimize
-from scipy.special import logsumexp, softmax
+from scipy.special import softmax
 
 from scoring._context import FeatureStats
 from scoring._validation import check_features, check_labels
@@ -64,27 +70,16 @@ def _pactran_gauss(
     z = stats.centered
     n, d = z.shape
     c = stats.labels.n_classes
-    codes = stats.labels.codes
-    onehot = stats.labels.one_hot()
+    counts = stats.labels.counts.astype(np.float64)
     lam = lda_factor * n
-
-    def loss_and_grad(theta: F64) -> tuple[float, F64]:
-        w = theta[: d * c].reshape(d, c)
-        b = theta[d * c :]
-        logits = z @ w + b
-        lse = logsumexp(logits, axis=1)
-        loss = (
-            float((lse - logits[np.arange(n), codes]).sum()) / n + 0.5 * float((w * w).sum()) / lam
-        )
-        g = np.exp(logits - lse[:, None])
-        g -= onehot
-        g /= n
-        grad_w = z.T @ g + w / lam
-        return loss, np.concatenate([grad_w.ravel(), g.sum(axis=0)])
-
+    kd = d * c
+    # Sufficient statistics, formed once: the linear part of the risk, sum_i z_i W_{:, y_i},
+    # is <W, Z^T Y>, with Z^T Y: (D, C) the per-class sums of the centred features.
+    zty = (stats.class_sums - counts[:, None] * stats.mean).T
+    head = _Head(z, zty, counts, lam, *_preconditioner(stats, lam))
     result = scipy.optimize.minimize(
-        loss_and_grad,
-        np.zeros(d * c + c),
+        head.loss_and_grad,
+        np.zeros(head.size),
         jac=True,
         method="L-BFGS-B",
         options={"maxiter": max_iter, "maxfun": 2 * max_iter, "ftol": 1e-15, "gtol": 1e-10},
@@ -95,16 +90,72 @@ def _pactran_gauss(
             ConvergenceWarning,
             stacklevel=3,
         )
-    theta = np.asarray(result.x)
-    w = theta[: d * c].reshape(d, c)
+    w, b = head.unpack(np.asarray(result.x))
     loss = float(result.fun)
-    prob = softmax(z @ w + theta[d * c :], axis=1)
+    prob = softmax(z @ w + b, axis=1)
     curv = prob - prob * prob  # (N, C) diagonal Hessian of the softmax cross-entropy
-    kd = d * c
-    hess_sum = float(((z * z).T @ curv).sum()) + kd / lam + float(curv.sum())
+    # sum over the Hessian's diagonal (W's entries, then b's): W_jc's entry is
+    # sum_i z_ij^2 curv_ic + 1/lam, so W's part is sum_i |z_i|^2 sum_c curv_ic + D C / lam
+    per_row = curv.sum(axis=1)
+    hess_sum = float(stats.centered_row_norms2 @ per_row) + kd / lam + float(per_row.sum())
     sigma2_inv = hess_sum * lam / kd + 1e-10
     bound = loss + 0.5 * kd / lam * (s2_factor / d) * float(np.log(sigma2_inv))
     return float(-bound)
+
+
+def _preconditioner(stats: FeatureStats, lam: float) -> tuple[F64, F64, float]:
+    """The change of variables the risk is minimised in: W = V diag(scale) Omega and
+    b = bias_scale beta, with V: (D, k) the eigenvectors of the features' covariance (shared
+    with the other metrics through ``FeatureStats.cov_eig``) and scale_j = (lambda_j / C +
+    1 / lam)^(-1/2), one over the square root of the risk's curvature along V_j at W = 0
+    (where every class has probability 1/C); the bias's curvature there is 1/C. The minimum
+    is the same; L-BFGS reaches it in fewer iterations (224 instead of 319 at 20,000 x 1,024
+    x 100). Where N <= D, V spans only the features' row space (k = rank), which holds the
+    minimiser: W's part outside it meets only the penalty, so it is zero there."""
+    c = stats.labels.n_classes
+    eig, v = stats.cov_eig
+    return v, 1.0 / np.sqrt(eig / c + 1.0 / lam), float(np.sqrt(c))
+
+
+class _Head:
+    """The regularised risk L(W, b) of a linear softmax head and its gradient, in the
+    preconditioned variables theta = (Omega: (k, C), beta: (C,)), with its work buffers."""
+
+    def __init__(
+        self, z: F64, zty: F64, counts: F64, lam: float, v: F64, scale: F64, bias_scale: float
+    ) -> None:
+        self.z, self.zty, self.counts, self.lam = z, zty, counts, lam
+        self.v, self.scale, self.bias_scale = v, scale[:, None], bias_scale
+        self.k, self.c = v.shape[1], counts.shape[0]
+        self.size = self.k * self.c + self.c
+        self._logits = np.empty((z.shape[0], self.c))
+
+    def unpack(self, theta: F64) -> tuple[F64, F64]:
+        """(W: (D, C), b: (C,)) of theta."""
+        omega = theta[: self.k * self.c].reshape(self.k, self.c)
+        return self.v @ (self.scale * omega), self.bias_scale * theta[self.k * self.c :]
+
+    def loss_and_grad(self, theta: F64) -> tuple[float, F64]:
+        n = self.z.shape[0]
+        w, b = self.unpack(theta)
+        p = self._logits
+        np.matmul(self.z, w, out=p)
+        np.add(p, b, out=p)
+        top = p.max(axis=1, keepdims=True)
+        np.subtract(p, top, out=p)
+        np.exp(p, out=p)
+        total = p.sum(axis=1)
+        # sum_i logsumexp(z_i W + b) - sum_i (z_i W + b)_{y_i}, the second from Z^T Y
+        fit = float(top.sum() + np.log(total).sum())
+        fit -= float(np.vdot(w, self.zty) + b @ self.counts)
+        loss = fit / n + 0.5 * float(np.vdot(w, w)) / self.lam
+        np.divide(p, total[:, None], out=p)  # softmax probabilities
+        grad_w = (self.z.T @ p - self.zty) / n + w / self.lam
+        grad_b = (p.sum(axis=0) - self.counts) / n
+        grad = np.empty(self.size)
+        grad[: self.k * self.c] = (self.scale * (self.v.T @ grad_w)).ravel()
+        grad[self.k * self.c :] = self.bias_scale * grad_b
+        return loss, grad
 
 
 def pactran_gauss(
@@ -119,7 +170,10 @@ def pactran_gauss(
     """Minus PACTran-Gauss (Ding et al., ECCV 2022). Higher is better; always <= 0.
 
     features: (N, D); labels: (N,). Fits an L2-regularised softmax head (D C + C parameters) to
-    convergence, so it costs several hundred passes over the features on large inputs.
+    convergence, so it costs a few hundred passes over the features on large inputs (two
+    (N, D) x (D, C) products each, in float64: the per-class sums Z^T Y are formed once, and
+    the risk is minimised in the covariance's eigenbasis scaled by its curvature at the start,
+    :func:`_preconditioner`).
     """
     x = check_features(features)
     stats = FeatureStats(x, check_labels(labels, x.shape[0]), device)
