@@ -36,7 +36,8 @@ Writes, in ``--out`` (default ``bench/results``):
   evaluation (per task: each method's weighted tau, Kendall tau, Pearson, top-1 hit and regret);
 - ``zoo_groundtruth.png``: weighted tau per task and method.
 
-Resumable: a cell already in the JSON is not recomputed, and both files are rewritten
+Resumable: a cell already in the JSON is not fine-tuned again (a metric added to the registry
+since is scored on its training samples, the fine-tuning standing), and both files are rewritten
 atomically after each cell, so the grid can run in parts (``--tasks``, ``--models``, or
 interrupted). A JSON made with another ``--mode``, ``--epochs`` or ``--per-class-scale``
 is refused rather than mixed in: give another ``--out``.
@@ -214,6 +215,46 @@ def run_cell(
     return cell
 
 
+def missing_metrics(cell: Mapping[str, Any]) -> list[str]:
+    """Registry metrics a finished cell has neither a score nor a reason for: metrics added to
+    the registry after the cell was fine-tuned."""
+    if "error" in cell:
+        return []
+    known = set(cell.get("scores", {})) | set(cell.get("metric_errors", {}))
+    return [m for m in METRICS if m not in known]
+
+
+def fill_metrics(
+    task: Task, dataset: Dataset, cell: dict[str, Any], settings: Settings
+) -> list[str]:
+    """Score a finished cell's training samples with the metrics it lacks (the fine-tuning
+    stands: its split is the same, drawn from the same seed); returns the metrics added."""
+    wanted = missing_metrics(cell)
+    if not wanted:
+        return []
+    seed = int(cell.get("recipe", {}).get("seed", 0))
+    split = stratified_split(dataset.labels, dataset.digests, task.validation, seed)
+    if len(split.train) != cell["n_train"]:
+        raise SystemExit(f"{task.name}|{cell['model']}: the split changed since it was made")
+    device = resolve_device(settings.device)
+    model = load_model(cell["model"], settings.model_copy(update={"runtime": "torch"}))
+    train = dataset.select(split.train)
+    features = extract([model], train, device=device, precision=settings.precision,
+                       num_threads=settings.num_threads)[model.name]  # fmt: skip
+    usable = scoring.applicable(wanted, has_features=True, has_probs=features.probs is not None)
+    values: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    if usable:
+        scores = scoring.compute_detailed(usable, train.labels, features=features.features,
+                                          probs=features.probs)  # fmt: skip
+        values, errors = scores.values, scores.errors
+    cell["scores"] = {**cell.get("scores", {}), **values}
+    unusable = {m: "needs source probabilities; the model has no classifier head"
+                for m in wanted if m not in usable}  # fmt: skip
+    cell["metric_errors"] = {**cell.get("metric_errors", {}), **errors, **unusable}
+    return wanted
+
+
 def csv_text(cells: Sequence[Mapping[str, Any]]) -> str:
     """The wide table: one row per cell with an outcome, ``dataset, model, finetune_top1``
     and a column per metric (empty where the metric is missing)."""
@@ -346,9 +387,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         modality = "text" if task.source == "fortunes" else "image"
         models = [m for m in args.models or zoo_names(modality) if ZOO[m].modality == modality]
         todo = [m for m in models if f"{task_name}|{m}" not in report["cells"]]
-        if not todo:
+        stale = [m for m in models if f"{task_name}|{m}" in report["cells"]
+                 and missing_metrics(report["cells"][f"{task_name}|{m}"])]  # fmt: skip
+        if not todo and not stale:
             continue
         dataset = task_dataset(task, args.per_class_scale)
+        for model_name in stale:
+            added = fill_metrics(task, dataset, report["cells"][f"{task_name}|{model_name}"],
+                                 settings)  # fmt: skip
+            print(f"{task_name:<24} {model_name:<20} scored {', '.join(added)}", flush=True)
+            save(args.out, report)
         for model_name in todo:
             cell = run_cell(task, dataset, model_name, recipe, settings)
             report["cells"][f"{task_name}|{model_name}"] = cell
