@@ -25,13 +25,24 @@ means over datasets, best weighted tau first, with the number of datasets; write
              "per_dataset": {DATASET: {METHOD: {same keys}}},
              "weights": {DATASET: {FEATURE: weight fitted without DATASET}},
              "metric_weights": {DATASET: {METRIC: metric-only weight fitted without it}},
-             "seconds": time of evaluate_lodo}}
+             "seconds": time of evaluate_lodo,
+             "variants": {VARIANT: {"what": .., "table": {weighted_tau, top1_regret},
+                                    "single_metric": .., "subsample": ..,
+                                    "subsample_single_metric": .., "subsample_cells": ..,
+                                    "subsample_cells_single_metric": ..}}}}
+
+"variants" only with ``--variants``: every combination tried against the shipped one
+(``bench/recommender_variants.py``), on the table, on the table with its ``--single-metric``
+column only, and (for ``--subsampled`` variants) the mean over ``--subsamples`` random copies
+without some models and datasets (``subsample``) and also without 15% of the cells
+(``subsample_cells``). A variants run takes minutes.
 
 and ``OUT/evaluation.png``: weighted tau per dataset (columns) and method (rows), one
 heat-map per table. Run from the repository root:
 
     .venv/bin/python bench/evaluation.py
     .venv/bin/python -m bench.evaluation --tables DIR --outcome top1 --lower-is-better OTCE
+    .venv/bin/python bench/evaluation.py --variants
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ if __package__ in (None, ""):  # run as a file: this file's folder would shadow 
 import numpy as np
 
 import scoring
-from scoring.recommend import FIGURES, METRIC_ONLY, RECOMMENDED, DatasetRecord
+from scoring.recommend import FIGURES, METRIC_ONLY, RECOMMENDED, DatasetRecord, _canonical
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TABLES = ROOT.parent / "shared" / "benchmarks"
@@ -201,7 +212,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated metric columns where a lower score is better",
     )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--variants", action="store_true", help="measure every variant too")
+    ap.add_argument("--single-metric", default="logme", help="the one-metric stand-in's column")
+    ap.add_argument("--subsamples", type=int, default=20, help="random copies per shape")
+    ap.add_argument(
+        "--subsampled",
+        default=(
+            "shipped,shrink_c0.25,shrink_consistency,target_z,ridge_to_blend,select,joint,"
+            "joint_c0.25,joint_consistency"
+        ),
+        help="comma-separated variants also measured on the random copies",
+    )
     return ap.parse_args(argv)
+
+
+def variants(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import recommender_variants
+
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    single = next((c for c in rows[0] if _canonical(c) == _canonical(args.single_metric)), None)
+    return recommender_variants.evaluate(
+        rows,
+        outcome=args.outcome,
+        single=single,
+        names=list(recommender_variants.VARIANTS),
+        n_subsamples=args.subsamples,
+        subsampled=[v for v in args.subsampled.split(",") if v],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,6 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         results[name] = result
         print_table(name, result)
+        if args.variants:
+            result["variants"] = variants(path, args)
+            for v, figs in result["variants"].items():
+                shown = {k: round(f["weighted_tau"], 3) for k, f in figs.items() if k != "what"}
+                print(f"  variant {v}: weighted tau {shown}")
     if not results:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
