@@ -87,14 +87,53 @@ class MeanPooled(nn.Module):
 
 
 class SentenceEmbedding(nn.Module):
-    """A sentence-transformers pipeline: token tensors -> ``(sentence_embedding (B, D),)``."""
+    """A sentence-transformers pipeline: token tensors -> ``(sentence_embedding (B, D),)``.
+    With ``extra`` (hidden-state indices of its transformer), the mask-weighted mean of each
+    of those hidden states comes first, from the same forward pass: ``(*extra, embedding)``;
+    the embedding is still the pipeline's own (its pooling and normalisation)."""
 
-    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+    def __init__(
+        self, model: nn.Module, names: tuple[str, ...], extra: tuple[int, ...] = ()
+    ) -> None:
         super().__init__()
-        self.model, self.names = model, names
+        self.model, self.names, self.extra = model, names, extra
 
-    def forward(self, *tokens: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.model(dict(zip(self.names, tokens, strict=True)))["sentence_embedding"],)
+    def forward(self, *tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = dict(zip(self.names, tokens, strict=True))
+        if not self.extra:
+            return (self.model(features)["sentence_embedding"],)
+        first, *rest = list(self.model.children())
+        with _hidden_states(_encoder(self.model)):
+            features = first(features, output_hidden_states=True)
+        hidden = features.pop("all_layer_embeddings")
+        mask = features["attention_mask"]
+        layers = tuple(mean_pool(hidden[i], mask) for i in self.extra)
+        for module in rest:
+            features = module(features)
+        return (*layers, features["sentence_embedding"])
+
+
+def _encoder(pipeline: Any) -> Any:
+    """The transformers model inside a sentence-transformers pipeline's first module, or
+    None when it has none (a pipeline of word embeddings, say)."""
+    first = pipeline[0] if len(pipeline) else None
+    for attribute in ("auto_model", "model"):
+        encoder = getattr(first, attribute, None)
+        if hasattr(getattr(encoder, "config", None), "output_hidden_states"):
+            return encoder
+    return None
+
+
+@contextlib.contextmanager
+def _hidden_states(encoder: Any) -> Iterator[None]:
+    """The encoder's config asking for its hidden states while inside: the sentence-
+    transformers module hands them on (``all_layer_embeddings``) only when it does."""
+    before = encoder.config.output_hidden_states
+    encoder.config.output_hidden_states = True
+    try:
+        yield
+    finally:
+        encoder.config.output_hidden_states = before
 
 
 @contextlib.contextmanager
@@ -253,6 +292,7 @@ class SentenceTransformerModel(CandidateModel):
         self.fingerprint = module_sha256(model)
         self.head_classes = None
         self.net = SentenceEmbedding(self.model, tensor_names(self.tokenize(EXAMPLE_TEXTS)))
+        self._hidden_states: int | None = None
 
     def to(self, device: torch.device, precision: str = "auto") -> SentenceTransformerModel:
         self.place(device, precision)
@@ -280,11 +320,49 @@ class SentenceTransformerModel(CandidateModel):
             (features,) = self.net(*self.feeds(batch).values())
         return self.finish(features)
 
+    # -- layers: its transformer's hidden states, mean-pooled; the last its own embedding ----
     def layers_unsupported(self) -> str | None:
+        if _encoder(self.model) is not None:
+            return None
         return (
-            f"{self.name} is a sentence-transformers pipeline: it gives its sentence embedding "
-            "only; load its encoder as hf:REF to rank its hidden states"
+            f"{self.name} is a sentence-transformers pipeline without a transformer first: it "
+            "gives its sentence embedding only; rank it with layers=last"
         )
+
+    def layer_names(self) -> tuple[str, ...]:
+        """``hidden_states.0:mean`` (the embeddings) ... one per transformer layer but the
+        last, whose place is the pipeline's own ``sentence_embedding`` (its pooling and
+        normalisation of the last hidden state), :attr:`layer`. Counted once."""
+        if _encoder(self.model) is None:
+            return (self.layer,)
+        if self._hidden_states is None:
+            features = self.feeds(self.tokenize(EXAMPLE_TEXTS))
+            with self.computing(), _hidden_states(_encoder(self.model)):
+                out = self.model[0](features, output_hidden_states=True)
+            self._hidden_states = len(out["all_layer_embeddings"])
+        count = self._hidden_states
+        return (*(f"hidden_states.{i}:mean" for i in range(count - 1)), self.layer)
+
+    def token_states(
+        self, feeds: dict[str, torch.Tensor], extra: tuple[int, ...] = ()
+    ) -> list[torch.Tensor]:
+        """Per-token states ``(B, T, D)`` from one pass of its first module: the transformer's
+        hidden states ``extra``, then ``token_embeddings`` (what its pooling reads). Call it
+        inside :meth:`computing`."""
+        if not extra:
+            return [self.model[0](dict(feeds))["token_embeddings"]]
+        with _hidden_states(_encoder(self.model)):
+            out = self.model[0](dict(feeds), output_hidden_states=True)
+        hidden = out["all_layer_embeddings"]
+        return [hidden[i] for i in extra] + [out["token_embeddings"]]
+
+    def forward_layers(self, batch: dict[str, torch.Tensor], extra: tuple[int, ...]) -> ModelOutput:
+        if not extra:
+            return self.forward(batch)
+        with self.computing():
+            out = SentenceEmbedding(self.model, self.net.names, extra)(*self.feeds(batch).values())
+        layers = tuple(t.float().cpu().numpy().astype(np.float32) for t in out[:-1])
+        return ModelOutput(self.finish(out[-1]).features, None, layers)
 
     def export_spec(self, extra: tuple[int, ...] = ()) -> ExportSpec | None:
         if extra:

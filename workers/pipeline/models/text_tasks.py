@@ -125,9 +125,9 @@ def _hidden(
                 states = [model.model(**feeds).last_hidden_state]
         else:
             assert isinstance(model, SentenceTransformerModel)
-            if extra:
+            if extra and model.layers_unsupported():
                 raise PipelineError(model.layers_unsupported() or f"{model.name}: no layers")
-            states = [model.model(dict(feeds))["token_embeddings"]]
+            states = model.token_states(feeds, extra)
     return torch.stack([state.float() for state in states])
 
 
