@@ -43,7 +43,13 @@ and ``--threads 1`` gives stable (single-core) numbers there. The exit status is
 and the baseline disagree (> 1e-8) at any point, else 0 (the targets are reported, not enforced).
 
 Grids. quick: N in {1000, 5000}, D = 256, C = 10. new: the one point N=20,000, D=1,024,
-C=100 at which the metrics of issue 23 are timed (``--name`` keeps their results apart). full: N in {1000, 10000, 50000},
+C=100 at which the metrics of issue 23 are timed (``--name`` keeps their results apart).
+regression: N in {2000, 20,000}, D = 1,024, and C = 1 or 10 real target columns (a random
+linear map of the latent point plus noise) scored by the metrics for real targets
+(``logme_regression``, ``knn_regression``, ``linear_probe_r2``):
+
+    .venv/bin/python -m bench.scoring --grid regression --name scoring_regression \
+        --metrics knn_regression,linear_probe_r2 full: N in {1000, 10000, 50000},
 D in {256, 2048}, C in {10, 100}, all 12 points; none is redundant (N <= D exercises the
 N x N kernel path, N > D the D x D Gram path, and C changes the per-class work of LogME's
 baseline, TransRate, GBC and SFDA). The cost is dominated by the two N=50,000, D=2,048
@@ -104,7 +110,11 @@ GRIDS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
     "target": ((50_000,), (2048,), (100,)),
     # The metrics added for issue 23 (ETran, NCTI, PARC, PACTran) are timed at this point.
     "new": ((20_000,), (1024,), (100,)),
+    # Regression targets: here C is the number of real target columns (see make_data).
+    "regression": ((2000, 20_000), (1024,), (1, 10)),
 }
+#: the grids whose points have real targets instead of classes
+REGRESSION_GRIDS = frozenset({"regression"})
 TARGET_POINT = (50_000, 2048, 100)
 TARGET_SPEEDUP = 5.0
 TARGET_SECONDS = 10.0
@@ -119,11 +129,26 @@ class Data:
     features: F32  # (N, D)
     labels: I64  # (N,) in 0..C-1, every class with at least N // C samples
     probs: F64 | None  # (N, Z) rows summing to 1, or None when no metric needs them
+    #: regression grids: real targets, (N,) for one column, else (N, C)
+    targets: F64 | None = None
+
+    @property
+    def target(self) -> scoring.Target:
+        return "classification" if self.targets is None else "regression"
+
+    @property
+    def y(self) -> Any:
+        """What a metric is scored against: the class labels, or the real targets."""
+        return self.labels if self.targets is None else self.targets
 
 
-def make_data(n: int, d: int, c: int, need_probs: bool, seed: int = 0) -> Data:
+def make_data(
+    n: int, d: int, c: int, need_probs: bool, seed: int = 0, regression: bool = False
+) -> Data:
     """Class-dependent Gaussian means in a LATENT-dimensional space, mapped linearly to D
-    dimensions, plus isotropic noise; balanced classes in random order."""
+    dimensions, plus isotropic noise; balanced classes in random order. ``regression``: also
+    C real target columns, each a random linear function of the latent point plus noise of
+    half its spread (one column: shape (N,))."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n, dtype=np.int64) % c)
     r = min(LATENT, d)
@@ -141,7 +166,12 @@ def make_data(n: int, d: int, c: int, need_probs: bool, seed: int = 0) -> Data:
         np.exp(logits, out=logits)
         logits /= logits.sum(axis=1, keepdims=True)
         probs = logits
-    return Data(features=np.ascontiguousarray(x), labels=labels, probs=probs)
+    targets = None
+    if regression:
+        coef = rng.standard_normal((r, c)) / math.sqrt(r)
+        targets = latent.astype(np.float64) @ coef + 0.5 * rng.standard_normal((n, c))
+        targets = targets[:, 0] if c == 1 else targets
+    return Data(np.ascontiguousarray(x), labels, probs, targets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +301,7 @@ def run_metric(name: str, data: Data, device: str) -> float:
     fn = scoring.REGISTRY[name].function
     x: Any = data.probs if scoring.REGISTRY[name].needs == {"probs"} else data.features
     kwargs = {"device": device} if _accepts_device(fn) else {}
-    return float(fn(x, data.labels, **kwargs))
+    return float(fn(x, data.y, **kwargs))
 
 
 @dataclass
@@ -330,8 +360,13 @@ def run_device(metrics: Sequence[str], data: Data, device: str, repeat: int) -> 
     t = best_of(
         repeat,
         lambda: scoring.compute(
-            ran, data.labels, features=data.features, probs=data.probs, device=device
-        ),
+            ran,
+            data.y,
+            features=data.features,
+            probs=data.probs,
+            target=data.target,
+            device=device,
+        ),  # fmt: skip
     )
     if t.warnings:
         caught["compute"] = t.warnings
@@ -339,10 +374,16 @@ def run_device(metrics: Sequence[str], data: Data, device: str, repeat: int) -> 
 
 
 def run_point(
-    n: int, d: int, c: int, metrics: Sequence[str], devices: Sequence[str], repeat: int
+    n: int,
+    d: int,
+    c: int,
+    metrics: Sequence[str],
+    devices: Sequence[str],
+    repeat: int,
+    regression: bool = False,
 ) -> PointResult:
     need_probs = any("probs" in scoring.REGISTRY[m].needs for m in metrics)
-    data = make_data(n, d, c, need_probs)
+    data = make_data(n, d, c, need_probs, regression=regression)
     gc.collect()
     dev_results = [run_device(metrics, data, dev, repeat) for dev in devices]
     base_s = base_score = diff = diff_class = None
@@ -357,15 +398,16 @@ def run_point(
     return PointResult(n, d, c, dev_results, base_s, base_score, diff, diff_class)
 
 
-def warm_up(metrics: Sequence[str], devices: Sequence[str]) -> None:
+def warm_up(metrics: Sequence[str], devices: Sequence[str], regression: bool = False) -> None:
     """Untimed: imports, BLAS thread start-up, CUDA context."""
-    data = make_data(200, 16, 4, need_probs=True, seed=1)
+    data = make_data(200, 16, 4, need_probs=True, seed=1, regression=regression)
     for dev in devices:
         for name in metrics:
             run_metric(name, data, dev)
         scoring.compute(
-            list(metrics), data.labels, features=data.features, probs=data.probs, device=dev
-        )
+            list(metrics), data.y, features=data.features, probs=data.probs,
+            target=data.target, device=dev,
+        )  # fmt: skip
     baseline_logme(data.features, data.labels)
 
 
@@ -567,8 +609,10 @@ def plot(points: Sequence[PointResult], metrics: Sequence[str], device: str, pat
 # CLI
 
 
-def choose_metrics(arg: str | None, with_slow: bool) -> list[str]:
-    feasible = scoring.applicable(has_features=True, has_probs=True)
+def choose_metrics(
+    arg: str | None, with_slow: bool, target: scoring.Target = "classification"
+) -> list[str]:
+    feasible = scoring.applicable(has_features=True, has_probs=True, target=target)
     if arg:
         names = [m.strip() for m in arg.split(",") if m.strip()]
         unknown = [m for m in names if m not in feasible]
@@ -623,7 +667,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    metrics = choose_metrics(args.metrics, args.with_slow)
+    regression = args.grid in REGRESSION_GRIDS
+    target: scoring.Target = "regression" if regression else "classification"
+    metrics = choose_metrics(args.metrics, args.with_slow, target)
     repeat = args.repeat if args.repeat is not None else (3 if args.grid == "quick" else 1)
     if repeat < 1:
         raise SystemExit("--repeat must be at least 1")
@@ -646,13 +692,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             end="",
         )
         print("running, so timings will be noisy (BLAS threads wait on busy cores)", flush=True)
-    warm_up(metrics, devices)
+    warm_up(metrics, devices, regression)
 
     started = time.perf_counter()
     points: list[PointResult] = []
     for i, (n, d, c) in enumerate(grid, 1):
         t0 = time.perf_counter()
-        p = run_point(n, d, c, metrics, devices, repeat)
+        p = run_point(n, d, c, metrics, devices, repeat, regression)
         points.append(p)
         diff = "-" if p.max_abs_diff is None else f"{p.max_abs_diff:.1e}"
         print(
@@ -687,6 +733,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "features": f"float32; latent class means N(0, I_{LATENT}) + N(0, I) noise, "
             "mapped to D dims, + 0.5 N(0, I_D)",
             "labels": "int64, balanced, shuffled",
+            "targets": "regression grids: C float64 columns, each a random linear map of the "
+            "latent point plus 0.5 N(0, 1) noise",
             "probs": f"float64 (N, {N_SOURCE}) softmax of a random linear map of the features",
         },
         "total_seconds": total,
