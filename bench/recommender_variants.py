@@ -3,8 +3,9 @@
 Every variant maps (table, training datasets, metric columns, held-out dataset) to a score
 per model for the held-out dataset; any hyper-parameter it has is chosen by an inner
 leave-one-dataset-out over the training datasets only (nested selection), never on the
-held-out dataset. ``shipped`` is ``scoring.recommend`` as it is (``_fit_weights``); the others
-are the ideas measured against it (``docs/recommender.md`` lists the figures and the verdict):
+held-out dataset. ``shipped`` is ``scoring.recommend`` as it is (``_fit_weights``: version 4,
+which is ``joint_consistency``); ``v3`` is version 3 (``ridge()`` with its defaults); the
+others are the ideas measured against them (``docs/recommender.md`` lists the figures and the verdict):
 
 - history shrinkage: the pseudo-count c of a model's history mean (fixed, or chosen inside);
   an empirical-Bayes shrink by how consistent a model's outcomes are;
@@ -42,6 +43,8 @@ from scoring import recommend as R
 from scoring.evaluation import rank_quality
 
 Variant = Callable[[Any, np.ndarray, np.ndarray, int], np.ndarray]
+#: The inner folds of version 3's ridge (``ridge``); version 4 folds up to R.MAX_INNER_FOLDS.
+V3_INNER_FOLDS = 10
 FIGS = ("weighted_tau", "top1_regret")
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
@@ -174,7 +177,7 @@ def ridge(
         grid = sorted(lams, reverse=True)
         choice = (grid[0], cs[0])
         if idx.size >= 3:
-            nf = min(idx.size, R.MAX_INNER_FOLDS)
+            nf = min(idx.size, V3_INNER_FOLDS)
             best = -np.inf
             for c in cs:
                 pred = np.zeros((len(grid), idx.size, t.target.shape[1]))
@@ -197,7 +200,51 @@ def ridge(
 
 
 def shipped(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
-    w, _, new, _ = R._fit_weights(t, train, cols)
+    drop = np.zeros(len(t.names), dtype=bool)
+    drop[i] = True
+    w, _, new, _ = R._fit_weights(t, train, drop)
+    return t.feats[i] @ w[:-1] + new * w[-1]
+
+
+def _plain_history(t: Any, train: np.ndarray) -> np.ndarray:
+    """(M,) version 3's history: the mean outcome rank shrunk by one pseudo-observation."""
+    return np.asarray(_hist(t, train, t.target, 1.0)[0])
+
+
+def _v3_fit(t: Any, train: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Version 3's weights (K + 1,) and the (M,) history they apply to (``ridge()``)."""
+    w0 = R._select_metrics(t, train, cols)
+    idx = np.flatnonzero(train & t.labelled)
+    grid = sorted(R.LAMBDA_GRID, reverse=True)
+    lam = grid[0]
+    if idx.size >= 3:
+        nf = min(idx.size, V3_INNER_FOLDS)
+        pred = np.zeros((len(grid), idx.size, t.target.shape[1]))
+        for fo in range(nf):
+            inner = train & t.labelled
+            inner[idx[fo::nf]] = False
+            a, b, new = _v3_normal(t, inner, cols)
+            for g, lm in enumerate(grid):
+                w = R._solve(a, b, cols, lm, w0)
+                pred[g, fo::nf] = t.feats[idx[fo::nf]] @ w[:-1] + new * w[-1]
+        lam = grid[int(np.argmax(np.round([_wt(t, idx, p).mean() for p in pred], 12)))]
+    a, b, new = _v3_normal(t, train, cols)
+    return R._solve(a, b, cols, lam, w0), new
+
+
+def _v3_normal(t: Any, train: np.ndarray, cols: np.ndarray) -> tuple:
+    tr = train & t.labelled
+    new, own = _hist(t, tr, t.target, 1.0)
+    x = np.concatenate([t.feats[tr][:, :, cols], own[tr][:, :, None]], axis=2)
+    x = x.reshape(-1, x.shape[2])
+    xv = x * t.row_w[tr].reshape(-1, 1)
+    ns = max(int(tr.sum()), 1)
+    return xv.T @ x / ns, xv.T @ t.target[tr].reshape(-1) / ns, new
+
+
+def v3(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
+    """Version 3 as it shipped: the ridge on metric ranks + plain history."""
+    w, new = _v3_fit(t, train, cols)
     return t.feats[i] @ w[:-1] + new * w[-1]
 
 
@@ -206,7 +253,7 @@ def metric_only(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarr
 
 
 def history_only(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
-    return R._history_arrays(t, train)[0]
+    return _plain_history(t, train)
 
 
 def _blend(t: Any, train: np.ndarray, cols: np.ndarray, i: int, a: float, q: str = "rank"):
@@ -224,7 +271,7 @@ def metric_plus_history() -> Variant:
     """The metric-only order + beta * history, beta chosen inside by weighted tau."""
 
     def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int, beta: float) -> np.ndarray:
-        return metric_only(t, train, cols, i) + beta * R._history_arrays(t, train)[0]
+        return metric_only(t, train, cols, i) + beta * _plain_history(t, train)
 
     return nested(fn, [float(b) for b in np.arange(0.0, 3.01, 0.25)])
 
@@ -233,7 +280,7 @@ def ridge_history_rescaled() -> Variant:
     """The shipped ridge with its history weight times m, m chosen inside."""
 
     def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int, m: float) -> np.ndarray:
-        w, _, new, _ = R._fit_weights(t, train, cols)
+        w, new = _v3_fit(t, train, cols)
         return t.feats[i] @ w[:-1] + m * new * w[-1]
 
     return nested(fn, [1.0, 0.5, 0.75, 1.5, 2.0, 3.0])
@@ -270,7 +317,7 @@ def pairwise(scale: float, lams: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0)) -> V
         w0 = np.r_[R._select_metrics(t, train, cols)[:-1][cols], 0.0]
         x, w8 = pairs(t, train, cols)
         w = solve(x, w8, lam, w0)
-        return t.feats[i][:, cols] @ w[:-1] + R._history_arrays(t, train)[0] * w[-1]
+        return t.feats[i][:, cols] @ w[:-1] + _plain_history(t, train) * w[-1]
 
     return nested(fn, sorted(lams, reverse=True))
 
@@ -294,7 +341,7 @@ def similarity_history(gammas: Sequence[float]) -> Variant:
                 s = max(r, 0.0) ** gamma if gamma > 0 else 1.0
                 num += s * t.target[e] * ok
                 den += s * ok
-            out[d] = num / (den + R.HISTORY_PRIOR_COUNT)
+            out[d] = num / (den + 1.0)
         return out
 
     def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int, gamma: float) -> np.ndarray:
@@ -317,13 +364,11 @@ def select(nested_blend: bool = False) -> Variant:
     if nested_blend:
         inner_blend = blend()
         return nested(
-            lambda t, tr, c, i, p: (
-                shipped(t, tr, c, i) if p == "ridge" else inner_blend(t, tr, c, i)
-            ),
+            lambda t, tr, c, i, p: v3(t, tr, c, i) if p == "ridge" else inner_blend(t, tr, c, i),
             ["ridge", "blend"],
         )
     return nested(
-        lambda t, tr, c, i, p: shipped(t, tr, c, i) if p == "ridge" else _blend(t, tr, c, i, p),
+        lambda t, tr, c, i, p: v3(t, tr, c, i) if p == "ridge" else _blend(t, tr, c, i, p),
         ["ridge", *ALPHAS],
     )
 
@@ -359,7 +404,7 @@ def ridge_to_blend(alphas: Sequence[float]) -> Variant:
 
     def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int, cand: tuple) -> np.ndarray:
         w0 = R._select_metrics(t, train, cols)
-        a, b, new = R._normal_equations(t, train, cols)
+        a, b, new = _v3_normal(t, train, cols)
         w = R._solve(a, b, cols, cand[0], np.r_[(1 - cand[1]) * w0[:-1], cand[1]])
         return t.feats[i] @ w[:-1] + new * w[-1]
 
@@ -368,7 +413,8 @@ def ridge_to_blend(alphas: Sequence[float]) -> Variant:
 
 #: name -> (what it is, factory); "shipped" first.
 VARIANTS: dict[str, tuple[str, Callable[[], Variant]]] = {
-    "shipped": ("scoring.recommend as shipped (ridge on metric ranks + history)", lambda: shipped),
+    "shipped": ("scoring.recommend as shipped (version 4: joint_consistency)", lambda: shipped),
+    "v3": ("version 3: ridge on metric ranks + plain history", lambda: v3),
     "metric_only": ("the metric-only order (no history)", lambda: metric_only),
     "history_only": ("history alone (mean outcome rank elsewhere)", lambda: history_only),
     "shrink_c0.25": ("history pseudo-count 0.25 instead of 1", lambda: ridge(cs=(0.25,))),

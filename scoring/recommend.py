@@ -21,10 +21,15 @@ The method (version ``VERSION``), for M models and K metrics:
    Hazen form shrinks towards 0 when few models were scored.
 2. Features of (dataset d, model m): the K metric ranks (sign-flipped where lower is better;
    a missing value is imputed with 0, the within-dataset median rank, so it neither helps nor
-   hurts the model) and the history h_m = sum_d' q_{d'm} / (n_m + 1) over the other datasets
-   d' with >= ``MIN_OUTCOMES`` outcomes, q the outcome ranks and n_m their number: the mean
-   outcome rank shrunk by one pseudo-observation at the neutral value 0, so a model seen
-   once weighs half and a model never seen gets 0.
+   hurts the model) and the history h_m = qbar_m * tau2 / (tau2 + s2 / n_m) over the other
+   datasets d' with >= ``MIN_OUTCOMES`` outcomes: qbar_m the mean of the model's n_m outcome
+   ranks q_{d'm}, shrunk towards the neutral value 0 by how consistent outcomes are (an
+   empirical-Bayes, method-of-moments shrink: Efron and Morris, JASA 1975). s2 is the
+   within-model variance of outcome ranks pooled over the models (n_m - 1 degrees of freedom
+   each), tau2 the variance of the means qbar_m across models less their mean sampling
+   variance s2 / n_m, at least ``MIN_HISTORY_VARIANCE``. Where a model's outcomes swing from
+   dataset to dataset its history says little and is shrunk hard; where they persist it is
+   kept; a model seen on fewer datasets is shrunk more; a model never seen gets 0.
 3. Target: the outcome rank q_{dm}. Rows are weighted by weightedtau's hyperbolic weight
    1 / (1 + position from the top) of the true outcome, normalised so each dataset weighs 1:
    the figures that matter (weighted tau, top-1 regret) are decided at the top.
@@ -34,14 +39,19 @@ The method (version ``VERSION``), for M models and K metrics:
    ``scipy.optimize.nnls`` on the Cholesky factor of the normal equations. Non-negativity
    keeps the combination a consensus (a metric whose ranks disagree with outcomes is dropped,
    never turned upside down on 3 datasets' evidence).
-5. lam is chosen from the fixed grid ``LAMBDA_GRID`` by an inner cross-validation over the
-   training datasets only (leave-one-dataset-out up to ``MAX_INNER_FOLDS`` folds, then
-   datasets dealt round-robin into that many folds), maximising the mean weighted tau on the
-   held-out datasets; ties go to the larger lam. With fewer than 3 training datasets the
-   largest lam is used.
+5. The combiner is chosen by an inner cross-validation over the training datasets only
+   (leave-one-dataset-out up to ``MAX_INNER_FOLDS`` folds, then datasets dealt round-robin
+   into that many folds), maximising the mean weighted tau on the held-out datasets, from
+   the ridge of step 4 with each lam of ``LAMBDA_GRID`` and the blends
+   w = ((1 - a) w0, a) (the metric-only weights of step 7 and history share a) for each a of
+   ``BLEND_SHARES``. Each inner fit selects its own metric-only weights and history from its
+   own training datasets. Ties go to the ridge with the larger lam, then the smaller share.
+   With fewer than 3 training datasets the ridge with the largest lam is used. The blend
+   is the robust choice where the ridge has few metrics to weigh (a table with LogME alone).
 6. Leakage: when a training dataset's rows are built, its history uses the *other*
    training datasets only (nested leave-one-out), exactly as the history of a new dataset
    uses none of its own outcomes; otherwise the fit would learn to over-trust history.
+   (The shrink's s2 and tau2 for those rows are the training pool's.)
 7. Metric-only weights (``Fit.metric_weights``: what candidates get when none of them has a
    history, since a model the training datasets do not hold learns nothing from theirs): the
    equal-weight mean of the ranks of a subset of at most ``MAX_SUBSET`` metrics, the subset
@@ -111,7 +121,8 @@ Bool = npt.NDArray[np.bool_]
 #: Bumped whenever the numbers a fit or a recommendation produces change.
 #: 2: ties up to ``TIE_RTOL``; metrics with all candidates equal dropped.
 #: 3: metric-only weights by ensemble selection; the ridge shrunk towards them.
-VERSION = 3
+#: 4: history shrunk by consistency; the ridge or a metric/history blend chosen inside.
+VERSION = 4
 #: Scores within this fraction of the largest magnitude among them are tied: sums of the same
 #: rank contributions in another order differ by rounding (-2.8e-17 against 0.0).
 TIE_RTOL = 1e-9
@@ -133,8 +144,14 @@ RELIABLE_METRICS: tuple[str, ...] = tuple(n for n, spec in REGISTRY.items() if s
 LAMBDA_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 #: The inner cross-validation uses at most this many folds of training datasets.
 MAX_INNER_FOLDS = 10
-#: Pseudo-observations at the neutral value 0 in a model's history mean.
-HISTORY_PRIOR_COUNT = 1.0
+#: The floor of the between-model variance of history means (step 2): with one model seen,
+#: or means no more spread than their noise, every history shrinks to about 0.
+MIN_HISTORY_VARIANCE = 1e-6
+#: History shares a of the blends (1 - a) * metric-only + a * history (step 5).
+BLEND_SHARES: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: The combiners step 5 chooses between.
+RIDGE = "ridge"
+BLEND = "blend"
 
 FIGURES: tuple[str, ...] = ("kendall_tau", "weighted_tau", "pearson", "top1_hit", "top1_regret")
 
@@ -207,8 +224,10 @@ class Fit:
     directions: metric -> higher_is_better; history: model -> ``HistoryEntry`` over all
     datasets learned from; outcome_ranks: dataset -> model -> outcome rank (so a dataset can
     be left out of the history); n_datasets: datasets with >= ``MIN_OUTCOMES`` outcomes;
-    regularisation: the chosen lam (NaN when uncalibrated); fingerprint: sha256 of
-    ``version`` and every fitted input, so a stored ranking can name the fit behind it.
+    regularisation: the chosen lam when step 5 chose the ridge (NaN when it chose a blend or
+    when uncalibrated); history_share: the chosen blend's a (NaN otherwise); fingerprint:
+    sha256 of ``version`` and every fitted input, so a stored ranking can name the fit behind
+    it.
     """
 
     weights: Mapping[str, float]
@@ -222,6 +241,7 @@ class Fit:
     fingerprint: str
     version: int = VERSION
     metric_weights: Mapping[str, float] = field(default_factory=dict)
+    history_share: float = math.nan
 
     def recommend(
         self,
@@ -429,16 +449,27 @@ def _finite_outcomes(record: DatasetRecord) -> dict[str, float]:
 
 
 def _history(ranks: Mapping[str, Mapping[str, float]]) -> dict[str, HistoryEntry]:
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    """model -> its history over ``ranks`` (dataset -> model -> outcome rank): step 2, the
+    same numbers as ``_history_arrays`` gives a dataset outside its pool."""
+    per_model: dict[str, list[float]] = {}
     for per in ranks.values():
         for model, q in per.items():
-            sums[model] = sums.get(model, 0.0) + q
-            counts[model] = counts.get(model, 0) + 1
-    return {
-        m: HistoryEntry(sums[m] / (counts[m] + HISTORY_PRIOR_COUNT), counts[m])
-        for m in sorted(sums)
-    }
+            per_model.setdefault(model, []).append(float(q))
+    if not per_model:
+        return {}
+    names = sorted(per_model)
+    n = np.array([len(per_model[m]) for m in names], dtype=np.float64)
+    mean = np.array([math.fsum(per_model[m]) for m in names]) / n
+    ss = math.fsum(
+        float(((np.array(per_model[m]) - mu) ** 2).sum()) for m, mu in zip(names, mean, strict=True)
+    )
+    pooled = ss / max(float(np.maximum(n - 1, 0).sum()), 1.0)
+    se2 = pooled / n
+    tau2 = MIN_HISTORY_VARIANCE
+    if len(names) > 1:
+        tau2 = max(float(np.var(mean) - se2.mean()), MIN_HISTORY_VARIANCE)
+    shrunk = mean * tau2 / (tau2 + se2)
+    return {m: HistoryEntry(float(h), int(c)) for m, h, c in zip(names, shrunk, n, strict=True)}
 
 
 def _resolve_directions(
@@ -586,6 +617,9 @@ class _Table:
     has: Bool
     row_w: F64
     labelled: Bool
+    #: subset of metric indices -> (D,) the weighted tau of its equal-weight mean on each
+    #: labelled dataset (0 elsewhere): step 7's search, computed once per table and subset
+    subset_tau: dict[tuple[int, ...], F64] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _table(datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]) -> _Table:
@@ -634,17 +668,30 @@ def _table(datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]
 
 
 def _history_arrays(t: _Table, pool: Bool) -> tuple[F64, F64, F64]:
-    """History from the labelled datasets in ``pool`` (D,) bool.
+    """History from the labelled datasets in ``pool`` (D,) bool (step 2's consistency shrink).
 
     Returns (M,) the history of a dataset outside the pool, (D, M) the history of each pool
-    dataset's rows leaving that dataset out (nested leave-one-out; other rows: as outside),
-    and (M,) the number of pool datasets with an outcome for each model.
+    dataset's rows leaving that dataset out (nested leave-one-out, with the pool's variances;
+    other rows: as outside), and (M,) the number of pool datasets with an outcome for each
+    model.
     """
     p = (pool & t.labelled)[:, None]
-    s = (t.target * p).sum(axis=0)
+    q = t.target
+    s = (q * p).sum(axis=0)
     n = (t.has & p).sum(axis=0).astype(np.float64)
-    own = (s - t.target * p) / (n - (t.has & p) + HISTORY_PRIOR_COUNT)
-    return s / (n + HISTORY_PRIOR_COUNT), own, n
+    mean = np.divide(s, n, out=np.zeros_like(s), where=n > 0)
+    dev = np.where(t.has & p, q - mean[None, :], 0.0)
+    pooled = float((dev**2).sum()) / max(float(np.maximum(n - 1, 0).sum()), 1.0)
+    se2 = pooled / np.maximum(n, 1)
+    seen = n > 0
+    tau2 = MIN_HISTORY_VARIANCE
+    if seen.sum() > 1:
+        tau2 = max(float(np.var(mean[seen]) - se2[seen].mean()), MIN_HISTORY_VARIANCE)
+    new = np.where(seen, mean * tau2 / (tau2 + se2), 0.0)
+    n_own = n[None, :] - (t.has & p)
+    m_own = np.divide(s[None, :] - q * p, n_own, out=np.zeros_like(q), where=n_own > 0)
+    own = m_own * tau2 / (tau2 + pooled / np.maximum(n_own, 1))
+    return new, own, n
 
 
 def _normal_equations(t: _Table, train: Bool, cols: Bool) -> tuple[F64, F64, F64]:
@@ -673,24 +720,53 @@ def _solve(a: F64, b: F64, cols: Bool, lam: float, w0: F64) -> F64:
     return w
 
 
-def _choose_lambda(t: _Table, train: Bool, cols: Bool, w0: F64) -> float:
-    """Step 5: inner cross-validation over the labelled datasets in ``train`` only."""
+def _candidates() -> list[tuple[str, float]]:
+    """Step 5's combiners in tie-break order: the ridge by decreasing lam, then the blends by
+    increasing history share."""
+    return [(RIDGE, lam) for lam in sorted(LAMBDA_GRID, reverse=True)] + [
+        (BLEND, a) for a in BLEND_SHARES
+    ]
+
+
+def _combine(a: F64, b: F64, cols: Bool, w0: F64, cand: tuple[str, float]) -> F64:
+    """(K + 1,) weights of one combiner: the ridge (step 4) with lam ``cand[1]``, or the
+    blend (1 - a) w0 + a history with a = ``cand[1]``."""
+    if cand[0] == RIDGE:
+        return _solve(a, b, cols, cand[1], w0)
+    blend: F64 = np.r_[(1.0 - cand[1]) * w0[:-1], cand[1]]
+    return blend
+
+
+def _cols(t: _Table, drop: Bool) -> Bool:
+    """(K,) the metrics some dataset outside ``drop`` (D,) names."""
+    return np.asarray(t.keyed[~drop].any(axis=0), dtype=bool)
+
+
+def _choose(t: _Table, train: Bool, drop: Bool) -> tuple[str, float]:
+    """Step 5: the combiner the inner cross-validation over the labelled datasets in
+    ``train`` ranks best; each inner fit selects its own metric-only weights and history on
+    its inner training datasets, its metrics those named outside ``drop`` and the fold."""
+    cands = _candidates()
     idx = np.flatnonzero(train & t.labelled)
     if idx.size < 3:
-        return LAMBDA_GRID[-1]
+        return cands[0]
     n_folds = min(idx.size, MAX_INNER_FOLDS)
-    grid = sorted(LAMBDA_GRID, reverse=True)  # ties go to the first: the larger lam
-    pred = np.zeros((len(grid), idx.size, t.target.shape[1]))
+    pred = np.zeros((len(cands), idx.size, t.target.shape[1]))
     for f in range(n_folds):
+        out = idx[f::n_folds]
         inner = train & t.labelled
-        inner[idx[f::n_folds]] = False
+        inner[out] = False
+        inner_drop = drop.copy()
+        inner_drop[out] = True
+        cols = _cols(t, inner_drop)
+        w0 = _select_metrics(t, inner, cols)
         a, b, new = _normal_equations(t, inner, cols)
-        for g, lam in enumerate(grid):
-            w = _solve(a, b, cols, lam, w0)
-            pred[g, f::n_folds] = t.feats[idx[f::n_folds]] @ w[:-1] + new * w[-1]
+        for g, cand in enumerate(cands):
+            w = _combine(a, b, cols, w0, cand)
+            pred[g, f::n_folds] = t.feats[out] @ w[:-1] + new * w[-1]
     truth = np.nan_to_num(t.outcomes[idx], nan=0.0)
     score = [float(_weighted_tau(truth, p, t.has[idx]).mean()) for p in pred]
-    return grid[int(np.argmax(np.round(score, 12)))]
+    return cands[int(np.argmax(np.round(score, 12)))]
 
 
 def _select_metrics(t: _Table, train: Bool, cols: Bool) -> F64:
@@ -703,26 +779,14 @@ def _select_metrics(t: _Table, train: Bool, cols: Bool) -> F64:
         return prior
     # candidates in tie-break order: the larger uncalibrated weight first, then name order;
     # subsets by size, so a tie goes to the smaller subset, then to the earlier candidates
-    cands = sorted(np.flatnonzero(covered), key=lambda k: (-prior[k], t.metrics[k]))
-    subsets = [c for r in range(1, min(MAX_SUBSET, len(cands)) + 1) for c in combinations(cands, r)]
-    grid = np.zeros((len(subsets), prior.size - 1))
-    for row, chosen in enumerate(subsets):
-        grid[row, list(chosen)] = 1.0 / len(chosen)
-    truth = np.nan_to_num(t.outcomes[idx], nan=0.0)
-    chunk = max(1, 4_000_000 // max(1, idx.size * t.feats.shape[1] ** 2))
-    score = np.concatenate(
-        [
-            _weighted_tau(
-                np.broadcast_to(truth, (len(part), *truth.shape)).reshape(-1, truth.shape[1]),
-                np.einsum("dmk,sk->sdm", t.feats[idx], part).reshape(-1, truth.shape[1]),
-                np.broadcast_to(t.has[idx], (len(part), *truth.shape)).reshape(-1, truth.shape[1]),
-            )
-            .reshape(len(part), idx.size)
-            .mean(axis=1)
-            for part in np.array_split(grid, range(chunk, len(grid), chunk))
-        ]
+    cands = sorted(
+        (int(k) for k in np.flatnonzero(covered)), key=lambda k: (-prior[k], t.metrics[k])
     )
-    w: F64 = np.r_[grid[int(np.argmax(np.round(score, 12)))], 0.0]
+    subsets = [c for r in range(1, min(MAX_SUBSET, len(cands)) + 1) for c in combinations(cands, r)]
+    score = _subset_taus(t, subsets)[:, idx].mean(axis=1)
+    best = subsets[int(np.argmax(np.round(score, 12)))]
+    w: F64 = np.zeros(prior.size)
+    w[list(best)] = 1.0 / len(best)
     uncovered = cols & ~covered
     if uncovered.any():  # a metric no training dataset scored keeps its prior share
         share = float(prior[:-1][uncovered].sum())
@@ -731,18 +795,47 @@ def _select_metrics(t: _Table, train: Bool, cols: Bool) -> F64:
     return w
 
 
-def _fit_weights(t: _Table, train: Bool, cols: Bool) -> tuple[F64, float, F64, F64]:
-    """Weights (K + 1,), the chosen lam, the (M,) history for a dataset outside ``train`` and
-    the metric-only weights (K + 1,) (step 7, history 0).
+def _subset_taus(t: _Table, subsets: Sequence[tuple[int, ...]]) -> F64:
+    """(S, D) the weighted tau of each subset's equal-weight mean of metric ranks on each
+    labelled dataset (0 elsewhere), from ``t.subset_tau`` where it was computed before."""
+    missing = [c for c in subsets if c not in t.subset_tau]
+    if missing:
+        lab = np.flatnonzero(t.labelled)
+        grid = np.zeros((len(missing), t.feats.shape[2]))
+        for row, chosen in enumerate(missing):
+            grid[row, list(chosen)] = 1.0 / len(chosen)
+        truth = np.nan_to_num(t.outcomes[lab], nan=0.0)
+        chunk = max(1, 4_000_000 // max(1, lab.size * t.feats.shape[1] ** 2))
+        for start in range(0, len(missing), chunk):
+            part = grid[start : start + chunk]
+            tau = _weighted_tau(
+                np.broadcast_to(truth, (len(part), *truth.shape)).reshape(-1, truth.shape[1]),
+                np.einsum("dmk,sk->sdm", t.feats[lab], part).reshape(-1, truth.shape[1]),
+                np.broadcast_to(t.has[lab], (len(part), *truth.shape)).reshape(-1, truth.shape[1]),
+            ).reshape(len(part), lab.size)
+            for chosen, row_tau in zip(missing[start : start + chunk], tau, strict=True):
+                full = np.zeros(t.feats.shape[0])
+                full[lab] = row_tau
+                t.subset_tau[chosen] = full
+    return np.array([t.subset_tau[c] for c in subsets])
 
-    Falls back to the prior (lam NaN) when ``train`` has no labelled dataset.
+
+def _fit_weights(
+    t: _Table, train: Bool, drop: Bool
+) -> tuple[F64, tuple[str, float] | None, F64, F64]:
+    """Weights (K + 1,), the chosen combiner (step 5; None when uncalibrated), the (M,)
+    history for a dataset outside ``train`` and the metric-only weights (K + 1,) (step 7,
+    history 0), over the metrics some dataset outside ``drop`` (D,) names.
+
+    Falls back to the prior when ``train`` has no labelled dataset.
     """
+    cols = _cols(t, drop)
     w0 = _select_metrics(t, train, cols)
     if not (train & t.labelled).any():
-        return w0, math.nan, np.zeros(t.target.shape[1]), w0
-    lam = _choose_lambda(t, train, cols, w0)
+        return w0, None, np.zeros(t.target.shape[1]), w0
+    cand = _choose(t, train, drop)
     a, b, new = _normal_equations(t, train, cols)
-    return _solve(a, b, cols, lam, w0), lam, new, w0
+    return _combine(a, b, cols, w0, cand), cand, new, w0
 
 
 def _prior(t: _Table, cols: Bool) -> F64:
@@ -787,7 +880,7 @@ def fit(
     """
     dirs = _check_datasets(datasets, directions)
     t = _table(datasets, dirs)
-    w, lam, _, w_metric = _fit_weights(t, t.labelled, np.ones(len(t.metrics), dtype=bool))
+    w, cand, _, w_metric = _fit_weights(t, t.labelled, np.zeros(len(t.names), dtype=bool))
     calibrated = bool(t.labelled.any())
     ranks = {
         t.names[i]: MappingProxyType(
@@ -801,7 +894,8 @@ def fit(
             MIN_OUTCOMES,
             list(LAMBDA_GRID),
             MAX_INNER_FOLDS,
-            HISTORY_PRIOR_COUNT,
+            MIN_HISTORY_VARIANCE,
+            list(BLEND_SHARES),
             MAX_SUBSET,
         ],
         "directions": dirs,
@@ -821,7 +915,8 @@ def fit(
         history=MappingProxyType(_history(ranks)),
         outcome_ranks=MappingProxyType(ranks),
         n_datasets=len(ranks),
-        regularisation=lam,
+        regularisation=cand[1] if cand is not None and cand[0] == RIDGE else math.nan,
+        history_share=cand[1] if cand is not None and cand[0] == BLEND else math.nan,
         calibrated=calibrated,
         fingerprint=_fingerprint(payload),
         metric_weights=MappingProxyType(
@@ -875,8 +970,10 @@ def evaluate_lodo(
             )
         train = t.labelled.copy()
         train[i] = False
-        cols = np.asarray(np.delete(t.keyed, i, axis=0).any(axis=0), dtype=bool)
-        w, _, new, w_metric = _fit_weights(t, train, cols)
+        drop = np.zeros(len(t.names), dtype=bool)
+        drop[i] = True
+        cols = _cols(t, drop)
+        w, _, new, w_metric = _fit_weights(t, train, drop)
         _, _, seen = _history_arrays(t, train)
         if (t.scored[i][:, cols]).any():
             only = (t.feats[i] @ w_metric[:-1])[ok]
