@@ -269,7 +269,7 @@ def test_dashboard_end_to_end(open_server: Server, browser: Any, zip_file: Path)
     assert page.locator("[data-outcomes-table] tbody tr").count() == 3
     evaluation = page.locator("[data-evaluation-table]")
     assert "recommended" in evaluation.inner_text()
-    assert evaluation.locator("tbody tr").count() == 5  # recommended + 4 metrics
+    assert evaluation.locator("tbody tr").count() == 6  # recommended, metric_only + 4 metrics
     page.locator("#scatter-chart .main-svg").first.wait_for()
     assert "weighted τ" in page.locator("#scatter-chart").inner_text()
     page.wait_for_timeout(300)  # let the charts settle before the screenshot
@@ -279,7 +279,7 @@ def test_dashboard_end_to_end(open_server: Server, browser: Any, zip_file: Path)
     # The metrics page: the evaluation across datasets, as a table and a chart.
     page.goto("/dashboard/metrics")
     table = page.locator("[data-metrics-table]")
-    assert table.locator("tbody tr").count() == 5
+    assert table.locator("tbody tr").count() == 6
     assert table.locator("tbody tr").first.inner_text().startswith("recommended")
     page.locator("#metrics-chart .main-svg").first.wait_for()
     page.select_option("#figure", "kendall_tau")
