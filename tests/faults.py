@@ -311,6 +311,9 @@ def env_for(database_url: str, broker_url: str, data_dir: Path, **extra: Any) ->
         "TB_NUM_THREADS": "1",
         "TB_BATCH_SIZE": "8",
         "TB_RUNTIME": "torch",
+        # the shipped reference tables' datasets and scores would mix with the ones each
+        # fault test counts (their import has tests of its own)
+        "TB_REFERENCE_TABLES": "off",
         "HF_HUB_OFFLINE": "1",
         **{k: str(v) for k, v in extra.items()},
     }
