@@ -185,7 +185,8 @@ def test_nleep_is_deterministic_and_orders_features():
     [
         n
         for n, spec in scoring.REGISTRY.items()
-        if spec.needs == {"features"} and "classification" in spec.targets
+        if spec.needs == {"features"}
+        and "classification" in spec.targets
         # NCTI's volume component alone measures spread, not separability: it only means
         # something pooled with the other two (scoring.ncti_pool), checked in its own tests
         and n != "ncti_vc"

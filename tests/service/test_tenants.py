@@ -116,7 +116,8 @@ def _routes_with_ids(app: Any) -> list[tuple[str, str]]:
     return [
         (method.upper(), path)
         for path, operations in app.openapi()["paths"].items()
-        if path.startswith("/v1/") and "{" in path
+        if path.startswith("/v1/")
+        and "{" in path
         # a fine-tune's routes: its tenancy is tests/service/test_finetunes.py's (the fixture
         # here holds no fine-tuning job whose id the walk could use)
         and not path.startswith("/v1/finetunes/")
