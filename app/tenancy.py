@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, true
+from sqlalchemy import ColumnElement, func, or_, select, true
+from sqlalchemy.orm import Session
 
-from app.errors import Forbidden, Invalid
+from app.errors import Forbidden, Invalid, TooManyRequests
 
 DEFAULT_TENANT = "default"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -91,4 +92,33 @@ def can_change(row_tenant: str | None, tenant: str | None, what: str) -> None:
     if tenant is not None and row_tenant != tenant:
         raise Forbidden(
             f"{what} is shared by every tenant and read-only; only the operator can change it"
+        )
+
+
+def check_active(
+    session: Session,
+    job: Any,
+    statuses: Any,
+    tenant: str | None,
+    limit: int | None,
+    what: str,
+    *,
+    retry_after: int = 30,
+) -> None:
+    """Raise ``TooManyRequests`` when ``tenant`` already has ``limit`` jobs active.
+
+    ``job`` is the job table's mapped class (with ``tenant`` and ``status`` columns),
+    ``statuses`` the statuses that count as active; ``what`` names the jobs ("ranking jobs").
+    The operator (``tenant=None``) has no limit.
+    """
+    if limit is None or tenant is None:
+        return
+    active = session.scalar(
+        select(func.count()).where(job.tenant == tenant, job.status.in_(list(statuses)))
+    )
+    if (active or 0) >= limit:
+        raise TooManyRequests(
+            f"tenant {tenant!r} has {active} {what} queued or running, its limit "
+            "(TB_TENANT_MAX_ACTIVE_JOBS); retry when one finishes",
+            headers={"Retry-After": str(retry_after)},
         )

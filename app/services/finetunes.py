@@ -10,13 +10,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 import scoring
 from app import schemas
 from app.db.models import DatasetRow, FineTuneJobRow, FineTuneRunRow, JobRow, ModelRow, now
-from app.errors import Conflict, Invalid, NotFound, TooManyRequests
+from app.errors import Conflict, Invalid, NotFound
 from app.lifecycle import (
     METHOD_EACH,
     METHOD_HALVING,
@@ -31,7 +31,7 @@ from app.services import datasets as dataset_service
 from app.services import models as model_service
 from app.services import pages
 from app.states import ModelState
-from app.tenancy import can_change, owned
+from app.tenancy import can_change, check_active, owned
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.finetune.recipe import FineTuneRecipe
 
@@ -100,23 +100,6 @@ def trainable_models(
     return models
 
 
-def _check_active(session: Session, tenant: str | None, limit: int | None) -> None:
-    if limit is None or tenant is None:
-        return
-    active = session.scalar(
-        select(func.count(FineTuneJobRow.id)).where(
-            FineTuneJobRow.tenant == tenant,
-            FineTuneJobRow.status.in_(list(FineTuneStatus.active())),
-        )
-    )
-    if (active or 0) >= limit:
-        raise TooManyRequests(
-            f"tenant {tenant!r} has {active} fine-tuning jobs queued or running, its limit "
-            "(TB_TENANT_MAX_ACTIVE_JOBS); retry when one finishes",
-            headers={"Retry-After": "60"},
-        )
-
-
 def create(
     session: Session,
     queue: Dispatcher,
@@ -129,7 +112,15 @@ def create(
     dataset = trainable_dataset(session, body.dataset_id, tenant)
     recipe = recipe_of(body.recipe)
     models = trainable_models(session, dataset, body.model_ids, tenant)
-    _check_active(session, tenant, max_active_jobs)
+    check_active(
+        session,
+        FineTuneJobRow,
+        FineTuneStatus.active(),
+        tenant,
+        max_active_jobs,
+        "fine-tuning jobs",
+        retry_after=60,
+    )
     return create_finetune(
         session, queue, dataset, models, recipe, epochs=recipe["epochs"], method=METHOD_EACH,
         per_class=body.per_class, keep_weights=body.keep_weights,
@@ -182,7 +173,7 @@ def page(
     cursor: str | None,
 ) -> pages.Page[FineTuneJobRow]:
     """The tenant's fine-tuning jobs, newest first, optionally in one status or of one dataset."""
-    query = select(FineTuneJobRow).where(owned(FineTuneJobRow.tenant, tenant))
+    query = select(FineTuneJobRow).where(owned(FineTuneJobRow, tenant))
     if status is not None:
         query = query.where(FineTuneJobRow.status == status)
     if dataset_id is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 import scoring
@@ -18,13 +18,13 @@ from app.db.models import (
     JobRow,
     RecommenderFitRow,
 )
-from app.errors import Invalid, NotFound, TooManyRequests
+from app.errors import Invalid, NotFound
 from app.lifecycle import Dispatcher, JobStatus, ModelStatus, Trigger, create_job
 from app.services import datasets as dataset_service
 from app.services import finetunes, pages, recommender
 from app.services import models as model_service
 from app.states import ModelState
-from app.tenancy import can_change, owned
+from app.tenancy import can_change, check_active, owned
 from scoring.pool import POOLED, expand, pool_scores
 from scoring.recommend import RECOMMENDED
 from workers.pipeline.layers import LayerError, check_choice, is_default
@@ -59,18 +59,7 @@ def create(
             "outcomes but no samples to extract features from; rank an uploaded dataset"
         )
     can_change(dataset.tenant, tenant, f"dataset {dataset.name!r}")
-    if max_active_jobs is not None and tenant is not None:
-        active = session.scalar(
-            select(func.count(JobRow.id)).where(
-                JobRow.tenant == tenant, JobRow.status.in_(list(JobStatus.active()))
-            )
-        )
-        if (active or 0) >= max_active_jobs:
-            raise TooManyRequests(
-                f"tenant {tenant!r} has {active} ranking jobs queued or running, its limit "
-                f"(TB_TENANT_MAX_ACTIVE_JOBS); retry when one finishes",
-                headers={"Retry-After": "30"},
-            )
+    check_active(session, JobRow, JobStatus.active(), tenant, max_active_jobs, "ranking jobs")
     if model_ids is None:
         # the zoo's models still loading too: the job waits for them (see workers.jobs.zoo)
         models = model_service.candidates(session, dataset.modality, tenant, loading=True)

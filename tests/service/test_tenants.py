@@ -372,6 +372,17 @@ def test_quotas_on_stored_bytes_and_active_jobs(shared: Shared):
                                                     "model_ids": [model]}, headers=h)  # fmt: skip
         assert second.status_code == 429 and second.headers["retry-after"], second.text
         assert "TB_TENANT_MAX_ACTIVE_JOBS" in second.json()["detail"]
+        # fine-tuning jobs have the same limit, counted on their own
+        tune = {
+            "dataset_id": shared.ids["b_dataset"],
+            "model_ids": [model],
+            "recipe": {"epochs": 1},
+        }
+        first_tune = client.post("/v1/finetunes", json=tune, headers=h)
+        assert first_tune.status_code == 202, first_tune.text
+        second_tune = client.post("/v1/finetunes", json=tune, headers=h)
+        assert second_tune.status_code == 429 and second_tune.headers["retry-after"]
+        assert "fine-tuning jobs" in second_tune.json()["detail"]
         # another tenant is not held back by b's jobs
         with shared.db.session() as s:
             c_key = {"Authorization": f"Bearer {apikeys.create(s, 'c-write', tenant='c')}"}
