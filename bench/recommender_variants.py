@@ -21,6 +21,11 @@ others are the ideas measured against them (``docs/recommender.md`` lists the fi
 - features: each metric's deviation from the model's mean rank on the other datasets;
 - history weighted by the agreement of the held-out dataset's metric-only order with each
   training dataset's outcomes (similarity).
+- round 2 (``joint_x`` and after): other history features (residual against the metric-only
+  order, top-weighted, Bradley-Terry, median, trimmed mean, per-model spread), more ridge
+  features or fewer, row-weight powers, weighted Borda, averaging or bagging instead of
+  selection, a two-stage residual correction, history scaled by metric agreement, ensemble
+  selection with history as a member, and a paired one-standard-error choice rule.
 
 ``evaluate(rows, ...)`` gives, per variant, the mean figures on the table, on the table
 with one metric column only (a stand-in for a table that has LogME alone) and, optionally,
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -73,6 +79,39 @@ def nested(fn: Callable[..., np.ndarray], grid: Sequence[Any]) -> Variant:
                 preds.append(fn(t, inner, _cols_without(t, [i, j]), j, p))
             scores.append(float(_wt(t, idx, np.array(preds)).mean()))
         return fn(t, train, cols, i, grid[int(np.argmax(np.round(scores, 12)))])
+
+    return variant
+
+
+def nested_se(
+    fn: Callable[..., np.ndarray], grid: Sequence[Any], preferred: Callable[[Any], bool], k: float
+) -> Variant:
+    """As ``nested``, but the choice is the best ``preferred`` candidate unless the best other
+    one beats it on the inner datasets by more than ``k`` standard errors of the paired
+    per-dataset differences (a paired one-standard-error rule)."""
+
+    def variant(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
+        idx = np.flatnonzero(train & t.labelled)
+        if idx.size < 3:
+            return fn(t, train, cols, i, grid[0])
+        per = []
+        for p in grid:
+            preds = []
+            for j in idx:
+                inner = train.copy()
+                inner[j] = False
+                preds.append(fn(t, inner, _cols_without(t, [i, j]), j, p))
+            per.append(_wt(t, idx, np.array(preds)))
+        per_a = np.array(per)
+        mean = np.round(per_a.mean(1), 12)
+        fam = np.array([preferred(p) for p in grid])
+        if fam.all() or not fam.any():
+            return fn(t, train, cols, i, grid[int(np.argmax(mean))])
+        gp = int(np.flatnonzero(fam)[np.argmax(mean[fam])])
+        go = int(np.flatnonzero(~fam)[np.argmax(mean[~fam])])
+        diff = per_a[go] - per_a[gp]
+        g = go if diff.mean() > k * diff.std(ddof=1) / math.sqrt(diff.size) else gp
+        return fn(t, train, cols, i, grid[g])
 
     return variant
 
@@ -411,6 +450,530 @@ def ridge_to_blend(alphas: Sequence[float]) -> Variant:
     return nested(fn, cands)
 
 
+# ------------------------------------------------------------------ round 2 (new ideas)
+
+
+def _ms_ranks(t: Any, w0: np.ndarray) -> np.ndarray:
+    """(D, M) the centred rank of the metric-only order among each dataset's outcome models."""
+    out = np.zeros_like(t.target)
+    for d in np.flatnonzero(t.labelled):
+        ok = t.has[d]
+        out[d, ok] = R._centred_ranks(t.feats[d][ok] @ w0[:-1])
+    return out
+
+
+def _q_rank(t: Any, w0: np.ndarray) -> np.ndarray:
+    return t.target
+
+
+def _q_resid(t: Any, w0: np.ndarray) -> np.ndarray:
+    """A model's outcome rank less its rank in the metric-only order (0 where absent)."""
+    return np.where(t.has, t.target - _ms_ranks(t, w0), 0.0)
+
+
+def _q_top(t: Any, w0: np.ndarray) -> np.ndarray:
+    """Top-weighted outcome score: weighted tau's weight 1/(1 + position from the top),
+    centred within the dataset and scaled to a centred rank's spread."""
+    out = np.zeros_like(t.target)
+    for d in np.flatnonzero(t.labelled):
+        y = t.outcomes[d, t.has[d]]
+        v = 1.0 / (1.0 + y.size - R._average_ranks(y))
+        v = v - v.mean()
+        out[d, t.has[d]] = v / v.std() / math.sqrt(12) if v.std() > 0 else 0.0
+    return out
+
+
+def _q_bt(t: Any, pool: np.ndarray, iters: int = 200, prior: float = 1.0) -> np.ndarray:
+    """(M,) Bradley-Terry log-strengths (centred, scaled to a rank's spread) from the pairwise
+    outcomes on ``pool``, each model given ``prior`` virtual draws against an average one."""
+    m = t.target.shape[1]
+    wins = np.zeros((m, m))
+    for d in np.flatnonzero(pool & t.labelled):
+        y = np.where(t.has[d], t.outcomes[d], np.nan)
+        ok = t.has[d]
+        beat = (y[:, None] > y[None, :]) & ok[:, None] & ok[None, :]
+        tie = (y[:, None] == y[None, :]) & ok[:, None] & ok[None, :] & ~np.eye(m, dtype=bool)
+        wins += beat + 0.5 * tie
+    games = wins + wins.T
+    seen = games.sum(1) > 0
+    p = np.ones(m)
+    for _ in range(iters):  # MM algorithm (Hunter 2004) with a prior of draws vs strength 1
+        w = wins.sum(1) + prior
+        den = (games / np.maximum(p[:, None] + p[None, :], 1e-12)).sum(1) + 2 * prior / (p + 1)
+        p = np.where(seen, w / den, 1.0)
+        p = p / np.exp(np.log(p[seen]).mean()) if seen.any() else p
+    s = np.where(seen, np.log(p), 0.0)
+    sd = s[seen].std() if seen.sum() > 1 else 0.0
+    return s / sd / math.sqrt(12) if sd > 0 else s
+
+
+def _hist_feats(t: Any, tr: np.ndarray, w0: np.ndarray, kinds: Sequence[str]) -> tuple:
+    """(M, H) the new dataset's and (D, M, H) each pool row's own (nested leave-one-out)
+    history features, each shrunk by consistency."""
+    news, owns = [], []
+    for k in kinds:
+        if k in ("median", "trim"):  # robust: median / trimmed mean, shrunk by n / (n + 1)
+
+            def med(pool: np.ndarray, kind: str = k) -> np.ndarray:
+                ds = np.flatnonzero(pool & t.labelled)
+                q = np.where(t.has[ds], t.target[ds], np.nan)
+                n = t.has[ds].sum(0)
+                m = np.zeros(q.shape[1])
+                for j in np.flatnonzero(n > 0):
+                    v = np.sort(q[:, j][np.isfinite(q[:, j])])
+                    if kind == "trim" and v.size >= 5:
+                        v = v[1:-1]
+                    m[j] = np.median(v) if kind == "median" else v.mean()
+                return m * n / (n + 1.0)
+
+            news.append(med(tr))
+            own = np.zeros_like(t.target)
+            for d in np.flatnonzero(tr & t.labelled):
+                p = tr.copy()
+                p[d] = False
+                own[d] = med(p)
+            owns.append(own)
+            continue
+        if k == "hetero":  # each model shrunk by its own outcome spread (half pooled)
+
+            def het(pool: np.ndarray) -> np.ndarray:
+                p = (pool & t.labelled)[:, None]
+                hp = t.has & p
+                n = hp.sum(0).astype(float)
+                mean = np.divide((t.target * p).sum(0), n, out=np.zeros(n.size), where=n > 0)
+                dev2 = np.where(hp, (t.target - mean[None]) ** 2, 0.0)
+                pooled = float(dev2.sum()) / max(float(np.maximum(n - 1, 0).sum()), 1.0)
+                own_v = np.divide(dev2.sum(0), n - 1, out=np.full(n.size, pooled), where=n > 1)
+                s2 = 0.5 * pooled + 0.5 * own_v
+                se2 = s2 / np.maximum(n, 1)
+                seen = n > 0
+                tau2 = 1e-6
+                if seen.sum() > 1:
+                    tau2 = max(
+                        float(np.var(mean[seen]) - (pooled / np.maximum(n, 1))[seen].mean()), 1e-6
+                    )
+                return np.where(seen, mean * tau2 / (tau2 + se2), 0.0)
+
+            news.append(het(tr))
+            own = np.zeros_like(t.target)
+            for d in np.flatnonzero(tr & t.labelled):
+                p2 = tr.copy()
+                p2[d] = False
+                own[d] = het(p2)
+            owns.append(own)
+            continue
+        if k == "bt":
+            news.append(_q_bt(t, tr))
+            own = np.zeros_like(t.target)
+            for d in np.flatnonzero(tr & t.labelled):
+                p = tr.copy()
+                p[d] = False
+                own[d] = _q_bt(t, p)
+            owns.append(own)
+            continue
+        q = {"rank": _q_rank, "resid": _q_resid, "top": _q_top}[k](t, w0)
+        new, own = _hist(t, tr, q, 1.0, eb=True)
+        news.append(new)
+        owns.append(own)
+    return np.stack(news, -1), np.stack(owns, -1)
+
+
+def _top_feats(t: Any) -> np.ndarray:
+    """(D, M, K) each metric's top-weighted score: 1/(1 + position from the top) among the
+    scored models, centred and scaled to a centred rank's spread (0 where missing)."""
+    out = np.zeros_like(t.feats)
+    for d, k in zip(*np.nonzero(t.scored.any(axis=1)), strict=True):
+        ok = t.scored[d, :, k]
+        q = t.feats[d, ok, k]
+        v = 1.0 / (1.0 + q.size - R._average_ranks(q))
+        v = v - v.mean()
+        out[d, ok, k] = v / v.std() / math.sqrt(12) if v.std() > 0 else 0.0
+    return out
+
+
+def _mbar(t: Any, cols: np.ndarray, w0: np.ndarray | None) -> np.ndarray:
+    """(D, M, K) or (D, M, 1): each model's metric ranks averaged over every dataset that
+    scored it (metric scores only, no outcomes: known for a new dataset too), the same for
+    every row; with ``w0``: that average's metric-only score."""
+    s = (t.feats * t.scored).sum(0)
+    n = t.scored.sum(0)
+    mean = np.divide(s, n, out=np.zeros_like(s), where=n > 0)
+    mean = mean * cols[None, :]
+    out = np.broadcast_to(mean, t.feats.shape).copy()
+    return out if w0 is None else (out @ w0[:-1])[:, :, None]
+
+
+def joint_x(
+    kinds: Sequence[str] = ("rank",),
+    blends: Sequence[tuple] = tuple((1 - a, (a,)) for a in ALPHAS),
+    lams: Sequence[float] = R.LAMBDA_GRID,
+    rowpow: float = 1.0,
+    target: str = "rank",
+    extra: str = "",
+    modes: Sequence[str] = ("ridge",),
+    se: float | None = None,
+) -> Variant:
+    """``joint_consistency`` with the history features ``kinds`` (rank: mean outcome rank;
+    resid: mean outcome rank less metric-only rank; top: top-weighted outcome score; bt:
+    Bradley-Terry strength) and the fixed mixes ``blends``: (metric share, history weights);
+    ``rowpow``: the ridge's row weights raised to this power (renormalised per dataset);
+    ``target``: the ridge's target, outcome ranks or the top-weighted score (``_q_top``);
+    ``extra``: more metric features for the ridge (z: metric z-scores; top: top-weighted
+    metric scores, ``_top_feats``); ``modes``: the ridge candidates: ridge (every metric),
+    sub (the metric-only subset's metrics only), two (two features: the metric-only score and
+    the history), ridge_r2 (every metric, rows weighted v^2), free (every metric, weights
+    of either sign); ``se``: choose by the paired rule of ``nested_se`` with k = ``se``."""
+    cands: list[tuple] = [(m, lam) for m in modes for lam in sorted(lams, reverse=True)]
+    cands += [("blend", b) for b in blends]
+    nh = len(kinds)
+
+    def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int, cand: tuple) -> np.ndarray:
+        w0 = R._select_metrics(t, train, cols)
+        tr = train & t.labelled
+        new, own = _hist_feats(t, tr, w0, kinds)
+        if cand[0] == "two":
+            f = np.concatenate([(t.feats[tr] @ w0[:-1])[:, :, None], own[tr]], axis=2)
+            x = f.reshape(-1, f.shape[2])
+            xv = x * t.row_w[tr].reshape(-1, 1)
+            ns = max(int(tr.sum()), 1)
+            a, b = xv.T @ x / ns, xv.T @ t.target[tr].reshape(-1) / ns
+            w = R._solve(a, b, np.ones(1, dtype=bool), cand[1], np.r_[1.0, np.zeros(nh)])
+            return w[0] * (t.feats[i] @ w0[:-1]) + new @ w[1:]
+        if cand[0] == "sub":
+            cols = cols & (w0[:-1] > 0)
+        if cand[0] in ("ridge", "sub", "ridge_r2", "free"):
+            feats = t.feats
+            if extra in ("z", "top"):
+                ex = _zfeats(t._raw) if extra == "z" else _top_feats(t)
+                feats = np.concatenate([t.feats, ex], axis=2)
+            if extra == "mbar":
+                feats = np.concatenate([t.feats, _mbar(t, cols, None)], axis=2)
+            if extra == "mbar1":
+                feats = np.concatenate([t.feats, _mbar(t, cols, w0)], axis=2)
+            ccols = {
+                "z": np.r_[cols, cols],
+                "top": np.r_[cols, cols],
+                "mbar": np.r_[cols, cols],
+                "mbar1": np.r_[cols, True],
+                "": cols,
+            }[extra]
+            cols2 = np.r_[ccols, np.ones(nh - 1, dtype=bool)]
+            f = np.concatenate([feats[tr][:, :, ccols], own[tr]], axis=2)
+            x = f.reshape(-1, f.shape[2])
+            rw = t.row_w[tr] ** (2.0 if cand[0] == "ridge_r2" else rowpow)
+            rw = rw / np.maximum(rw.sum(1, keepdims=True), 1e-300)
+            xv = x * rw.reshape(-1, 1)
+            ns = max(int(tr.sum()), 1)
+            y = t.target if target == "rank" else _q_top(t, w0)
+            a, b = xv.T @ x / ns, xv.T @ y[tr].reshape(-1) / ns
+            w0x = np.r_[w0[:-1], np.zeros(feats.shape[2] - len(cols) + nh)]
+            if cand[0] == "free":  # no sign constraint
+                keep = np.r_[cols2, np.ones(nh, dtype=bool)]
+                w = np.zeros(w0x.size)
+                w[keep] = np.linalg.solve(a + cand[1] * np.eye(b.size), b + cand[1] * w0x[keep])
+            else:
+                w = R._solve(a, b, cols2, cand[1], w0x)
+            return feats[i] @ w[:-nh] + new @ w[-nh:]
+        share, hw = cand[1]
+        return share * (t.feats[i] @ w0[:-1]) + new @ np.asarray(hw, dtype=float)
+
+    if se is not None:
+        return nested_se(fn, cands, lambda c: c[0] != "blend", se)
+    return nested(fn, cands)
+
+
+def _feature_orders(t: Any, train: np.ndarray, cols: np.ndarray, kinds: Sequence[str]) -> tuple:
+    """Per feature (metric-only order, then each history kind): (M,) its value on a new
+    dataset and (D, M) its value on each pool dataset left out of its own history."""
+    w0 = R._select_metrics(t, train, cols)
+    tr = train & t.labelled
+    new, own = _hist_feats(t, tr, w0, kinds)
+    ms_all = t.feats @ w0[:-1]
+    return [ms_all] + [own[..., h] for h in range(len(kinds))], [None] + [
+        new[:, h] for h in range(len(kinds))
+    ]
+
+
+def borda(kinds: Sequence[str] = ("rank",), powers: Sequence[float] = (1.0, 2.0, 4.0)) -> Variant:
+    """Weighted Borda: the centred ranks of the metric-only order and of each history feature,
+    each weighted by max(0, its mean weighted tau on the training datasets)^p (history
+    features measured leave-one-out), p chosen inside."""
+
+    def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int, p: float) -> np.ndarray:
+        idx = np.flatnonzero(train & t.labelled)
+        owns, news = _feature_orders(t, train, cols, kinds)
+        out = np.zeros(t.target.shape[1])
+        for own, new in zip(owns, news, strict=True):
+            score = float(_wt(t, idx, own[idx]).mean()) if idx.size else 1.0
+            vec = own[i] if new is None else new
+            out += max(score, 0.0) ** p * R._centred_ranks(vec)
+        return out
+
+    return nested(fn, list(powers))
+
+
+def averaged(
+    kinds: Sequence[str] = ("rank",),
+    temps: Sequence[float] = (0.0,),
+    top: int = 3,
+    blends: Sequence[tuple] = tuple((1 - a, (a,)) for a in ALPHAS),
+) -> Variant:
+    """Model averaging instead of selection: the centred ranks of the ``top`` candidates of
+    ``joint_x`` by inner weighted tau, averaged (temp 0) or weighted exp(score / temp)."""
+    cands: list[tuple] = [("ridge", lam) for lam in sorted(R.LAMBDA_GRID, reverse=True)]
+    cands += [("blend", b) for b in blends]
+    nh = len(kinds)
+
+    def one(t: Any, train: np.ndarray, cols: np.ndarray, i: int, cand: tuple) -> np.ndarray:
+        w0 = R._select_metrics(t, train, cols)
+        tr = train & t.labelled
+        new, own = _hist_feats(t, tr, w0, kinds)
+        if cand[0] == "ridge":
+            cols2 = np.r_[cols, np.ones(nh - 1, dtype=bool)]
+            f = np.concatenate([t.feats[tr][:, :, cols], own[tr]], axis=2)
+            x = f.reshape(-1, f.shape[2])
+            xv = x * t.row_w[tr].reshape(-1, 1)
+            ns = max(int(tr.sum()), 1)
+            w = R._solve(
+                xv.T @ x / ns,
+                xv.T @ t.target[tr].reshape(-1) / ns,
+                cols2,
+                cand[1],
+                np.r_[w0[:-1], np.zeros(nh)],
+            )
+            return t.feats[i] @ w[:-nh] + new @ w[-nh:]
+        return cand[1][0] * (t.feats[i] @ w0[:-1]) + new @ np.asarray(cand[1][1], dtype=float)
+
+    def variant(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
+        idx = np.flatnonzero(train & t.labelled)
+        if idx.size < 3:
+            return one(t, train, cols, i, cands[0])
+        scores = []
+        for c in cands:
+            preds = []
+            for j in idx:
+                inner = train.copy()
+                inner[j] = False
+                preds.append(one(t, inner, _cols_without(t, [i, j]), j, c))
+            scores.append(float(_wt(t, idx, np.array(preds)).mean()))
+        scores = np.round(scores, 12)
+        best = np.argsort(-scores, kind="stable")[:top]
+        out = np.zeros(t.target.shape[1])
+        for b in best:
+            wgt = 1.0 if temps[0] == 0 else math.exp((scores[b] - scores[best[0]]) / temps[0])
+            out += wgt * R._centred_ranks(one(t, train, cols, i, cands[b]))
+        return out
+
+    return variant
+
+
+def _agreement(t: Any, d: int, cols: np.ndarray) -> float:
+    """Mean weighted tau between the metric columns in ``cols`` on dataset ``d`` over its
+    outcome models (NaN with fewer than two scored metrics)."""
+    ks = [k for k in np.flatnonzero(cols) if t.scored[d][:, k].any()]
+    if len(ks) < 2:
+        return math.nan
+    ok = t.has[d] if t.has[d].any() else np.ones(t.feats.shape[1], dtype=bool)
+    vals = []
+    for a in range(len(ks)):
+        for b in range(a + 1, len(ks)):
+            x, y = t.feats[d][:, ks[a]], t.feats[d][:, ks[b]]
+            vals.append(float(R._weighted_tau(x[None], y[None], ok[None])[0]))
+            vals.append(float(R._weighted_tau(y[None], x[None], ok[None])[0]))
+    return float(np.mean(vals))
+
+
+def adaptive(gs: Sequence[float] = (0.0, -2.0, -1.0, 1.0, 2.0), on: str = "all") -> Variant:
+    """The shipped combination with its history weight times exp(g (A_i - mean A_train)),
+    A the agreement of the metric columns on a dataset (``on``: all of them, or the chosen
+    subset's), g chosen inside; no agreement (one metric): g has no effect."""
+
+    def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int, g: float) -> np.ndarray:
+        drop_d = np.zeros(len(t.names), dtype=bool)
+        drop_d[~train] = True
+        w, _, new, w0 = R._fit_weights(t, train, drop_d)
+        use = cols if on == "all" else (w0[:-1] > 0) & cols
+        a_i = _agreement(t, i, use)
+        a_tr = [_agreement(t, d, use) for d in np.flatnonzero(train & t.labelled)]
+        a_tr = [a for a in a_tr if math.isfinite(a)]
+        m = 1.0
+        if math.isfinite(a_i) and a_tr and g != 0.0:
+            m = math.exp(g * (a_i - float(np.mean(a_tr))))
+        return t.feats[i] @ w[:-1] + m * new * w[-1]
+
+    return nested(fn, list(gs))
+
+
+def boosted(betas: Sequence[float] = (0.0, 0.25, 0.5, 1.0)) -> Variant:
+    """Two-stage residual history: the rank of the shipped order plus beta times each model's
+    mean residual (outcome rank less the rank of the shipped order fitted without that
+    dataset) over the training datasets, shrunk by consistency; beta chosen inside."""
+
+    def base(t: Any, train: np.ndarray, i: int) -> np.ndarray:
+        drop = np.zeros(len(t.names), dtype=bool)
+        drop[~train] = True
+        drop[i] = True
+        w, _, new, _ = R._fit_weights(t, train, drop)
+        return t.feats[i] @ w[:-1] + new * w[-1]
+
+    def resid(t: Any, train: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(train & t.labelled)
+        q = np.zeros_like(t.target)
+        for d in idx:
+            inner = train.copy()
+            inner[d] = False
+            ok = t.has[d]
+            q[d, ok] = t.target[d, ok] - R._centred_ranks(base(t, inner, d)[ok])
+        return _hist(t, train & t.labelled, q, 1.0, eb=True)[0]
+
+    def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int, beta: float) -> np.ndarray:
+        out = R._centred_ranks(base(t, train, i))
+        if beta == 0.0 or np.flatnonzero(train & t.labelled).size < 3:
+            return out
+        return out + beta * resid(t, train)
+
+    return nested(fn, list(betas))
+
+
+def bagged(how: str = "score", reps: int = 0, seed: int = 0) -> Variant:
+    """Jackknife (``reps`` 0: every training dataset left out once) or bootstrap averaging of
+    the shipped combination: its scores (``how`` score) or their centred ranks (rank) averaged
+    over fits on subsets of the training datasets; no hyper-parameter."""
+
+    def one(t: Any, train: np.ndarray, i: int) -> np.ndarray:
+        drop = np.zeros(len(t.names), dtype=bool)
+        drop[~train] = True
+        drop[i] = True
+        w, _, new, _ = R._fit_weights(t, train, drop)
+        p = t.feats[i] @ w[:-1] + new * w[-1]
+        return R._centred_ranks(p) if how == "rank" else p
+
+    def variant(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
+        idx = np.flatnonzero(train & t.labelled)
+        if idx.size < 4:
+            return one(t, train, i)
+        outs = [one(t, train, i)]
+        if reps == 0:
+            for d in idx:
+                sub = train.copy()
+                sub[d] = False
+                outs.append(one(t, sub, i))
+        else:
+            rng = np.random.default_rng(seed + i)
+            for _ in range(reps):
+                keep = rng.choice(idx, size=idx.size - max(1, idx.size // 4), replace=False)
+                sub = np.zeros_like(train)
+                sub[keep] = True
+                outs.append(one(t, sub, i))
+        return np.mean(outs, axis=0)
+
+    return variant
+
+
+def ensemble_history(
+    mults: Sequence[int] = (0, 1, 2, 3, 4), ranked: bool = False, max_subset: int = R.MAX_SUBSET
+) -> Variant:
+    """Ensemble selection with history as a member: the equal-weight mean of a subset of at
+    most ``max_subset`` metric ranks and h copies of the history (h in ``mults``), the one
+    whose mean weighted tau over the training datasets is highest (history leave-one-out on
+    each; ties: fewer members, then fewer history copies); ``ranked``: the history's centred
+    rank instead of its value. No inner cross-validation: like step 7, an in-sample choice
+    among a few equal-weight candidates."""
+
+    def variant(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
+        tr = train & t.labelled
+        idx = np.flatnonzero(tr)
+        new, own, _ = R._history_arrays(t, tr)
+        if ranked:
+            new = R._centred_ranks(new)
+            own = np.array([R._centred_ranks(o) for o in own])
+        ks = (
+            [int(k) for k in np.flatnonzero(cols & t.scored[idx].any(axis=(0, 1)))]
+            if idx.size
+            else []
+        )
+        if idx.size < 2 or not ks:
+            return shipped(t, train, cols, i)
+        cands = []
+        for r in range(0, min(max_subset, len(ks)) + 1):
+            for sub in combinations(ks, r):
+                for h in mults:
+                    if r + h == 0:
+                        continue
+                    cands.append((r + h, h, sub))
+        cands.sort(key=lambda c: (c[0], c[1]))
+        truth = np.nan_to_num(t.outcomes[idx], nan=0.0)
+        preds = []
+        for n, h, sub in cands:
+            w = np.zeros(t.feats.shape[2])
+            w[list(sub)] = 1.0 / n
+            preds.append(t.feats[idx] @ w + own[idx] * (h / n))
+        preds = np.array(preds)
+        c_, d_, m_ = preds.shape
+        s = (
+            R._weighted_tau(
+                np.broadcast_to(truth, (c_, d_, m_)).reshape(-1, m_),
+                preds.reshape(-1, m_),
+                np.broadcast_to(t.has[idx], (c_, d_, m_)).reshape(-1, m_),
+            )
+            .reshape(c_, d_)
+            .mean(1)
+        )
+        best = cands[int(np.argmax(np.round(s, 12)))]
+        n, h, sub = best
+        w = np.zeros(t.feats.shape[2])
+        w[list(sub)] = 1.0 / n
+        return t.feats[i] @ w + new * (h / n)
+
+    return variant
+
+
+def paired_se(k: float = 1.0, prefer: str = "ridge") -> Variant:
+    """The shipped candidates (ridge lams, blends), chosen by a paired one-standard-error
+    rule: the best candidate of the ``prefer`` family unless the other family's best beats it
+    on the inner datasets by more than ``k`` standard errors of the paired differences
+    (Breiman et al. 1984's 1-SE rule, made paired); within a family, the best by mean."""
+    cands = R._candidates()
+
+    def variant(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
+        drop = np.zeros(len(t.names), dtype=bool)
+        drop[~train] = True
+        drop[i] = True
+        idx = np.flatnonzero(train & t.labelled)
+        c_cols = R._cols(t, drop)
+        w0 = R._select_metrics(t, train, c_cols)
+        a, b, new = R._normal_equations(t, train, c_cols)
+        if idx.size < 3:
+            w = R._combine(a, b, c_cols, w0, cands[0])
+            return t.feats[i] @ w[:-1] + new * w[-1]
+        n_folds = min(idx.size, R.MAX_INNER_FOLDS)
+        pred = np.zeros((len(cands), idx.size, t.target.shape[1]))
+        for f in range(n_folds):
+            out = idx[f::n_folds]
+            inner = train & t.labelled
+            inner[out] = False
+            inner_drop = drop.copy()
+            inner_drop[out] = True
+            icols = R._cols(t, inner_drop)
+            iw0 = R._select_metrics(t, inner, icols)
+            ia, ib, inew = R._normal_equations(t, inner, icols)
+            for g, cand in enumerate(cands):
+                w = R._combine(ia, ib, icols, iw0, cand)
+                pred[g, f::n_folds] = t.feats[out] @ w[:-1] + inew * w[-1]
+        per = np.array([_wt(t, idx, p) for p in pred])  # (C, n)
+        mean = np.round(per.mean(1), 12)
+        fam = np.array([c[0] == prefer for c in cands])
+        gp = int(np.flatnonzero(fam)[np.argmax(mean[fam])])
+        go = int(np.flatnonzero(~fam)[np.argmax(mean[~fam])])
+        diff = per[go] - per[gp]
+        se = diff.std(ddof=1) / math.sqrt(diff.size)
+        g = go if diff.mean() > k * se else gp
+        w = R._combine(a, b, c_cols, w0, cands[g])
+        return t.feats[i] @ w[:-1] + new * w[-1]
+
+    return variant
+
+
 #: name -> (what it is, factory); "shipped" first.
 VARIANTS: dict[str, tuple[str, Callable[[], Variant]]] = {
     "shipped": ("scoring.recommend as shipped (version 4: joint_consistency)", lambda: shipped),
@@ -442,6 +1005,48 @@ VARIANTS: dict[str, tuple[str, Callable[[], Variant]]] = {
     "joint_c0.25": ("joint, history pseudo-count 0.25", lambda: joint(c=0.25)),
     "joint_consistency": ("joint, history shrunk by consistency", lambda: joint(eb=True)),
     "joint_fine": ("joint, blend shares 0.1 to 0.9", lambda: joint(alphas=tuple(np.round(np.arange(0.1, 0.91, 0.1), 1)))),
+    "jx_rank": ("joint_x with rank history (= joint_consistency)", lambda: joint_x(("rank",))),
+    "jx_resid": ("joint, history = mean residual vs metric-only order", lambda: joint_x(("resid",), tuple((1.0, (a,)) for a in ALPHAS))),
+    "jx_rank_resid": ("joint, rank history + residual history", lambda: joint_x(("rank", "resid"), tuple((1 - a, (a, 0.0)) for a in ALPHAS) + tuple((1.0, (0.0, a)) for a in ALPHAS))),
+    "jx_top": ("joint, top-weighted outcome history", lambda: joint_x(("top",))),
+    "jx_bt": ("joint, Bradley-Terry history", lambda: joint_x(("bt",))),
+    "borda_rank": ("weighted Borda of metric-only order and history", lambda: borda(("rank",))),
+    "borda_rank_resid": ("weighted Borda, + residual history", lambda: borda(("rank", "resid"))),
+    "avg_top3": ("average of the 3 best joint candidates' ranks", lambda: averaged(("rank",))),
+    "jx_rank_top": ("joint, rank + top-weighted history", lambda: joint_x(("rank", "top"), tuple((1 - a, (a, 0.0)) for a in ALPHAS))),
+    "jx_rank_bt": ("joint, rank + Bradley-Terry history", lambda: joint_x(("rank", "bt"), tuple((1 - a, (a, 0.0)) for a in ALPHAS))),
+    "jx_rows2": ("joint, ridge rows weighted v^2", lambda: joint_x(rowpow=2.0)),
+    "jx_rows0.5": ("joint, ridge rows weighted v^0.5", lambda: joint_x(rowpow=0.5)),
+    "jx_target_top": ("joint, ridge target the top-weighted score", lambda: joint_x(target="top")),
+    "adaptive_all": ("history weight scaled by metric agreement on the dataset, g inside", lambda: adaptive()),
+    "adaptive_sel": ("as adaptive_all, agreement of the selected metrics", lambda: adaptive(on="sel")),
+    "boosted": ("shipped + beta x mean residual of shipped elsewhere, beta inside", lambda: boosted()),
+    "jx_plus_z": ("joint, ridge on metric ranks + metric z-scores", lambda: joint_x(extra="z")),
+    "jx_plus_top": ("joint, ridge on metric ranks + top-weighted metric scores", lambda: joint_x(extra="top")),
+    "jx_sub": ("joint, the ridge over the metric-only subset's metrics", lambda: joint_x(modes=("sub",))),
+    "jx_two": ("joint, the ridge on two features: metric-only score, history", lambda: joint_x(modes=("two",))),
+    "jx_all3": ("joint, ridge / subset ridge / two-feature ridge / blends", lambda: joint_x(modes=("ridge", "sub", "two"))),
+    "bag_jack": ("shipped averaged over jackknife fits (scores)", lambda: bagged("score")),
+    "bag_jack_rank": ("shipped averaged over jackknife fits (ranks)", lambda: bagged("rank")),
+    "bag_sub20": ("shipped averaged over 20 random 3/4 subsets (scores)", lambda: bagged("score", 20)),
+    "ens_hist": ("ensemble selection over metric subsets + h copies of history", lambda: ensemble_history()),
+    "ens_hist_ranked": ("as ens_hist, the history's rank", lambda: ensemble_history(ranked=True)),
+    "se_ridge_k0": ("paired rule, k=0 (= shipped but family-wise)", lambda: paired_se(0.0)),
+    "se_ridge_k0.5": ("ridge unless the best blend wins by > 0.5 paired SE", lambda: paired_se(0.5)),
+    "se_ridge_k1": ("ridge unless the best blend wins by > 1 paired SE", lambda: paired_se(1.0)),
+    "se_blend_k1": ("blend unless the best ridge wins by > 1 paired SE", lambda: paired_se(1.0, "blend")),
+    "jx_mbar": ("joint, + each model's metric ranks averaged over all datasets", lambda: joint_x(extra="mbar")),
+    "jx_mbar1": ("joint, + each model's averaged metric-only score", lambda: joint_x(extra="mbar1")),
+    "jx_free": ("joint, the ridge without the sign constraint", lambda: joint_x(modes=("free",))),
+    "jx_median": ("joint, history the median outcome rank", lambda: joint_x(("median",))),
+    "jx_rank_median": ("joint, mean and median outcome rank histories", lambda: joint_x(("rank", "median"), tuple((1 - a, (a, 0.0)) for a in ALPHAS))),
+    "jx_trim": ("joint, history the trimmed mean outcome rank", lambda: joint_x(("trim",))),
+    "jx_rank_trim": ("joint, mean and trimmed-mean histories", lambda: joint_x(("rank", "trim"), tuple((1 - a, (a, 0.0)) for a in ALPHAS))),
+    "jx_rank_median_se0.5": ("jx_rank_median chosen by the 0.5 paired-SE rule", lambda: joint_x(("rank", "median"), tuple((1 - a, (a, 0.0)) for a in ALPHAS), se=0.5)),
+    "jx_se0.5": ("joint_consistency chosen by the 0.5 paired-SE rule (check = se_ridge_k0.5)", lambda: joint_x(se=0.5)),
+    "jx_se1": ("joint_consistency chosen by the 1 paired-SE rule", lambda: joint_x(se=1.0)),
+    "jx_hetero": ("joint, each model's history shrunk by its own spread", lambda: joint_x(("hetero",))),
+    "jx_rows12": ("joint, ridge rows v^1 or v^2 chosen inside with lam", lambda: joint_x(modes=("ridge", "ridge_r2"))),
 }  # fmt: skip
 
 

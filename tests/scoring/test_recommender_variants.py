@@ -40,7 +40,20 @@ def test_shipped_and_metric_only_reproduce_evaluate_lodo() -> None:
             assert got[fig] == pytest.approx(ev.mean[method][fig], abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ["joint", "select", "shrink_consistency", "blend_rank"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "joint",
+        "select",
+        "shrink_consistency",
+        "blend_rank",
+        "jx_rank_resid",
+        "adaptive_sel",
+        "se_ridge_k0.5",
+        "jx_rank_median",
+        "borda_rank",
+    ],
+)
 def test_a_variant_ignores_the_held_out_outcomes(name: str) -> None:
     """Poisoning the held-out dataset's outcomes leaves its prediction as it was."""
     ds = _datasets(1)
