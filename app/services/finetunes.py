@@ -173,7 +173,7 @@ def page(
     cursor: str | None,
 ) -> pages.Page[FineTuneJobRow]:
     """The tenant's fine-tuning jobs, newest first, optionally in one status or of one dataset."""
-    query = select(FineTuneJobRow).where(owned(FineTuneJobRow, tenant))
+    query = select(FineTuneJobRow).where(owned(FineTuneJobRow.tenant, tenant))
     if status is not None:
         query = query.where(FineTuneJobRow.status == status)
     if dataset_id is not None:
