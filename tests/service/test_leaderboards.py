@@ -213,7 +213,7 @@ def test_two_writers_of_one_dataset_keep_each_others_scores(deployment: Deployme
         with db.session() as s:
             leaderboards.store_scores(s, [score(ds, first, "logme", 1.0)])
             written.set()
-            assert release.wait(60)
+            assert release.wait(180)
 
     def other_writer() -> None:
         write_scores(env.url, [score(ds, second, "logme", 2.0)])
