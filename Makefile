@@ -44,8 +44,11 @@ typecheck: install
 importlint: install
 	$(BIN)/lint-imports
 
+# One process per core (at most 4), a test file per process at a time: the service tests share
+# a module's deployment. TB_TEST_PROCS=1 runs them in this process.
+TB_TEST_PROCS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
 unit: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(if $(filter 1,$(TB_TEST_PROCS)),,-n $(TB_TEST_PROCS) --dist loadfile)
 
 # Every test that loads no model: under a minute (the whole suite takes minutes).
 quick: install services

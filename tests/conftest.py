@@ -173,7 +173,10 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 PG_ADMIN = os.environ.get(
     "TB_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-REDIS = os.environ.get("TB_TEST_REDIS", "redis://127.0.0.1:6379/15")
+# One Redis database per pytest-xdist worker (gw0 -> 15, gw1 -> 14, ...): tests flush their
+# database, and a Celery worker started by one test must not take another's tasks.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS = os.environ.get("TB_TEST_REDIS", f"redis://127.0.0.1:6379/{15 - _WORKER % 16}")
 
 
 def _unreachable(what: str, exc: Exception) -> None:

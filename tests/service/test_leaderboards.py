@@ -224,14 +224,21 @@ def test_two_writers_of_one_dataset_keep_each_others_scores(deployment: Deployme
         assert written.wait(60)
         other = threading.Thread(target=other_writer)
         other.start()
-        # the second writer is now waiting for the first to commit
-        deadline = time.monotonic() + 120  # the writer is a new process: slow to start under load
+        # the second writer is now waiting for the first to commit. pg_stat_activity is a
+        # snapshot taken once per transaction: each look is its own transaction, or the loop
+        # would read the first look's snapshot for ever.
+        deadline = time.monotonic() + 120
         with db.engine.connect() as conn:
             waiting = text(
                 "SELECT count(*) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND wait_event_type = 'Lock'"
             )
-            while conn.execute(waiting).scalar() == 0:
+            while True:
+                blocked = conn.execute(waiting).scalar()
+                conn.rollback()
+                if blocked:
+                    break
+                assert other.is_alive(), "the second writer finished without waiting"
                 assert time.monotonic() < deadline, "the second writer never waited"
                 time.sleep(0.05)
         release.set()
