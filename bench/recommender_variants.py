@@ -245,6 +245,82 @@ def shipped(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
     return t.feats[i] @ w[:-1] + new * w[-1]
 
 
+def probe_likeness(embeddings: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """(D, D) likeness of the datasets ``names`` from their probe embeddings (a fixed probe
+    model's mean L2-normalised feature of each dataset's training samples,
+    ``bench/probe_similarity.py``): exp(-(d / s)^2), d the Euclidean distance of two
+    embeddings, s the median distance between two different datasets (read from the
+    embeddings only, never from outcomes). A dataset without an embedding is equally like
+    every other (1), so its history is the plain one."""
+    n = len(names)
+    like = np.ones((n, n))
+    have = [i for i, name in enumerate(names) if name in embeddings]
+    if len(have) < 2:
+        return like
+    emb = np.array([np.asarray(embeddings[names[i]], dtype=np.float64) for i in have])
+    dist = np.linalg.norm(emb[:, None, :] - emb[None, :, :], axis=2)
+    scale = float(np.median(dist[np.triu_indices(len(have), 1)]))
+    if scale <= 0:
+        return like
+    like[np.ix_(have, have)] = np.exp(-((dist / scale) ** 2))
+    return like
+
+
+def _likeness_history(t: Any, pool: np.ndarray, like: np.ndarray, strength: float) -> np.ndarray:
+    """(D, M): for every dataset x, the history from the labelled datasets of ``pool`` other
+    than x, each weighted by like[x, e] ** strength, shrunk as version 4 shrinks (the pool's
+    within-model variance and between-model variance, the count replaced by the effective
+    count (sum w)^2 / sum w^2). Strength 0 is version 4's history exactly (``own`` for pool
+    datasets, ``new`` for the others)."""
+    p = pool & t.labelled
+    _, _, n = R._history_arrays(t, pool)  # the pool's counts, for its variances below
+    q = t.target
+    s = (q * p[:, None]).sum(axis=0)
+    mean = np.divide(s, n, out=np.zeros_like(s), where=n > 0)
+    dev = np.where(t.has & p[:, None], q - mean[None, :], 0.0)
+    pooled = float((dev**2).sum()) / max(float(np.maximum(n - 1, 0).sum()), 1.0)
+    seen = n > 0
+    tau2 = R.MIN_HISTORY_VARIANCE
+    if seen.sum() > 1:
+        tau2 = max(float(np.var(mean[seen]) - (pooled / np.maximum(n, 1))[seen].mean()),
+                   R.MIN_HISTORY_VARIANCE)  # fmt: skip
+    out = np.zeros_like(q)
+    for x in range(q.shape[0]):
+        w = np.where(p, like[x] ** strength if strength else 1.0, 0.0)
+        w[x] = 0.0
+        wm = w[:, None] * t.has
+        sw, sw2 = wm.sum(axis=0), (wm**2).sum(axis=0)
+        m = np.divide((wm * q).sum(axis=0), sw, out=np.zeros(q.shape[1]), where=sw > 0)
+        n_eff = np.divide(sw**2, sw2, out=np.zeros(q.shape[1]), where=sw2 > 0)
+        out[x] = np.where(sw > 0, m * tau2 / (tau2 + pooled / np.maximum(n_eff, 1)), 0.0)
+    return out
+
+
+def probe_history(
+    embeddings: Mapping[str, np.ndarray], strengths: Sequence[float] = (0.0, 1.0, 2.0, 4.0)
+) -> Variant:
+    """Version 4 with each model's history weighted by the likeness of datasets
+    (``probe_likeness``) raised to a strength; the strength and version 4's combiner are
+    chosen together by the inner leave-one-dataset-out (ties: strength 0, i.e. version 4)."""
+    cache: dict[int, np.ndarray] = {}
+
+    def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int, p: tuple) -> np.ndarray:
+        strength, cand = p
+        like = cache.setdefault(id(t), probe_likeness(embeddings, t.names))
+        w0 = R._select_metrics(t, train, cols)
+        tr = train & t.labelled
+        h = _likeness_history(t, tr, like, strength)
+        x = np.concatenate([t.feats[tr][:, :, cols], h[tr][:, :, None]], axis=2)
+        x = x.reshape(-1, x.shape[2])
+        xv = x * t.row_w[tr].reshape(-1, 1)
+        n_sets = max(int(tr.sum()), 1)
+        a, b = xv.T @ x / n_sets, xv.T @ t.target[tr].reshape(-1) / n_sets
+        w = R._combine(a, b, cols, w0, cand)
+        return t.feats[i] @ w[:-1] + h[i] * w[-1]
+
+    return nested(fn, [(g, c) for g in strengths for c in R._candidates()])
+
+
 def _plain_history(t: Any, train: np.ndarray) -> np.ndarray:
     """(M,) version 3's history: the mean outcome rank shrunk by one pseudo-observation."""
     return np.asarray(_hist(t, train, t.target, 1.0)[0])

@@ -69,8 +69,10 @@ History weighted by similarity (the datasets most like this one counting most, t
 taken from the agreement of the metric score profiles) was measured and left out: on the
 published image table, with its strength chosen by the inner cross-validation, it lowered
 the leave-one-dataset-out weighted tau (0.818 against 0.838 for plain history) or raised it
-slightly at the cost of top-1 regret (0.839, regret 0.225 against 0.075); see
-docs/recommender.md.
+slightly at the cost of top-1 regret (0.839, regret 0.225 against 0.075). A fixed probe
+model's likeness of datasets with samples (``bench/probe_similarity.py``, on the zoo's
+ground truth) helps only with a strength chosen in hindsight: chosen inside, it stays at 0;
+see docs/recommender.md.
 
 Fallback (no dataset with >= ``MIN_OUTCOMES`` outcomes): the equal-weight mean of the ranks
 of whichever of ``RELIABLE_METRICS`` are present. LogME (You et al., ICML 2021) is the

@@ -76,3 +76,78 @@ def test_a_variant_ignores_the_held_out_outcomes(name: str) -> None:
     a, b = predict(ds), predict(poisoned)
     assert all(math.isfinite(x) for x in a)
     np.testing.assert_allclose(a, b, rtol=0, atol=0)
+
+
+def _embeddings(names: list[str], seed: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {n: rng.normal(size=8) for n in names}
+
+
+def test_probe_history_at_strength_zero_is_the_shipped_recommender() -> None:
+    """Strength 0 weighs every dataset alike: version 4's history and combiner exactly."""
+    ds = _datasets(3)
+    plain = V.lodo(ds, V.shipped)
+    weighted = V.lodo(ds, V.probe_history(_embeddings(sorted(ds)), (0.0,)))
+    for fig in V.FIGS:
+        assert weighted[fig] == pytest.approx(plain[fig], abs=1e-12)
+
+
+def test_probe_likeness_reads_embeddings_only() -> None:
+    names = ["a", "b", "c", "d"]
+    emb = {"a": np.zeros(3), "b": np.array([0.1, 0.0, 0.0]), "c": np.array([5.0, 0.0, 0.0])}
+    like = V.probe_likeness(emb, names)
+    np.testing.assert_allclose(np.diag(like), 1.0)
+    np.testing.assert_allclose(like, like.T)
+    assert like[0, 1] > like[0, 2] > 0  # the nearer embedding is the more alike
+    np.testing.assert_allclose(like[3], 1.0)  # no embedding: like every other (plain history)
+
+
+def test_probe_history_ignores_the_held_out_outcomes() -> None:
+    """Poisoning the held-out dataset's outcomes moves neither its prediction nor, through
+    the likeness, any history: the strength's inner choice never reads them."""
+    ds = _datasets(1)
+    dirs = {"logme": True, "noise": True}
+    # d0 most like d1: a history weighted by likeness leans on d1's outcomes
+    emb = _embeddings(sorted(ds))
+    emb["d1"] = emb["d0"] + 0.01
+    variant = V.probe_history(emb, (0.0, 1.0, 4.0))
+
+    def predict(records: dict[str, DatasetRecord]) -> np.ndarray:
+        from scoring import recommend as R
+
+        t = R._table(records, dirs)
+        object.__setattr__(t, "_raw", V._raw(t, records, dirs))
+        i = t.names.index("d0")
+        train = t.labelled.copy()
+        train[i] = False
+        return variant(t, train, V._cols_without(t, [i]), i)
+
+    poisoned = dict(ds)
+    rec = ds["d0"]
+    poisoned["d0"] = DatasetRecord(rec.scores, {m: -v for m, v in rec.outcomes.items()})
+    a, b = predict(ds), predict(poisoned)
+    assert all(math.isfinite(x) for x in a)
+    np.testing.assert_allclose(a, b, rtol=0, atol=0)
+
+
+def test_a_strong_likeness_moves_the_history_towards_the_alike_dataset() -> None:
+    """With one near twin, history at a high strength follows the twin's outcome ranks, not
+    the mean over all datasets (the weighting does something, in the right direction)."""
+    from scoring import recommend as R
+
+    ds = _datasets(4)
+    names = sorted(ds)
+    models = sorted(ds[names[0]].outcomes)
+    twin_order = {m: float(i) for i, m in enumerate(models)}  # d1: worst model first
+    ds["d1"] = DatasetRecord(ds["d1"].scores, {m: -twin_order[m] for m in models})
+    emb = {n: np.full(4, float(k)) for k, n in enumerate(names)}
+    emb["d1"] = emb["d0"] + 1e-3
+    t = R._table(ds, {"logme": True, "noise": True})
+    like = V.probe_likeness(emb, t.names)
+    pool = t.labelled.copy()
+    i = t.names.index("d0")
+    plain = V._likeness_history(t, pool, like, 0.0)[i]
+    strong = V._likeness_history(t, pool, like, 16.0)[i]
+    twin = t.target[t.names.index("d1")]
+    assert np.corrcoef(strong, twin)[0, 1] > np.corrcoef(plain, twin)[0, 1]
+    assert np.corrcoef(strong, twin)[0, 1] > 0.9
