@@ -5,6 +5,7 @@ exported graphs kept on disk; PyTorch as the fallback, logged once."""
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import numpy as np
 import onnx
@@ -145,7 +146,7 @@ def test_torch_runtime_turns_it_off(monkeypatch) -> None:
 @pytest.mark.slow
 def test_exported_graph_is_stored_once_and_reused(monkeypatch) -> None:
     settings = Settings.load()  # this test's own TB_DATA_DIR
-    monkeypatch.setattr(exported, "_SESSIONS", {})
+    monkeypatch.setattr(exported, "_SESSIONS", OrderedDict())
     first = load_model("mobilenet-v2", settings)
     assert isinstance(first, OnnxRuntimeModel)
     files = list((settings.data_dir / "runtimes" / "onnx").iterdir())
@@ -155,12 +156,31 @@ def test_exported_graph_is_stored_once_and_reused(monkeypatch) -> None:
     def no_export(spec):
         raise AssertionError("exported again instead of reading the stored graph")
 
-    monkeypatch.setattr(exported, "_SESSIONS", {})
+    monkeypatch.setattr(exported, "_SESSIONS", OrderedDict())
     monkeypatch.setattr(exported, "export_onnx", no_export)
     again = load_model("mobilenet-v2", settings)
     assert isinstance(again, OnnxRuntimeModel) and again.runtime == first.runtime
     x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
     np.testing.assert_array_equal(again.forward(x).features, first.forward(x).features)
+
+
+@pytest.mark.slow
+def test_the_session_cache_is_bounded_and_a_model_keeps_its_own(monkeypatch) -> None:
+    """A worker meets many models: only the most recent sessions stay cached, and a model
+    still in use keeps working after its session left the cache."""
+    settings = Settings.load()
+    monkeypatch.setattr(exported, "_SESSIONS", OrderedDict())
+    monkeypatch.setattr(exported, "MAX_SESSIONS", 1)
+    first = load_model("mobilenet-v2", settings)
+    x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    before = first.forward(x).features
+    second = load_model("efficientnet-lite0", settings)
+    assert isinstance(first, OnnxRuntimeModel) and isinstance(second, OnnxRuntimeModel)
+    assert len(exported._SESSIONS) == 1
+    assert [k for k, _ in exported._SESSIONS] == [str(p) for p in sorted(
+        (settings.data_dir / "runtimes" / "onnx").iterdir(), key=lambda p: p.stat().st_mtime
+    )][-1:]  # fmt: skip
+    np.testing.assert_array_equal(first.forward(x).features, before)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,8 +48,11 @@ EXPORT_FORMAT = 1  # bump when what an exported graph computes changes
 RUNTIME = f"onnxruntime-{ORT_VERSION}/torch-{torch.__version__}-opset{OPSET}-v{EXPORT_FORMAT}"
 
 # Sessions by (graph file, threads): models sharing a trunk (minilm-l6 and minilm-intent) and
-# repeated loads of one model share one session and its weights.
-_SESSIONS: dict[tuple[str, int], ort.InferenceSession] = {}
+# repeated loads of one model share one session and its weights. The most recently used
+# MAX_SESSIONS are kept: a long-lived worker that meets many models over its life would
+# otherwise hold every one's weights for ever (a model still in use keeps its own session).
+MAX_SESSIONS = 4
+_SESSIONS: OrderedDict[tuple[str, int], ort.InferenceSession] = OrderedDict()
 _FAILED: dict[str, str] = {}
 
 
@@ -244,8 +248,10 @@ def exported_session(
     """The graph named ``key`` from the store (exported from ``spec``, checked and stored the
     first time) in a session; raises on any failure."""
     path = store.path(key)
-    if (str(path), threads) in _SESSIONS:
-        return _SESSIONS[(str(path), threads)]
+    cached = _SESSIONS.get((str(path), threads))
+    if cached is not None:
+        _SESSIONS.move_to_end((str(path), threads))
+        return cached
     session = None
     if path.is_file():
         try:
@@ -258,6 +264,8 @@ def exported_session(
         check(spec, session)
         store.put(key, data)
     _SESSIONS[(str(path), threads)] = session
+    while len(_SESSIONS) > MAX_SESSIONS:
+        _SESSIONS.popitem(last=False)
     return session
 
 
