@@ -321,6 +321,33 @@ def probe_history(
     return nested(fn, [(g, c) for g in strengths for c in R._candidates()])
 
 
+def direct_tau(step: float = 0.1) -> Variant:
+    """Weights that maximise the mean weighted tau on the training datasets directly: every
+    point of a grid of the simplex (``step``) over the metric-only subset's metrics and the
+    history, the best one on the training datasets kept (ties: the first). No inner
+    cross-validation: the search itself is the fit, the held-out dataset never in it."""
+    n = round(1 / step)
+
+    def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
+        tr = train & t.labelled
+        idx = np.flatnonzero(tr)
+        new, own, _ = R._history_arrays(t, tr)
+        w0 = R._select_metrics(t, train, cols)
+        chosen = [int(k) for k in np.flatnonzero(cols) if w0[k] > 0]
+        grid = (
+            np.array([(*c, n - sum(c)) for c in np.ndindex(*(n + 1,) * len(chosen)) if sum(c) <= n])
+            / n
+        )
+        x = np.concatenate([t.feats[idx][:, :, chosen], own[idx][:, :, None]], axis=2)
+        preds = np.einsum("dmk,sk->sdm", x, grid)
+        truth = np.nan_to_num(t.outcomes[idx], nan=0.0)
+        score = [float(R._weighted_tau(truth, p, t.has[idx]).mean()) for p in preds]
+        w = grid[int(np.argmax(np.round(score, 12)))]
+        return t.feats[i][:, chosen] @ w[:-1] + new * w[-1]
+
+    return fn
+
+
 def _plain_history(t: Any, train: np.ndarray) -> np.ndarray:
     """(M,) version 3's history: the mean outcome rank shrunk by one pseudo-observation."""
     return np.asarray(_hist(t, train, t.target, 1.0)[0])
@@ -1116,6 +1143,8 @@ VARIANTS: dict[str, tuple[str, Callable[[], Variant]]] = {
     "jx_free": ("joint, the ridge without the sign constraint", lambda: joint_x(modes=("free",))),
     "jx_median": ("joint, history the median outcome rank", lambda: joint_x(("median",))),
     "jx_rank_median": ("joint, mean and median outcome rank histories", lambda: joint_x(("rank", "median"), tuple((1 - a, (a, 0.0)) for a in ALPHAS))),
+    "direct_tau_0.1": ("weights maximising weighted tau on the training datasets (simplex grid 0.1)", lambda: direct_tau(0.1)),
+    "direct_tau_0.2": ("as direct_tau_0.1, grid 0.2", lambda: direct_tau(0.2)),
     "jx_trim": ("joint, history the trimmed mean outcome rank", lambda: joint_x(("trim",))),
     "jx_rank_trim": ("joint, mean and trimmed-mean histories", lambda: joint_x(("rank", "trim"), tuple((1 - a, (a, 0.0)) for a in ALPHAS))),
     "jx_rank_median_se0.5": ("jx_rank_median chosen by the 0.5 paired-SE rule", lambda: joint_x(("rank", "median"), tuple((1 - a, (a, 0.0)) for a in ALPHAS), se=0.5)),

@@ -52,6 +52,7 @@ def test_shipped_and_metric_only_reproduce_evaluate_lodo() -> None:
         "se_ridge_k0.5",
         "jx_rank_median",
         "borda_rank",
+        "direct_tau_0.2",
     ],
 )
 def test_a_variant_ignores_the_held_out_outcomes(name: str) -> None:
