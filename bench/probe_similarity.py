@@ -49,8 +49,6 @@ import numpy as np
 from bench import recommender_variants as V
 from bench._common import machine, write_report
 from bench.groundtruth import OUTCOME, TASKS, task_dataset
-from scoring import recommend as R
-from scoring.evaluation import rank_quality
 from workers.pipeline.extraction import extract
 from workers.pipeline.finetune import stratified_split
 from workers.pipeline.models.zoo import load_model
@@ -74,21 +72,6 @@ def probe_embeddings(probe: str, tasks: Sequence[str], seed: int = 0) -> dict[st
         feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         out[name] = feats.mean(axis=0)
     return out
-
-
-def per_task(datasets: dict[str, Any], variant: V.Variant) -> dict[str, dict[str, float]]:
-    """task -> rank_quality of ``variant`` fitted without that task."""
-    dirs = R._resolve_directions({m for r in datasets.values() for m in r.scores}, None)
-    t = R._table(datasets, dirs)
-    object.__setattr__(t, "_raw", V._raw(t, datasets, dirs))
-    got = {}
-    for i in np.flatnonzero(t.labelled):
-        train = t.labelled.copy()
-        train[i] = False
-        pred = variant(t, train, V._cols_without(t, [i]), int(i))
-        ok = t.has[i]
-        got[t.names[i]] = rank_quality(t.outcomes[i, ok], pred[ok])
-    return got
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     results: dict[str, Any] = {}
     for name, (what, variant) in methods.items():
-        per = per_task(datasets, variant)
+        per = V.lodo_per_dataset(datasets, variant)
         results[name] = {
             "what": what,
             "weighted_tau": float(np.mean([p["weighted_tau"] for p in per.values()])),

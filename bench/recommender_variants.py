@@ -1155,18 +1155,24 @@ VARIANTS: dict[str, tuple[str, Callable[[], Variant]]] = {
 }  # fmt: skip
 
 
-def lodo(datasets: Mapping[str, Any], variant: Variant) -> dict[str, float]:
-    """Mean figures of ``variant`` leave-one-dataset-out over ``datasets``."""
+def lodo_per_dataset(datasets: Mapping[str, Any], variant: Variant) -> dict[str, dict[str, float]]:
+    """dataset -> ``rank_quality`` of ``variant`` fitted without that dataset."""
     dirs = R._resolve_directions({m for r in datasets.values() for m in r.scores}, None)
     t = R._table(datasets, dirs)
     object.__setattr__(t, "_raw", _raw(t, datasets, dirs))
-    got = []
+    got = {}
     for i in np.flatnonzero(t.labelled):
         train = t.labelled.copy()
         train[i] = False
         pred = variant(t, train, _cols_without(t, [i]), int(i))
         ok = t.has[i]
-        got.append(rank_quality(t.outcomes[i, ok], pred[ok]))
+        got[t.names[i]] = rank_quality(t.outcomes[i, ok], pred[ok])
+    return got
+
+
+def lodo(datasets: Mapping[str, Any], variant: Variant) -> dict[str, float]:
+    """Mean figures of ``variant`` leave-one-dataset-out over ``datasets``."""
+    got = lodo_per_dataset(datasets, variant).values()
     return {f: float(np.nanmean([g[f] for g in got])) for f in FIGS}
 
 
