@@ -20,6 +20,7 @@ session cannot be built runs on PyTorch, with the reason logged once per process
 from __future__ import annotations
 
 import tempfile
+import threading
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -53,6 +54,7 @@ RUNTIME = f"onnxruntime-{ORT_VERSION}/torch-{torch.__version__}-opset{OPSET}-v{E
 # otherwise hold every one's weights for ever (a model still in use keeps its own session).
 MAX_SESSIONS = 4
 _SESSIONS: OrderedDict[tuple[str, int], ort.InferenceSession] = OrderedDict()
+_SESSIONS_LOCK = threading.Lock()  # the embedded service loads models on several threads
 _FAILED: dict[str, str] = {}
 
 
@@ -248,10 +250,11 @@ def exported_session(
     """The graph named ``key`` from the store (exported from ``spec``, checked and stored the
     first time) in a session; raises on any failure."""
     path = store.path(key)
-    cached = _SESSIONS.get((str(path), threads))
-    if cached is not None:
-        _SESSIONS.move_to_end((str(path), threads))
-        return cached
+    with _SESSIONS_LOCK:
+        cached = _SESSIONS.get((str(path), threads))
+        if cached is not None:
+            _SESSIONS.move_to_end((str(path), threads))
+            return cached
     session = None
     if path.is_file():
         try:
@@ -263,9 +266,10 @@ def exported_session(
         session = make_session(data, threads)
         check(spec, session)
         store.put(key, data)
-    _SESSIONS[(str(path), threads)] = session
-    while len(_SESSIONS) > MAX_SESSIONS:
-        _SESSIONS.popitem(last=False)
+    with _SESSIONS_LOCK:
+        _SESSIONS[(str(path), threads)] = session
+        while len(_SESSIONS) > MAX_SESSIONS:
+            _SESSIONS.popitem(last=False)
     return session
 
 
