@@ -35,6 +35,7 @@ cells dropped too). ``bench/evaluation.py --variants`` writes them into its JSON
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
@@ -273,17 +274,8 @@ def _likeness_history(t: Any, pool: np.ndarray, like: np.ndarray, strength: floa
     count (sum w)^2 / sum w^2). Strength 0 is version 4's history exactly (``own`` for pool
     datasets, ``new`` for the others)."""
     p = pool & t.labelled
-    _, _, n = R._history_arrays(t, pool)  # the pool's counts, for its variances below
     q = t.target
-    s = (q * p[:, None]).sum(axis=0)
-    mean = np.divide(s, n, out=np.zeros_like(s), where=n > 0)
-    dev = np.where(t.has & p[:, None], q - mean[None, :], 0.0)
-    pooled = float((dev**2).sum()) / max(float(np.maximum(n - 1, 0).sum()), 1.0)
-    seen = n > 0
-    tau2 = R.MIN_HISTORY_VARIANCE
-    if seen.sum() > 1:
-        tau2 = max(float(np.var(mean[seen]) - (pooled / np.maximum(n, 1))[seen].mean()),
-                   R.MIN_HISTORY_VARIANCE)  # fmt: skip
+    _, _, pooled, tau2 = R._history_variances(t, pool)
     out = np.zeros_like(q)
     for x in range(q.shape[0]):
         w = np.where(p, like[x] ** strength if strength else 1.0, 0.0)
@@ -302,11 +294,11 @@ def probe_history(
     """Version 4 with each model's history weighted by the likeness of datasets
     (``probe_likeness``) raised to a strength; the strength and version 4's combiner are
     chosen together by the inner leave-one-dataset-out (ties: strength 0, i.e. version 4)."""
-    cache: dict[int, np.ndarray] = {}
+    likeness = functools.cache(lambda names: probe_likeness(embeddings, names))
 
     def fn(t: Any, train: np.ndarray, cols: np.ndarray, i: int, p: tuple) -> np.ndarray:
         strength, cand = p
-        like = cache.setdefault(id(t), probe_likeness(embeddings, t.names))
+        like = likeness(t.names)  # once per set of datasets, not per inner fit
         w0 = R._select_metrics(t, train, cols)
         tr = train & t.labelled
         h = _likeness_history(t, tr, like, strength)

@@ -669,6 +669,24 @@ def _table(datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]
     )  # fmt: skip
 
 
+def _history_variances(t: _Table, pool: Bool) -> tuple[F64, F64, float, float]:
+    """Step 2's statistics over the labelled datasets in ``pool`` (D,) bool: (M,) each
+    model's mean outcome rank and (M,) its number of outcomes, the pooled within-model
+    variance s2 and the between-model variance tau2 (at least ``MIN_HISTORY_VARIANCE``)."""
+    p = (pool & t.labelled)[:, None]
+    q = t.target
+    n = (t.has & p).sum(axis=0).astype(np.float64)
+    mean = np.divide((q * p).sum(axis=0), n, out=np.zeros(q.shape[1]), where=n > 0)
+    dev = np.where(t.has & p, q - mean[None, :], 0.0)
+    pooled = float((dev**2).sum()) / max(float(np.maximum(n - 1, 0).sum()), 1.0)
+    seen = n > 0
+    tau2 = MIN_HISTORY_VARIANCE
+    if seen.sum() > 1:
+        se2 = pooled / np.maximum(n, 1)
+        tau2 = max(float(np.var(mean[seen]) - se2[seen].mean()), MIN_HISTORY_VARIANCE)
+    return mean, n, pooled, tau2
+
+
 def _history_arrays(t: _Table, pool: Bool) -> tuple[F64, F64, F64]:
     """History from the labelled datasets in ``pool`` (D,) bool (step 2's consistency shrink).
 
@@ -680,16 +698,8 @@ def _history_arrays(t: _Table, pool: Bool) -> tuple[F64, F64, F64]:
     p = (pool & t.labelled)[:, None]
     q = t.target
     s = (q * p).sum(axis=0)
-    n = (t.has & p).sum(axis=0).astype(np.float64)
-    mean = np.divide(s, n, out=np.zeros_like(s), where=n > 0)
-    dev = np.where(t.has & p, q - mean[None, :], 0.0)
-    pooled = float((dev**2).sum()) / max(float(np.maximum(n - 1, 0).sum()), 1.0)
-    se2 = pooled / np.maximum(n, 1)
-    seen = n > 0
-    tau2 = MIN_HISTORY_VARIANCE
-    if seen.sum() > 1:
-        tau2 = max(float(np.var(mean[seen]) - se2[seen].mean()), MIN_HISTORY_VARIANCE)
-    new = np.where(seen, mean * tau2 / (tau2 + se2), 0.0)
+    mean, n, pooled, tau2 = _history_variances(t, pool)
+    new = np.where(n > 0, mean * tau2 / (tau2 + pooled / np.maximum(n, 1)), 0.0)
     n_own = n[None, :] - (t.has & p)
     m_own = np.divide(s[None, :] - q * p, n_own, out=np.zeros_like(q), where=n_own > 0)
     own = m_own * tau2 / (tau2 + pooled / np.maximum(n_own, 1))
