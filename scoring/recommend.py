@@ -103,6 +103,8 @@ import hashlib
 import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import combinations
@@ -876,6 +878,13 @@ def _check_datasets(
     return dirs
 
 
+#: The most recent fits kept in memory by fingerprint (``fit``): a fit is a pure function of
+#: its inputs, and the service asks for the same scope's fit once per board it builds
+MAX_CACHED_FITS = 16
+_FITS: OrderedDict[str, Fit] = OrderedDict()
+_FITS_LOCK = threading.Lock()
+
+
 def fit(
     datasets: Mapping[str, DatasetRecord],
     *,
@@ -891,15 +900,6 @@ def fit(
     name, or directions naming a metric no dataset has.
     """
     dirs = _check_datasets(datasets, directions)
-    t = _table(datasets, dirs)
-    w, cand, _, w_metric = _fit_weights(t, t.labelled, np.zeros(len(t.names), dtype=bool))
-    calibrated = bool(t.labelled.any())
-    ranks = {
-        t.names[i]: MappingProxyType(
-            {t.models[j]: float(t.target[i, j]) for j in np.flatnonzero(t.has[i])}
-        )
-        for i in np.flatnonzero(t.labelled)
-    }
     payload = {
         "version": VERSION,
         "params": [
@@ -919,6 +919,31 @@ def fit(
             for n, r in datasets.items()
         },
     }
+    fingerprint = _fingerprint(payload)
+    with _FITS_LOCK:
+        cached = _FITS.get(fingerprint)
+        if cached is not None:
+            _FITS.move_to_end(fingerprint)
+            return cached
+    made = _fit(datasets, dirs, fingerprint)
+    with _FITS_LOCK:
+        _FITS[fingerprint] = made
+        while len(_FITS) > MAX_CACHED_FITS:
+            _FITS.popitem(last=False)
+    return made
+
+
+def _fit(datasets: Mapping[str, DatasetRecord], dirs: dict[str, bool], fingerprint: str) -> Fit:
+    """``fit`` on checked inputs whose fingerprint is ``fingerprint``."""
+    t = _table(datasets, dirs)
+    w, cand, _, w_metric = _fit_weights(t, t.labelled, np.zeros(len(t.names), dtype=bool))
+    calibrated = bool(t.labelled.any())
+    ranks = {
+        t.names[i]: MappingProxyType(
+            {t.models[j]: float(t.target[i, j]) for j in np.flatnonzero(t.has[i])}
+        )
+        for i in np.flatnonzero(t.labelled)
+    }
     names = (*t.metrics, HISTORY)
     return Fit(
         weights=MappingProxyType({k: float(x) for k, x in zip(names, w, strict=True)}),
@@ -930,7 +955,7 @@ def fit(
         regularisation=cand[1] if cand is not None and cand[0] == RIDGE else math.nan,
         history_share=cand[1] if cand is not None and cand[0] == BLEND else math.nan,
         calibrated=calibrated,
-        fingerprint=_fingerprint(payload),
+        fingerprint=fingerprint,
         metric_weights=MappingProxyType(
             {k: float(x) for k, x in zip(t.metrics, w_metric[:-1], strict=True)}
         ),

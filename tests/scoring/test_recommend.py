@@ -342,6 +342,30 @@ def test_same_inputs_same_fingerprint_and_output():
     assert a.version == rec.VERSION
 
 
+def test_a_fit_is_computed_once_per_fingerprint_and_is_the_one_fitting_gives():
+    """The service asks for a scope's fit once per board it builds: equal inputs, in any
+    order, give the fit already made; a changed input, even changed in place, a new one."""
+    data = synthetic(7)
+    a = scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS)
+    reordered = {n: data[n] for n in reversed(list(data))}
+    assert scoring.fit_recommender(reordered, directions=SYNTHETIC_DIRECTIONS) is a
+    fresh = rec._fit(data, rec._check_datasets(data, SYNTHETIC_DIRECTIONS), a.fingerprint)
+    assert fresh == a and fresh is not a
+    model = sorted(data["task0"].outcomes)[0]
+    data["task0"].outcomes[model] += 50.0  # the caller's dict, changed after the fit
+    b = scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS)
+    assert b.fingerprint != a.fingerprint
+    assert b.outcome_ranks["task0"] != a.outcome_ranks["task0"]
+    data["task0"].outcomes[model] -= 50.0
+    assert scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS) is a
+    # bounded: after as many other fits as it keeps, ``a`` is fitted again
+    for seed in range(100, 100 + rec.MAX_CACHED_FITS):
+        scoring.fit_recommender(synthetic(seed, n_sets=3), directions=SYNTHETIC_DIRECTIONS)
+    again = scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS)
+    assert again == a and again is not a
+    assert len(rec._FITS) == rec.MAX_CACHED_FITS
+
+
 def test_wide_rows_parser_averages_repeats_and_skips_text_columns():
     rows = [
         {"dataset": "d", "model": "a", "acc": "1", "logme": "2", "note": "x"},
