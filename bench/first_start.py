@@ -7,6 +7,10 @@ recommender of their scope. This measures that step on a new SQLite file (the em
 default), each run in a process of its own, with the in-memory cache of fits
 (``scoring.recommend.MAX_CACHED_FITS``) as shipped and turned off (0), alternating, so the
 gain is a ratio measured side by side in one run. Also counted: how many fits were computed.
+Then, on the database that start made, the two computations a scope's new data costs (what a
+ranking's recommended order waits for when its scores change the fit): ``fit`` and
+``evaluate_lodo`` (the expected quality a recommendation states) of the image scope, which
+holds the published image table and the zoo's ground truth, best of ``--repeats``.
 
 Run from the repository root:
 
@@ -51,14 +55,36 @@ prepare("sqlite:///" + sys.argv[1], reference_tables=True)
 print(json.dumps({"seconds": time.perf_counter() - start, "fits": len(made)}))
 """
 
+# the scope's fit and evaluation, timed on the database a first start made
+SCOPE = """
+import json, sys, time
+import scoring.recommend as rec
+from app.db.session import Database
+from app.services import recommender
+db = Database("sqlite:///" + sys.argv[1])
+with db.session() as s:
+    scope = recommender.Scope("image", "classification", recommender.DEFAULT_MEASURE, None)
+    recs = recommender.records(s, scope)
+db.dispose()
+data, dirs = recs.datasets, rec._check_datasets(recs.datasets, recs.directions)
+out = {"datasets": len(data), "metrics": len(dirs),
+       "models": len({m for r in data.values() for per in r.scores.values() for m in per})}
+for name, run in (("fit", lambda: rec._fit(data, dirs, "")),
+                  ("evaluate_lodo", lambda: rec.evaluate_lodo(data, directions=dirs))):
+    times = []
+    for _ in range(int(sys.argv[2])):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    out[name] = min(times)
+print(json.dumps(out))
+"""
 
-def once(cache: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "transferbench.db"
-        out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(db), str(cache)],
-            cwd=ROOT, capture_output=True, text=True, check=True,
-        )  # fmt: skip
+
+def child(code: str, *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -71,9 +97,11 @@ def main() -> int:
 
     configs = {f"fits cached ({MAX_CACHED_FITS})": MAX_CACHED_FITS, "no fit cache (0)": 0}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
-    for _ in range(args.repeats):
-        for name, cache in configs.items():
-            runs[name].append(once(cache))
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            for name, cache in configs.items():
+                runs[name].append(child(CHILD, str(Path(tmp) / f"{i}-{cache}.db"), str(cache)))
+        scope = child(SCOPE, str(Path(tmp) / f"0-{MAX_CACHED_FITS}.db"), str(args.repeats))
     base = min(r["seconds"] for r in runs["no fit cache (0)"])
     rows = {}
     print(f"{'configuration':<22} {'best s':>8} {'median s':>9} {'fits':>5} {'speed-up':>9}")
@@ -83,7 +111,13 @@ def main() -> int:
         rows[name] = {"best_s": best, "median_s": median, "fits": got[0]["fits"],
                       "speedup_vs_no_cache": base / best}  # fmt: skip
         print(f"{name:<22} {best:8.2f} {median:9.2f} {got[0]['fits']:5d} {base / best:8.2f}x")
-    report = {"machine": machine(), "repeats": args.repeats, "rows": rows, "runs": runs}
+    print(
+        f"\nimage scope ({scope['datasets']} datasets, {scope['models']} models, "
+        f"{scope['metrics']} metrics): fit {scope['fit']:.2f} s, "
+        f"evaluate_lodo {scope['evaluate_lodo']:.2f} s (best of {args.repeats})"
+    )
+    report = {"machine": machine(), "repeats": args.repeats, "rows": rows, "runs": runs,
+              "image_scope": scope}  # fmt: skip
     write_report(OUT, report)
     return 0
 

@@ -624,6 +624,10 @@ class _Table:
     #: subset of metric indices -> (D,) the weighted tau of its equal-weight mean on each
     #: labelled dataset (0 elsewhere): step 7's search, computed once per table and subset
     subset_tau: dict[tuple[int, ...], F64] = field(default_factory=dict, compare=False, repr=False)
+    #: candidate metric indices -> (their subsets, (S, D) taus): ``_subset_grid``
+    subset_grid: dict[tuple[int, ...], tuple[list[tuple[int, ...]], F64]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 def _table(datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]) -> _Table:
@@ -796,8 +800,8 @@ def _select_metrics(t: _Table, train: Bool, cols: Bool) -> F64:
     cands = sorted(
         (int(k) for k in np.flatnonzero(covered)), key=lambda k: (-prior[k], t.metrics[k])
     )
-    subsets = [c for r in range(1, min(MAX_SUBSET, len(cands)) + 1) for c in combinations(cands, r)]
-    score = _subset_taus(t, subsets)[:, idx].mean(axis=1)
+    subsets, taus = _subset_grid(t, tuple(cands))
+    score = taus[:, idx].mean(axis=1)
     best = subsets[int(np.argmax(np.round(score, 12)))]
     w: F64 = np.zeros(prior.size)
     w[list(best)] = 1.0 / len(best)
@@ -807,6 +811,20 @@ def _select_metrics(t: _Table, train: Bool, cols: Bool) -> F64:
         w = w * (1.0 - share)
         w[:-1][uncovered] = prior[:-1][uncovered]
     return w
+
+
+def _subset_grid(t: _Table, cands: tuple[int, ...]) -> tuple[list[tuple[int, ...]], F64]:
+    """Step 7's search space over the metric indices ``cands`` (in tie-break order): every
+    subset of at most ``MAX_SUBSET`` of them, by size, and (S, D) their ``_subset_taus``;
+    made once per table and ``cands`` (``t.subset_grid``: the inner folds ask again and
+    again)."""
+    grid = t.subset_grid.get(cands)
+    if grid is None:
+        subsets = [
+            c for r in range(1, min(MAX_SUBSET, len(cands)) + 1) for c in combinations(cands, r)
+        ]
+        grid = t.subset_grid[cands] = (subsets, _subset_taus(t, subsets))
+    return grid
 
 
 def _subset_taus(t: _Table, subsets: Sequence[tuple[int, ...]]) -> F64:
