@@ -230,8 +230,9 @@ class Fit:
     be left out of the history); n_datasets: datasets with >= ``MIN_OUTCOMES`` outcomes;
     regularisation: the chosen lam when step 5 chose the ridge (NaN when it chose a blend or
     when uncalibrated); history_share: the chosen blend's a (NaN otherwise); fingerprint:
-    sha256 of ``version`` and every fitted input, so a stored ranking can name the fit behind
-    it.
+    sha256 of ``version`` and every input the fit depends on (the datasets with outcomes in
+    full, the others by the names of their metrics: ``_fitted``), so a stored ranking can
+    name the fit behind it.
     """
 
     weights: Mapping[str, float]
@@ -896,6 +897,20 @@ def _check_datasets(
     return dirs
 
 
+def _fitted(datasets: Mapping[str, DatasetRecord]) -> dict[str, DatasetRecord]:
+    """What fitting reads of ``datasets``: a dataset with fewer than ``MIN_OUTCOMES`` finite
+    outcomes teaches the fit only the names of its metrics (which metrics it weighs: step 7's
+    prior share), so it is kept as those names alone. Scoring such a dataset (a user's new
+    ranking) then leaves the fit, its fingerprint and every other dataset's recommended
+    order as they were; only a new metric name or a new outcome moves them."""
+    return {
+        name: rec
+        if len(_finite_outcomes(rec)) >= MIN_OUTCOMES
+        else DatasetRecord(scores={metric: {} for metric in rec.scores})
+        for name, rec in datasets.items()
+    }
+
+
 #: The most recent fits kept in memory by fingerprint (``fit``): a fit is a pure function of
 #: its inputs, and the service asks for the same scope's fit once per board it builds
 MAX_CACHED_FITS = 16
@@ -918,6 +933,7 @@ def fit(
     name, or directions naming a metric no dataset has.
     """
     dirs = _check_datasets(datasets, directions)
+    datasets = _fitted(datasets)
     payload = {
         "version": VERSION,
         "params": [
@@ -998,7 +1014,7 @@ def evaluate_lodo(
     The recommender's figures are NaN where it has nothing to rank on. Inputs as for ``fit``.
     """
     dirs = _check_datasets(datasets, directions)
-    t = _table(datasets, dirs)
+    t = _table(_fitted(datasets), dirs)
     held_out = np.flatnonzero(t.labelled)
     if not held_out.size:
         raise TransferabilityError(

@@ -7,14 +7,15 @@ imported benchmark tables), and deleting a model rewrites the boards its scores 
 (foreign key). A read is then one primary-key lookup, and every API process sees a new score
 as soon as its transaction commits.
 
-The ``recommended`` board also depends on its scope's recommender fit, which every dataset of
-the scope (modality, task, tenant) and their outcomes feed. It is rewritten with the dataset's
-own scores (with the fit current then), and by the REFIT_RECOMMENDER task for every dataset
-whose stored fit is no longer its scope's current one (``stale_recommended``): that task runs
-after outcomes are recorded, a table is imported or a ranking finishes, and on the scheduler's
-tick (``TB_SCHEDULER_TICK_S``), which bounds how long any other change of the scope (scores
-written outside a ranking, a deleted dataset or model) takes to reach the other datasets'
-recommended boards.
+The ``recommended`` board also depends on its scope's recommender fit, which the datasets of
+the scope (modality, task, tenant) with outcomes feed (the others only by the names of their
+metrics: scoring a new dataset moves no other board). It is rewritten with the dataset's own
+scores (with the fit current then), and by the REFIT_RECOMMENDER task for every dataset whose
+stored fit is no longer its scope's current one (``stale_recommended``): that task runs after
+outcomes are recorded, a table is imported or a ranking finishes, and on the scheduler's tick
+(``TB_SCHEDULER_TICK_S``), which bounds how long any other change of the scope (scores written
+outside a ranking, a deleted dataset or model) takes to reach the other datasets' recommended
+boards.
 
 Concurrency: two transactions writing scores of one dataset (two workers scoring two models
 of a job) would each compute the board from what they see and the later commit would drop

@@ -379,8 +379,10 @@ def recommend(
     if current is None:
         return None
     fit, row = current
-    # the scope's fit names every input (its fingerprint covers every dataset's scores and
-    # outcomes), so boards keyed by it stay current whichever weights this order uses
+    # the scope's fit names every input it depends on (its fingerprint covers the scores and
+    # outcomes of every dataset with outcomes, and the metrics every other one has), and this
+    # dataset's own scores rewrite its board where they are written: boards keyed by the fit
+    # stay current whichever weights this order uses
     scope_fit = row.fingerprint
     scores = current_scores(session, [dataset.id]).get(dataset.id, {})
     if model_ids is not None:

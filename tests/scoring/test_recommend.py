@@ -366,6 +366,40 @@ def test_a_fit_is_computed_once_per_fingerprint_and_is_the_one_fitting_gives():
     assert len(rec._FITS) == rec.MAX_CACHED_FITS
 
 
+def test_a_dataset_without_outcomes_feeds_the_fit_only_the_names_of_its_metrics():
+    """Scoring a new dataset (no outcomes yet) leaves the fit and its fingerprint as they
+    were; a metric only it names, or a third outcome, moves them."""
+    data = synthetic(8)
+    extra = synthetic(9)["task1"]
+    base = scoring.fit_recommender(
+        {**data, "new": DatasetRecord(extra.scores)}, directions=SYNTHETIC_DIRECTIONS
+    )
+    rng = np.random.default_rng(3)
+    other_values = {k: {m: float(rng.normal()) for m in per} for k, per in extra.scores.items()}
+    two = dict(list(extra.outcomes.items())[:2])  # fewer than MIN_OUTCOMES: not labelled
+    for record in (DatasetRecord(other_values), DatasetRecord(other_values, two)):
+        again = scoring.fit_recommender({**data, "new": record}, directions=SYNTHETIC_DIRECTIONS)
+        assert again.fingerprint == base.fingerprint
+    # the values it leaves out would not have changed the weights either
+    raw = {**data, "new": DatasetRecord(other_values, two)}
+    dirs = rec._check_datasets(raw, SYNTHETIC_DIRECTIONS)
+    direct = rec._fit(raw, dirs, "")
+    for k, w in base.weights.items():
+        assert direct.weights[k] == pytest.approx(w, rel=1e-9, abs=1e-12), k
+    assert direct.metric_weights == base.metric_weights
+    named = {**other_values, "only_here": dict.fromkeys(extra.outcomes, 1.0)}
+    wider = scoring.fit_recommender(
+        {**data, "new": DatasetRecord(named)}, directions=SYNTHETIC_DIRECTIONS
+    )
+    assert wider.fingerprint != base.fingerprint and "only_here" in wider.metrics
+    three = dict(list(extra.outcomes.items())[:3])
+    labelled = scoring.fit_recommender(
+        {**data, "new": DatasetRecord(other_values, three)}, directions=SYNTHETIC_DIRECTIONS
+    )
+    assert labelled.fingerprint != base.fingerprint
+    assert labelled.n_datasets == base.n_datasets + 1
+
+
 def test_wide_rows_parser_averages_repeats_and_skips_text_columns():
     rows = [
         {"dataset": "d", "model": "a", "acc": "1", "logme": "2", "note": "x"},

@@ -336,8 +336,10 @@ def test_another_tenant_never_gets_a_board(deployment: Deployment) -> None:
 
 
 def test_the_recommended_board_follows_the_refit(deployment: Deployment) -> None:
-    """Outcomes on one dataset move its scope's fit: the refit task they queue rewrites the
-    recommended board of another dataset of the scope, for every process."""
+    """A change of its scope's fit (a table with outcomes imported) queues the refit task,
+    which rewrites the recommended board of another dataset of the scope, for every process.
+    Two outcomes on a dataset (fewer than the three a fit learns from) move no fit: the board
+    stays as it was, and stays what a fresh computation gives."""
     env, ranked = deployment, deployment.ids["dataset"]
     other = env.upload(3)
     first, second = env.ids["models"]
@@ -349,6 +351,19 @@ def test_the_recommended_board_follows_the_refit(deployment: Deployment) -> None
         headers=env.h(),
     )
     assert r.status_code == 200, r.text
+    assert env.queue.wait_idle(120)
+    assert env.board(env.two, other, "recommended").json()["recommendation"]["fit"] == before
+    assert stored(env.url, other)["recommended"][1] == before
+    table = "dataset,model,finetune_top1,LogME\n" + "".join(
+        f"refit-{d},net-{m},{60 + 10 * m + d},{m + 0.1 * d}\n" for d in range(3) for m in range(3)
+    )
+    r = env.one.post(
+        "/v1/benchmarks",
+        files={"file": ("refit.csv", table.encode(), "text/csv")},
+        data={"outcome": "finetune_top1", "modality": "text"},
+        headers=env.h(),
+    )
+    assert r.status_code == 201, r.text
     assert env.queue.wait_idle(120)
     after = env.board(env.two, other, "recommended").json()["recommendation"]["fit"]
     assert after != before

@@ -17,12 +17,20 @@ import pytest
 from sqlalchemy import func, select
 
 import scoring
-from app.db.models import DatasetRow, ModelAliasRow, ModelRow, OutcomeRow, ReferenceTableRow
+from app.db.models import (
+    DatasetRow,
+    LeaderboardRow,
+    ModelAliasRow,
+    ModelRow,
+    OutcomeRow,
+    RecommenderFitRow,
+    ReferenceTableRow,
+)
 from app.db.scores import upsert_scores
 from app.errors import Invalid
 from app.reference import ReferenceTable, shipped
+from app.services import leaderboards, rankings, recommender, reference
 from app.services import models as model_service
-from app.services import recommender, reference
 from workers.cli.main import main
 
 from .helpers import model_ids, register_model, wait_for_job
@@ -194,6 +202,51 @@ def test_the_tenants_own_outcomes_take_over_and_never_reach_another(service) -> 
         other = recommender.recommend(s, theirs)
         assert other is not None and other["method"] == "metric_only"
         assert all(not e["history_datasets"] for e in other["evidence"].values())
+
+
+def test_scoring_a_dataset_without_outcomes_moves_no_fit_and_no_other_board(service) -> None:
+    """A ranking stores each model's scores as it is scored, rewriting the dataset's boards.
+    A dataset with no outcome teaches the fit only the names of its metrics, so once the
+    tenant's scope has been fitted, scoring more models records no new fit and leaves every
+    other dataset's recommended board current."""
+    with service.db.session() as s:
+        models = _models(s, "default")
+        earlier = _tenant_dataset(s, "default", models)
+        leaderboards.rewrite(s, {earlier.id: METRICS})  # as its own ranking would have
+        new = DatasetRow(name="new", modality="image", task="classification",
+                         content_hash="new".ljust(64, "0"), n_samples=30, classes=[], path="",
+                         tenant="default")  # fmt: skip
+        s.add(new)
+        s.flush()
+
+        def store(model: ModelRow, j: int) -> None:
+            leaderboards.store_scores(s, [
+                {"dataset_id": new.id, "model_id": model.id, "metric": metric,
+                 "metric_version": scoring.REGISTRY[metric].version, "value": values[j] - 0.5}
+                for metric, values in METRICS.items()
+            ])  # fmt: skip
+
+        store(models[0], 0)  # the scope's first board: its fits are recorded now
+        for dataset_id in leaderboards.stale_recommended(s):
+            leaderboards.rewrite_recommended(s, dataset_id)
+        fits = sorted(s.scalars(select(RecommenderFitRow.fingerprint)))
+        boards = dict(s.execute(select(LeaderboardRow.dataset_id, LeaderboardRow.fit)
+                                .where(LeaderboardRow.metric == "recommended")).all())  # fmt: skip
+        assert earlier.id in boards and new.id in boards
+        store(models[1], 1)
+        store(models[2], 2)
+        assert sorted(s.scalars(select(RecommenderFitRow.fingerprint))) == fits
+        assert leaderboards.stale_recommended(s) == []
+        after = dict(s.execute(select(LeaderboardRow.dataset_id, LeaderboardRow.fit)
+                               .where(LeaderboardRow.metric == "recommended")).all())  # fmt: skip
+        assert after == boards
+        # and what is stored is what a fresh computation gives
+        for ds in (earlier, new):
+            body = leaderboards.stored(s.connection(), ds.id, "recommended")
+            fresh = rankings.leaderboard(s, ds, "recommended").model_dump_json().encode()
+            assert body == fresh, ds.name
+        board = rankings.leaderboard(s, new, "recommended")
+        assert len(board.entries) == 3
 
 
 def test_an_alias_carries_the_tables_history_and_its_absence_none(service) -> None:
