@@ -101,6 +101,13 @@ def test_finetune_job_measures_held_out_and_stores_outcomes_once(service):
         json={"dataset_id": dataset, "metrics": ["logme"], "model_ids": list(ids.values())},
     )
     assert wait_for_job(client, ranked.json()["id"])["status"] == "done"
+    # a third model's outcome, typed in: with the two measured below the dataset has the
+    # three outcomes the recommender learns from, so storing them must move its fit
+    third = register_model(client, "third", "efficientnet-lite0")["id"]
+    posted = client.post(
+        f"/v1/datasets/{dataset}/outcomes", json=[{"model_id": third, "value": 0.5}]
+    )
+    assert posted.status_code == 200, posted.text
     svc.queue.wait_idle()
     fits_before = _fits(svc)
     r = client.post(
@@ -129,6 +136,7 @@ def test_finetune_job_measures_held_out_and_stores_outcomes_once(service):
     assert "stratified" in body["held_out"]
     # one outcome per model, exactly what was measured, with the recipe as details
     outcomes = client.get(f"/v1/datasets/{dataset}/outcomes").json()
+    outcomes = [o for o in outcomes if o["model_id"] != third]
     assert sorted(o["model_id"] for o in outcomes) == sorted(ids.values())
     for o in outcomes:
         run = runs["mobilenet-v2" if o["model_id"] == ids["mobilenet-v2"] else "random"]
