@@ -36,17 +36,10 @@ import httpx
 
 from bench._common import machine, write_report
 from tests.conftest import fashion_zip
+from tests.faults import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "embedded_ranking.json"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run(code: Path, work: Path, rankings: int, per_class: int) -> dict[str, Any]:
