@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import scoring
 from workers.cli import main
 from workers.pipeline.rank import RankRequest, run_rank
 
@@ -244,3 +245,62 @@ def test_outcomes_add_names_the_ids_of_datasets_sharing_a_name(tmp_path: Path, c
     err = capsys.readouterr().err
     assert "2 datasets are named 'reviews'" in err and all(i in err for i in kept)
     assert main(["outcomes", "add", kept[1], "minilm-l6", "91"]) == 0
+
+
+def _shipped_image_datasets(metrics: set[str]) -> dict[str, scoring.DatasetRecord]:
+    """The shipped image tables read straight from their files, their columns under the
+    registry's names, with ``metrics`` only: what the first local ranking must learn from."""
+    from app.reference import shipped
+    from app.services.benchmarks import metric_name
+
+    rows = []
+    for table in shipped():
+        if table.modality != "image":
+            continue
+        for row in csv.DictReader(io.StringIO(table.text())):
+            named = {metric_name(k): v for k, v in row.items() if k not in ("dataset", "model")}
+            rows.append(
+                {"dataset": f"{table.name}/{row['dataset']}", "model": row["model"]}
+                | {k: v for k, v in named.items() if k in metrics}
+                | {"outcome": row[table.outcome]}
+            )
+    return scoring.datasets_from_rows(rows, outcome="outcome")
+
+
+@pytest.mark.slow
+def test_the_first_ranking_on_a_new_machine_is_calibrated_by_the_shipped_tables(
+    image_folder: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """No local database yet: the first ranking creates it with the shipped reference tables,
+    so its closing line is already the calibrated order, quoting the leave-one-dataset-out
+    figures of these metrics measured on the tables' files. Without the tables
+    (TB_REFERENCE_TABLES=off) it stays the uncalibrated default, and a database that cannot
+    be opened says so and still prints the ranking."""
+    monkeypatch.setenv("TB_DATA_DIR", str(tmp_path / "new"))
+    argv = ["rank", str(image_folder), "--models", "mobilenet-v2,open-nsfw",
+            "--metrics", "logme,leep", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "as fitted on the fine-tuning outcomes of" in last and "untested" not in last, last
+    quoted = re.search(r"on (\d+) held-out dataset\(s\), weighted tau (-?[0-9.]+)", last)
+    assert quoted is not None, last
+    expected = scoring.evaluate_lodo(
+        _shipped_image_datasets({"logme", "leep"}),
+        directions={m: scoring.REGISTRY[m].higher_is_better for m in ("logme", "leep")},
+    )
+    assert int(quoted[1]) == expected.count["metric_only"]["weighted_tau"] > 3
+    assert quoted[2] == f"{expected.mean['metric_only']['weighted_tau']:.2f}"
+    assert (tmp_path / "new" / "transferbench.db").is_file()
+
+    monkeypatch.setenv("TB_DATA_DIR", str(tmp_path / "off"))
+    monkeypatch.setenv("TB_REFERENCE_TABLES", "off")
+    assert main(argv) == 0
+    assert "how far to trust it: untested" in capsys.readouterr().out.splitlines()[-1]
+
+    monkeypatch.setenv("TB_DATA_DIR", str(tmp_path / "closed"))
+    monkeypatch.setenv("TB_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/none")
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "how far to trust it: untested" in out.out.splitlines()[-1]
+    assert "the local database could not be opened" in out.err
+    assert "the recommended order is the uncalibrated default" in out.err

@@ -21,6 +21,7 @@ from workers.pipeline.ranking import RankedModel, uses_metric_only, with_recomme
 from workers.settings import Settings
 
 if TYPE_CHECKING:
+    from app.db.session import Database
     from workers.pipeline.rank import RankResult
 
 
@@ -244,22 +245,44 @@ def _recommendation(
 
 def _stored_fit(result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
     """The recommender fitted on the outcomes in the local database (``TB_DATABASE_URL``, or
-    the embedded SQLite file when it exists), with this ranking's scores beside them, and its
-    leave-one-dataset-out quality; (None, None) when there is no database or no outcome to
-    learn from (the uncalibrated default then)."""
-    settings = Settings.load()
-    if not settings.database_url and not (settings.data_dir / "transferbench.db").is_file():
-        return None, None
+    the embedded SQLite file under ``TB_DATA_DIR``), with this ranking's scores beside them,
+    and its leave-one-dataset-out quality; (None, None) when no outcome there covers this
+    ranking (the uncalibrated default then).
+
+    The database is created here when it does not exist yet, with the shipped reference
+    tables (``TB_REFERENCE_TABLES``), as keeping the ranking (``_record``) would create it
+    right after: so the very first ranking on a new machine is already calibrated on them.
+    A database that cannot be opened is said on stderr and leaves the uncalibrated default.
+    """
     if result.modality == "features":
         return None, None
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from workers.cli.database import local_database
+
+    settings = Settings.load()
+    try:
+        db = local_database(settings)
+    except (SQLAlchemyError, OSError) as exc:
+        _err(
+            f"the local database could not be opened ({str(exc).splitlines()[0]}): the "
+            "recommended order is the uncalibrated default"
+        )
+        return None, None
+    try:
+        return _fit_on(db, result)
+    finally:
+        db.dispose()
+
+
+def _fit_on(db: Database, result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
+    """``_stored_fit`` on the open local database ``db``."""
     from sqlalchemy import select
 
     from app.db.models import DatasetRow
     from app.services import recommender
     from app.services.models import names_of
-    from workers.cli.database import local_database
 
-    db = local_database(settings)
     with db.session() as s:
         scope = recommender.Scope(result.modality, result.target)
         stored = recommender.records(s, scope)
@@ -273,7 +296,6 @@ def _stored_fit(result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
         ids = {m for r in stored.datasets.values() for per in r.scores.values() for m in per}
         ids |= {m for r in stored.datasets.values() for m in r.outcomes}
         names = names_of(s, ids)
-    db.dispose()
     datasets = {
         ds: DatasetRecord(
             scores={k: {names[m]: v for m, v in per.items()} for k, per in r.scores.items()},
