@@ -248,7 +248,10 @@ class OutcomeIn(BaseModel):
     )
     higher_is_better: bool = True
     details: dict[str, Any] = Field(
-        default_factory=dict, description="free-form: learning rate, epochs, ..."
+        default_factory=dict,
+        description="free-form: learning rate, epochs, ...; se: the standard error of value in "
+        "its unit (for an accuracy on n held-out samples, sqrt(p (1 - p) / n)), which sets how "
+        "much the dataset teaches the recommender",
     )
 
 

@@ -29,7 +29,8 @@ society (law, politics, education, work) and the eight topics five-shot.
 
 Writes, in ``--out`` (default ``bench/results``):
 
-- ``zoo_groundtruth.csv``: ``dataset, model, finetune_top1, <metric columns>``, the form of
+- ``zoo_groundtruth.csv``: ``dataset, model, finetune_top1, finetune_top1_se, <metric
+  columns>``, the form of
   ``../shared/benchmarks/model_spider_image_zoo.csv`` (``bench/evaluation.py --tables`` reads it);
 - ``zoo_groundtruth.json``: the run's settings, every cell (split sizes, epochs, mode, seconds,
   device, machine, each metric's value or why it is missing, the per-epoch curve) and the
@@ -256,16 +257,20 @@ def fill_metrics(
 
 
 def csv_text(cells: Sequence[Mapping[str, Any]]) -> str:
-    """The wide table: one row per cell with an outcome, ``dataset, model, finetune_top1``
-    and a column per metric (empty where the metric is missing)."""
+    """The wide table: one row per cell with an outcome, ``dataset, model, finetune_top1``,
+    its standard error ``finetune_top1_se`` (binomial, from the held-out count: how far the
+    accuracy could move by which samples were held out) and a column per metric (empty where
+    the metric is missing)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["dataset", "model", OUTCOME, *METRICS])
+    writer.writerow(["dataset", "model", OUTCOME, f"{OUTCOME}_se", *METRICS])
     for cell in cells:
         if cell.get(OUTCOME) is None:
             continue
         values = [cell["scores"].get(m) for m in METRICS]
+        se = scoring.binomial_se(cell[OUTCOME], int(cell.get("n_validation") or 0))
         writer.writerow([cell["task"], cell["model"], f"{cell[OUTCOME]:.2f}",
+                         "" if math.isnan(se) else f"{se:.3f}",
                          *("" if v is None else f"{v:.6g}" for v in values)])  # fmt: skip
     return buffer.getvalue()
 

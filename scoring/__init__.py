@@ -37,8 +37,10 @@ from scoring.recommend import (
     Evaluation,
     Fit,
     Recommendation,
+    binomial_se,
     datasets_from_rows,
     evaluate_lodo,
+    reliability,
 )
 from scoring.recommend import fit as fit_recommender
 from scoring.registry import (
@@ -71,6 +73,7 @@ __all__ = [
     "Target",
     "TransferabilityError",
     "applicable",
+    "binomial_se",
     "compute",
     "compute_detailed",
     "datasets_from_rows",
@@ -101,6 +104,7 @@ __all__ = [
     "rank_best_first",
     "rank_quality",
     "rank_rows",
+    "reliability",
     "sfda",
     "target_kind",
     "transrate",

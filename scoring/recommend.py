@@ -31,14 +31,21 @@ The method (version ``VERSION``), for M models and K metrics:
    dataset to dataset its history says little and is shrunk hard; where they persist it is
    kept; a model seen on fewer datasets is shrunk more; a model never seen gets 0.
 3. Target: the outcome rank q_{dm}. Rows are weighted by weightedtau's hyperbolic weight
-   1 / (1 + position from the top) of the true outcome, normalised so each dataset weighs 1:
-   the figures that matter (weighted tau, top-1 regret) are decided at the top.
+   1 / (1 + position from the top) of the true outcome, normalised so each dataset weighs
+   its reliability r_d (``reliability``; 1 for outcomes without standard errors): the
+   figures that matter (weighted tau, top-1 regret) are decided at the top, and a dataset
+   whose outcomes were measured on few held-out samples teaches in proportion to the share
+   of their spread that is not noise. Where r_d is 0 (outcomes no more spread than their
+   standard errors) the dataset is not learned from, nor held out by ``evaluate_lodo``:
+   its order is a draw of the noise. Every mean over training datasets below (steps 4, 5
+   and 7) weighs each by r_d; the history (step 2) counts every dataset with r_d > 0 alike
+   (weighing it too was measured and did worse: docs/recommender.md).
 4. Weights w: (K + 1,) >= 0 minimise
-   (1 / |D|) sum_rows v (x . w - q)^2 + lam ||w - w0||^2, a non-negative ridge regression
-   shrunk towards w0: the metric-only weights of step 7 (history 0), solved exactly with
-   ``scipy.optimize.nnls`` on the Cholesky factor of the normal equations. Non-negativity
-   keeps the combination a consensus (a metric whose ranks disagree with outcomes is dropped,
-   never turned upside down on 3 datasets' evidence).
+   (1 / sum_d r_d) sum_rows r_d v (x . w - q)^2 + lam ||w - w0||^2, a non-negative ridge
+   regression shrunk towards w0: the metric-only weights of step 7 (history 0), solved
+   exactly with ``scipy.optimize.nnls`` on the Cholesky factor of the normal equations.
+   Non-negativity keeps the combination a consensus (a metric whose ranks disagree with
+   outcomes is dropped, never turned upside down on 3 datasets' evidence).
 5. The combiner is chosen by an inner cross-validation over the training datasets only
    (leave-one-dataset-out up to ``MAX_INNER_FOLDS`` folds, then datasets dealt round-robin
    into that many folds), maximising the mean weighted tau on the held-out datasets, from
@@ -165,11 +172,15 @@ class DatasetRecord:
     """One target dataset: metric scores of the candidate models and, maybe, their outcomes.
 
     scores: metric -> model -> score (NaN or absent: not computed for that model);
-    outcomes: model -> quality after fine-tuning, higher is better (may be empty).
+    outcomes: model -> quality after fine-tuning, higher is better (may be empty);
+    outcome_se: model -> the standard error of its outcome, in the outcome's unit (for an
+    accuracy measured on n held-out samples, sqrt(p (1 - p) / n)); absent: measured exactly,
+    or not known. It sets how much the dataset teaches (``reliability``).
     """
 
     scores: Mapping[str, Mapping[str, float]]
     outcomes: Mapping[str, float] = field(default_factory=dict)
+    outcome_se: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -229,7 +240,9 @@ class Fit:
     datasets learned from; outcome_ranks: dataset -> model -> outcome rank (so a dataset can
     be left out of the history); n_datasets: datasets with >= ``MIN_OUTCOMES`` outcomes;
     regularisation: the chosen lam when step 5 chose the ridge (NaN when it chose a blend or
-    when uncalibrated); history_share: the chosen blend's a (NaN otherwise); fingerprint:
+    when uncalibrated); history_share: the chosen blend's a (NaN otherwise); reliability:
+    dataset learned from -> what it counts for (``reliability``: 1 unless its outcomes carry
+    standard errors); fingerprint:
     sha256 of ``version`` and every input the fit depends on (the datasets with outcomes in
     full, the others by the names of their metrics: ``_fitted``), so a stored ranking can
     name the fit behind it.
@@ -247,6 +260,7 @@ class Fit:
     version: int = VERSION
     metric_weights: Mapping[str, float] = field(default_factory=dict)
     history_share: float = math.nan
+    reliability: Mapping[str, float] = field(default_factory=dict)
 
     def recommend(
         self,
@@ -449,8 +463,56 @@ def _check_outcomes(outcomes: Mapping[str, float], where: str) -> None:
             )
 
 
+def _check_se(outcome_se: Mapping[str, float], where: str) -> None:
+    for model, value in outcome_se.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise TransferabilityError(
+                f"{where}: standard error of {model!r}'s outcome is {value!r}, not a number"
+            ) from None
+        if math.isinf(v) or v < 0:
+            raise TransferabilityError(
+                f"{where}: standard error of {model!r}'s outcome is {v}; it must be a finite "
+                "number >= 0 (NaN, or leaving it out: not known)"
+            )
+
+
 def _finite_outcomes(record: DatasetRecord) -> dict[str, float]:
     return {m: float(v) for m, v in record.outcomes.items() if math.isfinite(float(v))}
+
+
+def binomial_se(accuracy: float, n: int, *, scale: float = 100.0) -> float:
+    """The standard error of an accuracy measured on ``n`` held-out samples: scale *
+    sqrt(p (1 - p) / n), p = accuracy / scale (``scale`` 100: an accuracy in percent). NaN
+    when ``n`` < 1 or the accuracy is not within [0, scale]."""
+    p = float(accuracy) / scale
+    if n < 1 or not 0.0 <= p <= 1.0:
+        return math.nan
+    return scale * math.sqrt(p * (1.0 - p) / n)
+
+
+def reliability(record: DatasetRecord) -> float:
+    """How much of the spread of a dataset's finite outcomes is not measurement noise:
+    1 - mean(se^2) / var(outcomes), the sample variance over its models, in [0, 1].
+
+    The observed outcomes' variance is the true differences' variance plus the noise's
+    (independent errors), so this is the classical reliability coefficient, estimated by
+    moments as step 2's between-model variance is. 1 when no outcome has a standard error
+    (``DatasetRecord.outcome_se``: outcomes taken as exact, as a published table's are); 0
+    when the outcomes are no more spread than their noise: their order is a draw of the
+    noise, and the dataset teaches the recommender nothing (``_table``). A model without a
+    standard error counts as measured exactly.
+    """
+    out = _finite_outcomes(record)
+    se = [float(record.outcome_se.get(m, math.nan)) for m in out]
+    noise = math.fsum(x * x for x in se if math.isfinite(x)) / max(len(out), 1)
+    if noise == 0.0:
+        return 1.0
+    spread = float(np.var(list(out.values()), ddof=1)) if len(out) > 1 else 0.0
+    if spread <= 0.0:
+        return 0.0
+    return min(1.0, max(0.0, 1.0 - noise / spread))
 
 
 def _history(ranks: Mapping[str, Mapping[str, float]]) -> dict[str, HistoryEntry]:
@@ -607,8 +669,10 @@ class _Table:
     feats: (D, M, K) signed metric ranks, missing imputed 0; scored: (D, M, K) bool finite;
     keyed: (D, K) bool the dataset names the metric; target: (D, M) outcome ranks, 0 where
     absent; outcomes: (D, M) raw outcomes, NaN where absent; has: (D, M) bool outcome present
-    (only datasets with >= MIN_OUTCOMES); row_w: (D, M) fitting weights (step 3), each
-    labelled dataset summing to 1; labelled: (D,) bool.
+    (only datasets with >= MIN_OUTCOMES and a reliability above 0); row_w: (D, M) fitting
+    weights (step 3), each labelled dataset summing to 1; labelled: (D,) bool; weight: (D,)
+    each labelled dataset's ``reliability`` (0 elsewhere): what it counts for in the means
+    over datasets of steps 4, 5 and 7 (step 2's history counts every labelled one alike).
     """
 
     names: tuple[str, ...]
@@ -622,6 +686,7 @@ class _Table:
     has: Bool
     row_w: F64
     labelled: Bool
+    weight: F64
     #: subset of metric indices -> (D,) the weighted tau of its equal-weight mean on each
     #: labelled dataset (0 elsewhere): step 7's search, computed once per table and subset
     subset_tau: dict[tuple[int, ...], F64] = field(default_factory=dict, compare=False, repr=False)
@@ -645,6 +710,7 @@ def _table(datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]
     raw = np.full((d_, m_, k_), np.nan)
     keyed = np.zeros((d_, k_), dtype=bool)
     outcomes = np.full((d_, m_), np.nan)
+    weight = np.zeros(d_)
     for i, name in enumerate(names):
         rec = datasets[name]
         for k, metric in enumerate(metrics):
@@ -656,8 +722,9 @@ def _table(datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]
             for model, value in per.items():
                 raw[i, index[model], k] = sign * float(value)
         out = _finite_outcomes(rec)
-        if len(out) >= MIN_OUTCOMES:
+        if len(out) >= MIN_OUTCOMES and (r := reliability(rec)) > 0.0:
             outcomes[i, [index[m] for m in out]] = list(out.values())
+            weight[i] = r
     scored = np.isfinite(raw)
     feats = np.zeros((d_, m_, k_))
     for di, ki in zip(*np.nonzero(scored.any(axis=1)), strict=True):
@@ -672,7 +739,7 @@ def _table(datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]
         row_w[di, has[di]] = v / v.sum()
     return _Table(
         names, models, metrics, feats, scored, keyed, target, outcomes, has, row_w,
-        has.any(axis=1),
+        has.any(axis=1), weight,
     )  # fmt: skip
 
 
@@ -723,8 +790,8 @@ def _normal_equations(t: _Table, train: Bool, cols: Bool) -> tuple[F64, F64, F64
     new, own, _ = _history_arrays(t, train)
     x = np.concatenate([t.feats[train][:, :, cols], own[train][:, :, None]], axis=2)
     x = x.reshape(-1, x.shape[2])
-    xv = x * t.row_w[train].reshape(-1, 1)
-    n_sets = max(int(train.sum()), 1)
+    xv = x * (t.row_w[train] * t.weight[train, None]).reshape(-1, 1)
+    n_sets = max(float(t.weight[train].sum()), 1e-12)
     return xv.T @ x / n_sets, xv.T @ t.target[train].reshape(-1) / n_sets, new
 
 
@@ -784,7 +851,8 @@ def _choose(t: _Table, train: Bool, drop: Bool) -> tuple[str, float]:
             w = _combine(a, b, cols, w0, cand)
             pred[g, f::n_folds] = t.feats[out] @ w[:-1] + new * w[-1]
     truth = np.nan_to_num(t.outcomes[idx], nan=0.0)
-    score = [float(_weighted_tau(truth, p, t.has[idx]).mean()) for p in pred]
+    w = t.weight[idx]
+    score = [float((_weighted_tau(truth, p, t.has[idx]) * w).sum() / w.sum()) for p in pred]
     return cands[int(np.argmax(np.round(score, 12)))]
 
 
@@ -802,7 +870,7 @@ def _select_metrics(t: _Table, train: Bool, cols: Bool) -> F64:
         (int(k) for k in np.flatnonzero(covered)), key=lambda k: (-prior[k], t.metrics[k])
     )
     subsets, taus = _subset_grid(t, tuple(cands))
-    score = taus[:, idx].mean(axis=1)
+    score = (taus[:, idx] * t.weight[idx]).sum(axis=1) / t.weight[idx].sum()
     best = subsets[int(np.argmax(np.round(score, 12)))]
     w: F64 = np.zeros(prior.size)
     w[list(best)] = 1.0 / len(best)
@@ -891,6 +959,7 @@ def _check_datasets(
             )
         _check_scores(rec.scores, f"dataset {name!r}")
         _check_outcomes(rec.outcomes, f"dataset {name!r}")
+        _check_se(rec.outcome_se, f"dataset {name!r}")
     dirs = _resolve_directions({m for r in datasets.values() for m in r.scores}, directions)
     if not dirs:
         raise TransferabilityError("no metric scores were given; pass at least one metric")
@@ -905,7 +974,7 @@ def _fitted(datasets: Mapping[str, DatasetRecord]) -> dict[str, DatasetRecord]:
     order as they were; only a new metric name or a new outcome moves them."""
     return {
         name: rec
-        if len(_finite_outcomes(rec)) >= MIN_OUTCOMES
+        if len(_finite_outcomes(rec)) >= MIN_OUTCOMES and reliability(rec) > 0.0
         else DatasetRecord(scores={metric: {} for metric in rec.scores})
         for name, rec in datasets.items()
     }
@@ -923,7 +992,8 @@ def fit(
     *,
     directions: Mapping[str, bool] | None = None,
 ) -> Fit:
-    """Learn the combination from every dataset with >= ``MIN_OUTCOMES`` finite outcomes.
+    """Learn the combination from every dataset with >= ``MIN_OUTCOMES`` finite outcomes
+    that are not all noise (``reliability`` above 0), each counting its reliability.
 
     datasets: name -> ``DatasetRecord`` (scores: metric -> model -> float, NaN = missing;
     outcomes: model -> float, may be empty); directions: metric -> higher_is_better, needed
@@ -950,6 +1020,11 @@ def fit(
                 "scores": {k: {m: _hex(v) for m, v in per.items()} for k, per in r.scores.items()},
                 "outcomes": {m: _hex(v) for m, v in r.outcomes.items()},
             }
+            | (
+                {"outcome_se": {m: _hex(v) for m, v in r.outcome_se.items()}}
+                if r.outcome_se
+                else {}
+            )
             for n, r in datasets.items()
         },
     }
@@ -979,6 +1054,7 @@ def _fit(datasets: Mapping[str, DatasetRecord], dirs: dict[str, bool], fingerpri
         for i in np.flatnonzero(t.labelled)
     }
     names = (*t.metrics, HISTORY)
+    counts = {t.names[i]: float(t.weight[i]) for i in np.flatnonzero(t.labelled)}
     return Fit(
         weights=MappingProxyType({k: float(x) for k, x in zip(names, w, strict=True)}),
         metrics=t.metrics,
@@ -993,6 +1069,7 @@ def _fit(datasets: Mapping[str, DatasetRecord], dirs: dict[str, bool], fingerpri
         metric_weights=MappingProxyType(
             {k: float(x) for k, x in zip(t.metrics, w_metric[:-1], strict=True)}
         ),
+        reliability=MappingProxyType(counts),
     )
 
 
@@ -1101,13 +1178,17 @@ def datasets_from_rows(
     outcome: str,
     dataset_column: str = "dataset",
     model_column: str = "model",
+    se_column: str | None = None,
 ) -> dict[str, DatasetRecord]:
     """Parse a wide table (one row per (dataset, model)) into ``DatasetRecord``s.
 
-    rows: mappings column -> value (e.g. ``csv.DictReader``); outcome: the outcome column.
-    Every other column whose non-empty values all parse as numbers is a metric (empty or
-    "nan" cells are missing); other columns are ignored. Repeated (dataset, model) rows are
-    averaged per column over their finite values.
+    rows: mappings column -> value (e.g. ``csv.DictReader``); outcome: the outcome column;
+    se_column (default ``OUTCOME_se``, used when the table has it): the standard error of
+    each outcome (``DatasetRecord.outcome_se``; empty: not known). Every other column whose
+    non-empty values all parse as numbers is a metric (empty or "nan" cells are missing);
+    other columns are ignored. Repeated (dataset, model) rows are averaged per column over
+    their finite values (a standard error: the root of the mean of the squares, over the
+    repeats, divided by the root of their number: the error of their mean).
     """
     rows = list(rows)
     if not rows:
@@ -1135,6 +1216,11 @@ def datasets_from_rows(
     ]
     if outcome not in numeric:
         raise TransferabilityError(f"the outcome column {outcome!r} has non-numeric values")
+    se_column = f"{outcome}_se" if se_column is None else se_column
+    if se_column in columns and se_column not in numeric:
+        raise TransferabilityError(
+            f"the standard-error column {se_column!r} has non-numeric values"
+        )
     sums: dict[tuple[str, str, str], list[float]] = {}
     for r in rows:
         key = (str(r[dataset_column]), str(r[model_column]))
@@ -1147,12 +1233,17 @@ def datasets_from_rows(
     for name in names:
         scores: dict[str, dict[str, float]] = {}
         outcomes: dict[str, float] = {}
+        errors: dict[str, float] = {}
         for (d, m, c), vals in sums.items():
             if d != name:
                 continue
             if c == outcome:
                 outcomes[m] = float(np.mean(vals))
+            elif c == se_column:
+                _check_se({m: min(vals)}, f"dataset {name!r}")
+                errors[m] = float(np.sqrt(np.mean(np.square(vals)) / len(vals)))
             else:
                 scores.setdefault(c, {})[m] = float(np.mean(vals))
-        out[name] = DatasetRecord(scores=scores, outcomes=outcomes)
+        errors = {m: v for m, v in errors.items() if m in outcomes}
+        out[name] = DatasetRecord(scores=scores, outcomes=outcomes, outcome_se=errors)
     return out

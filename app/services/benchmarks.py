@@ -139,6 +139,7 @@ def import_table(
                     }
                 )
         for model, value in record.outcomes.items():
+            se = record.outcome_se.get(model)
             outcome_rows.append(
                 {
                     "dataset_id": dataset.id,
@@ -146,7 +147,7 @@ def import_table(
                     "measure": outcome,
                     "value": value,
                     "higher_is_better": higher_outcome,
-                    "details": {"source": table},
+                    "details": {"source": table} | ({} if se is None else {"se": se}),
                     "created_at": stamp,
                 }
             )

@@ -36,7 +36,9 @@ def record(
     """Validate every entry first, then upsert them all (nothing is stored if one is bad).
 
     entries: ``{model_id, value, measure, higher_is_better, details}`` each; ``model_id`` may
-    also be the model's name.
+    also be the model's name; ``details["se"]``, where given, is the standard error of
+    ``value`` in its unit (the recommender counts a dataset by how much of its outcomes'
+    spread exceeds their errors: ``scoring.reliability``).
     """
     dataset = dataset_service.get_own(session, dataset_id, tenant)
     if not entries:
@@ -62,6 +64,17 @@ def record(
             raise Invalid(
                 f"measure {measure!r} is already stored as {word}-is-better; send "
                 f"higher_is_better={str(stored).lower()} or use another measure name"
+            )
+        se = (e.get("details") or {}).get("se")
+        if se is not None and (
+            isinstance(se, bool)
+            or not isinstance(se, int | float)
+            or not math.isfinite(se)
+            or se < 0
+        ):
+            raise Invalid(
+                f"outcome {i}: details.se, the standard error of value (in its unit), must be "
+                f"a finite number >= 0, not {se!r}; leave it out when it is not known"
             )
         pair = (models[e["model_id"]].id, measure)
         if pair in seen:

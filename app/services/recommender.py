@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select
@@ -136,6 +136,29 @@ def current_scores(
 
 def outcome_values(session: Session, scope: Scope) -> dict[str, dict[str, float]]:
     """dataset -> model -> outcome, sign-flipped where lower is better (so higher is better)."""
+    return _outcomes(session, scope)[0]
+
+
+def outcome_se(row: OutcomeRow) -> float | None:
+    """The standard error of a stored outcome: its ``details["se"]`` (a table's
+    ``OUTCOME_se`` column, a fine-tuning run's binomial error), else, for a fine-tuning
+    run's top-1 stored before runs recorded it, the binomial error of its held-out count
+    (``n_validation``); None: not known (typed in, or a table without errors)."""
+    details = row.details or {}
+    se = details.get("se")
+    if isinstance(se, int | float) and not isinstance(se, bool) and math.isfinite(se) and se >= 0:
+        return float(se)
+    n = details.get("n_validation")
+    if "finetune_id" in details and isinstance(n, int) and row.measure == DEFAULT_MEASURE:
+        derived = scoring.binomial_se(row.value, n, scale=1.0)  # a run's top-1: a fraction
+        return None if math.isnan(derived) else derived
+    return None
+
+
+def _outcomes(
+    session: Session, scope: Scope
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """``outcome_values``, and dataset -> model -> its standard error where one is known."""
     rows = session.execute(
         select(OutcomeRow)
         .join(DatasetRow, DatasetRow.id == OutcomeRow.dataset_id)
@@ -147,9 +170,12 @@ def outcome_values(session: Session, scope: Scope) -> dict[str, dict[str, float]
         )
     ).scalars()
     out: dict[str, dict[str, float]] = {}
+    errors: dict[str, dict[str, float]] = {}
     for r in rows:
         out.setdefault(r.dataset_id, {})[r.model_id] = r.value if r.higher_is_better else -r.value
-    return out
+        if (se := outcome_se(r)) is not None:
+            errors.setdefault(r.dataset_id, {})[r.model_id] = se
+    return out, errors
 
 
 def records(session: Session, scope: Scope, *, reference_only: bool = False) -> Records:
@@ -162,7 +188,7 @@ def records(session: Session, scope: Scope, *, reference_only: bool = False) -> 
         query = query.where(DatasetRow.reference.is_(True))
     ids = list(session.scalars(query))
     scores = current_scores(session, ids)
-    outcomes = outcome_values(session, scope)
+    outcomes, errors = _outcomes(session, scope)
     linked = aliases(session, scope.tenant)
     rename = {ref: model for ref, (model, _) in linked.items()}
     datasets = {
@@ -171,6 +197,7 @@ def records(session: Session, scope: Scope, *, reference_only: bool = False) -> 
                 k: {rename.get(m, m): v for m, v in per.items()} for k, per in scores[ds].items()
             },
             outcomes={rename.get(m, m): v for m, v in outcomes.get(ds, {}).items()},
+            outcome_se={rename.get(m, m): v for m, v in errors.get(ds, {}).items()},
         )
         for ds in ids
         if ds in scores
@@ -260,9 +287,7 @@ def metric_only_fit(
     wanted = set(metrics)
     recs = records(session, scope)
     restricted = {
-        ds: scoring.DatasetRecord(
-            scores={k: per for k, per in r.scores.items() if k in wanted}, outcomes=r.outcomes
-        )
+        ds: replace(r, scores={k: per for k, per in r.scores.items() if k in wanted})
         for ds, r in recs.datasets.items()
     }
     restricted = {ds: r for ds, r in restricted.items() if r.scores}

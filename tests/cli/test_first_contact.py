@@ -249,7 +249,8 @@ def test_outcomes_add_names_the_ids_of_datasets_sharing_a_name(tmp_path: Path, c
 
 def _shipped_image_datasets(metrics: set[str]) -> dict[str, scoring.DatasetRecord]:
     """The shipped image tables read straight from their files, their columns under the
-    registry's names, with ``metrics`` only: what the first local ranking must learn from."""
+    registry's names, with ``metrics`` only and the outcomes' standard errors where a table
+    gives them: what the first local ranking must learn from."""
     from app.reference import shipped
     from app.services.benchmarks import metric_name
 
@@ -263,6 +264,7 @@ def _shipped_image_datasets(metrics: set[str]) -> dict[str, scoring.DatasetRecor
                 {"dataset": f"{table.name}/{row['dataset']}", "model": row["model"]}
                 | {k: v for k, v in named.items() if k in metrics}
                 | {"outcome": row[table.outcome]}
+                | {"outcome_se": row.get(f"{table.outcome}_se") or ""}
             )
     return scoring.datasets_from_rows(rows, outcome="outcome")
 

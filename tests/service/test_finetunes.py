@@ -143,6 +143,9 @@ def test_finetune_job_measures_held_out_and_stores_outcomes_once(service):
         assert o["measure"] == "finetune_top1" and o["value"] == run["top1"]
         assert o["details"]["recipe"]["mode"] == "head" and o["details"]["epochs"] == 1
         assert o["details"]["finetune_id"] == body["id"] and o["details"]["seed"] == 0
+        # its standard error, binomial on the 20 held-out samples, by hand
+        p = run["top1"]
+        assert o["details"]["se"] == pytest.approx((p * (1 - p) / 20) ** 0.5, abs=1e-6)
     assert _fits(svc) > fits_before  # the recommender refitted on them
 
 

@@ -240,6 +240,8 @@ def test_outcomes_api_replace_and_bad_input(service, small_zip: bytes) -> None:
             "both higher- and lower-is-better",
         ),
         ([], 422, ""),
+        ([{"model_id": model_id, "value": 1.0, "details": {"se": -1}}], 422, "details.se"),
+        ([{"model_id": model_id, "value": 1.0, "details": {"se": "big"}}], 422, ">= 0"),
     ]
     for payload, status, words in bad:
         response = client.post(url, json=payload)
@@ -248,6 +250,8 @@ def test_outcomes_api_replace_and_bad_input(service, small_zip: bytes) -> None:
     r = client.post("/v1/datasets/nope/outcomes", json=[{"model_id": model_id, "value": 1.0}])
     assert r.status_code == 404
     assert [o["value"] for o in client.get(url).json()] == [92.0]  # nothing else was stored
+    r = client.post(url, json=[{"model_id": model_id, "value": 92.5, "details": {"se": 1.5}}])
+    assert r.status_code == 200 and r.json()[0]["details"] == {"se": 1.5}
 
 
 def test_refit_after_new_outcomes_changes_the_order(service) -> None:

@@ -104,6 +104,32 @@ def test_shipped_tables_are_imported_once_and_listed(service, data_dir: Path) ->
     assert "MIT licence" in spider["source"] and spider["version"] == spider["shipped_version"]
 
 
+def test_a_tables_standard_errors_reach_the_recommender(service) -> None:
+    """A shipped table that gives each outcome's standard error (``finetune_top1_se``, the
+    ground truth's binomial error on its held-out samples): the service stores them, and the
+    scope's fit learns from exactly the datasets whose outcomes are more spread than their
+    errors, each counting the reliability its file gives it."""
+    expected = {}
+    for table in shipped():
+        if table.modality == "image":
+            rows = csv.DictReader(io.StringIO(table.text()))
+            for name, rec in scoring.datasets_from_rows(rows, outcome=table.outcome).items():
+                if len(rec.outcomes) >= 3:
+                    expected[name] = scoring.reliability(rec)
+    assert min(expected.values()) < 1.0  # some outcomes in the files carry their errors
+    with service.db.session() as s:
+        recs = recommender.records(s, recommender.Scope("image", "classification"))
+        query = select(DatasetRow.id, DatasetRow.name).where(DatasetRow.id.in_(recs.datasets))
+        names = {d: n for d, n in s.execute(query).all()}
+    got = {names[d]: scoring.reliability(r) for d, r in recs.datasets.items() if r.outcomes}
+    assert got == pytest.approx(expected, abs=1e-9)
+    fit = scoring.fit_recommender(recs.datasets, directions=recs.directions)
+    assert {names[d] for d in fit.outcome_ranks} == {n for n, r in expected.items() if r > 0}
+    assert {names[d]: r for d, r in fit.reliability.items()} == pytest.approx(
+        {n: r for n, r in expected.items() if r > 0}, abs=1e-9
+    )
+
+
 def test_reference_tables_off_imports_none(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'off.db'}"
     reference.prepare(url, reference_tables=False)
@@ -158,11 +184,12 @@ def test_no_outcome_of_its_own_gives_the_calibrated_metric_only_order(service) -
         )
         assert isinstance(quality["weighted_tau"], float) and quality["datasets"] >= 5
         assert rec["weights"]["history"] == 0.0
-        # the weights are the metric-only fit on the shipped tables over these metrics
+        # the weights are the metric-only fit on the shipped tables over these metrics (their
+        # outcomes' standard errors too)
         recs = recommender.records(s, recommender.Scope.of(ds))
         only = {
             d: scoring.DatasetRecord({k: v for k, v in r.scores.items() if k in METRICS},
-                                     r.outcomes)
+                                     r.outcomes, r.outcome_se)
             for d, r in recs.datasets.items()
         }  # fmt: skip
         only = {d: r for d, r in only.items() if r.scores}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -300,6 +301,7 @@ def _fit_on(db: Database, result: RankResult) -> tuple[Fit | None, dict[str, Any
         ds: DatasetRecord(
             scores={k: {names[m]: v for m, v in per.items()} for k, per in r.scores.items()},
             outcomes={names[m]: v for m, v in r.outcomes.items()},
+            outcome_se={names[m]: v for m, v in r.outcome_se.items()},
         )
         for ds, r in stored.datasets.items()
     }
@@ -315,7 +317,7 @@ def _fit_on(db: Database, result: RankResult) -> tuple[Fit | None, dict[str, Any
         quality = recommender.quality_of(evaluate_lodo(datasets, directions=directions))
     else:  # no model ranked here has a history: the metric-only order of these metrics
         datasets = {
-            ds: DatasetRecord({k: v for k, v in r.scores.items() if k in here}, r.outcomes)
+            ds: replace(r, scores={k: v for k, v in r.scores.items() if k in here})
             for ds, r in datasets.items()
         }
         datasets = {ds: r for ds, r in datasets.items() if r.scores}

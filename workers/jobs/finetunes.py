@@ -339,7 +339,10 @@ def _last(job: FineTuneJobRow, model_id: str | None) -> int:
 
 def _outcome(plan: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """The run's measurement as an outcome row of the dataset: the held-out top-1, with the
-    recipe, epochs, seconds, device and seed as its details, and the job that measured it."""
+    recipe, epochs, seconds, device and seed as its details, its standard error, and the job
+    that measured it."""
+    from workers.pipeline.finetune.recipe import top1_se
+
     details = {
         "recipe": result["recipe"],
         "epochs": result["epochs"],
@@ -350,6 +353,8 @@ def _outcome(plan: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         "n_validation": result["n_validation"],
         "finetune_id": plan["job_id"],
     }
+    if (se := top1_se(result["top1"], int(result["n_validation"]))) is not None:
+        details["se"] = se
     if plan["method"] == METHOD_HALVING:
         details["verification"] = {
             "method": "successive halving",

@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from scoring.recommend import binomial_se
 from workers.pipeline.errors import PipelineError
 
 Mode = Literal["full", "head"]
@@ -118,6 +119,18 @@ def check_validation(validation: float | int) -> None:
             f"validation fraction must be between 0 and 1, got {validation}; or give a whole "
             "count per class such as 5"
         )
+
+
+def top1_se(top1: float | None, n_validation: int) -> float | None:
+    """The standard error of a held-out top-1 (a fraction, as ``FineTuneResult.top1``)
+    measured on ``n_validation`` samples (binomial: how far it could move by which samples
+    were held out), rounded to 1e-6; None when there is none. Stored as the outcome's
+    ``details["se"]``: the recommender counts a dataset by how much of its outcomes' spread
+    exceeds it (``scoring.reliability``)."""
+    if top1 is None:
+        return None
+    se = binomial_se(top1, n_validation, scale=1.0)
+    return None if math.isnan(se) else round(se, 6)
 
 
 @dataclass

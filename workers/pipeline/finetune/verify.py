@@ -43,7 +43,7 @@ from scoring import rank_quality
 from workers.pipeline.datasets import Dataset
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.finetune.halving import keep, measured_order, round_epochs
-from workers.pipeline.finetune.recipe import FineTuneRecipe, FineTuneResult
+from workers.pipeline.finetune.recipe import FineTuneRecipe, FineTuneResult, top1_se
 from workers.pipeline.finetune.run import finetune
 from workers.pipeline.finetune.split import Split, stratified_split
 from workers.pipeline.finetune.trainer import Limits, Progress
@@ -133,6 +133,7 @@ class Verification:
                 "seed": r.seed,
                 "n_train": r.n_train,
                 "n_validation": r.n_validation,
+                "se": top1_se(r.top1, r.n_validation),
                 "verification": {
                     "method": "successive halving",
                     "round": len(self.rounds) if c.out_in_round is None else c.out_in_round,

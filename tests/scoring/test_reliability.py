@@ -1,0 +1,124 @@
+"""Outcomes measured with noise: a dataset teaches the recommender in proportion to the share
+of its outcomes' spread that is not noise (``scoring.reliability``), and not at all where the
+outcomes are no more spread than their standard errors."""
+
+import math
+
+import numpy as np
+import pytest
+
+import scoring
+from scoring import TransferabilityError
+from scoring.recommend import DatasetRecord, reliability
+
+from .test_recommend import SYNTHETIC_DIRECTIONS, flip, synthetic
+
+
+def _with_reliability(record: DatasetRecord, r: float) -> DatasetRecord:
+    """``record`` with one standard error on every outcome, chosen so its reliability is r."""
+    values = list(record.outcomes.values())
+    se = math.sqrt((1.0 - r) * float(np.var(values, ddof=1)))
+    return DatasetRecord(record.scores, record.outcomes, dict.fromkeys(record.outcomes, se))
+
+
+def test_reliability_is_the_share_of_the_spread_that_is_not_noise() -> None:
+    outcomes = {"a": 70.0, "b": 75.0, "c": 80.0, "d": 85.0}  # sample variance 125 / 3
+    assert reliability(DatasetRecord({}, outcomes)) == 1.0  # no standard error: exact
+    even = DatasetRecord({}, outcomes, dict.fromkeys(outcomes, 2.0))
+    assert reliability(even) == pytest.approx(1 - 4 / (125 / 3), abs=1e-12)
+    # a model without one counts as measured exactly; NaN is "not known"
+    some = DatasetRecord({}, outcomes, {"a": 4.0, "b": math.nan})
+    assert reliability(some) == pytest.approx(1 - (16 / 4) / (125 / 3), abs=1e-12)
+    assert reliability(DatasetRecord({}, outcomes, dict.fromkeys(outcomes, 9.0))) == 0.0
+    flat = {"a": 80.0, "b": 80.0, "c": 80.0}
+    assert reliability(DatasetRecord({}, flat, dict.fromkeys(flat, 1.0))) == 0.0
+    assert scoring.binomial_se(80.0, 100) == pytest.approx(4.0, abs=1e-12)
+    assert scoring.binomial_se(0.8, 100, scale=1.0) == pytest.approx(0.04, abs=1e-12)
+    assert math.isnan(scoring.binomial_se(80.0, 0)) and math.isnan(scoring.binomial_se(101, 9))
+
+
+def test_outcomes_within_their_noise_teach_nothing() -> None:
+    """A dataset whose outcomes (here reversed: poison) are no more spread than their
+    standard errors is fitted exactly as if it had no outcomes, and is not held out."""
+    data = synthetic(0)
+    poisoned = flip(data["task0"])
+    noisy = dict(data)
+    noisy["task0"] = DatasetRecord(
+        poisoned.scores, poisoned.outcomes, dict.fromkeys(poisoned.outcomes, 100.0)
+    )
+    blind = dict(data)
+    blind["task0"] = DatasetRecord(poisoned.scores)
+    a = scoring.fit_recommender(noisy, directions=SYNTHETIC_DIRECTIONS)
+    b = scoring.fit_recommender(blind, directions=SYNTHETIC_DIRECTIONS)
+    assert a.fingerprint == b.fingerprint and dict(a.weights) == dict(b.weights)
+    assert "task0" not in a.outcome_ranks and a.n_datasets == len(data) - 1
+    ev = scoring.evaluate_lodo(noisy, directions=SYNTHETIC_DIRECTIONS)
+    assert "task0" not in ev.datasets
+    exact = scoring.fit_recommender(
+        {**data, "task0": poisoned}, directions=SYNTHETIC_DIRECTIONS
+    )  # the same poison measured exactly does move the fit
+    assert dict(exact.weights) != dict(b.weights)
+
+
+def test_datasets_equally_reliable_fit_as_exact_ones() -> None:
+    """Reliability weighs the means over datasets: every dataset at the same reliability
+    gives the weights, the metric-only weights and the history of exact outcomes."""
+    data = synthetic(1)
+    even = {name: _with_reliability(r, 0.4) for name, r in data.items()}
+    for name, r in even.items():
+        assert reliability(r) == pytest.approx(0.4, abs=1e-12), name
+    a = scoring.fit_recommender(even, directions=SYNTHETIC_DIRECTIONS)
+    b = scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS)
+    assert a.fingerprint != b.fingerprint  # the errors are inputs
+    for got, want in ((a.weights, b.weights), (a.metric_weights, b.metric_weights)):
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-9)
+    assert {m: h.mean for m, h in a.history.items()} == pytest.approx(
+        {m: h.mean for m, h in b.history.items()}, abs=1e-12
+    )
+    assert all(r == pytest.approx(0.4, abs=1e-12) for r in a.reliability.values())
+    assert set(b.reliability.values()) == {1.0} and a.reliability.keys() == b.reliability.keys()
+
+
+def _two_views() -> dict[str, DatasetRecord]:
+    """Two datasets of five models that disagree on which metric is right: on "one" metric
+    x orders the models as their outcomes do and y reverses them, on "two" the other way."""
+    models = [f"m{i}" for i in range(5)]
+    up = dict(zip(models, [1.0, 2.0, 3.0, 4.0, 5.0], strict=True))
+    down = {m: -v for m, v in up.items()}
+    outcomes = {m: 60 + 5 * v for m, v in up.items()}
+    return {
+        "one": DatasetRecord({"x": up, "y": down}, outcomes),
+        "two": DatasetRecord({"x": down, "y": up}, outcomes),
+    }
+
+
+@pytest.mark.parametrize(("noisy", "chosen"), [("two", "x"), ("one", "y")])
+def test_the_metric_only_order_follows_the_more_reliable_dataset(noisy: str, chosen: str) -> None:
+    """Exact, the two datasets cancel out; with one of them measured on few samples
+    (reliability 0.2), the metric-only weights take the metric the other one vouches for."""
+    data = _two_views()
+    tied = scoring.fit_recommender(data).metric_weights
+    assert tied["x"] == tied["y"]
+    data[noisy] = _with_reliability(data[noisy], 0.2)
+    weights = scoring.fit_recommender(data).metric_weights
+    assert weights[chosen] == 1.0 and sum(weights.values()) == 1.0
+
+
+def test_a_table_gives_its_standard_errors_in_the_outcome_se_column() -> None:
+    rows = [
+        {"dataset": "d", "model": m, "top1": v, "top1_se": se, "LogME": s}
+        for m, v, se, s in (("a", 70, 2, 0.1), ("b", 80, "", 0.2), ("c", 90, 3, 0.3))
+    ] + [{"dataset": "d", "model": "a", "top1": 70, "top1_se": 2, "LogME": 0.1}]
+    (record,) = scoring.datasets_from_rows(rows, outcome="top1").values()
+    assert set(record.scores) == {"LogME"}  # the errors are not a metric
+    # a repeated row: the error of the mean of its two measurements
+    assert record.outcome_se == pytest.approx({"a": 2 / math.sqrt(2), "c": 3.0})
+    named = scoring.datasets_from_rows(rows, outcome="top1", se_column="LogME")
+    assert set(named["d"].scores) == {"top1_se"}
+    with pytest.raises(TransferabilityError, match="standard-error column 'top1_se'"):
+        scoring.datasets_from_rows([{**rows[0], "top1_se": "high"}], outcome="top1")
+    with pytest.raises(TransferabilityError, match="must be a finite number >= 0"):
+        scoring.datasets_from_rows([{**rows[0], "top1_se": -1}], outcome="top1")
+    with pytest.raises(TransferabilityError, match="standard error of 'a'"):
+        scoring.fit_recommender({"d": DatasetRecord({"s": {"a": 1.0}}, {"a": 1.0}, {"a": "x"})})
