@@ -1094,6 +1094,16 @@ def evaluate_lodo(
     t = _table(_fitted(datasets), dirs)
     held_out = np.flatnonzero(t.labelled)
     if not held_out.size:
+        noise = [
+            n for n, r in datasets.items()
+            if len(_finite_outcomes(r)) >= MIN_OUTCOMES and reliability(r) == 0.0
+        ]  # fmt: skip
+        if noise:
+            raise TransferabilityError(
+                f"the outcomes of {', '.join(map(repr, sorted(noise)))} are no more spread than "
+                "their standard errors (reliability 0), so no order can be measured on them and "
+                "nothing can be evaluated; measure them on more held-out samples"
+            )
         raise TransferabilityError(
             f"no dataset has {MIN_OUTCOMES} or more finite outcomes, so nothing can be evaluated"
         )

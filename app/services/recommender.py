@@ -547,14 +547,24 @@ def evaluation(
     try:
         result = scoring.evaluate_lodo(with_outcomes, directions=directions)
     except scoring.TransferabilityError as exc:
-        raise Invalid(
-            f"nothing to evaluate for {scope.key}: {exc}; record outcomes for at least "
-            f"{MIN_OUTCOMES} models of a dataset "
+        counted = any(len(r.outcomes) >= MIN_OUTCOMES for r in with_outcomes.values())
+        hint = (
+            ""  # there are enough outcomes: the error says what is wrong with them
+            if counted
+            else f"; record outcomes for at least {MIN_OUTCOMES} models of a dataset "
             "(`transferbench outcomes add`, or POST /v1/datasets/{id}/outcomes)"
-        ) from exc
+        )
+        raise Invalid(f"nothing to evaluate for {scope.key}: {exc}{hint}") from exc
     if dataset_id is not None:
         if dataset_id not in result.per_dataset:
-            n = len(recs.datasets[dataset_id].outcomes) if dataset_id in recs.datasets else 0
+            rec = recs.datasets.get(dataset_id)
+            n = len(rec.outcomes) if rec is not None else 0
+            if rec is not None and n >= MIN_OUTCOMES and scoring.reliability(rec) == 0.0:
+                raise Invalid(
+                    f"dataset {dataset_id!r}: its {n} outcomes under {scope.measure!r} are no "
+                    "more spread than their standard errors (reliability 0), so no order of "
+                    "its models can be measured on them; measure them on more held-out samples"
+                )
             raise Invalid(
                 f"dataset {dataset_id!r} has {n} outcome(s) under {scope.measure!r} with scores "
                 f"beside them; it needs at least {MIN_OUTCOMES}"

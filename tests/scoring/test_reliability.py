@@ -122,3 +122,12 @@ def test_a_table_gives_its_standard_errors_in_the_outcome_se_column() -> None:
         scoring.datasets_from_rows([{**rows[0], "top1_se": -1}], outcome="top1")
     with pytest.raises(TransferabilityError, match="standard error of 'a'"):
         scoring.fit_recommender({"d": DatasetRecord({"s": {"a": 1.0}}, {"a": 1.0}, {"a": "x"})})
+
+
+def test_an_evaluation_of_outcomes_within_their_noise_says_so() -> None:
+    outcomes = {"a": 70.0, "b": 71.0, "c": 72.0}
+    scores = {"logme": {"a": 1.0, "b": 2.0, "c": 3.0}}
+    noisy = {"d": DatasetRecord(scores, outcomes, dict.fromkeys(outcomes, 5.0))}
+    with pytest.raises(TransferabilityError, match="no more spread than their standard errors"):
+        scoring.evaluate_lodo(noisy)
+    assert scoring.evaluate_lodo({"d": DatasetRecord(scores, outcomes)}).datasets == ("d",)

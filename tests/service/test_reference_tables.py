@@ -130,6 +130,32 @@ def test_a_tables_standard_errors_reach_the_recommender(service) -> None:
     )
 
 
+def test_a_dataset_whose_outcomes_are_within_their_noise_says_so(service) -> None:
+    """Three outcomes 1 point apart, each with a standard error of 5: no order can be measured
+    on them, and the dataset's evaluation says so instead of asking for more outcomes; the
+    same outcomes without errors (taken as exact) are evaluated."""
+    with service.db.session() as s:
+        models = _models(s, "default")
+        ds = _tenant_dataset(s, "default", models)
+        s.add_all(
+            OutcomeRow(dataset_id=ds.id, model_id=m.id, measure="finetune_top1", value=v,
+                       higher_is_better=True, details={"se": 5.0})
+            for m, v in zip(models, (70.0, 71.0, 72.0), strict=True)
+        )  # fmt: skip
+        dataset = ds.id
+    r = service.client.get(f"/v1/datasets/{dataset}/evaluation")
+    assert r.status_code == 422, r.text
+    assert (
+        "3 outcomes under 'finetune_top1' are no more spread than their standard errors"
+        in (r.json()["detail"])
+    )
+    with service.db.session() as s:
+        for row in s.scalars(select(OutcomeRow).where(OutcomeRow.dataset_id == dataset)):
+            row.details = {}
+    r = service.client.get(f"/v1/datasets/{dataset}/evaluation")
+    assert r.status_code == 200 and r.json()["models"] == 3, r.text
+
+
 def test_reference_tables_off_imports_none(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'off.db'}"
     reference.prepare(url, reference_tables=False)
