@@ -429,6 +429,14 @@ def _signed(values: Sequence[float], sign: float) -> F64:
     return sign * np.asarray(values, dtype=np.float64)
 
 
+def _number(value: Any, what: str) -> float:
+    """``value`` as a float; a ``TransferabilityError`` naming ``what`` when it is none."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TransferabilityError(f"{what} is {value!r}, not a number") from None
+
+
 def _check_scores(scores: Mapping[str, Mapping[str, float]], where: str) -> None:
     for metric, per in scores.items():
         if metric in (HISTORY, RECOMMENDED, METRIC_ONLY):
@@ -436,12 +444,7 @@ def _check_scores(scores: Mapping[str, Mapping[str, float]], where: str) -> None
                 f"{where}: {metric!r} is reserved for the recommender; rename that metric"
             )
         for model, value in per.items():
-            try:
-                v = float(value)
-            except (TypeError, ValueError):
-                raise TransferabilityError(
-                    f"{where}: {metric} of {model!r} is {value!r}, not a number"
-                ) from None
+            v = _number(value, f"{where}: {metric} of {model!r}")
             if math.isinf(v):
                 raise TransferabilityError(
                     f"{where}: {metric} of {model!r} is {v}; an infinite score is a failed "
@@ -451,12 +454,7 @@ def _check_scores(scores: Mapping[str, Mapping[str, float]], where: str) -> None
 
 def _check_outcomes(outcomes: Mapping[str, float], where: str) -> None:
     for model, value in outcomes.items():
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise TransferabilityError(
-                f"{where}: outcome of {model!r} is {value!r}, not a number"
-            ) from None
+        v = _number(value, f"{where}: outcome of {model!r}")
         if math.isinf(v):
             raise TransferabilityError(
                 f"{where}: outcome of {model!r} is {v}; pass NaN (or leave it out) if unknown"
@@ -465,12 +463,7 @@ def _check_outcomes(outcomes: Mapping[str, float], where: str) -> None:
 
 def _check_se(outcome_se: Mapping[str, float], where: str) -> None:
     for model, value in outcome_se.items():
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise TransferabilityError(
-                f"{where}: standard error of {model!r}'s outcome is {value!r}, not a number"
-            ) from None
+        v = _number(value, f"{where}: standard error of {model!r}'s outcome")
         if math.isinf(v) or v < 0:
             raise TransferabilityError(
                 f"{where}: standard error of {model!r}'s outcome is {v}; it must be a finite "
