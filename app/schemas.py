@@ -318,6 +318,11 @@ class Evaluation(BaseModel):
     scope: str = Field(description="modality/task/measure")
     measure: str
     datasets: int
+    left_out: dict[str, str] = Field(
+        default_factory=dict,
+        description="dataset id -> why a dataset with enough outcomes was not evaluated (its "
+        "outcomes are no more spread than their standard errors)",
+    )
     mean: dict[str, dict[str, float | None]]
     median: dict[str, dict[str, float | None]]
     count: dict[str, dict[str, int]] = Field(

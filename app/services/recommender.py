@@ -528,6 +528,13 @@ def attach(session: Session, job: JobRow) -> None:
         job.recommendation = recommend(session, dataset, [m.model_id for m in job.models])
 
 
+#: why a dataset with enough outcomes is left out of an evaluation (``evaluation``)
+NOISE_ONLY = (
+    "its outcomes are no more spread than their standard errors (reliability 0): no order of "
+    "its models can be measured on them"
+)
+
+
 def evaluation(
     session: Session,
     scope: Scope,
@@ -575,10 +582,18 @@ def evaluation(
             "models": len(recs.datasets[dataset_id].outcomes),
             "methods": _clean(result.per_dataset[dataset_id]),
         }
+    noise = sorted(
+        ds
+        for ds, r in with_outcomes.items()
+        if ds not in result.per_dataset
+        and len(r.outcomes) >= MIN_OUTCOMES
+        and scoring.reliability(r) == 0.0
+    )
     return {
         "scope": scope.key,
         "measure": scope.measure,
         "datasets": len(result.datasets),
+        "left_out": dict.fromkeys(noise, NOISE_ONLY),
         "mean": _clean(result.mean),
         "median": _clean(result.median),
         "count": {k: dict(v) for k, v in result.count.items()},

@@ -128,6 +128,11 @@ def test_a_tables_standard_errors_reach_the_recommender(service) -> None:
     assert {names[d]: r for d, r in fit.reliability.items()} == pytest.approx(
         {n: r for n, r in expected.items() if r > 0}, abs=1e-9
     )
+    # the evaluation holds out the others and names those it leaves out, with why
+    body = service.client.get("/v1/evaluation").json()
+    assert body["datasets"] == sum(r > 0 for r in expected.values())
+    assert {names[d] for d in body["left_out"]} == {n for n, r in expected.items() if r == 0}
+    assert all("standard errors" in why for why in body["left_out"].values())
 
 
 def test_a_dataset_whose_outcomes_are_within_their_noise_says_so(service) -> None:

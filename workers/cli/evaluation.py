@@ -262,6 +262,7 @@ def _report(scope: Any, result: dict[str, Any]) -> dict[str, Any]:
     return {
         "scope": _label(scope),
         "datasets": result.get("datasets", 1),
+        **({"left_out": result["left_out"]} if "left_out" in result else {}),
         "metrics": {
             k: _json_figures(v) for k, v in figures.items() if k not in (RECOMMENDED, METRIC_ONLY)
         },
@@ -280,6 +281,11 @@ def _table(scope: Any, result: dict[str, Any]) -> str:
     count = result.get("models", result.get("datasets"))
     unit = "models" if "dataset_id" in result else "datasets"
     lines = [f"{_label(scope)}", f"{what}: {count} {unit}, measure {result['measure']}"]
+    if left := result.get("left_out"):
+        lines[-1] += (
+            f" ({len(left)} left out: their outcomes are no more spread than their standard "
+            "errors, so no order can be measured on them)"
+        )
     width = max(len(k) for k in figures)
     lines.append("method".ljust(width) + "".join(f.rjust(14) for f in FIGURES))
     order = sorted(figures, key=lambda k: -_num(figures[k].get("weighted_tau")))
