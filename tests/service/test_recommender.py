@@ -334,3 +334,33 @@ def test_cli_outcomes_evaluate_and_benchmark(tmp_path: Path, data_dir: Path, cap
     listed = dict(line.split("\t")[0::2] for line in capsys.readouterr().out.strip().splitlines())
     assert listed["ref:net0"] == "55.5"
     assert float(listed["ref:net1"]) != 1.0  # the bad file's first row was not stored
+    # standard errors: --se, and an se column (empty: not known); a bad one stores nothing
+    assert main(["outcomes", "add", "set1", "ref:net2", "61.0", "--measure", "top1",
+                 "--se", "2.5"]) == 0  # fmt: skip
+    errors = tmp_path / "errors.csv"
+    errors.write_text("dataset,model,value,measure,se\nset1,ref:net3,62,top1,1.5\n"
+                      "set1,ref:net4,63,top1,\n")  # fmt: skip
+    assert main(["outcomes", "import", str(errors)]) == 0
+    capsys.readouterr()
+    for text, words in (("set1,ref:net5,64,top1,big\n", "se 'big' is not a number"),
+                        ("set1,ref:net5,64,top1,-1\n", "details.se")):  # fmt: skip
+        errors.write_text("dataset,model,value,measure,se\n" + text)
+        assert main(["outcomes", "import", str(errors)]) == 2
+        assert words in capsys.readouterr().err
+    from app.db.models import DatasetRow, OutcomeRow
+    from app.db.session import Database
+    from workers.settings import Settings
+
+    db = Database(Settings.load().db_url)
+    try:
+        with db.session() as s:
+            set1 = s.query(DatasetRow.id).filter(DatasetRow.name == "set1").scalar_subquery()
+            got = {
+                row.model.name: row.details.get("se")
+                for row in s.query(OutcomeRow).filter(OutcomeRow.dataset_id == set1)
+                if row.model.name in {"ref:net2", "ref:net3", "ref:net4", "ref:net5"}
+            }
+    finally:
+        db.dispose()
+    # ref:net5 keeps the table's outcome, without an error: the refused files stored nothing
+    assert got == {"ref:net2": 2.5, "ref:net3": 1.5, "ref:net4": None, "ref:net5": None}

@@ -29,7 +29,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     add.add_argument("value", type=float)
     add.add_argument("--measure", default="finetune_top1")
     add.add_argument("--lower-is-better", action="store_true", help="e.g. an error rate")
-    imp = osub.add_parser("import", help="a CSV with columns dataset, model, value[, measure]")
+    add.add_argument(
+        "--se",
+        type=float,
+        help="the value's standard error, in its unit (an accuracy p on n held-out samples: "
+        "sqrt(p (1 - p) / n)); the recommender counts a dataset by how much of its outcomes' "
+        "spread exceeds their errors. Default: none, the value is taken as exact",
+    )
+    imp = osub.add_parser(
+        "import", help="a CSV with columns dataset, model, value[, measure][, se]"
+    )
     imp.add_argument("file", type=Path)
     imp.add_argument("--measure", default="finetune_top1", help="when the CSV has none")
     imp.add_argument("--lower-is-better", action="store_true")
@@ -318,7 +327,8 @@ def _outcome_entries(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]
     higher = not args.lower_is_better
     if args.outcomes_command == "add":
         entry = {"model_id": args.model, "value": args.value, "measure": args.measure}
-        return [(args.dataset, {**entry, "higher_is_better": higher, "details": {}})]
+        details = {} if args.se is None else {"se": args.se}
+        return [(args.dataset, {**entry, "higher_is_better": higher, "details": details})]
     rows = list(csv.DictReader(_read_text(args.file).splitlines()))
     missing = {"dataset", "model", "value"} - set(rows[0] if rows else {})
     if not rows or missing:
@@ -334,12 +344,20 @@ def _outcome_entries(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]
             raise PipelineError(
                 f"{args.file}:{i}: value {row['value']!r} is not a number"
             ) from None
+        se = (row.get("se") or "").strip()
+        try:
+            details = {"se": float(se)} if se else {}
+        except ValueError:
+            raise PipelineError(
+                f"{args.file}:{i}: se {se!r} is not a number (the value's standard error; "
+                "leave it empty when it is not known)"
+            ) from None
         entry = {
             "model_id": row["model"],
             "value": value,
             "measure": row.get("measure") or args.measure,
             "higher_is_better": higher,
-            "details": {},
+            "details": details,
         }
         out.append((row["dataset"], entry))
     return out
