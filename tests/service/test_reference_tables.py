@@ -133,6 +133,9 @@ def test_a_tables_standard_errors_reach_the_recommender(service) -> None:
     assert body["datasets"] == sum(r > 0 for r in expected.values())
     assert {names[d] for d in body["left_out"]} == {n for n, r in expected.items() if r == 0}
     assert all("standard errors" in why for why in body["left_out"].values())
+    page = service.client.get("/dashboard/metrics?modality=image&task=classification").text
+    left = len(body["left_out"])
+    assert (f"({left} more left out: their outcomes are no more spread" in page) == (left > 0)
 
 
 def test_a_dataset_whose_outcomes_are_within_their_noise_says_so(service) -> None:

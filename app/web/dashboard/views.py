@@ -565,7 +565,14 @@ def evaluation_page(scope: recommender.Scope, body: dict[str, Any]) -> dict[str,
         "figures": {f: [mean[m].get(f) for m in methods] for f in FIGURES},
         "labels": FIGURE_LABELS,
     }
-    return {"scope": scope, "datasets": body["datasets"], "rows": rows, "chart": chart}
+    left_out = len(body.get("left_out", {}))
+    return {
+        "scope": scope,
+        "datasets": body["datasets"],
+        "left_out": left_out,
+        "rows": rows,
+        "chart": chart,
+    }
 
 
 def names_by_id(rows: Iterable[DatasetRow | ModelRow]) -> dict[str, str]:
