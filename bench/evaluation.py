@@ -2,8 +2,9 @@
 
 For every CSV under ``--tables`` (default ``../shared/benchmarks`` next to the repository
 root), read as a wide table: one row per (dataset, model), columns ``dataset``, ``model``, the
-outcome column (``--outcome``, default ``finetune_top1``: the accuracy after fine-tuning) and
-every other numeric column a metric's score (repeated (dataset, model) rows are averaged,
+outcome column (``--outcome``, default ``finetune_top1``: the accuracy after fine-tuning), its
+standard errors where the table has ``OUTCOME_se`` (``scoring.reliability``), and every other
+numeric column a metric's score (repeated (dataset, model) rows are averaged,
 text columns ignored). Then ``scoring.evaluate_lodo``: for each dataset with >= 3 outcomes,
 ``scoring.rank_quality`` of every metric against the outcomes, and of the recommender fitted
 leave-one-dataset-out (it never sees that dataset's outcomes, not even in its history).

@@ -81,11 +81,12 @@ model's likeness of datasets with samples (``bench/probe_similarity.py``, on the
 ground truth) helps only with a strength chosen in hindsight: chosen inside, it stays at 0;
 see docs/recommender.md.
 
-Fallback (no dataset with >= ``MIN_OUTCOMES`` outcomes): the equal-weight mean of the ranks
-of whichever of ``RELIABLE_METRICS`` are present. LogME (You et al., ICML 2021) is the
-reference every later metric is compared with; in the 715k-setup study of Agostinelli et al.
-(ECCV 2022) LogME, NLEEP (Li et al., CVPR 2021) and GBC (Pandy et al., CVPR 2022) each came
-out best in one scenario, and no metric in all; shrinkage H-score (Ibrahim et al., ICLR 2023)
+Fallback (no dataset with >= ``MIN_OUTCOMES`` outcomes more spread than their errors): the
+equal-weight mean of the ranks of whichever of ``RELIABLE_METRICS`` are present. LogME (You
+et al., ICML 2021) is the reference every later metric is compared with; in the 715k-setup
+study of Agostinelli et al. (ECCV 2022) LogME, NLEEP (Li et al., CVPR 2021) and GBC (Pandy et
+al., CVPR 2022) each came out best in one scenario, and no metric in all; shrinkage H-score
+(Ibrahim et al., ICLR 2023)
 repairs plain H-score's unstable covariance estimate; SFDA (Shao et al., ECCV 2022) and
 TransRate (Huang et al., ICML 2022) are the other feature-based metrics of that generation.
 LEEP, NCE and plain H-score are left out: each of those papers improves on them. An equal
