@@ -8,17 +8,19 @@ outcomes were measured on a few dozen held-out samples each and carry their stan
 ``transferbench serve`` does, reads each scope's datasets as the recommender does
 (``app.services.recommender.records``), and reports ``scoring.evaluate_lodo`` on them:
 
-- ``reliability``: as shipped, each dataset counted by the reliability of its outcomes
-  (``scoring.reliability``: the share of their spread that is not noise); a dataset whose
-  outcomes are no more spread than their errors is neither learned from nor held out;
-- ``exact``: the same data with the standard errors dropped, every outcome taken as exact
-  (what the recommender did before it read them).
+- ``shipped``: each dataset counted by the reliability of its outcomes
+  (``scoring.reliability``: the share of their spread that is not noise) times the
+  information in the order of its models (``scoring.recommend.order_information``); a dataset
+  whose outcomes are no more spread than their errors is neither learned from nor held out;
+- ``exact``: the same with the standard errors dropped, every outcome taken as exact;
+- ``alike``: every outcome exact and every dataset counted alike, whatever its number of
+  models: the recommender before it weighed datasets (version 4 as first shipped).
 
 For each, the mean weighted tau and top-1 regret (points of the outcome) of the full
 recommender, the metric-only order and LogME, over the datasets of each shipped table and
-over all of them, with their number. The two rows of a group are comparable only on the same
-datasets: ``exact`` also holds out the datasets ``reliability`` leaves out, so the table gives
-``exact`` on those common datasets too. Run from the repository root:
+over all of them, with their number. Rows are comparable only on the same datasets: the
+others also hold out the datasets ``shipped`` leaves out, so the table gives them on those
+common datasets too (``..._same``). Run from the repository root:
 
     .venv/bin/python bench/shipped_scope.py
 
@@ -48,6 +50,7 @@ from app.db.session import Database
 from app.services import recommender
 from app.services.reference import prepare
 from bench._common import machine, write_report
+from scoring import recommend as rec
 from scoring.recommend import METRIC_ONLY, RECOMMENDED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +100,14 @@ def measure(
     records: Mapping[str, scoring.DatasetRecord], directions: Mapping[str, bool], tables: dict
 ) -> dict[str, Any]:
     exact = {n: replace(r, outcome_se={}) for n, r in records.items()}
-    reliable = scoring.evaluate_lodo(records, directions=directions)
+    shipped = scoring.evaluate_lodo(records, directions=directions)
     plain = scoring.evaluate_lodo(exact, directions=directions)
+    informed = rec.order_information
+    rec.order_information = lambda n: 1.0  # every dataset alike: the method before
+    try:
+        alike = scoring.evaluate_lodo(exact, directions=directions)
+    finally:
+        rec.order_information = informed
     groups = {t: [n for n in records if tables[n] == t] for t in sorted(set(tables.values()))}
     groups["all"] = list(records)
     out: dict[str, Any] = {
@@ -106,18 +115,20 @@ def measure(
         "groups": {},
     }
     for group, names in groups.items():
-        kept = [n for n in names if n in reliable.per_dataset]
+        kept = [n for n in names if n in shipped.per_dataset]
         out["groups"][group] = {
-            "reliability": summary(reliable, kept),
+            "shipped": summary(shipped, kept),
             "exact": summary(plain, names),
-            "exact_on_the_same_datasets": summary(plain, kept),
+            "exact_same": summary(plain, kept),
+            "alike": summary(alike, names),
+            "alike_same": summary(alike, kept),
         }
     return out
 
 
 def print_scope(key: str, result: Mapping[str, Any]) -> None:
     print(f"\n{key}: mean weighted tau / top-1 regret (datasets), leave-one-dataset-out")
-    head = "group".ljust(34) + "variant".ljust(28)
+    head = "group".ljust(34) + "variant".ljust(14)
     print(head + "".join(f"{m:>22s}" for m in METHODS))
     for group, variants in result["groups"].items():
         for variant, rows in variants.items():
@@ -125,7 +136,7 @@ def print_scope(key: str, result: Mapping[str, Any]) -> None:
                 f"{r['weighted_tau']:>9.3f} / {r['top1_regret']:5.2f} ({r['datasets']:>2d})"
                 for r in (rows[m] for m in METHODS)
             )
-            print(group[:33].ljust(34) + variant.ljust(28) + cells)
+            print(group[:33].ljust(34) + variant.ljust(14) + cells)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
