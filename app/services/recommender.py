@@ -134,11 +134,6 @@ def current_scores(
     return out
 
 
-def outcome_values(session: Session, scope: Scope) -> dict[str, dict[str, float]]:
-    """dataset -> model -> outcome, sign-flipped where lower is better (so higher is better)."""
-    return _outcomes(session, scope)[0]
-
-
 def outcome_se(row: OutcomeRow) -> float | None:
     """The standard error of a stored outcome: its ``details["se"]`` (a table's
     ``OUTCOME_se`` column, a fine-tuning run's binomial error), else, for a fine-tuning
@@ -155,10 +150,11 @@ def outcome_se(row: OutcomeRow) -> float | None:
     return None
 
 
-def _outcomes(
+def outcome_values(
     session: Session, scope: Scope
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """``outcome_values``, and dataset -> model -> its standard error where one is known."""
+    """dataset -> model -> outcome, sign-flipped where lower is better (so higher is better),
+    and dataset -> model -> its standard error where one is known (``outcome_se``)."""
     rows = session.execute(
         select(OutcomeRow)
         .join(DatasetRow, DatasetRow.id == OutcomeRow.dataset_id)
@@ -188,7 +184,7 @@ def records(session: Session, scope: Scope, *, reference_only: bool = False) -> 
         query = query.where(DatasetRow.reference.is_(True))
     ids = list(session.scalars(query))
     scores = current_scores(session, ids)
-    outcomes, errors = _outcomes(session, scope)
+    outcomes, errors = outcome_values(session, scope)
     linked = aliases(session, scope.tenant)
     rename = {ref: model for ref, (model, _) in linked.items()}
     datasets = {
