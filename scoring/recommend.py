@@ -492,6 +492,19 @@ def binomial_se(accuracy: float, n: int, *, scale: float = 100.0) -> float:
     return scale * math.sqrt(p * (1.0 - p) / n)
 
 
+def noise_only(record: DatasetRecord) -> bool:
+    """True for a dataset with >= ``MIN_OUTCOMES`` finite outcomes that are no more spread
+    than their standard errors (``reliability`` 0): enough outcomes, but no order to learn
+    from or to measure."""
+    return len(_finite_outcomes(record)) >= MIN_OUTCOMES and reliability(record) == 0.0
+
+
+def _teaches(record: DatasetRecord) -> bool:
+    """The recommender learns from a dataset (and holds it out) when it has >=
+    ``MIN_OUTCOMES`` finite outcomes more spread than their standard errors."""
+    return len(_finite_outcomes(record)) >= MIN_OUTCOMES and reliability(record) > 0.0
+
+
 def order_information(n: int) -> float:
     """How much the order of ``n`` models tells: 1 / Var(Kendall's tau) when the two orders
     compared are independent, 9 n (n - 1) / (2 (2 n + 5)) (Kendall, Biometrika 1938), the
@@ -731,9 +744,9 @@ def _table(datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]
             for model, value in per.items():
                 raw[i, index[model], k] = sign * float(value)
         out = _finite_outcomes(rec)
-        if len(out) >= MIN_OUTCOMES and (r := reliability(rec)) > 0.0:
+        if _teaches(rec):
             outcomes[i, [index[m] for m in out]] = list(out.values())
-            weight[i] = r * order_information(len(out))
+            weight[i] = reliability(rec) * order_information(len(out))
     scored = np.isfinite(raw)
     feats = np.zeros((d_, m_, k_))
     for di, ki in zip(*np.nonzero(scored.any(axis=1)), strict=True):
@@ -982,9 +995,7 @@ def _fitted(datasets: Mapping[str, DatasetRecord]) -> dict[str, DatasetRecord]:
     ranking) then leaves the fit, its fingerprint and every other dataset's recommended
     order as they were; only a new metric name or a new outcome moves them."""
     return {
-        name: rec
-        if len(_finite_outcomes(rec)) >= MIN_OUTCOMES and reliability(rec) > 0.0
-        else DatasetRecord(scores={metric: {} for metric in rec.scores})
+        name: rec if _teaches(rec) else DatasetRecord(scores={metric: {} for metric in rec.scores})
         for name, rec in datasets.items()
     }
 
@@ -1104,10 +1115,7 @@ def evaluate_lodo(
     t = _table(_fitted(datasets), dirs)
     held_out = np.flatnonzero(t.labelled)
     if not held_out.size:
-        noise = [
-            n for n, r in datasets.items()
-            if len(_finite_outcomes(r)) >= MIN_OUTCOMES and reliability(r) == 0.0
-        ]  # fmt: skip
+        noise = [n for n, r in datasets.items() if noise_only(r)]
         if noise:
             raise TransferabilityError(
                 f"the outcomes of {', '.join(map(repr, sorted(noise)))} are no more spread than "

@@ -41,6 +41,7 @@ from scoring.recommend import (
     RECOMMENDED,
     Fit,
     has_history,
+    noise_only,
 )
 
 DEFAULT_MEASURE = "finetune_top1"
@@ -562,7 +563,7 @@ def evaluation(
         if dataset_id not in result.per_dataset:
             rec = recs.datasets.get(dataset_id)
             n = len(rec.outcomes) if rec is not None else 0
-            if rec is not None and n >= MIN_OUTCOMES and scoring.reliability(rec) == 0.0:
+            if rec is not None and noise_only(rec):
                 raise Invalid(
                     f"dataset {dataset_id!r}: its {n} outcomes under {scope.measure!r} are no "
                     "more spread than their standard errors (reliability 0), so no order of "
@@ -578,13 +579,7 @@ def evaluation(
             "models": len(recs.datasets[dataset_id].outcomes),
             "methods": _clean(result.per_dataset[dataset_id]),
         }
-    noise = sorted(
-        ds
-        for ds, r in with_outcomes.items()
-        if ds not in result.per_dataset
-        and len(r.outcomes) >= MIN_OUTCOMES
-        and scoring.reliability(r) == 0.0
-    )
+    noise = sorted(ds for ds, r in with_outcomes.items() if noise_only(r))
     return {
         "scope": scope.key,
         "measure": scope.measure,
