@@ -328,6 +328,19 @@ class Evaluation(BaseModel):
     count: dict[str, dict[str, int]] = Field(
         description="method -> figure -> the number of datasets where it is finite"
     )
+    sem: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict,
+        description="method -> figure -> the standard error of the mean (sample standard "
+        "deviation over the datasets / sqrt(count)); null with fewer than 2 datasets",
+    )
+    min: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict,
+        description="method -> figure -> its lowest value on one held-out dataset",
+    )
+    max: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict,
+        description="method -> figure -> its highest value on one held-out dataset",
+    )
 
 
 # -- fine-tuning ------------------------------------------------------------------------------

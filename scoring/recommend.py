@@ -398,6 +398,10 @@ class Evaluation:
     per_dataset: dataset -> method -> figure -> value (figures as in ``rank_quality``;
     methods: each metric and ``RECOMMENDED``); mean / median: method -> figure -> value over
     the datasets where it is finite; count: method -> figure -> that number of datasets;
+    sem: method -> figure -> the standard error of that mean (the sample standard deviation
+    over the datasets / sqrt(count); NaN with fewer than 2), i.e. how far the mean itself is
+    to be trusted; low / high: the figure's least and greatest value on one held-out dataset,
+    i.e. how far one new dataset may land from the mean;
     weights: dataset -> the recommender's weights fitted without it; predictions: dataset ->
     model -> the combined score it was evaluated on; metric_weights: dataset -> the
     metric-only weights (``METRIC_ONLY``) fitted without it.
@@ -412,6 +416,9 @@ class Evaluation:
     weights: Mapping[str, Mapping[str, float]]
     predictions: Mapping[str, Mapping[str, float]]
     metric_weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    sem: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    low: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    high: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -1176,17 +1183,26 @@ def evaluate_lodo(
     mean: dict[str, Mapping[str, float]] = {}
     median: dict[str, Mapping[str, float]] = {}
     count: dict[str, Mapping[str, int]] = {}
+    sem: dict[str, Mapping[str, float]] = {}
+    low: dict[str, Mapping[str, float]] = {}
+    high: dict[str, Mapping[str, float]] = {}
     for method in methods:
-        mm, md, cc = {}, {}, {}
+        mm, md, cc, ss, lo, hi = {}, {}, {}, {}, {}, {}
         for fig in FIGURES:
             vals = np.array([per_dataset[n][method][fig] for n in per_dataset])
             vals = vals[np.isfinite(vals)]
             cc[fig] = int(vals.size)
             mm[fig] = float(vals.mean()) if vals.size else math.nan
             md[fig] = float(np.median(vals)) if vals.size else math.nan
+            ss[fig] = float(vals.std(ddof=1) / math.sqrt(vals.size)) if vals.size > 1 else math.nan
+            lo[fig] = float(vals.min()) if vals.size else math.nan
+            hi[fig] = float(vals.max()) if vals.size else math.nan
         mean[method] = MappingProxyType(mm)
         median[method] = MappingProxyType(md)
         count[method] = MappingProxyType(cc)
+        sem[method] = MappingProxyType(ss)
+        low[method] = MappingProxyType(lo)
+        high[method] = MappingProxyType(hi)
     return Evaluation(
         datasets=tuple(per_dataset),
         methods=methods,
@@ -1197,6 +1213,9 @@ def evaluate_lodo(
         weights=MappingProxyType(weights),
         predictions=MappingProxyType(predictions),
         metric_weights=MappingProxyType(metric_weights),
+        sem=MappingProxyType(sem),
+        low=MappingProxyType(low),
+        high=MappingProxyType(high),
     )
 
 

@@ -214,20 +214,45 @@ def records(session: Session, scope: Scope, *, reference_only: bool = False) -> 
 
 
 def quality_of(evaluation: scoring.Evaluation) -> dict[str, Any]:
-    """The recommender's leave-one-dataset-out means: what to expect of its picks."""
-    mean = evaluation.mean[RECOMMENDED]
-    n = evaluation.count[RECOMMENDED]["weighted_tau"]
-    tau, regret = _finite(mean["weighted_tau"]), _finite(mean["top1_regret"])
-    statement = f"calibrated on {n} datasets with outcomes"
-    if tau is not None:
-        statement += f": weighted tau {tau:.2f}"
+    """The recommender's leave-one-dataset-out figures: what to expect of its picks."""
+    return _quality(evaluation, RECOMMENDED, "datasets with outcomes")
+
+
+def _quality(evaluation: scoring.Evaluation, method: str, datasets: str) -> dict[str, Any]:
+    """``method``'s leave-one-dataset-out figures in ``evaluation`` and the sentence a
+    recommendation states: the mean weighted tau with its standard error (how far the mean
+    is known) and its range over the held-out datasets (how far one new dataset may land from
+    it), and the mean top-1 regret with its standard error. ``datasets`` names what it was
+    measured on ("reference datasets")."""
+
+    def figure(table: Mapping[str, Mapping[str, float]], name: str) -> float | None:
+        return _finite(table.get(method, {}).get(name, math.nan))
+
+    n = evaluation.count[method]["weighted_tau"]
+    tau, tau_se = figure(evaluation.mean, "weighted_tau"), figure(evaluation.sem, "weighted_tau")
+    regret = figure(evaluation.mean, "top1_regret")
+    regret_se = figure(evaluation.sem, "top1_regret")
+    low, high = figure(evaluation.low, "weighted_tau"), figure(evaluation.high, "weighted_tau")
+    if tau is None:
+        statement = f"calibrated on {datasets} too few to hold one out and measure it"
+    else:
+        statement = f"calibrated on {n} {datasets}: weighted tau {_two(tau)}"
+        if tau_se is not None and low is not None and high is not None:
+            statement += (
+                f" ± {_two(tau_se)} (one standard error; single datasets {_two(low)} to "
+                f"{_two(high)})"
+            )
         if regret is not None:
-            statement += f", top-1 regret {regret:.2f} points"
+            statement += f", top-1 regret {_two(regret)}"
+            statement += f" ± {_two(regret_se)} points" if regret_se is not None else " points"
     return {
-        "method": RECOMMENDED,
+        "method": method,
         "weighted_tau": tau,
+        "weighted_tau_se": tau_se,
+        "weighted_tau_range": [low, high] if low is not None and high is not None else None,
         "top1_regret": regret,
-        "top1_hit": _finite(mean["top1_hit"]),
+        "top1_regret_se": regret_se,
+        "top1_hit": figure(evaluation.mean, "top1_hit"),
         "datasets": n,
         "statement": statement,
     }
@@ -244,11 +269,14 @@ def current_fit(session: Session, scope: Scope) -> tuple[Fit, RecommenderFitRow]
         RecommenderFitRow.scope == scope.key, RecommenderFitRow.fingerprint == fit.fingerprint
     )
     row = session.scalar(lookup)
+
+    def quality() -> dict[str, Any]:
+        return quality_of(scoring.evaluate_lodo(recs.datasets, directions=recs.directions))
+
+    if row is not None and _stale(row):
+        row.quality = quality()
+        session.flush()
     if row is None:
-        quality: dict[str, Any] = {}
-        if fit.calibrated:
-            evaluation = scoring.evaluate_lodo(recs.datasets, directions=recs.directions)
-            quality = quality_of(evaluation)
         # Another process (the scheduled refit, a concurrent request) may record the same
         # fit at the same moment: insert-or-ignore on (scope, fingerprint), then read it back.
         insert_ignore(
@@ -261,7 +289,7 @@ def current_fit(session: Session, scope: Scope) -> tuple[Fit, RecommenderFitRow]
                 "calibrated": fit.calibrated,
                 "n_datasets": fit.n_datasets,
                 "weights": dict(fit.weights),
-                "quality": quality,
+                "quality": quality() if fit.calibrated else {},
                 "created_at": now(),
             },
             key=("scope", "fingerprint"),
@@ -297,16 +325,21 @@ def metric_only_fit(
         RecommenderFitRow.scope == key, RecommenderFitRow.fingerprint == fit.fingerprint
     )
     row = session.scalar(lookup)
+
+    def quality() -> dict[str, Any]:
+        evaluation = scoring.evaluate_lodo(restricted, directions=dirs)
+        measured = metric_quality(evaluation, labelled <= recs.reference)
+        missing = sorted(wanted - set(covered))
+        if missing:
+            measured["statement"] += (
+                f"; no table covers {', '.join(missing)}: its documented prior weight is used"
+            )
+        return measured
+
+    if row is not None and _stale(row):
+        row.quality = quality()
+        session.flush()
     if row is None:
-        quality: dict[str, Any] = {}
-        if covered:
-            evaluation = scoring.evaluate_lodo(restricted, directions=dirs)
-            quality = metric_quality(evaluation, labelled <= recs.reference)
-            missing = sorted(wanted - set(covered))
-            if missing:
-                quality["statement"] += (
-                    f"; no table covers {', '.join(missing)}: its documented prior weight is used"
-                )
         insert_ignore(
             session,
             RecommenderFitRow,
@@ -317,7 +350,7 @@ def metric_only_fit(
                 "calibrated": bool(covered),
                 "n_datasets": fit.n_datasets,
                 "weights": {**dict(fit.metric_weights), HISTORY: 0.0},
-                "quality": quality,
+                "quality": quality() if covered else {},
                 "created_at": now(),
             },
             key=("scope", "fingerprint"),
@@ -328,27 +361,22 @@ def metric_only_fit(
     return fit, row
 
 
+def _two(value: float) -> str:
+    """``value`` to two decimals, never as a negative zero."""
+    text = f"{value:.2f}"
+    return text[1:] if text == "-0.00" else text
+
+
+def _stale(row: RecommenderFitRow) -> bool:
+    """A calibrated fit recorded before its quality carried its spread (the standard errors
+    and the range over held-out datasets): measured again, as the fit itself is the same."""
+    return bool(row.calibrated and row.quality and "weighted_tau_se" not in row.quality)
+
+
 def metric_quality(evaluation: scoring.Evaluation, reference: bool) -> dict[str, Any]:
-    """The metric-only order's leave-one-dataset-out means, with the sentence a
+    """The metric-only order's leave-one-dataset-out figures, with the sentence a
     recommendation states (``reference``: every dataset learned from is a table's)."""
-    mean = evaluation.mean[METRIC_ONLY]
-    n = evaluation.count[METRIC_ONLY]["weighted_tau"]
-    tau, regret = _finite(mean["weighted_tau"]), _finite(mean["top1_regret"])
-    kind = "reference " if reference else ""
-    if tau is None:
-        statement = f"calibrated on {kind}datasets too few to hold one out and measure it"
-    else:
-        statement = f"calibrated on {n} {kind}datasets: weighted tau {tau:.2f}"
-        if regret is not None:
-            statement += f", top-1 regret {regret:.2f} points"
-    return {
-        "method": METRIC_ONLY,
-        "weighted_tau": tau,
-        "top1_regret": regret,
-        "top1_hit": _finite(mean["top1_hit"]),
-        "datasets": n,
-        "statement": statement,
-    }
+    return _quality(evaluation, METRIC_ONLY, "reference datasets" if reference else "datasets")
 
 
 def scopes_with_outcomes(session: Session, tenant: str | None = None) -> set[Scope]:
@@ -588,6 +616,9 @@ def evaluation(
         "mean": _clean(result.mean),
         "median": _clean(result.median),
         "count": {k: dict(v) for k, v in result.count.items()},
+        "sem": _clean(result.sem),
+        "min": _clean(result.low),
+        "max": _clean(result.high),
     }
 
 

@@ -83,6 +83,19 @@ def test_evaluate_without_options_covers_every_scope(tmp_path, capsys, monkeypat
     assert main(["evaluate", "--measure", "accuracy", "--format", "json"]) == 0
     one = json.loads(capsys.readouterr().out)
     assert one["scope"] == "text/classification/accuracy" and one["datasets"] == 4
+    # each mean's standard error and each figure's range over the datasets, as computed from
+    # the table's own per-dataset figures
+    rows = csv.DictReader(io.StringIO(_table("accuracy", "b")))
+    by_hand = scoring.evaluate_lodo(scoring.datasets_from_rows(rows, outcome="accuracy"))
+    taus = np.array([f["LogME"]["weighted_tau"] for f in by_hand.per_dataset.values()])
+    assert one["sem"]["logme"]["weighted_tau"] == pytest.approx(taus.std(ddof=1) / 2)
+    assert one["min"]["logme"]["weighted_tau"] == pytest.approx(taus.min())
+    assert one["max"]["logme"]["weighted_tau"] == pytest.approx(taus.max())
+    assert main(["evaluate", "--measure", "accuracy"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[2].endswith("± s.e. (w. tau)  datasets")
+    logme = next(line for line in table.splitlines() if line.startswith("logme "))
+    assert logme.split()[-2:] == [f"{taus.std(ddof=1) / 2:.3f}", "4"]
 
 
 def _features(path: Path, labels: np.ndarray, offsets: dict[str, float]) -> Path:
@@ -292,6 +305,13 @@ def test_the_first_ranking_on_a_new_machine_is_calibrated_by_the_shipped_tables(
     )
     assert int(quoted[1]) == expected.count["metric_only"]["weighted_tau"] > 3
     assert quoted[2] == f"{expected.mean['metric_only']['weighted_tau']:.2f}"
+    se, low, high = (expected.sem, expected.low, expected.high)
+    spread = (
+        f" ± {se['metric_only']['weighted_tau']:.2f} (1: the true order; ± one standard error; "
+        f"single datasets {low['metric_only']['weighted_tau']:.2f} to "
+        f"{high['metric_only']['weighted_tau']:.2f})"
+    )
+    assert f"weighted tau {quoted[2]}{spread}" in last, last
     assert (tmp_path / "new" / "transferbench.db").is_file()
 
     monkeypatch.setenv("TB_DATA_DIR", str(tmp_path / "off"))

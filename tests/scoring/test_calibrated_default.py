@@ -124,3 +124,24 @@ def test_a_logme_only_table_gets_logme_as_its_metric_only_order() -> None:
     ev = scoring.evaluate_lodo(only)
     assert ev.mean[METRIC_ONLY]["weighted_tau"] == pytest.approx(ev.mean["LogME"]["weighted_tau"])
     assert ev.mean[RECOMMENDED]["weighted_tau"] > ev.mean["LogME"]["weighted_tau"]
+
+
+def test_each_mean_comes_with_its_standard_error_and_its_range() -> None:
+    """How far to trust a mean over held-out datasets: the standard error of that mean (the
+    sample standard deviation over the datasets / sqrt(n)) and the least and greatest value
+    on one dataset, by hand from the per-dataset figures; NaN where they are undefined."""
+    ev = scoring.evaluate_lodo(_table())
+    for method in (RECOMMENDED, METRIC_ONLY, "LogME"):
+        for figure in ("weighted_tau", "top1_regret"):
+            values = np.array([ev.per_dataset[d][method][figure] for d in ev.datasets])
+            assert ev.count[method][figure] == values.size == 8
+            assert ev.sem[method][figure] == pytest.approx(values.std(ddof=1) / np.sqrt(8))
+            assert ev.low[method][figure] == values.min()
+            assert ev.high[method][figure] == values.max()
+    one = dict(list(_table().items())[:1])  # one figure per metric, none for the recommender
+    ev = scoring.evaluate_lodo(one)
+    assert ev.count["LogME"]["weighted_tau"] == 1 and np.isnan(ev.sem["LogME"]["weighted_tau"])
+    (name,) = ev.datasets
+    only = ev.per_dataset[name]["LogME"]["weighted_tau"]
+    assert ev.low["LogME"]["weighted_tau"] == ev.high["LogME"]["weighted_tau"] == only
+    assert np.isnan(ev.low[RECOMMENDED]["weighted_tau"])

@@ -13,6 +13,7 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
@@ -31,6 +32,7 @@ from app.errors import Invalid
 from app.reference import ReferenceTable, shipped
 from app.services import leaderboards, rankings, recommender, reference
 from app.services import models as model_service
+from app.web.dashboard import views
 from workers.cli.main import main
 
 from .helpers import model_ids, register_model, wait_for_job
@@ -134,6 +136,15 @@ def test_a_tables_standard_errors_reach_the_recommender(service) -> None:
     assert {names[d] for d in body["left_out"]} == {n for n, r in expected.items() if r == 0}
     assert all("standard errors" in why for why in body["left_out"].values())
     page = service.client.get("/dashboard/metrics?modality=image&task=classification").text
+    # each mean with its standard error and range over the held-out datasets, here and there
+    for method, figures in body["mean"].items():
+        n = body["count"][method]["weighted_tau"]
+        if n > 1:
+            se = body["sem"][method]["weighted_tau"]
+            assert se > 0 and body["min"][method]["weighted_tau"] <= figures["weighted_tau"]
+            assert body["max"][method]["weighted_tau"] >= figures["weighted_tau"]
+    sem = body["sem"]["recommended"]["weighted_tau"]
+    assert f'title="standard error of the mean"> ± {views.number(sem)}</span>' in page
     left = len(body["left_out"])
     assert (f"({left} more left out: their outcomes are no more spread" in page) == (left > 0)
 
@@ -230,6 +241,40 @@ def test_no_outcome_of_its_own_gives_the_calibrated_metric_only_order(service) -
         by_hand = scoring.fit_recommender(only).metric_weights
         assert {k: rec["weights"][k] for k in METRICS} == pytest.approx(dict(by_hand))
         assert all(not e["history_datasets"] for e in rec["evidence"].values())
+        # how far to trust it: the mean weighted tau over the held-out datasets, its standard
+        # error and its range, as computed by hand from each held-out dataset's figure
+        held = scoring.evaluate_lodo(only).per_dataset
+        taus = np.array([f["metric_only"]["weighted_tau"] for f in held.values()])
+        taus = taus[np.isfinite(taus)]
+        assert quality["datasets"] == taus.size
+        assert quality["weighted_tau"] == pytest.approx(taus.mean())
+        se = taus.std(ddof=1) / np.sqrt(taus.size)
+        assert quality["weighted_tau_se"] == pytest.approx(se)
+        assert quality["weighted_tau_range"] == pytest.approx([taus.min(), taus.max()])
+        assert (
+            f"weighted tau {taus.mean():.2f} ± {se:.2f} (one standard error; single datasets "
+            f"{taus.min():.2f} to {taus.max():.2f}), top-1 regret"
+        ) in quality["statement"]
+
+
+def test_a_fit_recorded_before_its_quality_had_a_spread_is_measured_again(service) -> None:
+    with service.db.session() as s:
+        ds = _tenant_dataset(s, "default", _models(s, "default"))
+        first = recommender.recommend(s, ds)
+        assert first is not None and first["expected_quality"]["weighted_tau_se"] is not None
+        used = select(RecommenderFitRow).where(RecommenderFitRow.fingerprint == first["fit"])
+        rows = list(s.scalars(used))
+        assert rows and all(row.calibrated for row in rows)
+        for row in rows:  # as a release before the spread recorded it
+            row.quality = {
+                k: v
+                for k, v in row.quality.items()
+                if k not in ("weighted_tau_se", "weighted_tau_range", "top1_regret_se")
+            }
+        s.flush()
+        again = recommender.recommend(s, ds)
+        assert again is not None and again["expected_quality"] == first["expected_quality"]
+        assert all("weighted_tau_se" in row.quality for row in rows)
 
 
 def test_a_scope_no_table_covers_stays_uncalibrated(service) -> None:

@@ -1,14 +1,22 @@
-"""The dashboard's "uncalibrated" note describes the weights actually served with the order.
+"""The dashboard's note above the recommended order: uncalibrated, it describes the weights
+actually served with the order; calibrated, it quotes the expected quality with its spread.
 
 Rendered with the dashboard's own template environment from a recommendation the real
 recommender made (no database is needed for the note itself)."""
 
 from __future__ import annotations
 
+import csv
 import re
+from pathlib import Path
+from typing import Any
 
 import scoring
+from app.services import recommender
+from app.web.dashboard.views import number
 from app.web.dashboard.web import templates
+
+TABLE = Path(__file__).resolve().parents[2] / "app" / "reference" / "model_spider_image_zoo.csv"
 
 
 def _note(rec: scoring.Recommendation) -> str:
@@ -18,6 +26,10 @@ def _note(rec: scoring.Recommendation) -> str:
         "metrics_used": list(rec.metrics_used),
         "dropped_metrics": dict(rec.dropped_metrics),
     }
+    return _render(served)
+
+
+def _render(served: dict[str, Any]) -> str:
     html = templates.env.get_template("_recommendation_note.html").render(rec=served)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
 
@@ -37,3 +49,26 @@ def test_uncalibrated_note_names_the_weights_served() -> None:
     assert "hscore_shrinkage 0.500, logme 0.500" in note
     assert "leep, linear_probe are shown but not weighed" in note
     assert "equally" not in note
+
+
+def test_calibrated_note_states_the_spread_of_its_expected_quality() -> None:
+    """A calibrated note quotes the leave-one-dataset-out weighted tau with its standard
+    error and its range over the held-out datasets (a quality recorded before these were
+    stored is quoted without them)."""
+    with TABLE.open(newline="") as fh:
+        table = scoring.datasets_from_rows(csv.DictReader(fh), outcome="finetune_top1")
+    quality = recommender.quality_of(scoring.evaluate_lodo(table))
+    served = {"calibrated": True, "learned_from_datasets": 8, "weights": {}, "metrics_used": []}
+    tau, se, (low, high) = (
+        quality["weighted_tau"],
+        quality["weighted_tau_se"],
+        quality["weighted_tau_range"],
+    )
+    note = _render({**served, "expected_quality": quality})
+    assert (
+        f"weighted τ {number(tau)} ± {number(se)} (one standard error; single datasets "
+        f"{number(low)} to {number(high)}) and a top-1 regret of"
+    ) in note
+    old = {k: v for k, v in quality.items() if k not in ("weighted_tau_se", "weighted_tau_range")}
+    note = _render({**served, "expected_quality": old})
+    assert f"weighted τ {number(tau)} and a top-1 regret of" in note

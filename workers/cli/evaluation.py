@@ -277,6 +277,12 @@ def _report(scope: Any, result: dict[str, Any]) -> dict[str, Any]:
         },
         "metric_only": _json_figures(figures.get(METRIC_ONLY)),
         "recommended": _json_figures(figures.get(RECOMMENDED)),
+        # across datasets: each mean's standard error and each figure's least and greatest
+        **{
+            key: {k: _json_figures(v) for k, v in result[key].items()}
+            for key in ("sem", "min", "max")
+            if key in result
+        },
     }
 
 
@@ -296,11 +302,23 @@ def _table(scope: Any, result: dict[str, Any]) -> str:
             "errors, so no order can be measured on them)"
         )
     width = max(len(k) for k in figures)
-    lines.append("method".ljust(width) + "".join(f.rjust(14) for f in FIGURES))
+    sem = result.get("sem", {})  # across datasets: the standard error of each mean
+    counts = result.get("count", {})  # a method is averaged over the datasets it scored
+    extra = "  ± s.e. (w. tau)  datasets" if sem else ""
+    lines.append("method".ljust(width) + "".join(f.rjust(14) for f in FIGURES) + extra)
     order = sorted(figures, key=lambda k: -_num(figures[k].get("weighted_tau")))
     for method in order:
         cells = "".join(_cell(figures[method].get(f)).rjust(14) for f in FIGURES)
+        if sem:
+            cells += _cell(sem.get(method, {}).get("weighted_tau")).rjust(17)
+            cells += str(counts.get(method, {}).get("weighted_tau", "")).rjust(10)
         lines.append(method.ljust(width) + cells)
+    if sem:
+        lines.append(
+            "± s.e.: the standard error of the mean weighted tau (the sample standard deviation "
+            "over the datasets / √datasets); datasets: how many of them the method's means are "
+            "over (a metric is compared only on the datasets that have its scores)"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -241,11 +241,24 @@ def _quality_text(quality: Mapping[str, Any]) -> str:
     """The recommender's leave-one-dataset-out figures in words."""
     parts = []
     if quality.get("weighted_tau") is not None:
-        parts.append(f"weighted tau {number(quality['weighted_tau'], '.2f')} (1: the true order)")
+        tau = f"weighted tau {number(quality['weighted_tau'], '.2f')}"
+        spread = quality.get("weighted_tau_range")
+        if quality.get("weighted_tau_se") is not None and spread:
+            tau += (
+                f" ± {number(quality['weighted_tau_se'], '.2f')} (1: the true order; ± one "
+                f"standard error; single datasets {number(spread[0], '.2f')} to "
+                f"{number(spread[1], '.2f')})"
+            )
+        else:
+            tau += " (1: the true order)"
+        parts.append(tau)
     if quality.get("top1_hit") is not None:
         parts.append(f"its first pick was the best model in {quality['top1_hit']:.0%}")
     if quality.get("top1_regret") is not None:
-        parts.append(f"mean top-1 regret {number(quality['top1_regret'], '.3f')}")
+        regret = f"mean top-1 regret {number(quality['top1_regret'], '.3f')}"
+        if quality.get("top1_regret_se") is not None:
+            regret += f" ± {number(quality['top1_regret_se'], '.3f')}"
+        parts.append(regret)
     if not parts:
         return "not measurable yet (too few datasets with outcomes to hold one out)"
     held = quality.get("datasets")

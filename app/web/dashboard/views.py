@@ -556,6 +556,7 @@ def evaluation_page(scope: recommender.Scope, body: dict[str, Any]) -> dict[str,
             "method": method,
             "mean": mean[method],
             "median": median.get(method, {}),
+            "sem": body.get("sem", {}).get(method, {}),
             "datasets": max(count.get(method, {}).values(), default=0),
         }
         for method in methods
