@@ -26,6 +26,7 @@ means over datasets, best weighted tau first, with the number of datasets; write
              "per_dataset": {DATASET: {METHOD: {same keys}}},
              "weights": {DATASET: {FEATURE: weight fitted without DATASET}},
              "metric_weights": {DATASET: {METRIC: metric-only weight fitted without it}},
+             "sem": {METHOD: {figure: standard error of its mean over the datasets}},
              "seconds": time of evaluate_lodo,
              "variants": {VARIANT: {"what": .., "table": {weighted_tau, top1_regret},
                                     "single_metric": .., "subsample": ..,
@@ -97,12 +98,19 @@ def default_figures(
     return out
 
 
-def summarise(per_dataset: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+def summarise(
+    per_dataset: Mapping[str, Mapping[str, float]], sem: bool = False
+) -> dict[str, float]:
+    """Each figure's mean over the datasets where it is finite (``sem``: the standard error
+    of that mean, as ``scoring.Evaluation.sem``)."""
     out = {}
     for fig in FIGURES:
         vals = np.array([row[fig] for row in per_dataset.values()], dtype=np.float64)
         vals = vals[np.isfinite(vals)]
-        out[fig] = float(vals.mean()) if vals.size else math.nan
+        if sem:
+            out[fig] = float(vals.std(ddof=1) / math.sqrt(vals.size)) if vals.size > 1 else math.nan
+        else:
+            out[fig] = float(vals.mean()) if vals.size else math.nan
     return out
 
 
@@ -127,6 +135,10 @@ def evaluate_table(path: Path, outcome: str, lower: Sequence[str]) -> dict[str, 
         "per_dataset": per_dataset,
         "weights": {n: dict(w) for n, w in ev.weights.items()},
         "metric_weights": {n: dict(w) for n, w in ev.metric_weights.items()},
+        "sem": {
+            **{m: dict(ev.sem[m]) for m in ev.methods},
+            DEFAULT_LABEL: summarise(fallback, True),
+        },
         "seconds": seconds,
     }
 
@@ -138,9 +150,11 @@ def print_table(name: str, result: Mapping[str, Any]) -> None:
     order = sorted(rows, key=lambda m: -np.nan_to_num(rows[m]["weighted_tau"], nan=-9.0))
     width = max(len(m) for m in rows) + 2
     print(f"\n{name}: {result['datasets']} datasets, LODO in {result['seconds']:.2f} s")
-    print("method".ljust(width) + "".join(f"{f:>14s}" for f in FIGURES))
+    sem = result.get("sem", {})
+    print("method".ljust(width) + "".join(f"{f:>14s}" for f in FIGURES) + "  ± s.e. (w. tau)")
     for m in order:
-        print(m.ljust(width) + "".join(f"{rows[m][f]:14.3f}" for f in FIGURES))
+        se = sem.get(m, {}).get("weighted_tau", math.nan)
+        print(m.ljust(width) + "".join(f"{rows[m][f]:14.3f}" for f in FIGURES) + f"{se:17.3f}")
     best = max(result["metrics"], key=lambda m: np.nan_to_num(result["metrics"][m]["weighted_tau"]))
     b, r, o = result["metrics"][best], result[RECOMMENDED], result[METRIC_ONLY]
     print(
@@ -256,7 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             result = evaluate_table(path, args.outcome, lower)
         except scoring.TransferabilityError as exc:
-            print(f"skipping {name}: {exc}", file=sys.stderr)
+            hint = (
+                " (name the table's outcome column with --outcome COLUMN)"
+                if f"no column {args.outcome!r}" in str(exc)
+                else ""
+            )
+            print(f"skipping {name}: {exc}{hint}", file=sys.stderr)
             continue
         results[name] = result
         print_table(name, result)
