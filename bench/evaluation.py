@@ -66,7 +66,14 @@ if __package__ in (None, ""):  # run as a file: this file's folder would shadow 
 import numpy as np
 
 import scoring
-from scoring.recommend import FIGURES, METRIC_ONLY, RECOMMENDED, DatasetRecord, _canonical
+from scoring.recommend import (
+    FIGURES,
+    METRIC_ONLY,
+    RECOMMENDED,
+    DatasetRecord,
+    _canonical,
+    noise_only,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TABLES = ROOT.parent / "shared" / "benchmarks"
@@ -82,13 +89,15 @@ def read_table(path: Path, outcome: str) -> dict[str, DatasetRecord]:
 def default_figures(
     datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]
 ) -> dict[str, dict[str, float]]:
-    """rank_quality of the uncalibrated default (no outcome used) on each dataset."""
+    """rank_quality of the uncalibrated default (no outcome used) on each dataset that
+    ``scoring.evaluate_lodo`` holds out (at least 3 outcomes, more spread than their
+    standard errors), so that its means are over the same datasets as the others'."""
     blind = {n: DatasetRecord(r.scores) for n, r in datasets.items()}
     fallback = scoring.fit_recommender(blind, directions=directions)
     out = {}
     for name, rec in datasets.items():
         known = {m: v for m, v in rec.outcomes.items() if math.isfinite(v)}
-        if len(known) < 3:
+        if len(known) < 3 or noise_only(rec):
             continue
         models = sorted(known)
         got = fallback.recommend(rec.scores, models=models)
