@@ -13,7 +13,7 @@ ground truth (``bench/groundtruth.py``, ``bench/results/zoo_groundtruth.csv``).
    distance between two different tasks (``bench/recommender_variants.py``,
    ``probe_likeness``). It reads samples only, never outcomes.
 3. History weighted by likeness to the power of a strength (0: the plain history), shrunk
-   as version 4 shrinks it, and the strength chosen together with version 4's combiner by the
+   as the recommender shrinks it, and the strength chosen together with its combiner by the
    inner leave-one-dataset-out over the training tasks (``probe_history``): the rule the
    recommender would ship with. Each fixed strength is reported too, to show what a
    strength chosen with hindsight would give: those rows are not an honest figure.
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     like = V.probe_likeness(emb, sorted(datasets))
 
     methods: dict[str, tuple[str, V.Variant]] = {
-        "version 4": ("the recommender as shipped (plain history)", V.shipped),
+        "plain history": ("the recommender as shipped (plain history)", V.shipped),
         "probe likeness, strength inside": (
             f"history weighted by likeness ** s, s of {STRENGTHS} chosen inside",
             V.probe_history(emb, STRENGTHS),
@@ -117,17 +117,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
 
     names = sorted(datasets)
+    held = [n for n in names if n in next(iter(results.values()))["per_task"]]
     print(f"likeness of the image tasks by the probe {args.probe}:")
     width = max(len(n) for n in names)
     for n, row in zip(names, like, strict=True):
         print(f"  {n:<{width}}  " + " ".join(f"{v:4.2f}" for v in row))
-    print(f"\nleave-one-task-out over {len(names)} image tasks "
-          "(mean weighted tau / top-1 regret in points):")  # fmt: skip
+    left = sorted(set(names) - set(held))  # outcomes within their noise: not held out
+    print(f"\nleave-one-task-out over {len(held)} image tasks "
+          "(mean weighted tau / top-1 regret in points)"
+          + (f"; left out, outcomes within their errors: {', '.join(left)}" if left else "")
+          + ":")  # fmt: skip
     print(
-        f"  {'method':<34} {'w. tau':>7} {'regret':>7}  " + " ".join(f"{n[:10]:>10}" for n in names)
+        f"  {'method':<34} {'w. tau':>7} {'regret':>7}  " + " ".join(f"{n[:10]:>10}" for n in held)
     )
     for name, r in results.items():
-        cells = " ".join(f"{r['per_task'][n]['weighted_tau']:>10.3f}" for n in names)
+        cells = " ".join(f"{r['per_task'][n]['weighted_tau']:>10.3f}" for n in held)
         print(f"  {name:<34} {r['weighted_tau']:>7.3f} {r['top1_regret']:>7.2f}  {cells}")
     write_report(
         args.out / "probe_similarity.json",
@@ -139,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "probe": args.probe,
             "embed_seconds": round(embed_seconds, 1),
             "tasks": names,
+            "held_out_tasks": held,
             "likeness": like.round(4).tolist(),
             "methods": results,
         },

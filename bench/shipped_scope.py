@@ -3,7 +3,7 @@
 ``bench/evaluation.py`` measures one published table on its own. The service learns from every
 shipped reference table of a scope at once (``app.services.reference``): the image scope holds
 the published image table and the project's own ground truth (``bench/groundtruth.py``), whose
-outcomes were measured on a few dozen held-out samples each and carry their standard errors
+outcomes were measured on 600 to 1,000 held-out samples per task and carry their standard errors
 (``finetune_top1_se``). This imports the shipped tables into a new SQLite database exactly as
 ``transferbench serve`` does, reads each scope's datasets as the recommender does
 (``app.services.recommender.records``), and reports ``scoring.evaluate_lodo`` on them:
