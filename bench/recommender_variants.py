@@ -1034,7 +1034,7 @@ def paired_se(k: float = 1.0, prefer: str = "ridge") -> Variant:
         drop = np.zeros(len(t.names), dtype=bool)
         drop[~train] = True
         drop[i] = True
-        idx = np.flatnonzero(train & t.labelled)
+        idx = R._dealt(t, np.flatnonzero(train & t.labelled))  # the shipped fold order
         c_cols = R._cols(t, drop)
         w0 = R._select_metrics(t, train, c_cols)
         a, b, new = R._normal_equations(t, train, c_cols)

@@ -52,7 +52,9 @@ The method (version ``VERSION``), for M models and K metrics:
    outcomes is dropped, never turned upside down on 3 datasets' evidence).
 5. The combiner is chosen by an inner cross-validation over the training datasets only
    (leave-one-dataset-out up to ``MAX_INNER_FOLDS`` folds, then datasets dealt round-robin
-   into that many folds), maximising the mean weighted tau on the held-out datasets, from
+   into that many folds in the order of a fingerprint of their contents, never of their
+   names: the same tables give the same choice on every installation, whatever ids its
+   database drew), maximising the mean weighted tau on the held-out datasets, from
    the ridge of step 4 with each lam of ``LAMBDA_GRID`` and the blends
    w = ((1 - a) w0, a) (the metric-only weights of step 7 and history share a) for each a of
    ``BLEND_SHARES``. Each inner fit selects its own metric-only weights and history from its
@@ -140,7 +142,9 @@ Bool = npt.NDArray[np.bool_]
 #: 4: history shrunk by consistency; the ridge or a metric/history blend chosen inside.
 #: 5: each dataset weighed by the reliability of its outcomes and the information in its
 #: order (step 3); the same numbers as 4 where every dataset has as many exact outcomes.
-VERSION = 5
+#: 6: the inner cross-validation leave-one-dataset-out up to 20 training datasets (was 10),
+#: its folds dealt by content beyond: the same numbers as 5 up to 11 datasets with outcomes.
+VERSION = 6
 #: Scores within this fraction of the largest magnitude among them are tied: sums of the same
 #: rank contributions in another order differ by rounding (-2.8e-17 against 0.0).
 TIE_RTOL = 1e-9
@@ -160,8 +164,9 @@ RELIABLE_METRICS: tuple[str, ...] = tuple(n for n, spec in REGISTRY.items() if s
 #: Shrinkage strengths the inner cross-validation chooses from (per unit of dataset weight;
 #: a rank feature has variance ~1/12, so 1e-3 barely regularises and 10 pins w to w0).
 LAMBDA_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-#: The inner cross-validation uses at most this many folds of training datasets.
-MAX_INNER_FOLDS = 10
+#: The inner cross-validation uses at most this many folds of training datasets: up to this
+#: many, it is leave-one-dataset-out, which no order of the datasets changes.
+MAX_INNER_FOLDS = 20
 #: The floor of the between-model variance of history means (step 2): with one model seen,
 #: or means no more spread than their noise, every history shrinks to about 0.
 MIN_HISTORY_VARIANCE = 1e-6
@@ -603,6 +608,28 @@ def default_weights(metrics: Iterable[str]) -> dict[str, float]:
     return out
 
 
+def _content(r: DatasetRecord) -> dict[str, Any]:
+    """What a fit reads of one dataset, exactly (floats as hex), for fingerprints."""
+    out: dict[str, Any] = {
+        "scores": {k: {m: _hex(v) for m, v in per.items()} for k, per in r.scores.items()},
+        "outcomes": {m: _hex(v) for m, v in r.outcomes.items()},
+    }
+    if r.outcome_se:
+        out["outcome_se"] = {m: _hex(v) for m, v in r.outcome_se.items()}
+    return out
+
+
+def _values(r: DatasetRecord) -> dict[str, Any]:
+    """One dataset's values without its models' names (each metric's scores, its outcomes and
+    their errors, each sorted, as hex): the same for the same table on every installation,
+    whatever ids its database gave the models."""
+    return {
+        "scores": {k: sorted(_hex(v) for v in per.values()) for k, per in r.scores.items()},
+        "outcomes": sorted(_hex(v) for v in r.outcomes.values()),
+        "outcome_se": sorted(_hex(v) for v in r.outcome_se.values()),
+    }
+
+
 def _fingerprint(payload: Any) -> str:
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -716,6 +743,9 @@ class _Table:
     row_w: F64
     labelled: Bool
     weight: F64
+    #: (D,) a fingerprint of each dataset's values, not its names nor its models' (``_values``):
+    #: the order the inner cross-validation deals datasets into folds in (step 5)
+    keys: tuple[str, ...]
     #: subset of metric indices -> (D,) the weighted tau of its equal-weight mean on each
     #: labelled dataset (0 elsewhere): step 7's search, computed once per table and subset
     subset_tau: dict[tuple[int, ...], F64] = field(default_factory=dict, compare=False, repr=False)
@@ -768,7 +798,7 @@ def _table(datasets: Mapping[str, DatasetRecord], directions: Mapping[str, bool]
         row_w[di, has[di]] = v / v.sum()
     return _Table(
         names, models, metrics, feats, scored, keyed, target, outcomes, has, row_w,
-        has.any(axis=1), weight,
+        has.any(axis=1), weight, tuple(_fingerprint(_values(datasets[n])) for n in names),
     )  # fmt: skip
 
 
@@ -859,12 +889,26 @@ def _cols(t: _Table, drop: Bool) -> Bool:
 
 def _choose(t: _Table, train: Bool, drop: Bool) -> tuple[str, float]:
     """Step 5: the combiner the inner cross-validation over the labelled datasets in
-    ``train`` ranks best; each inner fit selects its own metric-only weights and history on
-    its inner training datasets, its metrics those named outside ``drop`` and the fold."""
+    ``train`` ranks best (``_inner_taus``), each inner dataset counting its weight."""
     cands = _candidates()
-    idx = np.flatnonzero(train & t.labelled)
-    if idx.size < 3:
+    idx, taus = _inner_taus(t, train, drop, cands)
+    if not idx.size:
         return cands[0]
+    w = t.weight[idx]
+    score = (taus * w).sum(axis=1) / w.sum()
+    return cands[int(np.argmax(np.round(score, 12)))]
+
+
+def _inner_taus(
+    t: _Table, train: Bool, drop: Bool, cands: Sequence[tuple[str, float]]
+) -> tuple[npt.NDArray[np.intp], F64]:
+    """Step 5's inner cross-validation: the labelled datasets of ``train`` (none where fewer
+    than 3) and (C, n) the weighted tau each combiner of ``cands`` reaches on each of them
+    held out; each inner fit selects its own metric-only weights and history on its inner
+    training datasets, its metrics those named outside ``drop`` and the fold."""
+    idx = _dealt(t, np.flatnonzero(train & t.labelled))
+    if idx.size < 3:
+        return idx[:0], np.zeros((len(cands), 0))
     n_folds = min(idx.size, MAX_INNER_FOLDS)
     pred = np.zeros((len(cands), idx.size, t.target.shape[1]))
     for f in range(n_folds):
@@ -880,9 +924,13 @@ def _choose(t: _Table, train: Bool, drop: Bool) -> tuple[str, float]:
             w = _combine(a, b, cols, w0, cand)
             pred[g, f::n_folds] = t.feats[out] @ w[:-1] + new * w[-1]
     truth = np.nan_to_num(t.outcomes[idx], nan=0.0)
-    w = t.weight[idx]
-    score = [float((_weighted_tau(truth, p, t.has[idx]) * w).sum() / w.sum()) for p in pred]
-    return cands[int(np.argmax(np.round(score, 12)))]
+    return idx, np.array([_weighted_tau(truth, p, t.has[idx]) for p in pred])
+
+
+def _dealt(t: _Table, idx: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    """The dataset indices ``idx`` in the order step 5 deals them into folds: by
+    ``t.keys`` (their contents), then by index (equal contents give equal folds)."""
+    return idx[np.argsort([t.keys[i] for i in idx], kind="stable")]
 
 
 def _select_metrics(t: _Table, train: Bool, cols: Bool) -> F64:
@@ -1043,18 +1091,7 @@ def fit(
             MAX_SUBSET,
         ],
         "directions": dirs,
-        "datasets": {
-            n: {
-                "scores": {k: {m: _hex(v) for m, v in per.items()} for k, per in r.scores.items()},
-                "outcomes": {m: _hex(v) for m, v in r.outcomes.items()},
-            }
-            | (
-                {"outcome_se": {m: _hex(v) for m, v in r.outcome_se.items()}}
-                if r.outcome_se
-                else {}
-            )
-            for n, r in datasets.items()
-        },
+        "datasets": {n: _content(r) for n, r in datasets.items()},
     }
     fingerprint = _fingerprint(payload)
     with _FITS_LOCK:
