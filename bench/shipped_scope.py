@@ -19,7 +19,12 @@ outcomes were measured on 600 to 1,000 held-out samples per task and carry their
   the within-model variance s2 and the between-model variance tau2 of its empirical-Bayes
   shrink) estimated per group of models compared on some dataset (the components of the
   dataset-model graph: each shipped table's models) rather than over every model at once.
-  Measured and not shipped (docs/recommender.md).
+  Measured and not shipped (docs/recommender.md);
+- ``group_choice``: as ``shipped``, with the combiner (step 5: the ridge's penalty or the
+  blend's history share, here with the metric-only order, share 0, among the candidates)
+  chosen by the inner cross-validation scored only on the training datasets whose models
+  share a group with the held-out dataset's candidates (all of them where fewer than 3 do):
+  the history's share per family of models. Measured and not shipped.
 
 For each, the mean weighted tau and top-1 regret (points of the outcome) of the full
 recommender, the metric-only order and LogME, over the datasets of each shipped table and
@@ -31,7 +36,8 @@ common datasets too (``..._same``). Run from the repository root:
 
 Prints a table and writes ``bench/results/shipped_scope.json``. ``--subsamples N`` adds N
 random copies of each scope, each table without 1 to 3 of its models and 0 to 2 of its
-datasets (seeded), and the mean over them of ``shipped`` and ``per_group`` on the datasets of each table
+datasets (seeded), and the mean over them of ``shipped``, ``per_group`` and ``group_choice``
+on the datasets of each table
 held out; ``--subsamples-datasets N`` the same with every model kept (only datasets dropped);
 ``--seed S`` draws other copies.
 """
@@ -174,6 +180,39 @@ def per_group(
         rec._history_variances = shipped
 
 
+def _choose_in_group(t: Any, train: np.ndarray, drop: np.ndarray) -> tuple[str, float]:
+    """``scoring.recommend._choose`` with the metric-only order (blend share 0) among the
+    candidates and each candidate scored on the training datasets of the held-out dataset's
+    group only (``group_choice``). The held-out dataset is known by the models it scored (its
+    candidates, as a user names them); its outcomes are not read."""
+    cands = [*rec._candidates(), (rec.BLEND, 0.0)]
+    idx, taus = rec._inner_taus(t, train, drop, cands)
+    if not idx.size:
+        return cands[0]
+    target = np.flatnonzero(drop & ~train)
+    candidates = t.scored[target].any(axis=(0, 2))
+    group = _groups(t.has & (train & t.labelled)[:, None])
+    mine = set(group[candidates].tolist())
+    same = np.array([bool(set(group[t.has[d]].tolist()) & mine) for d in idx])
+    if same.sum() < 3:
+        same[:] = True
+    weight = t.weight[idx] * same
+    score = (taus * weight).sum(axis=1) / weight.sum()
+    return cands[int(np.argmax(np.round(score, 12)))]
+
+
+def group_choice(
+    records: Mapping[str, scoring.DatasetRecord], directions: Mapping[str, bool]
+) -> scoring.Evaluation:
+    """``evaluate_lodo`` with the combiner chosen per group (``_choose_in_group``)."""
+    shipped = rec._choose
+    rec._choose = _choose_in_group
+    try:
+        return scoring.evaluate_lodo(records, directions=directions)
+    finally:
+        rec._choose = shipped
+
+
 def measure(
     records: Mapping[str, scoring.DatasetRecord], directions: Mapping[str, bool], tables: dict
 ) -> dict[str, Any]:
@@ -181,6 +220,7 @@ def measure(
     shipped = scoring.evaluate_lodo(records, directions=directions)
     plain = scoring.evaluate_lodo(exact, directions=directions)
     grouped = per_group(records, directions)
+    chosen = group_choice(records, directions)
     informed = rec.order_information
     rec.order_information = lambda n: 1.0  # every dataset alike: the method before
     try:
@@ -202,6 +242,7 @@ def measure(
             "alike": summary(alike, names),
             "alike_same": summary(alike, kept),
             "per_group": summary(grouped, kept),
+            "group_choice": summary(chosen, kept),
         }
     return out
 
@@ -246,7 +287,7 @@ def subsamples(
 ) -> dict[str, Any]:
     """Over ``n`` seeded ``subsample`` copies of the scope: per table, then over all, each
     method's mean figures over every held-out dataset of every copy (``shipped`` and
-    ``per_group``)."""
+    ``per_group`` and ``group_choice``)."""
     rng = np.random.default_rng(seed)
     figs: dict[str, dict[str, dict[str, list[float]]]] = {}
     for _ in range(n):
@@ -255,6 +296,7 @@ def subsamples(
         for name, ev in (
             ("shipped", scoring.evaluate_lodo(copy, directions=dirs)),
             ("per_group", per_group(copy, dirs)),
+            ("group_choice", group_choice(copy, dirs)),
         ):
             for d, per in ev.per_dataset.items():
                 for group in (tables[d], "all"):

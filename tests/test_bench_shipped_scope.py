@@ -84,3 +84,24 @@ def test_copies_repeat_for_a_seed_and_keep_what_they_promise() -> None:
         assert {m for r in copy.values() for m in r.outcomes} == {
             m for r in records.values() for m in r.outcomes
         }
+
+
+def test_the_choice_per_family_reads_no_held_out_outcome() -> None:
+    """``group_choice`` knows the held-out dataset by the models it scored: scrambling that
+    dataset's outcomes moves neither its prediction nor its weights."""
+    records = {
+        **_family("p", 6, 5, persist=True, seed=5),
+        **_family("s", 4, 5, persist=False, seed=6),
+    }
+    base = S.group_choice(records, {"logme": True})
+    for name in ("p-set0", "s-set1"):
+        r = records[name]
+        scrambled = {m: -v for m, v in r.outcomes.items()}
+        other = S.group_choice(
+            {**records, name: DatasetRecord(r.scores, scrambled)}, {"logme": True}
+        )
+        assert dict(other.predictions[name]) == pytest.approx(
+            dict(base.predictions[name]), abs=1e-12
+        )
+        assert dict(other.weights[name]) == pytest.approx(dict(base.weights[name]), abs=1e-12)
+    assert rec._choose is not S._choose_in_group  # put back
