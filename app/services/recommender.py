@@ -11,10 +11,12 @@ rows), so there is no fitted state to go stale: the fingerprint says which input
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
@@ -218,25 +220,53 @@ def quality_of(evaluation: scoring.Evaluation) -> dict[str, Any]:
     return _quality(evaluation, RECOMMENDED, "datasets with outcomes")
 
 
+#: The per-dataset figures a stored quality keeps (``_quality``), in this order.
+_PER_DATASET = ("weighted_tau", "top1_regret", "top1_hit")
+
+
 def _quality(evaluation: scoring.Evaluation, method: str, datasets: str) -> dict[str, Any]:
     """``method``'s leave-one-dataset-out figures in ``evaluation`` and the sentence a
-    recommendation states: the mean weighted tau with its standard error (how far the mean
-    is known) and its range over the held-out datasets (how far one new dataset may land from
-    it), and the mean top-1 regret with its standard error. ``datasets`` names what it was
-    measured on ("reference datasets")."""
+    recommendation states (``_summary``), with each held-out dataset's own figures kept
+    under ``per_dataset`` (dataset -> ``_PER_DATASET``, None where not measured): what
+    ``for_models`` narrows to the datasets of the models an order ranks. ``datasets`` names
+    what it was measured on ("reference datasets")."""
+    per = {
+        name: [_finite(rows[method][fig]) for fig in _PER_DATASET]
+        for name, rows in evaluation.per_dataset.items()
+    }
+    return _summary(per, method, datasets) | {"per_dataset": per}
 
-    def figure(table: Mapping[str, Mapping[str, float]], name: str) -> float | None:
-        return _finite(table.get(method, {}).get(name, math.nan))
 
-    n = evaluation.count[method]["weighted_tau"]
-    tau, tau_se = figure(evaluation.mean, "weighted_tau"), figure(evaluation.sem, "weighted_tau")
-    regret = figure(evaluation.mean, "top1_regret")
-    regret_se = figure(evaluation.sem, "top1_regret")
-    low, high = figure(evaluation.low, "weighted_tau"), figure(evaluation.high, "weighted_tau")
+def _summary(
+    per: Mapping[str, Sequence[float | None]], method: str, datasets: str, prefix: str = ""
+) -> dict[str, Any]:
+    """The figures over the held-out datasets of ``per`` (dataset -> ``_PER_DATASET``), as
+    ``scoring.evaluate_lodo`` makes its means: the mean weighted tau with its standard error
+    (how far the mean is known) and its range over the held-out datasets (how far one new
+    dataset may land from it), and the mean top-1 regret with its standard error; and the
+    sentence stating them ("calibrated on" ``prefix`` n ``datasets``)."""
+
+    def values(fig: str) -> npt.NDArray[np.float64]:
+        k = _PER_DATASET.index(fig)
+        return np.array([v[k] for v in per.values() if v[k] is not None], dtype=np.float64)
+
+    def mean(fig: str) -> float | None:
+        vals = values(fig)
+        return float(vals.mean()) if vals.size else None
+
+    def sem(fig: str) -> float | None:
+        vals = values(fig)
+        return float(vals.std(ddof=1) / math.sqrt(vals.size)) if vals.size > 1 else None
+
+    taus = values("weighted_tau")
+    n = int(taus.size)
+    tau, tau_se = mean("weighted_tau"), sem("weighted_tau")
+    regret, regret_se = mean("top1_regret"), sem("top1_regret")
+    low, high = (float(taus.min()), float(taus.max())) if n else (None, None)
     if tau is None:
         statement = f"calibrated on {datasets} too few to hold one out and measure it"
     else:
-        statement = f"calibrated on {n} {datasets}: weighted tau {_two(tau)}"
+        statement = f"calibrated on {prefix}{n} {datasets}: weighted tau {_two(tau)}"
         if tau_se is not None and low is not None and high is not None:
             statement += (
                 f" ± {_two(tau_se)} (one standard error; single datasets {_two(low)} to "
@@ -252,10 +282,72 @@ def _quality(evaluation: scoring.Evaluation, method: str, datasets: str) -> dict
         "weighted_tau_range": [low, high] if low is not None and high is not None else None,
         "top1_regret": regret,
         "top1_regret_se": regret_se,
-        "top1_hit": figure(evaluation.mean, "top1_hit"),
+        "top1_hit": mean("top1_hit"),
         "datasets": n,
         "statement": statement,
     }
+
+
+def family(outcome_ranks: Mapping[str, Mapping[str, float]], models: Iterable[str]) -> set[str]:
+    """The datasets with outcomes (``outcome_ranks``: dataset -> model -> outcome rank) that
+    hold one of ``models``, or a model compared with one of them on some dataset, or so on
+    (the component of the dataset-model graph that ``models`` are in)."""
+    seen = set(models)
+    held: set[str] = set()
+    grew = True
+    while grew:
+        new = {d for d, per in outcome_ranks.items() if d not in held and seen.intersection(per)}
+        grew = bool(new)
+        held |= new
+        for d in new:
+            seen.update(outcome_ranks[d])
+    return held
+
+
+def for_models(
+    quality: Mapping[str, Any],
+    outcome_ranks: Mapping[str, Mapping[str, float]],
+    models: Iterable[str],
+) -> dict[str, Any]:
+    """The expected quality of the recommender's order of ``models`` (those of them with a
+    history): ``quality`` (``quality_of``) narrowed to the held-out datasets of their
+    ``family``, where the other datasets' models are another family.
+
+    A model's history comes from its family's datasets only, and how far a history persists
+    differs from one family of models to another (docs/recommender.md): the order of a
+    family's models is measured on that family's datasets. With every dataset in the family,
+    the figures are ``quality``'s; with fewer than 2 of them (no spread to state), they stay
+    ``quality``'s and the statement says how few hold these models. Otherwise the figures
+    and statement are the family's, and ``all_datasets`` keeps the figures over all of them.
+    The per-dataset figures are not repeated; with no ``models`` (an order that weighs no
+    history) the figures are ``quality``'s."""
+    per: Mapping[str, Sequence[float | None]] = quality.get("per_dataset") or {}
+    shown = {k: v for k, v in quality.items() if k != "per_dataset"}
+    models = list(models)
+    if not per or not models:
+        return shown
+    mine = family(outcome_ranks, models)
+    kept = {d: v for d, v in per.items() if d in mine}
+    if len(kept) == len(per):
+        return shown
+    if len(kept) < 2:
+        shown["statement"] = (
+            f"{shown['statement']}; only {len(kept)} of them holds these models or models "
+            "compared with them, too few to measure their family alone"
+        )
+        return shown
+    narrowed = _summary(kept, str(quality["method"]), "datasets with outcomes", "the ")
+    total = shown.get("datasets")
+    narrowed["statement"] = narrowed["statement"].replace(
+        f"calibrated on the {narrowed['datasets']} datasets with outcomes",
+        f"calibrated on the {narrowed['datasets']} of {total} datasets with outcomes that hold "
+        "these models or models compared with them",
+        1,
+    )
+    if shown.get("weighted_tau") is not None:
+        narrowed["statement"] += f" (all {total}: weighted tau {_two(shown['weighted_tau'])})"
+    narrowed["all_datasets"] = {k: v for k, v in shown.items() if k != "statement"}
+    return narrowed
 
 
 def current_fit(session: Session, scope: Scope) -> tuple[Fit, RecommenderFitRow] | None:
@@ -368,9 +460,10 @@ def _two(value: float) -> str:
 
 
 def _stale(row: RecommenderFitRow) -> bool:
-    """A calibrated fit recorded before its quality carried its spread (the standard errors
-    and the range over held-out datasets): measured again, as the fit itself is the same."""
-    return bool(row.calibrated and row.quality and "weighted_tau_se" not in row.quality)
+    """A calibrated fit recorded before its quality carried its spread and each held-out
+    dataset's figures (``per_dataset``): measured again, as the fit itself is the same."""
+    needed = ("weighted_tau_se", "per_dataset")
+    return bool(row.calibrated and row.quality and any(k not in row.quality for k in needed))
 
 
 def metric_quality(evaluation: scoring.Evaluation, reference: bool) -> dict[str, Any]:
@@ -495,7 +588,7 @@ def recommend(
         "version": row.version,
         "scope": scope.key,
         "calibrated": row.calibrated,
-        "expected_quality": row.quality if row.calibrated else "uncalibrated",
+        "expected_quality": _expected(row, fit, ranked, metric_only, dataset.id),
         "learned_from_datasets": row.n_datasets,
         "method": METRIC_ONLY if metric_only else RECOMMENDED,
         "weights": dict(row.weights) if metric_only else dict(fit.weights),
@@ -517,6 +610,21 @@ def recommend(
             for m, e in evidence.items()
         },
     }
+
+
+def _expected(
+    row: RecommenderFitRow, fit: Fit, ranked: Sequence[str], metric_only: bool, dataset: str
+) -> dict[str, Any] | str:
+    """What a recommendation on ``dataset`` states it can be trusted to: "uncalibrated", the
+    metric-only order's quality (it weighs no history, so every dataset measures it), or the
+    full recommender's on the datasets of the ranked models' family (``for_models``; their
+    history comes from datasets other than this one, so its own outcomes join no family)."""
+    if not row.calibrated:
+        return "uncalibrated"
+    if metric_only:
+        return for_models(row.quality, {}, ())
+    elsewhere = {d: per for d, per in fit.outcome_ranks.items() if d != dataset}
+    return for_models(row.quality, elsewhere, ranked)
 
 
 def _aliased(session: Session, scope: Scope) -> dict[str, str]:

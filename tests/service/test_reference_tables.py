@@ -33,6 +33,8 @@ from app.reference import ReferenceTable, shipped
 from app.services import leaderboards, rankings, recommender, reference
 from app.services import models as model_service
 from app.web.dashboard import views
+from app.web.dashboard.web import templates
+from scoring.recommend import RECOMMENDED
 from workers.cli.main import main
 
 from .helpers import model_ids, register_model, wait_for_job
@@ -257,7 +259,14 @@ def test_no_outcome_of_its_own_gives_the_calibrated_metric_only_order(service) -
         ) in quality["statement"]
 
 
-def test_a_fit_recorded_before_its_quality_had_a_spread_is_measured_again(service) -> None:
+@pytest.mark.parametrize(
+    "dropped",
+    [("weighted_tau_se", "weighted_tau_range", "top1_regret_se"), ("per_dataset",)],
+    ids=["without its spread", "without each dataset's figures"],
+)
+def test_a_fit_recorded_before_its_quality_had_a_spread_is_measured_again(
+    service, dropped: tuple[str, ...]
+) -> None:
     with service.db.session() as s:
         ds = _tenant_dataset(s, "default", _models(s, "default"))
         first = recommender.recommend(s, ds)
@@ -265,16 +274,12 @@ def test_a_fit_recorded_before_its_quality_had_a_spread_is_measured_again(servic
         used = select(RecommenderFitRow).where(RecommenderFitRow.fingerprint == first["fit"])
         rows = list(s.scalars(used))
         assert rows and all(row.calibrated for row in rows)
-        for row in rows:  # as a release before the spread recorded it
-            row.quality = {
-                k: v
-                for k, v in row.quality.items()
-                if k not in ("weighted_tau_se", "weighted_tau_range", "top1_regret_se")
-            }
+        for row in rows:  # as a release before the spread (or each dataset's) recorded it
+            row.quality = {k: v for k, v in row.quality.items() if k not in dropped}
         s.flush()
         again = recommender.recommend(s, ds)
         assert again is not None and again["expected_quality"] == first["expected_quality"]
-        assert all("weighted_tau_se" in row.quality for row in rows)
+        assert all(k in row.quality for row in rows for k in dropped)
 
 
 def test_a_scope_no_table_covers_stays_uncalibrated(service) -> None:
@@ -374,6 +379,105 @@ def test_an_alias_carries_the_tables_history_and_its_absence_none(service) -> No
         assert not evidence[models[1].id]["history_datasets"]
         with pytest.raises(Invalid, match="ref:no-such-net"):
             model_service.link_aliases(s, models[1], ["no-such-net"], "default")
+
+
+def _table_datasets(s, table: str) -> set[str]:
+    row = s.get(ReferenceTableRow, table)
+    assert row is not None, table
+    return {str(d) for d in row.datasets}
+
+
+@pytest.mark.parametrize(
+    ("alias", "table"),
+    [("ref:resnet50", "model_spider_image_zoo"), ("ref:mobilenet-v2", "zoo_groundtruth_image")],
+)
+def test_the_full_orders_quality_is_measured_on_its_models_family(
+    service, alias: str, table: str
+) -> None:
+    """A model aliased to one shipped table's model is ordered with that table's history, and
+    the quality stated is the full recommender's on that table's held-out datasets only (the
+    other table's models were never compared with these), by hand from ``evaluate_lodo``'s
+    per-dataset figures, with the figures over every dataset beside it."""
+    with service.db.session() as s:
+        models = _models(s, "default")
+        ds = _tenant_dataset(s, "default", models)
+        plain = recommender.recommend(s, ds)
+        assert plain is not None and plain["method"] == "metric_only"
+        assert "per_dataset" not in plain["expected_quality"]
+        assert "all_datasets" not in plain["expected_quality"]
+        model_service.link_aliases(s, models[0], [alias], "default")
+        rec = recommender.recommend(s, ds)
+        assert rec is not None and rec["method"] == "recommended"
+        quality = rec["expected_quality"]
+        recs = recommender.records(s, recommender.Scope.of(ds))
+        ev = scoring.evaluate_lodo(recs.datasets, directions=recs.directions)
+        mine = [d for d in ev.per_dataset if d in _table_datasets(s, table)]
+        html = templates.env.get_template("_recommendation_note.html").render(rec=rec)
+    assert 2 <= len(mine) < len(ev.per_dataset)
+    taus = np.array([ev.per_dataset[d][RECOMMENDED]["weighted_tau"] for d in mine])
+    regrets = np.array([ev.per_dataset[d][RECOMMENDED]["top1_regret"] for d in mine])
+    assert quality["datasets"] == len(mine)
+    assert quality["weighted_tau"] == pytest.approx(taus.mean())
+    assert quality["weighted_tau_se"] == pytest.approx(taus.std(ddof=1) / np.sqrt(taus.size))
+    assert quality["weighted_tau_range"] == pytest.approx([taus.min(), taus.max()])
+    assert quality["top1_regret"] == pytest.approx(regrets.mean())
+    assert quality["top1_regret_se"] == pytest.approx(regrets.std(ddof=1) / np.sqrt(regrets.size))
+    pooled = quality["all_datasets"]
+    assert pooled["datasets"] == len(ev.per_dataset)
+    assert pooled["weighted_tau"] == pytest.approx(ev.mean[RECOMMENDED]["weighted_tau"])
+    assert pooled["top1_regret"] == pytest.approx(ev.mean[RECOMMENDED]["top1_regret"])
+    assert "per_dataset" not in quality and "per_dataset" not in pooled
+    assert quality["statement"].startswith(
+        f"calibrated on the {len(mine)} of {len(ev.per_dataset)} datasets with outcomes that "
+        f"hold these models or models compared with them: weighted tau {taus.mean():.2f} ± "
+    )
+    assert quality["statement"].endswith(
+        f" (all {len(ev.per_dataset)}: weighted tau {ev.mean[RECOMMENDED]['weighted_tau']:.2f})"
+    )
+    assert f"on the {len(mine)} of them that hold these models" in html
+
+
+def test_a_family_is_every_dataset_its_models_reach() -> None:
+    """``family``: the datasets holding the models, or models compared with them on some
+    dataset, and so on; ``for_models`` narrows a quality to them, keeps it where they are
+    all the datasets or fewer than 2, and never repeats the per-dataset figures."""
+    ranks = {
+        "d1": {"a": 0.1, "b": -0.1, "c": 0.0},
+        "d2": {"c": 0.2, "d": -0.2, "e": 0.0},  # reached from a through c
+        "d3": {"x": 0.1, "y": -0.1, "z": 0.0},
+        "d4": {"x": 0.3, "y": -0.3, "w": 0.0},
+    }
+    assert recommender.family(ranks, ["a"]) == {"d1", "d2"}
+    assert recommender.family(ranks, ["w", "nobody"]) == {"d3", "d4"}
+    assert recommender.family(ranks, ["nobody"]) == set()
+    per = {
+        "d1": [0.5, 1.0, 0.0],
+        "d2": [0.7, 0.0, 1.0],
+        "d3": [0.9, None, 1.0],
+        "d4": [0.2, 3.0, 0.0],
+    }
+    quality = recommender._summary(per, RECOMMENDED, "datasets with outcomes") | {
+        "per_dataset": per
+    }
+    assert quality["weighted_tau"] == pytest.approx(np.mean([0.5, 0.7, 0.9, 0.2]))
+    assert quality["top1_regret"] == pytest.approx(np.mean([1.0, 0.0, 3.0]))
+    shown = {k: v for k, v in quality.items() if k != "per_dataset"}
+    assert recommender.for_models(quality, ranks, ["a", "x"]) == shown  # both families: all
+    assert recommender.for_models(quality, ranks, []) == shown  # no history weighed
+    narrowed = recommender.for_models(quality, ranks, ["b"])
+    assert narrowed["datasets"] == 2 and narrowed["weighted_tau"] == pytest.approx(0.6)
+    assert narrowed["top1_hit"] == pytest.approx(0.5)
+    assert narrowed["all_datasets"]["weighted_tau"] == pytest.approx(quality["weighted_tau"])
+    assert "calibrated on the 2 of 4 datasets with outcomes that hold" in narrowed["statement"]
+    lone = {**ranks, "d2": {"q": 0.1, "r": 0.0, "s": -0.1}}
+    few = recommender.for_models(quality, lone, ["a"])
+    assert {k: v for k, v in few.items() if k != "statement"} == {
+        k: v for k, v in shown.items() if k != "statement"
+    }
+    assert few["statement"] == (
+        f"{shown['statement']}; only 1 of them holds these models or models compared with "
+        "them, too few to measure their family alone"
+    )
 
 
 def test_aliases_on_post_models_and_the_cli(

@@ -231,13 +231,21 @@ def _recommendation(
         used = fit.recommend(by_metric, metric_only=metric_only)
     except TransferabilityError:
         return None  # the recommender combines none of these metrics
+    expected: dict[str, Any] | str = "uncalibrated"
+    if fit.calibrated and quality:  # measured on the local database (``_fit_on``)
+        from app.services.recommender import for_models
+
+        # the full order on the datasets of these models' family; the metric-only one on all
+        expected = for_models(
+            quality, fit.outcome_ranks, () if metric_only else [r.model for r in rows]
+        )
     return {
         "method": METRIC_ONLY if metric_only else RECOMMENDED,
         "calibrated": fit.calibrated,
         "learned_from_datasets": fit.n_datasets,
         "weights": dict(used.weights),
         "metrics_used": list(used.metrics_used),
-        "expected_quality": quality if fit.calibrated and quality else "uncalibrated",
+        "expected_quality": expected,
         "evidence": {
             m: {"model": m, "history_datasets": e.history_count} for m, e in used.evidence.items()
         },
