@@ -396,6 +396,53 @@ def has_history(fit: Fit, models: Iterable[str], *, exclude_dataset: str | None 
     )
 
 
+def why_uncalibrated(
+    datasets: Mapping[str, DatasetRecord], metrics: Iterable[str] | None = None
+) -> str | None:
+    """Why an order of ``metrics`` (None: any metric) fitted on ``datasets`` is uncalibrated,
+    in words a user can act on; None when it is calibrated (a dataset the fit learns from,
+    ``_teaches``, scores one of the metrics).
+
+    A scope may hold fine-tuning outcomes and still calibrate nothing: outcomes for fewer than
+    ``MIN_OUTCOMES`` models of a dataset (no order to measure), outcomes no more spread than
+    their standard errors (``noise_only``), or outcomes only on datasets that score none of
+    the metrics computed. Saying "no outcomes yet" there would send the user to record what
+    is already recorded."""
+    with_outcomes = {n: r for n, r in datasets.items() if _finite_outcomes(r)}
+    if not with_outcomes:
+        return "no fine-tuning outcomes are recorded for datasets of this kind yet"
+    teaching = {n: r for n, r in with_outcomes.items() if _teaches(r)}
+    if teaching:
+        wanted = None if metrics is None else set(metrics)
+        if wanted is None or any(wanted & set(r.scores) for r in teaching.values()):
+            return None
+        which = (
+            "the dataset with fine-tuning outcomes of this kind scores none"
+            if len(teaching) == 1
+            else f"none of the {len(teaching)} datasets with fine-tuning outcomes of this "
+            "kind scores any"
+        )
+        return f"{which} of the metrics computed here ({', '.join(sorted(wanted))})"
+    n = len(with_outcomes)
+    few = sum(len(_finite_outcomes(r)) < MIN_OUTCOMES for r in with_outcomes.values())
+    noise = n - few
+    why = []
+    if few:
+        why.append(
+            f"{'all' if few == n else few} {'have' if few != 1 else 'has'} outcomes for fewer "
+            f"than {MIN_OUTCOMES} models"
+        )
+    if noise:
+        why.append(
+            f"{'all' if noise == n else noise} {'have' if noise != 1 else 'has'} outcomes no "
+            "more spread than their standard errors"
+        )
+    return (
+        f"the {n} dataset{'s' if n != 1 else ''} with fine-tuning outcomes of this kind cannot "
+        f"measure an order of models ({' and '.join(why)})"
+    )
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Leave-one-dataset-out figures of every metric and of the recommender.

@@ -44,6 +44,7 @@ from scoring.recommend import (
     Fit,
     has_history,
     noise_only,
+    why_uncalibrated,
 )
 
 DEFAULT_MEASURE = "finetune_top1"
@@ -588,6 +589,7 @@ def recommend(
         "version": row.version,
         "scope": scope.key,
         "calibrated": row.calibrated,
+        **({} if row.calibrated else {"uncalibrated_reason": _why_not(session, scope, metrics)}),
         "expected_quality": _expected(row, fit, ranked, metric_only, dataset.id),
         "learned_from_datasets": row.n_datasets,
         "method": METRIC_ONLY if metric_only else RECOMMENDED,
@@ -625,6 +627,13 @@ def _expected(
         return for_models(row.quality, {}, ())
     elsewhere = {d: per for d, per in fit.outcome_ranks.items() if d != dataset}
     return for_models(row.quality, elsewhere, ranked)
+
+
+def _why_not(session: Session, scope: Scope, metrics: Iterable[str]) -> str:
+    """Why the order of ``metrics`` on ``scope`` is uncalibrated, in words: no outcomes yet,
+    outcomes that cannot measure an order, or outcomes on datasets that score none of them."""
+    why = why_uncalibrated(records(session, scope).datasets, metrics)
+    return why or "no dataset with fine-tuning outcomes of this kind scores these metrics"
 
 
 def _aliased(session: Session, scope: Scope) -> dict[str, str]:

@@ -229,6 +229,30 @@ def test_no_negative_zero(three_models: Path, capsys) -> None:
 
 
 @pytest.mark.slow
+def test_an_uncalibrated_text_ranking_says_why(tmp_path: Path, capsys) -> None:
+    """The shipped text table holds outcomes, but for fewer models per dataset than an order
+    needs: the first text ranking says so (not "no outcomes yet"), counting the table's
+    datasets."""
+    from app.reference import __file__ as reference
+
+    with open(Path(reference).parent / "zoo_groundtruth_text.csv") as f:
+        per: dict[str, set[str]] = {}
+        for row in csv.DictReader(f):
+            per.setdefault(row["dataset"], set()).add(row["model"])
+    assert per and max(map(len, per.values())) < scoring.recommend.MIN_OUTCOMES
+    texts = _texts(tmp_path / "reviews.csv", TEXTS)
+    argv = ["rank", str(texts), "--metrics", "logme", "--quiet"]
+    assert main(argv) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert (
+        f"how far to trust it: untested, a default from the literature, uncalibrated because "
+        f"the {len(per)} datasets with fine-tuning outcomes of this kind cannot measure an "
+        "order of models (all have outcomes for fewer than 3 models) (record outcomes of at "
+        "least 3 models of a dataset"
+    ) in last, last
+
+
+@pytest.mark.slow
 def test_outcomes_add_after_a_local_rank(tmp_path: Path, capsys) -> None:
     """A local ranking is kept in the local database: its dataset takes outcomes by name, and
     ranking the same data again updates it rather than adding another."""
@@ -317,12 +341,18 @@ def test_the_first_ranking_on_a_new_machine_is_calibrated_by_the_shipped_tables(
     monkeypatch.setenv("TB_DATA_DIR", str(tmp_path / "off"))
     monkeypatch.setenv("TB_REFERENCE_TABLES", "off")
     assert main(argv) == 0
-    assert "how far to trust it: untested" in capsys.readouterr().out.splitlines()[-1]
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "how far to trust it: untested" in last
+    assert "uncalibrated because no fine-tuning outcomes are recorded for datasets of this " in last
 
     monkeypatch.setenv("TB_DATA_DIR", str(tmp_path / "closed"))
     monkeypatch.setenv("TB_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/none")
     assert main(argv) == 0
     out = capsys.readouterr()
     assert "how far to trust it: untested" in out.out.splitlines()[-1]
+    assert (
+        "uncalibrated because the local database, where outcomes are kept, could not"
+        in (out.out.splitlines()[-1])
+    )
     assert "the local database could not be opened" in out.err
     assert "the recommended order is the uncalibrated default" in out.err

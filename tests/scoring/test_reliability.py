@@ -153,3 +153,44 @@ def test_a_dataset_of_more_models_counts_more() -> None:
     assert weights["x"] == 1.0 and weights["y"] == 0.0
     data = {"many": view(many, "y"), "few": view(few, "x")}
     assert scoring.fit_recommender(data).metric_weights["y"] == 1.0
+
+
+def test_an_uncalibrated_order_says_why_from_what_the_scope_holds() -> None:
+    """``why_uncalibrated`` names the reason a scope with outcomes still calibrates nothing,
+    rather than "no outcomes yet" for outcomes that are recorded, and is None exactly when
+    ``fit`` learns from a dataset that scores the metrics."""
+    scores = {"logme": {"a": 1.0, "b": 2.0, "c": 3.0}, "gbc": {"a": 3.0, "b": 2.0, "c": 1.0}}
+    spread = {"a": 70.0, "b": 75.0, "c": 80.0}
+    two = DatasetRecord(scores, {"a": 70.0, "b": 75.0})
+    noisy = DatasetRecord(scores, spread, dict.fromkeys(spread, 9.0))
+    good = DatasetRecord({"gbc": scores["gbc"]}, spread)
+    new = DatasetRecord(scores)
+
+    assert (
+        rec.why_uncalibrated({})
+        == rec.why_uncalibrated({"x": new})
+        == ("no fine-tuning outcomes are recorded for datasets of this kind yet")
+    )
+    assert rec.why_uncalibrated({"x": new, "p": two, "q": two}) == (
+        "the 2 datasets with fine-tuning outcomes of this kind cannot measure an order of "
+        "models (all have outcomes for fewer than 3 models)"
+    )
+    assert rec.why_uncalibrated({"p": two, "n": noisy}) == (
+        "the 2 datasets with fine-tuning outcomes of this kind cannot measure an order of "
+        "models (1 has outcomes for fewer than 3 models and 1 has outcomes no more spread than "
+        "their standard errors)"
+    )
+    assert rec.why_uncalibrated({"g": good, "p": two}, ["logme"]) == (
+        "the dataset with fine-tuning outcomes of this kind scores none of the metrics "
+        "computed here (logme)"
+    )
+    assert rec.why_uncalibrated({"g": good, "h": good}, ["logme", "leep"]) == (
+        "none of the 2 datasets with fine-tuning outcomes of this kind scores any of the "
+        "metrics computed here (leep, logme)"
+    )
+    for datasets, metrics in (({"g": good, "p": two}, ["gbc", "logme"]), ({"g": good}, None)):
+        assert rec.why_uncalibrated(datasets, metrics) is None
+    # exactly the fits that are calibrated
+    for datasets in ({"x": new, "p": two}, {"n": noisy, "x": new}, {"g": good, "x": new}):
+        fitted = scoring.fit_recommender(datasets)
+        assert fitted.calibrated == (rec.why_uncalibrated(datasets) is None)

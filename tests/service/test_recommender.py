@@ -288,6 +288,9 @@ def test_refit_after_new_outcomes_changes_the_order(service) -> None:
     assert [e["model"] for e in first["entries"]] == ["model-a", "model-b", "model-c"]
     assert first["recommendation"]["calibrated"] is False
     assert first["recommendation"]["expected_quality"] == "uncalibrated"
+    assert first["recommendation"]["uncalibrated_reason"] == (
+        "no fine-tuning outcomes are recorded for datasets of this kind yet"
+    )
     for dataset_id in history:
         r = client.post(
             f"/v1/datasets/{dataset_id}/outcomes",

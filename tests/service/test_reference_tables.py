@@ -34,7 +34,7 @@ from app.services import leaderboards, rankings, recommender, reference
 from app.services import models as model_service
 from app.web.dashboard import views
 from app.web.dashboard.web import templates
-from scoring.recommend import RECOMMENDED
+from scoring.recommend import MIN_OUTCOMES, RECOMMENDED
 from workers.cli.main import main
 
 from .helpers import model_ids, register_model, wait_for_job
@@ -290,6 +290,14 @@ def test_a_scope_no_table_covers_stays_uncalibrated(service) -> None:
         rec = recommender.recommend(s, ds)
         assert rec is not None and rec["calibrated"] is False
         assert rec["expected_quality"] == "uncalibrated"
+        # the shipped text table holds outcomes, for too few models per dataset: said so
+        held = recommender.records(s, recommender.Scope.of(ds)).datasets.values()
+        n = sum(bool(r.outcomes) for r in held)
+        assert n and all(len(r.outcomes) < MIN_OUTCOMES for r in held)
+        assert rec["uncalibrated_reason"] == (
+            f"the {n} datasets with fine-tuning outcomes of this kind cannot measure an order "
+            f"of models (all have outcomes for fewer than {MIN_OUTCOMES} models)"
+        )
 
 
 def test_the_tenants_own_outcomes_take_over_and_never_reach_another(service) -> None:

@@ -19,14 +19,17 @@ from app.web.dashboard.web import templates
 TABLE = Path(__file__).resolve().parents[2] / "app" / "reference" / "model_spider_image_zoo.csv"
 
 
-def _note(rec: scoring.Recommendation) -> str:
-    served = {
+def _served(rec: scoring.Recommendation) -> dict[str, Any]:
+    return {
         "calibrated": rec.calibrated,
         "weights": dict(rec.weights),
         "metrics_used": list(rec.metrics_used),
         "dropped_metrics": dict(rec.dropped_metrics),
     }
-    return _render(served)
+
+
+def _note(rec: scoring.Recommendation) -> str:
+    return _render(_served(rec))
 
 
 def _render(served: dict[str, Any]) -> str:
@@ -49,6 +52,11 @@ def test_uncalibrated_note_names_the_weights_served() -> None:
     assert "hscore_shrinkage 0.500, logme 0.500" in note
     assert "leep, linear_probe are shown but not weighed" in note
     assert "equally" not in note
+    assert note.startswith("Uncalibrated: no outcomes yet, so the recommended order weighs")
+    why = "the 4 datasets with fine-tuning outcomes of this kind cannot measure an order"
+    assert _render({**_served(rec), "uncalibrated_reason": why}).startswith(
+        f"Uncalibrated: {why}, so the recommended order weighs"
+    )
 
 
 def test_calibrated_note_states_the_spread_of_its_expected_quality() -> None:

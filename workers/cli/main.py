@@ -12,10 +12,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from scoring import DatasetRecord, Fit, TransferabilityError, evaluate_lodo, fit_recommender
-from scoring.recommend import METRIC_ONLY, MIN_OUTCOMES, RECOMMENDED, has_history
+from scoring.recommend import (
+    METRIC_ONLY,
+    MIN_OUTCOMES,
+    RECOMMENDED,
+    has_history,
+    why_uncalibrated,
+)
 from workers.cli.exits import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
 from workers.cli.exits import err as _err
 from workers.pipeline.ranking import RankedModel, uses_metric_only, with_recommendation
@@ -161,10 +167,10 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             _err(f"{row.model}: failed: {row.error}")
         for metric, reason in row.errors.items():
             _err(f"{row.model}: {metric} not computed: {reason}")
-    fit, quality = _stored_fit(result)
-    if fit is not None:
-        rows = with_recommendation(rows, result.metrics, fit)
-    recommendation = _recommendation(rows, result.metrics, fit, quality)
+    calibration = _stored_fit(result)
+    if calibration.fit is not None:
+        rows = with_recommendation(rows, result.metrics, calibration.fit)
+    recommendation = _recommendation(rows, result.metrics, calibration)
     title = f"{result.dataset_name} (N={result.n})"
     failed = any(row.error for row in rows)
     if verifying is None or args.format != "json":  # JSON waits to carry the verification
@@ -210,15 +216,25 @@ def _record(result: RankResult) -> tuple[str, str, list[str]] | None:
     return recorded
 
 
+class Calibration(NamedTuple):
+    """What the local database gives a ranking's recommended order (``_stored_fit``)."""
+
+    #: the recommender fitted there, with this ranking's scores; None: the uncalibrated default
+    fit: Fit | None = None
+    #: its leave-one-dataset-out quality (``app.services.recommender.quality_of``)
+    quality: dict[str, Any] | None = None
+    #: why the order is uncalibrated, in words (``scoring.recommend.why_uncalibrated``); None
+    #: where it is calibrated or nothing is known
+    why_not: str | None = None
+
+
 def _recommendation(
-    rows: Sequence[RankedModel],
-    metrics: Sequence[str],
-    fit: Fit | None,
-    quality: dict[str, Any] | None,
+    rows: Sequence[RankedModel], metrics: Sequence[str], calibration: Calibration
 ) -> dict[str, Any] | None:
     """What the recommended order of ``rows`` rests on, in the shape the service stores on a
-    ranking (``report.verdict`` reads it): ``fit``'s weights and leave-one-dataset-out
-    ``quality``, or the uncalibrated default's, as ``with_recommendation`` applied them."""
+    ranking (``report.verdict`` reads it): the calibration's weights and leave-one-dataset-out
+    quality, or the uncalibrated default's and why, as ``with_recommendation`` applied them."""
+    fit, quality = calibration.fit, calibration.quality
     by_metric = {
         m: {r.model: v for r in rows if (v := r.scores.get(m)) is not None} for m in metrics
     }
@@ -239,9 +255,11 @@ def _recommendation(
         expected = for_models(
             quality, fit.outcome_ranks, () if metric_only else [r.model for r in rows]
         )
+    why_not = None if fit.calibrated else calibration.why_not
     return {
         "method": METRIC_ONLY if metric_only else RECOMMENDED,
         "calibrated": fit.calibrated,
+        **({"uncalibrated_reason": why_not} if why_not else {}),
         "learned_from_datasets": fit.n_datasets,
         "weights": dict(used.weights),
         "metrics_used": list(used.metrics_used),
@@ -252,11 +270,11 @@ def _recommendation(
     }
 
 
-def _stored_fit(result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
+def _stored_fit(result: RankResult) -> Calibration:
     """The recommender fitted on the outcomes in the local database (``TB_DATABASE_URL``, or
     the embedded SQLite file under ``TB_DATA_DIR``), with this ranking's scores beside them,
-    and its leave-one-dataset-out quality; (None, None) when no outcome there covers this
-    ranking (the uncalibrated default then).
+    and its leave-one-dataset-out quality; no fit (the uncalibrated default) and why, when no
+    outcome there covers this ranking.
 
     The database is created here when it does not exist yet, with the shipped reference
     tables (``TB_REFERENCE_TABLES``), as keeping the ranking (``_record``) would create it
@@ -264,7 +282,7 @@ def _stored_fit(result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
     A database that cannot be opened is said on stderr and leaves the uncalibrated default.
     """
     if result.modality == "features":
-        return None, None
+        return Calibration()
     from sqlalchemy.exc import SQLAlchemyError
 
     from workers.cli.database import local_database
@@ -277,14 +295,16 @@ def _stored_fit(result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
             f"the local database could not be opened ({str(exc).splitlines()[0]}): the "
             "recommended order is the uncalibrated default"
         )
-        return None, None
+        return Calibration(
+            why_not="the local database, where outcomes are kept, could not be opened"
+        )
     try:
         return _fit_on(db, result)
     finally:
         db.dispose()
 
 
-def _fit_on(db: Database, result: RankResult) -> tuple[Fit | None, dict[str, Any] | None]:
+def _fit_on(db: Database, result: RankResult) -> Calibration:
     """``_stored_fit`` on the open local database ``db``."""
     from sqlalchemy import select
 
@@ -301,7 +321,7 @@ def _fit_on(db: Database, result: RankResult) -> tuple[Fit | None, dict[str, Any
         for dataset_id in s.scalars(kept):
             stored.datasets.pop(dataset_id, None)
         if not any(len(r.outcomes) >= MIN_OUTCOMES for r in stored.datasets.values()):
-            return None, None
+            return Calibration(why_not=why_uncalibrated(stored.datasets, result.metrics))
         ids = {m for r in stored.datasets.values() for per in r.scores.values() for m in per}
         ids |= {m for r in stored.datasets.values() for m in r.outcomes}
         names = names_of(s, ids)
@@ -333,12 +353,13 @@ def _fit_on(db: Database, result: RankResult) -> tuple[Fit | None, dict[str, Any
         try:
             evaluation = evaluate_lodo(datasets, directions=directions)
         except TransferabilityError:  # no dataset with outcomes scores these metrics
-            return None, None
+            return Calibration(why_not=why_uncalibrated(stored.datasets, result.metrics))
         reference = set(evaluation.datasets) <= stored.reference
         quality = recommender.metric_quality(evaluation, reference)
     datasets["(this ranking)"] = DatasetRecord(here)
     directions |= _directions(list(here))
-    return fit_recommender(datasets, directions=directions), quality
+    fit = fit_recommender(datasets, directions=directions)
+    return Calibration(fit, quality, why_uncalibrated(stored.datasets, result.metrics))
 
 
 def _directions(metrics: Sequence[str]) -> dict[str, bool]:

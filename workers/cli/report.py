@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from scoring import RECOMMENDED
 from scoring.pool import Pooled
-from scoring.recommend import HISTORY
+from scoring.recommend import HISTORY, MIN_OUTCOMES
 from workers.pipeline.ranking import RankedModel, pooled
 
 if TYPE_CHECKING:
@@ -220,11 +220,16 @@ def verdict(
     )
     quality = recommendation.get("expected_quality")
     if not recommendation.get("calibrated") or not isinstance(quality, Mapping):
+        why = recommendation.get("uncalibrated_reason")
+        checked = (
+            f"uncalibrated because {why}" if why else "no fine-tuning outcomes have checked it yet"
+        )
         return (
             f"Use {who}: first in the recommended order, the uncalibrated equal-weight mean of "
             f"the ranks of {', '.join(sorted(weights))}; how far to trust it: untested, a "
-            "default from the literature that no fine-tuning outcomes have checked yet (record "
-            "some with `transferbench outcomes add DATASET MODEL VALUE` to calibrate it)."
+            f"default from the literature, {checked} (record outcomes of at least "
+            f"{MIN_OUTCOMES} models of a dataset with `transferbench outcomes add DATASET MODEL "
+            "VALUE` to calibrate it)."
         )
     n = recommendation.get("learned_from_datasets")
     records = {e.get("model"): e for e in recommendation.get("evidence", {}).values()}
