@@ -50,7 +50,6 @@ heat-map per table. Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -73,6 +72,7 @@ from scoring.recommend import (
     DatasetRecord,
     _canonical,
     noise_only,
+    table_rows,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +82,8 @@ DEFAULT_LABEL = "uncalibrated_default"
 
 
 def read_table(path: Path, outcome: str) -> dict[str, DatasetRecord]:
-    with path.open(newline="") as fh:
-        return scoring.datasets_from_rows(csv.DictReader(fh), outcome=outcome)
+    text = path.read_text(encoding="utf-8")
+    return scoring.datasets_from_rows(table_rows(text), outcome=outcome)
 
 
 def default_figures(
@@ -253,8 +253,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def variants(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     from bench import recommender_variants
 
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = table_rows(path.read_text(encoding="utf-8"))
     single = next((c for c in rows[0] if _canonical(c) == _canonical(args.single_metric)), None)
     return recommender_variants.evaluate(
         rows,
@@ -268,7 +267,7 @@ def variants(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    paths = sorted(args.tables.glob("**/*.csv"))
+    paths = sorted(p for ext in ("csv", "tsv") for p in args.tables.glob(f"**/*.{ext}"))
     if not paths:
         print(f"no CSV tables under {args.tables}", file=sys.stderr)
         return 1

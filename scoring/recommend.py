@@ -113,7 +113,9 @@ tolerance of 0 is 0.0, never -0.0.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -1303,6 +1305,29 @@ def evaluate_lodo(
     )
 
 
+def table_rows(text: str) -> list[dict[str, str]]:
+    """The rows of a wide table's text, for ``datasets_from_rows``: comma-, tab- or
+    semicolon-separated (whichever splits the header line into the most columns), a
+    leading byte-order mark (as spreadsheet programs write one) dropped, and the header's
+    names stripped of surrounding spaces."""
+    text = text.removeprefix("\ufeff")
+    header = text.split("\n", 1)[0]
+    delimiter = max((",", "\t", ";"), key=lambda d: len(next(csv.reader([header], delimiter=d))))
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    names = [c.strip() for c in next(reader, [])]
+    return [dict(zip(names, row, strict=False)) for row in reader if any(c.strip() for c in row)]
+
+
+#: cells a table may write for a missing value (``datasets_from_rows``; compared stripped and
+#: in lower case)
+MISSING_CELLS = frozenset({"", "-", "\u2013", "\u2014", "n/a", "na", "nan", "none", "null", "?"})
+
+
+def _blank(v: Any) -> bool:
+    """A cell that holds no value: None or one of ``MISSING_CELLS``."""
+    return v is None or str(v).strip().lower() in MISSING_CELLS
+
+
 def datasets_from_rows(
     rows: Iterable[Mapping[str, Any]],
     *,
@@ -1316,10 +1341,16 @@ def datasets_from_rows(
     rows: mappings column -> value (e.g. ``csv.DictReader``); outcome: the outcome column;
     se_column (default ``OUTCOME_se``, used when the table has it): the standard error of
     each outcome (``DatasetRecord.outcome_se``; empty: not known). Every other column whose
-    non-empty values all parse as numbers is a metric (empty or "nan" cells are missing);
-    other columns are ignored. Repeated (dataset, model) rows are averaged per column over
+    values are numbers is a metric; a column with no number at all (a note, an architecture)
+    is ignored. A cell that is empty or one of ``MISSING_CELLS`` (``-``, ``N/A``, ``nan``, as
+    published tables write a missing value) is missing; a number may end in ``%`` (read as
+    written: "85.3%" is 85.3). Repeated (dataset, model) rows are averaged per column over
     their finite values (a standard error: the root of the mean of the squares, over the
     repeats, divided by the root of their number: the error of their mean).
+
+    Raises ``TransferabilityError`` naming the column, the cell and its row when a column
+    mixes numbers with other text (a metric would otherwise be dropped unseen), and when the
+    outcome column has no number.
     """
     rows = list(rows)
     if not rows:
@@ -1332,21 +1363,34 @@ def datasets_from_rows(
             )
 
     def number(v: Any) -> float | None:
-        if v is None or (isinstance(v, str) and not v.strip()):
+        if v is None:
+            return math.nan
+        text = str(v).strip()
+        if text.lower() in MISSING_CELLS:
             return math.nan
         try:
-            return float(v)
-        except (TypeError, ValueError):
+            return float(text[:-1] if text.endswith("%") else text)
+        except ValueError:
             return None
 
-    numeric = [
-        c
-        for c in columns
-        if c not in (dataset_column, model_column)
-        and all(number(r.get(c)) is not None for r in rows)
-    ]
-    if outcome not in numeric:
-        raise TransferabilityError(f"the outcome column {outcome!r} has non-numeric values")
+    numeric = []
+    for c in columns:
+        if c in (dataset_column, model_column):
+            continue
+        bad = [r for r in rows if number(r.get(c)) is None]
+        given = [r for r in rows if number(r.get(c)) is not None and not _blank(r.get(c))]
+        if bad and (given or c == outcome):
+            r = bad[0]
+            raise TransferabilityError(
+                f"column {c!r} has a non-numeric value {r.get(c)!r}"
+                f"{' among numbers' if given else ''} (dataset {r.get(dataset_column)!r}, "
+                f"model {r.get(model_column)!r}): write a missing value as an empty cell, - or "
+                "N/A" + ("" if c == outcome else ", or leave the column out")
+            )
+        if not bad:
+            numeric.append(c)
+    if not any(math.isfinite(number(r.get(outcome)) or math.nan) for r in rows):
+        raise TransferabilityError(f"the outcome column {outcome!r} has no value")
     se_column = f"{outcome}_se" if se_column is None else se_column
     if se_column in columns and se_column not in numeric:
         raise TransferabilityError(

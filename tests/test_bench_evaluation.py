@@ -57,3 +57,30 @@ def test_another_table_under_another_outcome_name(tmp_path: Path, capsys) -> Non
     assert got["metrics"]["LogME"] == pytest.approx(dict(by_hand.mean["LogME"]))
     printed = capsys.readouterr().out
     assert "± s.e. (w. tau)" in printed
+
+
+def test_a_table_saved_by_a_spreadsheet_reads_as_the_plain_csv(tmp_path: Path) -> None:
+    """The same table tab-separated with a byte-order mark, "-" and "N/A" for its missing
+    LogME cells and a ".tsv" name gives the figures of the plain CSV with those cells empty
+    (before, one "-" turned the LogME column into text and the table had no metric)."""
+    plain = _table(tmp_path / "plain")
+    with plain.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    for i, marker in ((3, "-"), (20, "N/A"), (41, "-")):
+        rows[i][3] = marker
+    with plain.open("w", newline="") as fh:
+        csv.writer(fh).writerows([r if r[3] not in ("-", "N/A") else [*r[:3], ""] for r in rows])
+    saved = tmp_path / "saved" / "texts.tsv"
+    saved.parent.mkdir()
+    saved.write_text("\ufeff" + "\n".join("\t".join(r) for r in rows) + "\n", encoding="utf-8")
+    figures = []
+    for folder in ("plain", "saved"):
+        out = tmp_path / f"out-{folder}"
+        argv = ["--tables", str(tmp_path / folder), "--outcome", "accuracy", "--out", str(out)]
+        assert evaluation.main(argv) == 0
+        figures.append(json.loads((out / "evaluation.json").read_text())["texts"])
+    assert figures[0]["metrics"]["LogME"]["weighted_tau"] == pytest.approx(
+        figures[1]["metrics"]["LogME"]["weighted_tau"]
+    )
+    assert figures[0]["recommended"] == pytest.approx(figures[1]["recommended"])
+    assert figures[0]["datasets"] == figures[1]["datasets"] == 7

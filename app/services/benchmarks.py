@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from app.services import outcomes as outcome_service
 from app.services.models import REFERENCE_PREFIX
 from app.services.recommender import Scope
 from app.tenancy import visible
+from scoring.recommend import table_rows
 
 
 def canonical(name: str) -> str:
@@ -74,7 +74,7 @@ def import_table(
         raise Invalid(f"modality must be image or text, not {modality!r}")
     scoring.target_kind(task)
     try:
-        rows = list(csv.DictReader(io.StringIO(text)))
+        rows = table_rows(text)
         records = scoring.datasets_from_rows(rows, outcome=outcome)
     except (csv.Error, scoring.TransferabilityError) as exc:
         raise Invalid(f"the table cannot be read: {exc}") from exc

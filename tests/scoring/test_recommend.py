@@ -413,6 +413,34 @@ def test_wide_rows_parser_averages_repeats_and_skips_text_columns():
         scoring.datasets_from_rows(rows, outcome="top1")
 
 
+def test_wide_rows_parser_reads_missing_cells_as_published_tables_write_them():
+    """ "-", "N/A", a dash and the like are missing values, not text that silently drops the
+    whole metric; "85.3%" is 85.3. A column mixing numbers with other text is refused with
+    the cell and its row (a metric would otherwise vanish unseen), as is an outcome column
+    with no number; a column with no number at all (a note) is still ignored."""
+    rows = [
+        {"dataset": "d", "model": "a", "acc": "81.5%", "LogME": "-", "note": "base"},
+        {"dataset": "d", "model": "b", "acc": " 70 ", "LogME": "0.5", "note": "large"},
+        {"dataset": "d", "model": "c", "acc": "N/A", "LogME": "\u2014", "note": ""},
+        {"dataset": "d", "model": "e", "acc": "60", "LogME": " n/a ", "note": "-"},
+        {"dataset": "d", "model": "f", "acc": "null", "LogME": "?", "note": "small"},
+    ]
+    got = scoring.datasets_from_rows(rows, outcome="acc")
+    assert got["d"].outcomes == {"a": 81.5, "b": 70.0, "e": 60.0}
+    assert got["d"].scores == {"LogME": {"b": 0.5}}
+    mixed = [*rows[:-1], {**rows[-1], "LogME": "0.4 (est.)"}]
+    with pytest.raises(TransferabilityError) as err:
+        scoring.datasets_from_rows(mixed, outcome="acc")
+    assert str(err.value) == (
+        "column 'LogME' has a non-numeric value '0.4 (est.)' among numbers (dataset 'd', "
+        "model 'f'): write a missing value as an empty cell, - or N/A, or leave the column out"
+    )
+    with pytest.raises(TransferabilityError, match="column 'acc' has a non-numeric value 'hi'"):
+        scoring.datasets_from_rows([{**r, "acc": "hi"} for r in rows], outcome="acc")
+    with pytest.raises(TransferabilityError, match="the outcome column 'acc' has no value"):
+        scoring.datasets_from_rows([{**r, "acc": "-"} for r in rows], outcome="acc")
+
+
 def test_batched_weighted_tau_equals_scipy():
     from scipy import stats
 
@@ -425,3 +453,23 @@ def test_batched_weighted_tau_equals_scipy():
         t, p = truth[b, mask[b]], pred[b, mask[b]]
         want = stats.weightedtau(t, p, rank=None).statistic
         assert got[b] == pytest.approx(want if np.isfinite(want) else 0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("sep", [",", "\t", ";"])
+def test_table_rows_reads_a_table_however_a_spreadsheet_saved_it(sep: str) -> None:
+    """Comma, tab or semicolon, a byte-order mark, spaces around the header's names, a
+    separator inside quotes and blank lines: the same rows."""
+    lines = [
+        ["dataset ", " model", "top1", "LogME", "note"],
+        ["cars", "resnet50", "81.5", "0.93", f'"large{sep} slow"'],
+        [],
+        ["cars", "vgg", "70", "-", "old"],
+    ]
+    text = "\ufeff" + "\r\n".join(sep.join(cells) for cells in lines) + "\n\n"
+    assert rec.table_rows(text) == [
+        {"dataset": "cars", "model": "resnet50", "top1": "81.5", "LogME": "0.93",
+         "note": f"large{sep} slow"},
+        {"dataset": "cars", "model": "vgg", "top1": "70", "LogME": "-", "note": "old"},
+    ]  # fmt: skip
+    got = scoring.datasets_from_rows(rec.table_rows(text), outcome="top1")
+    assert got["cars"].scores == {"LogME": {"resnet50": 0.93}}
