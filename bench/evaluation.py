@@ -55,6 +55,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,23 @@ def summarise(
 
 
 def evaluate_table(path: Path, outcome: str, lower: Sequence[str]) -> dict[str, Any]:
+    """Every figure of one table; ``lower``: its columns where lower is better, the outcome's
+    included (an error rate: its values are negated, so regrets are in its unit)."""
     datasets = read_table(path, outcome)
     metrics = {m for r in datasets.values() for m in r.scores}
+    unknown = sorted(set(lower) - metrics - {outcome})
+    if unknown:  # a typo would otherwise leave a lower-is-better column read the wrong way
+        print(
+            f"{path.name}: --lower-is-better names {', '.join(unknown)}, which this table does "
+            f"not have; its outcome column is {outcome} and its score columns are "
+            f"{', '.join(sorted(metrics))}",
+            file=sys.stderr,
+        )
+    if outcome in lower:
+        datasets = {
+            n: replace(r, outcomes={m: -v for m, v in r.outcomes.items()})
+            for n, r in datasets.items()
+        }
     directions = {m: False for m in lower if m in metrics}
     start = time.perf_counter()
     ev = scoring.evaluate_lodo(datasets, directions=directions)
@@ -233,7 +249,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--lower-is-better",
         default="",
-        help="comma-separated metric columns where a lower score is better",
+        help="comma-separated columns where lower is better (metrics, or the outcome)",
     )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--variants", action="store_true", help="measure every variant too")
@@ -269,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     paths = sorted(p for ext in ("csv", "tsv") for p in args.tables.glob(f"**/*.{ext}"))
     if not paths:
-        print(f"no CSV tables under {args.tables}", file=sys.stderr)
+        print(f"no .csv or .tsv tables under {args.tables}", file=sys.stderr)
         return 1
     lower = [c for c in args.lower_is_better.split(",") if c]
     results: dict[str, dict[str, Any]] = {}

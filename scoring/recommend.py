@@ -1397,15 +1397,23 @@ def datasets_from_rows(
             f"the standard-error column {se_column!r} has non-numeric values"
         )
     sums: dict[tuple[str, str, str], list[float]] = {}
-    for r in rows:
-        key = (str(r[dataset_column]), str(r[model_column]))
+    names: list[str] = []
+    for i, r in enumerate(rows):
+        # names as written, without the spaces around them: "resnet50 " is resnet50
+        key = (str(r.get(dataset_column) or "").strip(), str(r.get(model_column) or "").strip())
+        for column, value in zip((dataset_column, model_column), key, strict=True):
+            if not value:
+                raise TransferabilityError(
+                    f"row {i + 1} of the table (after its header) has no {column!r}; every "
+                    f"row names its {dataset_column} and {model_column}"
+                )
+        names.append(key[0])
         for c in numeric:
             v = number(r.get(c))
             if v is not None and math.isfinite(v):
                 sums.setdefault((*key, c), []).append(v)
     out: dict[str, DatasetRecord] = {}
-    names = list(dict.fromkeys(str(r[dataset_column]) for r in rows))
-    for name in names:
+    for name in dict.fromkeys(names):
         scores: dict[str, dict[str, float]] = {}
         outcomes: dict[str, float] = {}
         errors: dict[str, float] = {}

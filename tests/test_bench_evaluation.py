@@ -84,3 +84,30 @@ def test_a_table_saved_by_a_spreadsheet_reads_as_the_plain_csv(tmp_path: Path) -
     )
     assert figures[0]["recommended"] == pytest.approx(figures[1]["recommended"])
     assert figures[0]["datasets"] == figures[1]["datasets"] == 7
+
+
+def test_an_error_rate_outcome_named_lower_is_better(tmp_path: Path, capsys) -> None:
+    """An outcome where lower is better (an error rate), named in --lower-is-better, gives the
+    figures of the accuracy it is 100 minus; a name the table lacks is said, not ignored."""
+    accuracy = _table(tmp_path / "acc")
+    with accuracy.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    errors = tmp_path / "err" / "texts.csv"
+    errors.parent.mkdir()
+    with errors.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["dataset", "model", "error", "LogME"])
+        for r in rows:
+            writer.writerow([r["dataset"], r["model"], 100 - float(r["accuracy"]), r["LogME"]])
+    got = []
+    for folder, outcome, lower in (("acc", "accuracy", "Logme"), ("err", "error", "error,Logme")):
+        out = tmp_path / f"out-{folder}"
+        argv = ["--tables", str(tmp_path / folder), "--outcome", outcome, "--out", str(out)]
+        assert evaluation.main([*argv, "--lower-is-better", lower]) == 0
+        got.append(json.loads((out / "evaluation.json").read_text())["texts"])
+        assert "--lower-is-better names Logme, which this table does not have" in (
+            capsys.readouterr().err
+        )
+    for method in ("recommended", "metric_only"):
+        assert got[1][method] == pytest.approx(got[0][method])
+    assert got[0]["recommended"]["weighted_tau"] > 0.5  # the table's order, not its reverse

@@ -439,6 +439,11 @@ def test_wide_rows_parser_reads_missing_cells_as_published_tables_write_them():
         scoring.datasets_from_rows([{**r, "acc": "hi"} for r in rows], outcome="acc")
     with pytest.raises(TransferabilityError, match="the outcome column 'acc' has no value"):
         scoring.datasets_from_rows([{**r, "acc": "-"} for r in rows], outcome="acc")
+    # a name is the same name with spaces around it; a row without one is refused
+    spaced = [{**r, "model": f" {r['model']} "} for r in rows]
+    assert scoring.datasets_from_rows(spaced, outcome="acc") == got
+    with pytest.raises(TransferabilityError, match=r"row 2 of the table .* has no 'model'"):
+        scoring.datasets_from_rows([rows[0], {**rows[1], "model": " "}], outcome="acc")
 
 
 def test_batched_weighted_tau_equals_scipy():
