@@ -1381,11 +1381,19 @@ def datasets_from_rows(
         given = [r for r in rows if number(r.get(c)) is not None and not _blank(r.get(c))]
         if bad and (given or c == outcome):
             r = bad[0]
+            plus_minus = re.fullmatch(
+                r"\s*[-+.\d eE]+\s*(\u00b1|\+/-|\+-)\s*[.\d eE]+%?\s*", str(r.get(c))
+            )
+            fix = (
+                f"write the mean in {c!r} and its standard error in a column {c + '_se'!r}"
+                if plus_minus and c == outcome
+                else "write a missing value as an empty cell, - or N/A"
+                + ("" if c == outcome else ", or leave the column out")
+            )
             raise TransferabilityError(
                 f"column {c!r} has a non-numeric value {r.get(c)!r}"
                 f"{' among numbers' if given else ''} (dataset {r.get(dataset_column)!r}, "
-                f"model {r.get(model_column)!r}): write a missing value as an empty cell, - or "
-                "N/A" + ("" if c == outcome else ", or leave the column out")
+                f"model {r.get(model_column)!r}): {fix}"
             )
         if not bad:
             numeric.append(c)

@@ -437,6 +437,8 @@ def test_wide_rows_parser_reads_missing_cells_as_published_tables_write_them():
     )
     with pytest.raises(TransferabilityError, match="column 'acc' has a non-numeric value 'hi'"):
         scoring.datasets_from_rows([{**r, "acc": "hi"} for r in rows], outcome="acc")
+    with pytest.raises(TransferabilityError, match="the mean in 'acc' and its standard error in"):
+        scoring.datasets_from_rows([{**r, "acc": "81.5 \u00b1 0.4"} for r in rows], outcome="acc")
     with pytest.raises(TransferabilityError, match="the outcome column 'acc' has no value"):
         scoring.datasets_from_rows([{**r, "acc": "-"} for r in rows], outcome="acc")
     # a name is the same name with spaces around it; a row without one is refused
