@@ -1,11 +1,14 @@
 """How well do transferability metrics, and the recommender that combines them, rank models?
 
-For every CSV under ``--tables`` (default ``../shared/benchmarks`` next to the repository
-root), read as a wide table: one row per (dataset, model), columns ``dataset``, ``model``, the
-outcome column (``--outcome``, default ``finetune_top1``: the accuracy after fine-tuning), its
-standard errors where the table has ``OUTCOME_se`` (``scoring.reliability``), and every other
-numeric column a metric's score (repeated (dataset, model) rows are averaged,
-text columns ignored). Then ``scoring.evaluate_lodo``: for each dataset with >= 3 outcomes,
+For every ``.csv`` or ``.tsv`` under ``--tables`` (default ``../shared/benchmarks`` next to
+the repository root), read as a wide table (comma, tab or semicolon separated; missing cells
+empty or written ``-``, ``N/A``: ``scoring.recommend.table_rows`` and ``datasets_from_rows``):
+one row per (dataset, model), columns ``dataset``, ``model`` (or as ``--dataset-column`` and
+``--model-column`` name them), the outcome column (``--outcome``, default ``finetune_top1``:
+the accuracy after fine-tuning; named in ``--lower-is-better`` where lower is better, such as
+an error rate), its standard errors where the table has ``OUTCOME_se``
+(``scoring.reliability``), and every other numeric column a metric's score (repeated (dataset,
+model) rows are averaged, text columns ignored). Then ``scoring.evaluate_lodo``: for each dataset with >= 3 outcomes,
 ``scoring.rank_quality`` of every metric against the outcomes, and of the recommender fitted
 leave-one-dataset-out (it never sees that dataset's outcomes, not even in its history).
 Also reported: "metric_only", the recommender's metric-only calibrated order (weights fitted
@@ -44,6 +47,8 @@ heat-map per table. Run from the repository root:
 
     .venv/bin/python bench/evaluation.py
     .venv/bin/python -m bench.evaluation --tables DIR --outcome top1 --lower-is-better OTCE
+    .venv/bin/python bench/evaluation.py --tables DIR --outcome error --lower-is-better error \
+        --dataset-column task --model-column encoder
     .venv/bin/python bench/evaluation.py --variants
 """
 
@@ -82,9 +87,18 @@ DEFAULT_OUT = ROOT / "bench" / "results"
 DEFAULT_LABEL = "uncalibrated_default"
 
 
-def read_table(path: Path, outcome: str) -> dict[str, DatasetRecord]:
-    text = path.read_text(encoding="utf-8")
-    return scoring.datasets_from_rows(table_rows(text), outcome=outcome)
+def read_rows(path: Path, dataset: str = "dataset", model: str = "model") -> list[dict[str, str]]:
+    """The table's rows (``scoring.recommend.table_rows``), its ``dataset`` and ``model``
+    columns (as the table names them) under the names ``dataset`` and ``model``."""
+    rows = table_rows(path.read_text(encoding="utf-8"))
+    names = {dataset: "dataset", model: "model"}
+    return [{names.get(k, k): v for k, v in r.items()} for r in rows]
+
+
+def read_table(
+    path: Path, outcome: str, dataset: str = "dataset", model: str = "model"
+) -> dict[str, DatasetRecord]:
+    return scoring.datasets_from_rows(read_rows(path, dataset, model), outcome=outcome)
 
 
 def default_figures(
@@ -124,10 +138,17 @@ def summarise(
     return out
 
 
-def evaluate_table(path: Path, outcome: str, lower: Sequence[str]) -> dict[str, Any]:
+def evaluate_table(
+    path: Path,
+    outcome: str,
+    lower: Sequence[str],
+    dataset: str = "dataset",
+    model: str = "model",
+) -> dict[str, Any]:
     """Every figure of one table; ``lower``: its columns where lower is better, the outcome's
-    included (an error rate: its values are negated, so regrets are in its unit)."""
-    datasets = read_table(path, outcome)
+    included (an error rate: its values are negated, so regrets are in its unit); ``dataset``,
+    ``model``: the table's names for those columns."""
+    datasets = read_table(path, outcome, dataset, model)
     metrics = {m for r in datasets.values() for m in r.scores}
     unknown = sorted(set(lower) - metrics - {outcome})
     if unknown:  # a typo would otherwise leave a lower-is-better column read the wrong way
@@ -246,6 +267,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tables", type=Path, default=DEFAULT_TABLES, help="folder of wide CSVs")
     ap.add_argument("--outcome", default="finetune_top1", help="the outcome column")
+    ap.add_argument("--dataset-column", default="dataset", help="the column naming the dataset")
+    ap.add_argument("--model-column", default="model", help="the column naming the model")
     ap.add_argument(
         "--lower-is-better",
         default="",
@@ -269,7 +292,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def variants(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     from bench import recommender_variants
 
-    rows = table_rows(path.read_text(encoding="utf-8"))
+    rows = read_rows(path, args.dataset_column, args.model_column)
     single = next((c for c in rows[0] if _canonical(c) == _canonical(args.single_metric)), None)
     return recommender_variants.evaluate(
         rows,
@@ -292,12 +315,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in paths:
         name = path.relative_to(args.tables).with_suffix("").as_posix()
         try:
-            result = evaluate_table(path, args.outcome, lower)
+            result = evaluate_table(
+                path, args.outcome, lower, args.dataset_column, args.model_column
+            )
         except scoring.TransferabilityError as exc:
-            hint = (
-                " (name the table's outcome column with --outcome COLUMN)"
-                if f"no column {args.outcome!r}" in str(exc)
-                else ""
+            hint = next(
+                (
+                    f" (name the table's {what} column with {flag} COLUMN)"
+                    for what, flag in (
+                        ("outcome", "--outcome"),
+                        ("dataset", "--dataset-column"),
+                        ("model", "--model-column"),
+                    )
+                    if f"no column {getattr(args, flag[2:].replace('-', '_'))!r}" in str(exc)
+                    or f"no column {what!r}" in str(exc)
+                ),
+                "",
             )
             print(f"skipping {name}: {exc}{hint}", file=sys.stderr)
             continue

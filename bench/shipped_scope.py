@@ -24,7 +24,13 @@ outcomes were measured on 600 to 1,000 held-out samples per task and carry their
   blend's history share, here with the metric-only order, share 0, among the candidates)
   chosen by the inner cross-validation scored only on the training datasets whose models
   share a group with the held-out dataset's candidates (all of them where fewer than 3 do):
-  the history's share per family of models. Measured and not shipped.
+  the history's share per family of models. Measured and not shipped;
+- ``within_family``: s2 per group of models (each family's own swing), tau2 pooled over every
+  model from those s2. Measured and not shipped;
+- ``family_shrunk``: s2 per group, and each group's tau2 its own (from its m models, m - 1
+  degrees of freedom) averaged with the pooled one counted as ``FAMILY_PRIOR`` (3) models'
+  worth, so a spread estimated from three or four models moves only half way from the pooled
+  one. Measured and not shipped.
 
 For each, the mean weighted tau and top-1 regret (points of the outcome) of the full
 recommender, the metric-only order and LogME, over the datasets of each shipped table and
@@ -36,7 +42,7 @@ common datasets too (``..._same``). Run from the repository root:
 
 Prints a table and writes ``bench/results/shipped_scope.json``. ``--subsamples N`` adds N
 random copies of each scope, each table without 1 to 3 of its models and 0 to 2 of its
-datasets (seeded), and the mean over them of ``shipped``, ``per_group`` and ``group_choice``
+datasets (seeded), and the mean over them of ``shipped`` and the four variants
 on the datasets of each table
 held out; ``--subsamples-datasets N`` the same with every model kept (only datasets dropped);
 ``--seed S`` draws other copies.
@@ -168,16 +174,71 @@ def _per_group_variances(t: Any, pool: np.ndarray) -> tuple[Any, Any, Any, Any]:
     return mean, n, pooled, tau2
 
 
-def per_group(
-    records: Mapping[str, scoring.DatasetRecord], directions: Mapping[str, bool]
+#: the shipped step 2 (every model pooled), whatever a variant puts in its place meanwhile
+_POOLED = rec._history_variances
+
+#: ``family_shrunk``: how many models' worth of evidence the pooled between-model spread
+#: counts for against a family's own (a family of m models brings m - 1)
+FAMILY_PRIOR = 3.0
+
+
+def _within_family_variances(t: Any, pool: np.ndarray) -> tuple[Any, Any, Any, Any]:
+    """``within_family``: s2 per ``_groups`` group (each family's own swing from dataset to
+    dataset), tau2 over every model at once from those s2 (the between-model spread pooled)."""
+    mean, n, s2, _ = _per_group_variances(t, pool)
+    seen = n > 0
+    tau2 = rec.MIN_HISTORY_VARIANCE
+    if seen.sum() > 1:
+        se2 = s2 / np.maximum(n, 1)
+        tau2 = max(float(np.var(mean[seen]) - se2[seen].mean()), rec.MIN_HISTORY_VARIANCE)
+    return mean, n, s2, np.full(n.shape, tau2)
+
+
+def _family_shrunk_variances(t: Any, pool: np.ndarray) -> tuple[Any, Any, Any, Any]:
+    """``family_shrunk``: s2 per group; each group's tau2 its own estimate (m - 1 degrees of
+    freedom from its m models) averaged with the shipped pooled one counted as
+    ``FAMILY_PRIOR`` models' worth: a family of three or four models moves it half way."""
+    mean, n, s2, own = _per_group_variances(t, pool)
+    pooled = _POOLED(t, pool)[3]
+    group = _groups(t.has & (pool & t.labelled)[:, None])
+    tau2 = np.full(n.shape, pooled)
+    for g in np.unique(group[n > 0]):
+        members = (n > 0) & (group == g)
+        df = float(members.sum() - 1)
+        tau2[members] = (df * own[members] + FAMILY_PRIOR * pooled) / (df + FAMILY_PRIOR)
+    return mean, n, s2, tau2
+
+
+def _with_variances(
+    variances: Any, records: Mapping[str, scoring.DatasetRecord], directions: Mapping[str, bool]
 ) -> scoring.Evaluation:
-    """``evaluate_lodo`` with the history's spreads estimated per group of models."""
     shipped = rec._history_variances
-    rec._history_variances = _per_group_variances
+    rec._history_variances = variances
     try:
         return scoring.evaluate_lodo(records, directions=directions)
     finally:
         rec._history_variances = shipped
+
+
+def per_group(
+    records: Mapping[str, scoring.DatasetRecord], directions: Mapping[str, bool]
+) -> scoring.Evaluation:
+    """``evaluate_lodo`` with the history's spreads estimated per group of models."""
+    return _with_variances(_per_group_variances, records, directions)
+
+
+def within_family(
+    records: Mapping[str, scoring.DatasetRecord], directions: Mapping[str, bool]
+) -> scoring.Evaluation:
+    """``evaluate_lodo`` with s2 per group of models and tau2 pooled over all of them."""
+    return _with_variances(_within_family_variances, records, directions)
+
+
+def family_shrunk(
+    records: Mapping[str, scoring.DatasetRecord], directions: Mapping[str, bool]
+) -> scoring.Evaluation:
+    """``evaluate_lodo`` with s2 per group and tau2 per group shrunk towards the pooled one."""
+    return _with_variances(_family_shrunk_variances, records, directions)
 
 
 def _choose_in_group(t: Any, train: np.ndarray, drop: np.ndarray) -> tuple[str, float]:
@@ -221,6 +282,8 @@ def measure(
     plain = scoring.evaluate_lodo(exact, directions=directions)
     grouped = per_group(records, directions)
     chosen = group_choice(records, directions)
+    within = within_family(records, directions)
+    shrunk = family_shrunk(records, directions)
     informed = rec.order_information
     rec.order_information = lambda n: 1.0  # every dataset alike: the method before
     try:
@@ -243,6 +306,8 @@ def measure(
             "alike_same": summary(alike, kept),
             "per_group": summary(grouped, kept),
             "group_choice": summary(chosen, kept),
+            "within_family": summary(within, kept),
+            "family_shrunk": summary(shrunk, kept),
         }
     return out
 
@@ -286,8 +351,8 @@ def subsamples(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Over ``n`` seeded ``subsample`` copies of the scope: per table, then over all, each
-    method's mean figures over every held-out dataset of every copy (``shipped`` and
-    ``per_group`` and ``group_choice``)."""
+    method's mean figures over every held-out dataset of every copy (``shipped`` and the
+    variants)."""
     rng = np.random.default_rng(seed)
     figs: dict[str, dict[str, dict[str, list[float]]]] = {}
     for _ in range(n):
@@ -297,6 +362,8 @@ def subsamples(
             ("shipped", scoring.evaluate_lodo(copy, directions=dirs)),
             ("per_group", per_group(copy, dirs)),
             ("group_choice", group_choice(copy, dirs)),
+            ("within_family", within_family(copy, dirs)),
+            ("family_shrunk", family_shrunk(copy, dirs)),
         ):
             for d, per in ev.per_dataset.items():
                 for group in (tables[d], "all"):

@@ -111,3 +111,23 @@ def test_an_error_rate_outcome_named_lower_is_better(tmp_path: Path, capsys) -> 
     for method in ("recommended", "metric_only"):
         assert got[1][method] == pytest.approx(got[0][method])
     assert got[0]["recommended"]["weighted_tau"] > 0.5  # the table's order, not its reverse
+
+
+def test_a_table_that_names_its_dataset_and_model_columns_otherwise(tmp_path: Path, capsys) -> None:
+    """ "task" and "encoder" for dataset and model: said how to name them, then the figures of
+    the same table under the default names."""
+    plain = _table(tmp_path / "plain")
+    other = tmp_path / "other" / "texts.csv"
+    other.parent.mkdir()
+    text = plain.read_text()
+    other.write_text(text.replace("dataset,model,", "task,encoder,", 1))
+    argv = ["--tables", str(other.parent), "--outcome", "accuracy", "--out", str(tmp_path / "o")]
+    assert evaluation.main(argv) == 1
+    assert "--dataset-column COLUMN" in capsys.readouterr().err
+    named = [*argv, "--dataset-column", "task", "--model-column", "encoder"]
+    assert evaluation.main(named) == 0
+    got = json.loads((tmp_path / "o" / "evaluation.json").read_text())["texts"]
+    base = ["--tables", str(plain.parent), "--outcome", "accuracy", "--out", str(tmp_path / "p")]
+    assert evaluation.main(base) == 0
+    want = json.loads((tmp_path / "p" / "evaluation.json").read_text())["texts"]
+    assert got["recommended"] == want["recommended"] and got["datasets"] == 7

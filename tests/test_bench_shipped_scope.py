@@ -61,6 +61,38 @@ def test_each_groups_spreads_are_its_tables_alone() -> None:
     assert (tau2[swinging] < pooled[3]).all()  # one pool kept more of the swinging history
 
 
+def test_the_family_variants_are_the_shipped_one_for_one_family_and_lie_between() -> None:
+    """``within_family`` and ``family_shrunk`` equal the shipped evaluation where every model
+    met every other; with two families, ``within_family`` keeps each family's s2 and one tau2,
+    and ``family_shrunk``'s tau2 is (m - 1) parts the family's own to ``FAMILY_PRIOR`` parts
+    the pooled one."""
+    one = _family("a", 6, 5, persist=True, seed=0)
+    shipped = scoring.evaluate_lodo(one)
+    for variant in (S.within_family, S.family_shrunk):
+        got = variant(one, {"logme": True})
+        for name in shipped.per_dataset:
+            assert got.per_dataset[name][RECOMMENDED] == pytest.approx(
+                shipped.per_dataset[name][RECOMMENDED], abs=1e-12, nan_ok=True
+            )
+    assert rec._history_variances is S._POOLED  # put back
+    persist = _family("p", 5, 4, persist=True, seed=1)
+    swing = _family("s", 4, 5, persist=False, seed=2)
+    both = rec._table({**persist, **swing}, {"logme": True})
+    _, _, s2_own, tau2_own = S._per_group_variances(both, both.labelled)
+    pooled = rec._history_variances(both, both.labelled)[3]
+    _, _, s2, tau2 = S._within_family_variances(both, both.labelled)
+    np.testing.assert_allclose(s2, s2_own, atol=1e-12)
+    assert len(set(tau2.tolist())) == 1
+    _, _, s2, tau2 = S._family_shrunk_variances(both, both.labelled)
+    np.testing.assert_allclose(s2, s2_own, atol=1e-12)
+    for table, m in ((persist, 5), (swing, 4)):
+        cols = [
+            both.models.index(x) for x in sorted({x for r in table.values() for x in r.outcomes})
+        ]
+        want = ((m - 1) * tau2_own[cols] + S.FAMILY_PRIOR * pooled) / (m - 1 + S.FAMILY_PRIOR)
+        np.testing.assert_allclose(tau2[cols], want, atol=1e-12)
+
+
 def test_copies_repeat_for_a_seed_and_keep_what_they_promise() -> None:
     records = {
         **_family("p", 10, 8, persist=True, seed=3),
