@@ -53,9 +53,12 @@ def _scores(x, labels, probs, metrics):
 
 
 def _same(after, before):
+    """Equal up to summation order: 1e-6 relative, since an ill-conditioned LDA (three
+    samples a class, ``ncti_seli`` near 1e5) moves by a few parts in 1e7 when the samples come
+    in another order; a metric that reads the order moves by far more."""
     if DEGENERATE in (after, before):
         return after == before
-    return after == pytest.approx(before, rel=1e-7, abs=1e-10)
+    return after == pytest.approx(before, rel=1e-6, abs=1e-10)
 
 
 @pytest.mark.parametrize("name", declaring("sample_order"))
