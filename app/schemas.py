@@ -179,8 +179,8 @@ class RankingOut(RankingSummary):
     recommendation: dict[str, Any] | None = Field(
         default=None,
         description="the recommender's ordering: the fit behind it (fingerprint, version), "
-        "whether it is calibrated on outcomes and its expected quality, weights, and per-model "
-        "evidence",
+        "whether it is calibrated on outcomes and its expected quality (or, uncalibrated, why: "
+        "uncalibrated_reason), weights, and per-model evidence",
     )
     verification: RankingVerification | None = Field(
         default=None,

@@ -398,8 +398,19 @@ def has_history(fit: Fit, models: Iterable[str], *, exclude_dataset: str | None 
     )
 
 
+#: ``why_uncalibrated`` without counts: what every scope no dataset of which teaches has in common
+NOTHING_TEACHES = (
+    "no dataset of this kind has fine-tuning outcomes that can measure an order of models "
+    f"(outcomes for at least {MIN_OUTCOMES} models of a dataset, more spread than their "
+    "standard errors)"
+)
+
+
 def why_uncalibrated(
-    datasets: Mapping[str, DatasetRecord], metrics: Iterable[str] | None = None
+    datasets: Mapping[str, DatasetRecord],
+    metrics: Iterable[str] | None = None,
+    *,
+    counts: bool = True,
 ) -> str | None:
     """Why an order of ``metrics`` (None: any metric) fitted on ``datasets`` is uncalibrated,
     in words a user can act on; None when it is calibrated (a dataset the fit learns from,
@@ -409,10 +420,14 @@ def why_uncalibrated(
     ``MIN_OUTCOMES`` models of a dataset (no order to measure), outcomes no more spread than
     their standard errors (``noise_only``), or outcomes only on datasets that score none of
     the metrics computed. Saying "no outcomes yet" there would send the user to record what
-    is already recorded."""
+    is already recorded.
+
+    ``counts`` False: where no dataset teaches, ``NOTHING_TEACHES`` rather than how many
+    datasets hold which outcomes. What a fit's fingerprint covers (``fit``) decides it then,
+    as it must for text stored with an order keyed by that fingerprint (the service's
+    boards): outcomes that teach nothing move no fit, so they must move no stored text.
+    """
     with_outcomes = {n: r for n, r in datasets.items() if _finite_outcomes(r)}
-    if not with_outcomes:
-        return "no fine-tuning outcomes are recorded for datasets of this kind yet"
     teaching = {n: r for n, r in with_outcomes.items() if _teaches(r)}
     if teaching:
         wanted = None if metrics is None else set(metrics)
@@ -425,20 +440,25 @@ def why_uncalibrated(
             "kind scores any"
         )
         return f"{which} of the metrics computed here ({', '.join(sorted(wanted))})"
+    if not counts:
+        return NOTHING_TEACHES
+    if not with_outcomes:
+        return "no fine-tuning outcomes are recorded for datasets of this kind yet"
     n = len(with_outcomes)
     few = sum(len(_finite_outcomes(r)) < MIN_OUTCOMES for r in with_outcomes.values())
-    noise = n - few
-    why = []
-    if few:
-        why.append(
-            f"{'all' if few == n else few} {'have' if few != 1 else 'has'} outcomes for fewer "
-            f"than {MIN_OUTCOMES} models"
+
+    def part(k: int, what: str) -> str:
+        who = ("it" if n == 1 else "all") if k == n else str(k)
+        return f"{who} {'has' if who == 'it' or k == 1 else 'have'} outcomes {what}"
+
+    why = [
+        part(k, what)
+        for k, what in (
+            (few, f"for fewer than {MIN_OUTCOMES} models"),
+            (n - few, "no more spread than their standard errors"),
         )
-    if noise:
-        why.append(
-            f"{'all' if noise == n else noise} {'have' if noise != 1 else 'has'} outcomes no "
-            "more spread than their standard errors"
-        )
+        if k
+    ]
     return (
         f"the {n} dataset{'s' if n != 1 else ''} with fine-tuning outcomes of this kind cannot "
         f"measure an order of models ({' and '.join(why)})"

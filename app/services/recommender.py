@@ -630,9 +630,11 @@ def _expected(
 
 
 def _why_not(session: Session, scope: Scope, metrics: Iterable[str]) -> str:
-    """Why the order of ``metrics`` on ``scope`` is uncalibrated, in words: no outcomes yet,
-    outcomes that cannot measure an order, or outcomes on datasets that score none of them."""
-    why = why_uncalibrated(records(session, scope).datasets, metrics)
+    """Why the order of ``metrics`` on ``scope`` is uncalibrated, in words: no dataset's
+    outcomes can measure an order, or those that can score none of these metrics. Only from
+    what the scope's fit covers (``counts=False``): a board stored with this text is current
+    while that fit is, so outcomes that teach nothing must not change it."""
+    why = why_uncalibrated(records(session, scope).datasets, metrics, counts=False)
     return why or "no dataset with fine-tuning outcomes of this kind scores these metrics"
 
 

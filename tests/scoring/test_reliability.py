@@ -188,8 +188,20 @@ def test_an_uncalibrated_order_says_why_from_what_the_scope_holds() -> None:
         "none of the 2 datasets with fine-tuning outcomes of this kind scores any of the "
         "metrics computed here (leep, logme)"
     )
+    assert rec.why_uncalibrated({"p": two}) == (
+        "the 1 dataset with fine-tuning outcomes of this kind cannot measure an order of "
+        "models (it has outcomes for fewer than 3 models)"
+    )
     for datasets, metrics in (({"g": good, "p": two}, ["gbc", "logme"]), ({"g": good}, None)):
         assert rec.why_uncalibrated(datasets, metrics) is None
+        assert rec.why_uncalibrated(datasets, metrics, counts=False) is None
+    # without counts: only what a fit's fingerprint covers, the same before and after
+    # outcomes that teach nothing
+    for datasets in ({}, {"x": new}, {"p": two}, {"p": two, "n": noisy}):
+        assert rec.why_uncalibrated(datasets, counts=False) == rec.NOTHING_TEACHES
+    assert rec.why_uncalibrated({"g": good, "p": two}, ["logme"], counts=False) == (
+        rec.why_uncalibrated({"g": good}, ["logme"])
+    )
     # exactly the fits that are calibrated
     for datasets in ({"x": new, "p": two}, {"n": noisy, "x": new}, {"g": good, "x": new}):
         fitted = scoring.fit_recommender(datasets)

@@ -290,7 +290,8 @@ def test_refit_after_new_outcomes_changes_the_order(service) -> None:
     assert first["recommendation"]["calibrated"] is False
     assert first["recommendation"]["expected_quality"] == "uncalibrated"
     assert first["recommendation"]["uncalibrated_reason"] == (
-        "no fine-tuning outcomes are recorded for datasets of this kind yet"
+        "no dataset of this kind has fine-tuning outcomes that can measure an order of models "
+        "(outcomes for at least 3 models of a dataset, more spread than their standard errors)"
     )
     for dataset_id in history:
         r = client.post(
