@@ -1343,11 +1343,6 @@ def table_rows(text: str) -> list[dict[str, str]]:
 MISSING_CELLS = frozenset({"", "-", "\u2013", "\u2014", "n/a", "na", "nan", "none", "null", "?"})
 
 
-def _blank(v: Any) -> bool:
-    """A cell that holds no value: None or one of ``MISSING_CELLS``."""
-    return v is None or str(v).strip().lower() in MISSING_CELLS
-
-
 def datasets_from_rows(
     rows: Iterable[Mapping[str, Any]],
     *,
@@ -1397,8 +1392,9 @@ def datasets_from_rows(
     for c in columns:
         if c in (dataset_column, model_column):
             continue
-        bad = [r for r in rows if number(r.get(c)) is None]
-        given = [r for r in rows if number(r.get(c)) is not None and not _blank(r.get(c))]
+        values = [number(r.get(c)) for r in rows]
+        bad = [r for r, v in zip(rows, values, strict=True) if v is None]
+        given = any(v is not None and not math.isnan(v) for v in values)
         if bad and (given or c == outcome):
             r = bad[0]
             plus_minus = re.fullmatch(
@@ -1417,7 +1413,9 @@ def datasets_from_rows(
             )
         if not bad:
             numeric.append(c)
-    if not any(math.isfinite(number(r.get(outcome)) or math.nan) for r in rows):
+    if not any(
+        v is not None and math.isfinite(v) for v in map(number, (r.get(outcome) for r in rows))
+    ):
         raise TransferabilityError(f"the outcome column {outcome!r} has no value")
     se_column = f"{outcome}_se" if se_column is None else se_column
     if se_column in columns and se_column not in numeric:

@@ -441,6 +441,8 @@ def test_wide_rows_parser_reads_missing_cells_as_published_tables_write_them():
         scoring.datasets_from_rows([{**r, "acc": "81.5 \u00b1 0.4"} for r in rows], outcome="acc")
     with pytest.raises(TransferabilityError, match="the outcome column 'acc' has no value"):
         scoring.datasets_from_rows([{**r, "acc": "-"} for r in rows], outcome="acc")
+    zero = scoring.datasets_from_rows([{**r, "acc": "0"} for r in rows], outcome="acc")
+    assert set(zero["d"].outcomes.values()) == {0.0}  # a value of 0 is a value
     # a name is the same name with spaces around it; a row without one is refused
     spaced = [{**r, "model": f" {r['model']} "} for r in rows]
     assert scoring.datasets_from_rows(spaced, outcome="acc") == got
