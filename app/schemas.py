@@ -310,6 +310,11 @@ class DatasetEvaluation(BaseModel):
         description="method (each metric, and recommended) -> figure (kendall_tau, "
         "weighted_tau, pearson, top1_hit, top1_regret) -> value; null where undefined"
     )
+    compared: dict[str, int] = Field(
+        default_factory=dict,
+        description="method -> how many of the models with an outcome its figures are over: a "
+        "metric is compared on the models it scored, the recommender ranks them all",
+    )
 
 
 class Evaluation(BaseModel):
@@ -340,6 +345,12 @@ class Evaluation(BaseModel):
     max: dict[str, dict[str, float | None]] = Field(
         default_factory=dict,
         description="method -> figure -> its highest value on one held-out dataset",
+    )
+    coverage: dict[str, float] = Field(
+        default_factory=dict,
+        description="method -> the share of the held-out datasets' models with an outcome that "
+        "its figures are over (1.0: all of them): a metric is compared only on the models it "
+        "scored, so below 1.0 its figures are not over the same models as the recommender's",
     )
 
 

@@ -17,7 +17,10 @@ not hold gets), and "uncalibrated default", the documented fallback (fitted on n
 all), so the gain from learning is visible.
 
 Prints, per table, method x (kendall_tau, weighted_tau, pearson, top1_hit, top1_regret)
-means over datasets, best weighted tau first, with the number of datasets; writes
+means over datasets, best weighted tau first, with the number of datasets and the share of
+their models with an outcome each method ranked ("covers": a metric is compared only on the
+models it scored, so below 100% its figures are over fewer models than the recommender's);
+writes
 ``OUT/evaluation.json``::
 
     {TABLE: {"datasets": N,
@@ -30,6 +33,7 @@ means over datasets, best weighted tau first, with the number of datasets; write
              "weights": {DATASET: {FEATURE: weight fitted without DATASET}},
              "metric_weights": {DATASET: {METRIC: metric-only weight fitted without it}},
              "sem": {METHOD: {figure: standard error of its mean over the datasets}},
+             "coverage": {METHOD: share of the datasets' models with an outcome it ranked},
              "seconds": time of evaluate_lodo,
              "variants": {VARIANT: {"what": .., "table": {weighted_tau, top1_regret},
                                     "single_metric": .., "subsample": ..,
@@ -185,6 +189,7 @@ def evaluate_table(
             **{m: dict(ev.sem[m]) for m in ev.methods},
             DEFAULT_LABEL: summarise(fallback, True),
         },
+        "coverage": {**ev.coverage, DEFAULT_LABEL: 1.0},
         "seconds": seconds,
     }
 
@@ -197,14 +202,30 @@ def print_table(name: str, result: Mapping[str, Any]) -> None:
     width = max(len(m) for m in rows) + 2
     print(f"\n{name}: {result['datasets']} datasets, LODO in {result['seconds']:.2f} s")
     sem = result.get("sem", {})
-    print("method".ljust(width) + "".join(f"{f:>14s}" for f in FIGURES) + "  ± s.e. (w. tau)")
+    covers = result.get("coverage", {})
+    print(
+        "method".ljust(width)
+        + "".join(f"{f:>14s}" for f in FIGURES)
+        + "  ± s.e. (w. tau)    covers"
+    )
     for m in order:
         se = sem.get(m, {}).get("weighted_tau", math.nan)
-        print(m.ljust(width) + "".join(f"{rows[m][f]:14.3f}" for f in FIGURES) + f"{se:17.3f}")
-    best = max(result["metrics"], key=lambda m: np.nan_to_num(result["metrics"][m]["weighted_tau"]))
+        share = f"{100 * covers[m]:.0f}%" if m in covers else ""
+        print(
+            m.ljust(width)
+            + "".join(f"{rows[m][f]:14.3f}" for f in FIGURES)
+            + f"{se:17.3f}"
+            + share.rjust(10)
+        )
+    # among the metrics that ranked the most of the models: a metric measured on a few of
+    # them is not compared on the same footing
+    widest = max(covers.get(m, 1.0) for m in result["metrics"])
+    fair = [m for m in result["metrics"] if covers.get(m, 1.0) == widest]
+    best = max(fair, key=lambda m: np.nan_to_num(result["metrics"][m]["weighted_tau"]))
     b, r, o = result["metrics"][best], result[RECOMMENDED], result[METRIC_ONLY]
+    partly = f" (on {100 * widest:.0f}% of the models)" if widest < 1 else ""
     print(
-        f"best single metric {best}: weighted tau {b['weighted_tau']:.3f}, regret "
+        f"best single metric {best}{partly}: weighted tau {b['weighted_tau']:.3f}, regret "
         f"{b['top1_regret']:.3f}; metric-only calibrated: {o['weighted_tau']:.3f}, "
         f"{o['top1_regret']:.3f}; recommended: {r['weighted_tau']:.3f}, {r['top1_regret']:.3f}"
     )

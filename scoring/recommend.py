@@ -478,7 +478,13 @@ class Evaluation:
     i.e. how far one new dataset may land from the mean;
     weights: dataset -> the recommender's weights fitted without it; predictions: dataset ->
     model -> the combined score it was evaluated on; metric_weights: dataset -> the
-    metric-only weights (``METRIC_ONLY``) fitted without it.
+    metric-only weights (``METRIC_ONLY``) fitted without it;
+    compared: dataset -> method -> how many of its models with an outcome the method's
+    figures are over (a metric is compared on the models it scored, ``nan_policy="omit"``;
+    the recommender and the metric-only order rank them all); coverage: method -> that
+    number summed over the held-out datasets / the number of their models with an outcome
+    (1.0: every model everywhere; a metric that scored half of them is measured on that half,
+    so its figures and the recommender's are not over the same models).
     """
 
     datasets: tuple[str, ...]
@@ -493,6 +499,8 @@ class Evaluation:
     sem: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     low: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     high: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    compared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    coverage: Mapping[str, float] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -1243,19 +1251,23 @@ def evaluate_lodo(
     weights: dict[str, Mapping[str, float]] = {}
     metric_weights: dict[str, Mapping[str, float]] = {}
     predictions: dict[str, Mapping[str, float]] = {}
+    compared: dict[str, Mapping[str, int]] = {}
     nan_row = MappingProxyType(dict.fromkeys(FIGURES, math.nan))
     for i in held_out:
         name = t.names[i]
         ok = t.has[i]
         gt = t.outcomes[i, ok]
         rows: dict[str, Mapping[str, float]] = {}
+        ranked: dict[str, int] = {}
         for metric in t.metrics:
             sign = 1.0 if dirs[metric] else -1.0
             per = datasets[name].scores.get(metric, {})
             sc = [sign * float(per.get(t.models[j], math.nan)) for j in np.flatnonzero(ok)]
-            finite = any(math.isfinite(s) for s in sc)
+            ranked[metric] = sum(math.isfinite(s) for s in sc)
             rows[metric] = (
-                MappingProxyType(rank_quality(gt, sc, nan_policy="omit")) if finite else nan_row
+                MappingProxyType(rank_quality(gt, sc, nan_policy="omit"))
+                if ranked[metric]
+                else nan_row
             )
         train = t.labelled.copy()
         train[i] = False
@@ -1267,18 +1279,23 @@ def evaluate_lodo(
         if (t.scored[i][:, cols]).any():
             only = (t.feats[i] @ w_metric[:-1])[ok]
             rows[METRIC_ONLY] = MappingProxyType(rank_quality(gt, only))
+            ranked[METRIC_ONLY] = int(ok.sum())
         else:
             rows[METRIC_ONLY] = nan_row
+            ranked[METRIC_ONLY] = 0
         if (t.scored[i][:, cols]).any() or (seen[ok] > 0).any():
             pred = (t.feats[i] @ w[:-1] + new * w[-1])[ok]
             rows[RECOMMENDED] = MappingProxyType(rank_quality(gt, pred))
+            ranked[RECOMMENDED] = int(ok.sum())
             predictions[name] = MappingProxyType(
                 {t.models[j]: float(p) for j, p in zip(np.flatnonzero(ok), pred, strict=True)}
             )
         else:
             rows[RECOMMENDED] = nan_row
+            ranked[RECOMMENDED] = 0
             predictions[name] = MappingProxyType({})
         per_dataset[name] = MappingProxyType(rows)
+        compared[name] = MappingProxyType(ranked)
         features = (*t.metrics, HISTORY)
         weights[name] = MappingProxyType(
             {k: float(x) for k, x, c in zip(features, w, np.r_[cols, True], strict=True) if c}
@@ -1322,6 +1339,14 @@ def evaluate_lodo(
         sem=MappingProxyType(sem),
         low=MappingProxyType(low),
         high=MappingProxyType(high),
+        compared=MappingProxyType(compared),
+        coverage=MappingProxyType(
+            {
+                method: sum(compared[n][method] for n in compared)
+                / sum(int(t.has[i].sum()) for i in held_out)
+                for method in methods
+            }
+        ),
     )
 
 

@@ -725,6 +725,7 @@ def evaluation(
             "measure": scope.measure,
             "models": len(recs.datasets[dataset_id].outcomes),
             "methods": _clean(result.per_dataset[dataset_id]),
+            "compared": dict(result.compared[dataset_id]),
         }
     noise = sorted(ds for ds, r in with_outcomes.items() if noise_only(r))
     return {
@@ -738,6 +739,7 @@ def evaluation(
         "sem": _clean(result.sem),
         "min": _clean(result.low),
         "max": _clean(result.high),
+        "coverage": dict(result.coverage),
     }
 
 

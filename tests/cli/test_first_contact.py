@@ -93,9 +93,9 @@ def test_evaluate_without_options_covers_every_scope(tmp_path, capsys, monkeypat
     assert one["max"]["logme"]["weighted_tau"] == pytest.approx(taus.max())
     assert main(["evaluate", "--measure", "accuracy"]) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[2].endswith("± s.e. (w. tau)  datasets")
+    assert table.splitlines()[2].endswith("± s.e. (w. tau)  datasets    covers")
     logme = next(line for line in table.splitlines() if line.startswith("logme "))
-    assert logme.split()[-2:] == [f"{taus.std(ddof=1) / 2:.3f}", "4"]
+    assert logme.split()[-3:] == [f"{taus.std(ddof=1) / 2:.3f}", "4", "100%"]
 
 
 def _features(path: Path, labels: np.ndarray, offsets: dict[str, float]) -> Path:

@@ -322,6 +322,34 @@ def test_evaluation_needs_outcomes_and_skips_datasets_without_them():
     assert "unlabelled" not in ev.per_dataset and len(ev.datasets) == 6
 
 
+def test_evaluation_says_how_many_models_each_method_was_compared_on():
+    """A metric is measured on the models it scored (``nan_policy="omit"``), the recommender
+    on all of them: the evaluation says so, per dataset and as a share over all."""
+    data = synthetic(0)  # "noisy" misses one model of each dataset's 12
+    data["task5"] = DatasetRecord(
+        {**data["task5"].scores, "signal": {}},  # "signal" scored nothing on task5
+        data["task5"].outcomes,
+    )
+    ev = scoring.evaluate_lodo(data, directions=SYNTHETIC_DIRECTIONS)
+    for name in data:
+        assert ev.compared[name]["noisy"] == 11
+        assert ev.compared[name]["contrarian"] == 12
+        assert ev.compared[name][rec.RECOMMENDED] == 12
+        assert ev.compared[name][rec.METRIC_ONLY] == 12
+    assert ev.compared["task5"]["signal"] == 0
+    assert math.isnan(ev.per_dataset["task5"]["signal"]["weighted_tau"])
+    assert ev.coverage["noisy"] == pytest.approx(66 / 72)
+    assert ev.coverage["signal"] == pytest.approx(60 / 72)
+    assert ev.coverage["contrarian"] == ev.coverage[rec.RECOMMENDED] == 1.0
+    # a model without an outcome is not counted, whatever the metrics scored
+    data["task0"] = DatasetRecord(
+        data["task0"].scores, {m: v for m, v in data["task0"].outcomes.items() if m != "m05"}
+    )
+    ev = scoring.evaluate_lodo(data, directions=SYNTHETIC_DIRECTIONS)
+    assert ev.compared["task0"][rec.RECOMMENDED] == 11
+    assert ev.coverage[rec.RECOMMENDED] == 1.0
+
+
 # ----------------------------------------------------------------- determinism, I/O
 
 

@@ -154,6 +154,8 @@ def test_a_metric_direction_belongs_to_whoever_imported_it(service) -> None:
 def test_evaluation_equals_rank_quality_by_hand(service) -> None:
     client, _, db = service
     rows = make_table()
+    for row in rows[24:26]:  # Noise did not score two of set3's eight models
+        row["Noise"] = ""
     assert _import(client, rows, lower_is_better="Err").status_code == 201
     with db.session() as s:
         ds = s.scalar(select(DatasetRow).where(DatasetRow.name == "set2"))
@@ -171,9 +173,16 @@ def test_evaluation_equals_rank_quality_by_hand(service) -> None:
                 metric,
                 figure,
             )
+    assert body["compared"] == {m: 8 for m in body["methods"]}
     overall = client.get("/v1/evaluation", params={"measure": "top1"}).json()
     assert overall["datasets"] == 6
     assert overall["count"]["logme"]["weighted_tau"] == 6
+    # each method's figures are over the models it ranked: Noise's over 46 of the 48
+    assert overall["coverage"] == {m: 46 / 48 if m == "Noise" else 1.0 for m in overall["mean"]}
+    with db.session() as s:
+        set3 = s.scalar(select(DatasetRow.id).where(DatasetRow.name == "set3"))
+    one = client.get(f"/v1/datasets/{set3}/evaluation", params={"measure": "top1"}).json()
+    assert one["compared"]["Noise"] == 6 and one["compared"]["recommended"] == 8
     taus = [
         client.get(f"/v1/datasets/{i}/evaluation", params={"measure": "top1"}).json()["methods"]
         for i in _dataset_ids(db)
@@ -327,8 +336,16 @@ def test_cli_outcomes_evaluate_and_benchmark(tmp_path: Path, data_dir: Path, cap
         "kendall_tau", "weighted_tau", "pearson", "top1_hit", "top1_regret"
     }  # fmt: skip
     assert report["recommended"]["weighted_tau"] > report["metrics"]["Noise"]["weighted_tau"]
+    methods = {*report["metrics"], "recommended", "metric_only"}
+    assert report["coverage"] == dict.fromkeys(methods, 1.0)
+    assert main(["benchmark", "evaluate", "--measure", "top1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split()[-1] == "covers"
+    assert all(line.split()[-1] == "100%" for line in lines[3 : 3 + len(methods)])
     assert main(["evaluate", "--dataset", "set1", "--measure", "top1"]) == 0
-    assert "dataset" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert "dataset" in lines[1] and lines[2].split()[-1] == "models"
+    assert all(line.split()[-1] == "8" for line in lines[3 : 3 + len(methods)])
     # outcomes by name, then a CSV import; a bad row stores nothing of its file
     assert main(["outcomes", "add", "set1", "ref:net0", "55.5", "--measure", "top1"]) == 0
     bad = tmp_path / "bad.csv"

@@ -149,6 +149,16 @@ def test_a_tables_standard_errors_reach_the_recommender(service) -> None:
     assert f'title="standard error of the mean"> ± {views.number(sem)}</span>' in page
     left = len(body["left_out"])
     assert (f"({left} more left out: their outcomes are no more spread" in page) == (left > 0)
+    # each method's share of the held-out datasets' models it ranked, by hand from the records
+    held = [r for d, r in recs.datasets.items() if d in fit.outcome_ranks]
+    total = sum(len(r.outcomes) for r in held)
+    ranked = {m: sum(len(r.outcomes.keys() & r.scores.get(m, {}).keys()) for r in held)
+              for m in body["coverage"]}  # fmt: skip
+    ranked |= dict.fromkeys(("recommended", "metric_only"), total)  # they rank every model
+    assert body["coverage"] == pytest.approx({m: n / total for m, n in ranked.items()})
+    assert '<td class="num coverage">100%</td>' in page
+    partial = any(share < 1 for share in body["coverage"].values())
+    assert ("Some metrics scored only part of the models" in page) == partial
 
 
 def test_a_dataset_whose_outcomes_are_within_their_noise_says_so(service) -> None:

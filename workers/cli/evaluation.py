@@ -283,6 +283,9 @@ def _report(scope: Any, result: dict[str, Any]) -> dict[str, Any]:
             for key in ("sem", "min", "max")
             if key in result
         },
+        # the share of the models with an outcome each method's figures are over (per
+        # dataset: their number)
+        **{key: result[key] for key in ("coverage", "compared") if key in result},
     }
 
 
@@ -304,7 +307,10 @@ def _table(scope: Any, result: dict[str, Any]) -> str:
     width = max(len(k) for k in figures)
     sem = result.get("sem", {})  # across datasets: the standard error of each mean
     counts = result.get("count", {})  # a method is averaged over the datasets it scored
+    # the share (or, for one dataset, the number) of the models with an outcome it ranked
+    covers = result.get("coverage") or result.get("compared") or {}
     extra = "  ± s.e. (w. tau)  datasets" if sem else ""
+    extra += ("    covers" if "coverage" in result else "    models") if covers else ""
     lines.append("method".ljust(width) + "".join(f.rjust(14) for f in FIGURES) + extra)
     order = sorted(figures, key=lambda k: -_num(figures[k].get("weighted_tau")))
     for method in order:
@@ -312,12 +318,24 @@ def _table(scope: Any, result: dict[str, Any]) -> str:
         if sem:
             cells += _cell(sem.get(method, {}).get("weighted_tau")).rjust(17)
             cells += str(counts.get(method, {}).get("weighted_tau", "")).rjust(10)
+        if covers:
+            share = covers.get(method)
+            text = "" if share is None else str(share)
+            if "coverage" in result and share is not None:
+                text = f"{100 * share:.0f}%"
+            cells += text.rjust(10)
         lines.append(method.ljust(width) + cells)
     if sem:
         lines.append(
             "± s.e.: the standard error of the mean weighted tau (the sample standard deviation "
             "over the datasets / √datasets); datasets: how many of them the method's means are "
             "over (a metric is compared only on the datasets that have its scores)"
+        )
+    if covers and any(v < (1.0 if "coverage" in result else count) for v in covers.values()):
+        lines.append(
+            "covers/models: the share (or number) of the models with an outcome a method's "
+            "figures are over; a metric is compared only on the models it scored, so below "
+            "100% its figures are not over the same models as the recommender's"
         )
     return "\n".join(lines) + "\n"
 

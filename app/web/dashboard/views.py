@@ -558,6 +558,8 @@ def evaluation_page(scope: recommender.Scope, body: dict[str, Any]) -> dict[str,
             "median": median.get(method, {}),
             "sem": body.get("sem", {}).get(method, {}),
             "datasets": max(count.get(method, {}).values(), default=0),
+            # the share of the datasets' models with an outcome the method ranked
+            "coverage": body.get("coverage", {}).get(method),
         }
         for method in methods
     ]
@@ -573,6 +575,7 @@ def evaluation_page(scope: recommender.Scope, body: dict[str, Any]) -> dict[str,
         "left_out": left_out,
         "rows": rows,
         "chart": chart,
+        "partial": any(r["coverage"] is not None and r["coverage"] < 1 for r in rows),
     }
 
 
