@@ -239,6 +239,10 @@ class Settings(BaseSettings):
         return self.data_dir / "features"
 
     @property
+    def score_cache_dir(self) -> Path:
+        return self.data_dir / "scores"
+
+    @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
 

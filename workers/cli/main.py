@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--plot", type=Path, help="save a bar chart PNG")
     rank.add_argument("--save-features", type=Path, metavar="DIR", help="write DIR/<model>.npz")
     rank.add_argument("--batch-size", type=int, help="forward batch (default: from free memory)")
-    rank.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    rank.add_argument(
+        "--no-cache", action="store_true", help="do not read or write the feature and score caches"
+    )
     rank.add_argument("--quiet", action="store_true", help="no progress bars")
     rank.add_argument(
         "--server",

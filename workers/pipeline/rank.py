@@ -30,6 +30,7 @@ from workers.pipeline.ranking import (
     resolve_metrics,
 )
 from workers.pipeline.runtime import configure, resolve_device
+from workers.pipeline.score_cache import ScoreCache
 from workers.pipeline.specs import parse_spec
 from workers.settings import Settings
 
@@ -227,7 +228,9 @@ def run_rank(request: RankRequest, settings: Settings | None = None) -> RankResu
             arrays[name] = model_arrays(fs, request.layers, request.layer_mean)
         except LayerError as exc:
             failed[name] = str(exc)
-    rows = rank_models(arrays, dataset.labels, metrics, dataset.target) if arrays else []
+    # a repeat ranking reads the scores of arrays it scored before (``use_cache`` as features)
+    scores = ScoreCache(settings.score_cache_dir) if request.use_cache else None
+    rows = rank_models(arrays, dataset.labels, metrics, dataset.target, scores) if arrays else []
     rows += [failed_row(name, reason, metrics) for name, reason in failed.items()]
     return RankResult(
         dataset.name, len(dataset), metrics, rows, features, dataset.modality, dataset.target,

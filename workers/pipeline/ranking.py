@@ -13,6 +13,7 @@ from scoring.pool import POOLED, Pooled, expand, pool_scores
 from scoring.recommend import has_history
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.layers import best_layer
+from workers.pipeline.score_cache import ScoreCache, compute_cached
 
 
 @dataclass(frozen=True)
@@ -96,16 +97,18 @@ def rank_models(
     labels: np.ndarray,
     metrics: Sequence[str],
     target: scoring.Target = "classification",
+    cache: ScoreCache | None = None,
 ) -> list[RankedModel]:
     """Score each model on ``labels`` ``(N,)`` with every metric that applies to it (others
     None, with the reason in ``errors``) and order by the first metric, best first (tied
     models share a rank); models it does not apply to come last. A model with ``layers`` is
-    scored on each, and ordered by its ``order`` layer's scores."""
+    scored on each, and ordered by its ``order`` layer's scores. ``cache``: scores already
+    computed on the same arrays are read from it, the others stored in it."""
     rows = []
     for name, model in arrays.items():
         if model.layers is None:
             scores, errors = score_arrays(
-                name, model.features, model.probs, labels, metrics, target
+                name, model.features, model.probs, labels, metrics, target, cache
             )
             rows.append(RankedModel(name, None, scores, errors))
             continue
@@ -113,7 +116,7 @@ def rank_models(
         layer_errors: dict[str, dict[str, str]] = {}
         for label, features in model.layers.items():
             per_layer[label], layer_errors[label] = score_arrays(
-                f"{name} layer {label}", features, model.probs, labels, metrics, target
+                f"{name} layer {label}", features, model.probs, labels, metrics, target, cache
             )
         order = model.order or next(iter(model.layers))
         rows.append(
@@ -132,15 +135,16 @@ def score_arrays(
     labels: np.ndarray,
     metrics: Sequence[str],
     target: scoring.Target,
+    cache: ScoreCache | None = None,
 ) -> tuple[dict[str, float | None], dict[str, str]]:
     """Every metric of ``metrics`` on one set of arrays: values (None where not computed) and
-    why each missing one is missing."""
+    why each missing one is missing; through ``cache`` where one is given."""
     usable = scoring.applicable(
         metrics, has_features=True, has_probs=probs is not None, target=target
     )
     try:
-        result = scoring.compute_detailed(
-            usable, labels, features=features, probs=probs, target=target
+        result = compute_cached(
+            cache, usable, labels, features=features, probs=probs, target=target
         )
     except scoring.TransferabilityError as exc:  # inputs no metric can use (e.g. NaN)
         raise PipelineError(f"{name}: {exc}") from exc

@@ -1,0 +1,95 @@
+"""A repeat ``rank``: what the feature cache and the score cache each save, side by side.
+
+Runs each of ``make demo``'s rankings three times in one fresh ``TB_DATA_DIR``:
+
+- ``first``: nothing cached (extraction and scoring);
+- ``features cached``: the score cache emptied first, so the features are read and every
+  metric computed again (a repeat ranking before the score cache);
+- ``both cached``: features and scores read (a repeat ranking now).
+
+Each is a whole ``transferbench rank`` process, so interpreter start-up and imports count.
+The figures of one run compare with each other only (the machine changes from day to day).
+
+    python bench/repeat_rank.py [--per-class 200]
+
+Prints a table; writes bench/results/repeat_rank.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import machine, write_report
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BIN = Path(sys.executable).parent
+
+STAGES = ("first", "features cached", "both cached")
+
+
+def rank(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [str(BIN / "transferbench"), *argv, "--format", "json", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"transferbench {' '.join(argv)} failed:\n{done.stderr}")
+    return seconds, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=200, help="images a class (demo: 200)")
+    args = parser.parse_args()
+    commands = {
+        "fashion-mnist": ["rank", "fashion-mnist", "--per-class", str(args.per_class)],
+        "fortunes": ["rank", "fortunes", "--per-class", "50"],
+    }
+    runs: dict[str, dict[str, float]] = {}
+    for name, argv in commands.items():
+        with tempfile.TemporaryDirectory(prefix="tb-repeat-") as data_dir:
+            env = {**os.environ, "TB_DATA_DIR": data_dir}
+            env.pop("TB_DATABASE_URL", None)
+            runs[name] = {}
+            outputs = []
+            for stage in STAGES:
+                if stage == "features cached":
+                    shutil.rmtree(Path(data_dir) / "scores")
+                runs[name][stage], out = rank([*argv, "--seed", "0"], env)
+                outputs.append([{k: r[k] for k in ("model", "scores")} for r in json.loads(out)])
+            # the cache changes the time, never an answer
+            if not outputs[0] == outputs[1] == outputs[2]:
+                raise SystemExit(f"{name}: the three rankings differ")
+    width = max(len(s) for s in STAGES) + 2
+    print(f"\nrepeat rank on {machine()} (seconds, whole process)")
+    print("dataset".ljust(16) + "".join(s.rjust(width) for s in STAGES) + "   both / features")
+    for name, t in runs.items():
+        ratio = t["both cached"] / t["features cached"]
+        print(name.ljust(16) + "".join(f"{t[s]:{width}.1f}" for s in STAGES) + f"{ratio:18.2f}")
+    out = RESULTS / "repeat_rank.json"
+    report = {
+        "machine": machine(),
+        "per_class": args.per_class,
+        "seconds": runs,
+        "ratio_both_to_features": {
+            n: t["both cached"] / t["features cached"] for n, t in runs.items()
+        },
+    }
+    write_report(out, report)
+
+
+if __name__ == "__main__":
+    main()
