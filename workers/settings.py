@@ -2,7 +2,7 @@
 
 The CLI, the pipeline, the API and the workers all read this class, so one environment
 configures every process. With nothing set, transferbench runs as the embedded default: SQLite
-and a local folder under ``TB_DATA_DIR`` (database file, uploads, the feature cache) and an
+and a local folder under ``TB_DATA_DIR`` (database file, uploads, feature and score caches) and an
 in-process worker. Setting ``TB_DATABASE_URL`` (postgresql+psycopg://...) and
 ``TB_BROKER_URL`` (redis://...) moves the same code onto Postgres and Celery workers.
 
@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     # the pipeline
     data_dir: Path = Field(
         default_factory=default_data_dir,
-        description="the embedded database, uploads, stored datasets and the feature cache "
+        description="the embedded database, uploads, stored datasets, the feature cache and a "
+        "local ranking's score cache "
         "(default: `$XDG_CACHE_HOME/transferbench` or `~/.cache/transferbench`)",
     )
     device: str = Field(

@@ -164,3 +164,40 @@ def test_a_repeat_rank_reads_the_scores_and_no_cache_reads_none(
     assert main([*argv, "--no-cache"]) == 0
     assert scores(capsys.readouterr().out) == first
     assert len(_entries(root)) == 4
+
+
+def test_a_cache_that_cannot_be_written_costs_the_ranking_nothing_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    features, labels = _inputs()
+    blocked = tmp_path / "scores"
+    blocked.write_text("a file where the cache's folder would be")
+    expected = scoring.compute_detailed(METRICS, labels, features=features)
+    with caplog.at_level("WARNING", logger=score_cache.__name__):
+        got = compute_cached(
+            ScoreCache(blocked), METRICS, labels, features=features, probs=None,
+            target="classification",
+        )  # fmt: skip
+    assert got == expected
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "scores are not cached" in warning.getMessage() and str(blocked) in warning.getMessage()
+    assert blocked.read_text().startswith("a file")
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_the_cli_ranks_with_an_unwritable_score_cache(
+    tmp_path: Path,
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    features, labels = _inputs()
+    path = tmp_path / "one.npz"
+    np.savez(path, labels=labels, **{"a.features": features, "b.features": features[:, ::-1]})
+    (data_dir / "scores").write_text("not a folder")
+    argv = ["rank", str(path), "--metrics", "logme", "--format", "json", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert {r["model"] for r in json.loads(out.out)} == {"a", "b"}
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("scores are not cached" in m for m in said) == 1

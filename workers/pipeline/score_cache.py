@@ -11,14 +11,18 @@ learn or changing one label gives another key: an entry is never stale, only unu
 An entry keeps what ``scoring.compute_detailed`` said of the metric: its value, or why it has
 none (and whether that is ``DegenerateScore``), so a metric that refused these inputs is not
 tried again either. Entries are small JSON files written atomically (temp file, ``os.replace``);
-an unreadable one is removed and computed again.
+an unreadable one is removed and computed again. The cache is a convenience: when an entry
+cannot be written (a full disk, a read-only data directory) the ranking goes on with the
+scores it computed, and says once why they were not kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -29,7 +33,8 @@ from typing import Any
 import numpy as np
 
 import scoring
-from workers.pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 #: the libraries whose numerics a score depends on
@@ -76,6 +81,7 @@ class ScoreCache:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._unwritable: str | None = None  # why the last write failed, said once
 
     def inputs_key(
         self,
@@ -105,36 +111,50 @@ class ScoreCache:
         path = self.path(key)
         try:
             entry = json.loads(path.read_text())
-        except FileNotFoundError:
+        except OSError:  # absent, or no folder to read it from: computed (and maybe stored)
             return None
-        except (OSError, ValueError):
-            path.unlink(missing_ok=True)
-            return None
+        except ValueError:
+            entry = None
         if isinstance(entry, dict):
             value, error = entry.get("value"), entry.get("error")
             if isinstance(value, float) and np.isfinite(value):
                 return {"value": value}
             if isinstance(error, str):
                 return {"error": error, "degenerate": bool(entry.get("degenerate"))}
-        path.unlink(missing_ok=True)  # neither: not an entry this code wrote
+        with contextlib.suppress(OSError):  # not an entry this code wrote
+            path.unlink(missing_ok=True)
         return None
 
-    def put(self, key: str, entry: dict[str, Any]) -> None:
+    def put(self, key: str, entry: dict[str, Any]) -> bool:
+        """Store ``entry`` atomically; False (said once per cache, as a warning) when it
+        cannot be written: the caller has the score either way."""
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        tmp: str | None = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
             with os.fdopen(fd, "w") as handle:
                 json.dump(entry, handle)
             os.replace(tmp, path)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise PipelineError(
-                f"cannot write {path} ({exc.strerror}); check space and permissions"
-            ) from exc
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            why = exc.strerror or str(exc)
+            if self._unwritable != why:
+                log.warning(
+                    "transferbench: scores are not cached: cannot write under %s (%s); the "
+                    "ranking goes on, and a repeat one computes them again (free space, fix "
+                    "the permissions, or set TB_DATA_DIR elsewhere)",
+                    self.root,
+                    why,
+                )
+            self._unwritable = why
+            return False
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             raise
+        return True
 
 
 def compute_cached(
