@@ -210,7 +210,7 @@ def print_table(name: str, result: Mapping[str, Any]) -> None:
     )
     for m in order:
         se = sem.get(m, {}).get("weighted_tau", math.nan)
-        share = f"{100 * covers[m]:.0f}%" if m in covers else ""
+        share = f"{math.floor(100 * covers[m] + 1e-9)}%" if m in covers else ""  # 99.6%: 99%
         print(
             m.ljust(width)
             + "".join(f"{rows[m][f]:14.3f}" for f in FIGURES)
@@ -223,7 +223,7 @@ def print_table(name: str, result: Mapping[str, Any]) -> None:
     fair = [m for m in result["metrics"] if covers.get(m, 1.0) == widest]
     best = max(fair, key=lambda m: np.nan_to_num(result["metrics"][m]["weighted_tau"]))
     b, r, o = result["metrics"][best], result[RECOMMENDED], result[METRIC_ONLY]
-    partly = f" (on {100 * widest:.0f}% of the models)" if widest < 1 else ""
+    partly = f" (on {math.floor(100 * widest + 1e-9)}% of the models)" if widest < 1 else ""
     print(
         f"best single metric {best}{partly}: weighted tau {b['weighted_tau']:.3f}, regret "
         f"{b['top1_regret']:.3f}; metric-only calibrated: {o['weighted_tau']:.3f}, "

@@ -322,7 +322,7 @@ def _table(scope: Any, result: dict[str, Any]) -> str:
             share = covers.get(method)
             text = "" if share is None else str(share)
             if "coverage" in result and share is not None:
-                text = f"{100 * share:.0f}%"
+                text = f"{math.floor(100 * share + 1e-9)}%"  # below 100% never rounds up to it
             cells += text.rjust(10)
         lines.append(method.ljust(width) + cells)
     if sem:
