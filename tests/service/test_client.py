@@ -165,9 +165,13 @@ def test_outcomes_and_evaluation(live: Live, ranked, with_outcomes):
         one = tb.evaluation(dataset)
         assert isinstance(one, DatasetEvaluation)
         assert one.models == 3 and {"logme", "recommended"} <= set(one.methods)
+        assert one.compared == {m: 3 for m in one.methods}  # every model scored by every one
         overall = tb.evaluation()
         assert isinstance(overall, Evaluation)
         assert overall.datasets >= 4
+        assert set(overall.coverage) == set(overall.mean)
+        assert all(0 <= share <= 1 for share in overall.coverage.values())
+        assert overall.coverage["recommended"] == 1.0
         assert overall.scope == "default:image/classification/finetune_top1"  # tenant:scope
 
 
