@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +203,12 @@ def test_the_cli_ranks_with_an_unwritable_score_cache(
     assert {r["model"] for r in json.loads(out.out)} == {"a", "b"}
     said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert sum("scores are not cached" in m for m in said) == 1
+
+
+def test_the_score_cache_keeps_the_cli_light() -> None:
+    """The CLI's entry point, its report and the remote client import the ranking module and
+    through it the score cache; none of them may pull in torch (seconds at every start)."""
+    modules = ["workers.cli.main", "workers.cli.remote", "workers.pipeline.score_cache"]
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

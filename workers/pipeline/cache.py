@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.pipeline.errors import PipelineError
+from workers.pipeline.atomic import write_atomic
 from workers.pipeline.models.base import CandidateModel
 
 FORMAT_VERSION = 1
@@ -56,23 +54,8 @@ def feature_key(model: CandidateModel, dataset_hash: str, layer: str | None = No
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` via a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise PipelineError(
-            f"cannot write {path} ({exc.strerror}); check space and permissions"
-        ) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``arrays`` to ``path`` atomically (``write_atomic``)."""
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
 
 
 class FeatureCache:

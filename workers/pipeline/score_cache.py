@@ -23,8 +23,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +31,8 @@ from typing import Any
 import numpy as np
 
 import scoring
+from workers.pipeline.atomic import write_atomic
+from workers.pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +128,11 @@ class ScoreCache:
     def put(self, key: str, entry: dict[str, Any]) -> bool:
         """Store ``entry`` atomically; False (said once per cache, as a warning) when it
         cannot be written: the caller has the score either way."""
-        path = self.path(key)
-        tmp: str | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-            with os.fdopen(fd, "w") as handle:
-                json.dump(entry, handle)
-            os.replace(tmp, path)
-        except OSError as exc:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            why = exc.strerror or str(exc)
+            write_atomic(self.path(key), lambda handle: handle.write(json.dumps(entry).encode()))
+        except PipelineError as exc:
+            cause = exc.__cause__
+            why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
             if self._unwritable != why:
                 log.warning(
                     "transferbench: scores are not cached: cannot write under %s (%s); the "
@@ -150,10 +143,6 @@ class ScoreCache:
                 )
             self._unwritable = why
             return False
-        except BaseException:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            raise
         return True
 
 
