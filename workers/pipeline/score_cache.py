@@ -125,9 +125,9 @@ class ScoreCache:
             path.unlink(missing_ok=True)
         return None
 
-    def put(self, key: str, entry: dict[str, Any]) -> bool:
-        """Store ``entry`` atomically; False (said once per cache, as a warning) when it
-        cannot be written: the caller has the score either way."""
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        """Store ``entry`` atomically; when it cannot be written, say so (once per cache, as
+        a warning) and go on: the caller has the score either way."""
         try:
             write_atomic(self.path(key), lambda handle: handle.write(json.dumps(entry).encode()))
         except PipelineError as exc:
@@ -142,8 +142,6 @@ class ScoreCache:
                     why,
                 )
             self._unwritable = why
-            return False
-        return True
 
 
 def compute_cached(
