@@ -20,7 +20,8 @@ others are the ideas measured against them (``docs/recommender.md`` lists the fi
   inner choice; ``joint``: one grid of both);
 - features: each metric's deviation from the model's mean rank on the other datasets;
 - history weighted by the agreement of the held-out dataset's metric-only order with each
-  training dataset's outcomes (similarity).
+  training dataset's outcomes (similarity), or by the likeness of two datasets' score levels
+  (``level_history``).
 - round 2 (``joint_x`` and after): other history features (residual against the metric-only
   order, top-weighted, Bradley-Terry, median, trimmed mean, per-model spread), more ridge
   features or fewer, row-weight powers, weighted Borda, averaging or bagging instead of
@@ -311,6 +312,29 @@ def probe_history(
         return t.feats[i] @ w[:-1] + h[i] * w[-1]
 
     return nested(fn, [(g, c) for g in strengths for c in R._candidates()])
+
+
+def score_levels(t: Any) -> dict[str, np.ndarray]:
+    """Each dataset's embedding from its metric scores alone: per metric, the mean score over
+    the dataset's models, standardised over the datasets (a metric no dataset varies on is
+    left out). It carries what a dataset's level of score says about it (how separable its
+    classes are to these models, how many classes it has), never an outcome."""
+    with np.errstate(all="ignore"):
+        level = np.nanmean(t._raw, axis=1)  # (D, K)
+    keep = np.isfinite(level).all(axis=0) & (np.nanstd(level, axis=0) > 0)
+    z = (level[:, keep] - level[:, keep].mean(axis=0)) / level[:, keep].std(axis=0)
+    return {name: z[i] for i, name in enumerate(t.names)}
+
+
+def level_history(strengths: Sequence[float] = (0.0, 1.0, 2.0, 4.0)) -> Variant:
+    """``probe_history`` with the likeness of two datasets taken from their score levels
+    (``score_levels``) instead of a probe model's view of their samples: for tables without
+    samples. The strength and the combiner are chosen together inside, as there."""
+
+    def variant(t: Any, train: np.ndarray, cols: np.ndarray, i: int) -> np.ndarray:
+        return probe_history(score_levels(t), strengths)(t, train, cols, i)
+
+    return variant
 
 
 def direct_tau(step: float = 0.1) -> Variant:
@@ -1143,6 +1167,7 @@ VARIANTS: dict[str, tuple[str, Callable[[], Variant]]] = {
     "jx_se0.5": ("joint_consistency chosen by the 0.5 paired-SE rule (check = se_ridge_k0.5)", lambda: joint_x(se=0.5)),
     "jx_se1": ("joint_consistency chosen by the 1 paired-SE rule", lambda: joint_x(se=1.0)),
     "jx_hetero": ("joint, each model's history shrunk by its own spread", lambda: joint_x(("hetero",))),
+    "level_history": ("history weighted by the likeness of datasets' score levels, strength inside", level_history),
     "jx_rows12": ("joint, ridge rows v^1 or v^2 chosen inside with lam", lambda: joint_x(modes=("ridge", "ridge_r2"))),
 }  # fmt: skip
 

@@ -53,6 +53,7 @@ def test_shipped_and_metric_only_reproduce_evaluate_lodo() -> None:
         "jx_rank_median",
         "borda_rank",
         "direct_tau_0.2",
+        "level_history",
     ],
 )
 def test_a_variant_ignores_the_held_out_outcomes(name: str) -> None:
