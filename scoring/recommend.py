@@ -1368,6 +1368,27 @@ def table_rows(text: str) -> list[dict[str, str]]:
 MISSING_CELLS = frozenset({"", "-", "\u2013", "\u2014", "n/a", "na", "nan", "none", "null", "?"})
 
 
+def table_column(columns: Sequence[str], wanted: str, role: str) -> str:
+    """The column of ``columns`` that ``wanted`` names: itself, else the one column equal to
+    it ignoring case and punctuation ("Dataset" or "DATASET" for ``dataset``; two such
+    columns are ambiguous). Raises ``TransferabilityError`` listing the table's columns."""
+    if wanted in columns:
+        return wanted
+    alike = [c for c in columns if _canonical(c) == _canonical(wanted)]
+    if len(alike) == 1:
+        return alike[0]
+    listed = ", ".join(repr(c) for c in columns)
+    if alike:
+        raise TransferabilityError(
+            f"the table has no column {wanted!r} {role}, and {len(alike)} columns that differ "
+            f"from it only in case or punctuation ({', '.join(repr(c) for c in alike)}): name "
+            f"one of them exactly; its columns are: {listed}"
+        )
+    raise TransferabilityError(
+        f"the table has no column {wanted!r} {role}; its columns are: {listed}"
+    )
+
+
 def datasets_from_rows(
     rows: Iterable[Mapping[str, Any]],
     *,
@@ -1379,6 +1400,8 @@ def datasets_from_rows(
     """Parse a wide table (one row per (dataset, model)) into ``DatasetRecord``s.
 
     rows: mappings column -> value (e.g. ``csv.DictReader``); outcome: the outcome column;
+    dataset_column, model_column: the columns naming each row's dataset and model (each
+    column named as written or ignoring case and punctuation: ``table_column``);
     se_column (default ``OUTCOME_se``, used when the table has it): the standard error of
     each outcome (``DatasetRecord.outcome_se``; empty: not known). Every other column whose
     values are numbers is a metric; a column with no number at all (a note, an architecture)
@@ -1396,11 +1419,9 @@ def datasets_from_rows(
     if not rows:
         raise TransferabilityError("the table has no rows")
     columns = list(dict.fromkeys(c for r in rows for c in r))
-    for needed in (dataset_column, model_column, outcome):
-        if needed not in columns:
-            raise TransferabilityError(
-                f"the table has no column {needed!r}; its columns are: {', '.join(columns)}"
-            )
+    dataset_column = table_column(columns, dataset_column, "naming each row's dataset")
+    model_column = table_column(columns, model_column, "naming each row's model")
+    outcome = table_column(columns, outcome, "of outcomes")
 
     def number(v: Any) -> float | None:
         if v is None:
@@ -1442,7 +1463,9 @@ def datasets_from_rows(
         v is not None and math.isfinite(v) for v in map(number, (r.get(outcome) for r in rows))
     ):
         raise TransferabilityError(f"the outcome column {outcome!r} has no value")
-    se_column = f"{outcome}_se" if se_column is None else se_column
+    if se_column is None:  # optional: OUTCOME_se as the table writes it, if it has one
+        wanted = _canonical(f"{outcome}_se")
+        se_column = next((c for c in columns if _canonical(c) == wanted), f"{outcome}_se")
     if se_column in columns and se_column not in numeric:
         raise TransferabilityError(
             f"the standard-error column {se_column!r} has non-numeric values"

@@ -67,17 +67,35 @@ def import_table(
     task: str = "classification",
     lower_is_better: Iterable[str] = (),
     tenant: str | None = None,
+    dataset_column: str = "dataset",
+    model_column: str = "model",
 ) -> Imported:
     """Store one published table (CSV text) as the tenant's (None: shared with every tenant,
-    the operator's import). Raises ``Invalid`` with what to fix."""
+    the operator's import); ``dataset_column`` and ``model_column`` name the columns that say
+    each row's dataset and model. Raises ``Invalid`` with what to fix."""
     if modality not in ("image", "text"):
         raise Invalid(f"modality must be image or text, not {modality!r}")
     scoring.target_kind(task)
     try:
         rows = table_rows(text)
-        records = scoring.datasets_from_rows(rows, outcome=outcome)
+        records = scoring.datasets_from_rows(
+            rows, outcome=outcome, dataset_column=dataset_column, model_column=model_column
+        )
     except (csv.Error, scoring.TransferabilityError) as exc:
-        raise Invalid(f"the table cannot be read: {exc}") from exc
+        hint = next(
+            (
+                f" (name the table's {what} column with {flag} COLUMN on the command line, "
+                f"{field} in POST /v1/benchmarks)"
+                for what, wanted, flag, field in (
+                    ("dataset", dataset_column, "--dataset-column", "dataset_column"),
+                    ("model", model_column, "--model-column", "model_column"),
+                    ("outcome", outcome, "--outcome", "outcome"),
+                )
+                if f"no column {wanted!r}" in str(exc)
+            ),
+            "",
+        )
+        raise Invalid(f"the table cannot be read: {exc}{hint}") from exc
     named = list(lower_is_better)
     lower = {canonical(n) for n in named}
     columns = sorted({m for r in records.values() for m in r.scores})

@@ -441,6 +441,31 @@ def test_wide_rows_parser_averages_repeats_and_skips_text_columns():
         scoring.datasets_from_rows(rows, outcome="top1")
 
 
+def test_wide_rows_parser_finds_columns_written_another_way():
+    """ "Dataset", "MODEL", "Acc" and "ACC_SE" are the columns asked for as dataset, model,
+    acc (and its standard error acc_se), as a spreadsheet may capitalise them; a column not
+    there at all, or two that differ from the name only in case, are refused by name."""
+    rows = [
+        {"Dataset": "d", "MODEL": "a", "Acc": "70", "ACC_SE": "1.5", "LogME": "0.2"},
+        {"Dataset": "d", "MODEL": "b", "Acc": "80", "ACC_SE": "2.0", "LogME": "0.5"},
+    ]
+    got = scoring.datasets_from_rows(rows, outcome="acc")
+    assert got["d"].outcomes == {"a": 70.0, "b": 80.0}
+    assert got["d"].outcome_se == {"a": 1.5, "b": 2.0}
+    assert got["d"].scores == {"LogME": {"a": 0.2, "b": 0.5}}
+    named = [{"task": r["Dataset"], "net": r["MODEL"], **r} for r in rows]
+    again = scoring.datasets_from_rows(
+        [{k: v for k, v in r.items() if k not in ("Dataset", "MODEL")} for r in named],
+        outcome="Acc", dataset_column="task", model_column="net",
+    )  # fmt: skip
+    assert again == got
+    with pytest.raises(TransferabilityError, match="no column 'dataset' naming each row's"):
+        scoring.datasets_from_rows([{"task": "d", "model": "a", "acc": "1"}], outcome="acc")
+    twice = [{"dataset": "d", "Model": "a", "model ": "a", "acc": "1"}]
+    with pytest.raises(TransferabilityError, match="only in case or punctuation"):
+        scoring.datasets_from_rows(twice, outcome="acc")
+
+
 def test_wide_rows_parser_reads_missing_cells_as_published_tables_write_them():
     """ "-", "N/A", a dash and the like are missing values, not text that silently drops the
     whole metric; "85.3%" is 85.3. A column mixing numbers with other text is refused with

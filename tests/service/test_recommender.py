@@ -23,6 +23,7 @@ from app.db.scores import upsert_scores
 from app.db.session import Database
 from app.errors import Invalid
 from app.services import benchmarks, recommender
+from workers.cli.exits import EXIT_BAD_INPUT
 from workers.cli.main import main
 
 from .helpers import register_model
@@ -123,6 +124,48 @@ def test_benchmark_import_bad_input_stores_nothing(service) -> None:
     with db.session() as s:
         assert list(s.scalars(select(ScoreRow))) == []
         assert list(s.scalars(select(DatasetRow))) == []
+
+
+def _renamed(rows, names: dict[str, str]) -> list[dict[str, object]]:
+    return [{names.get(k, k): v for k, v in r.items()} for r in rows]
+
+
+def test_a_table_names_its_dataset_and_model_columns_as_it_likes(service) -> None:
+    """ "Task" and "Encoder" named in the form import the same table as "dataset" and
+    "model"; left unnamed, the error says which form field names them and nothing is stored;
+    "Dataset", "MODEL" and "Top1" are the default columns written another way."""
+    client, _, db = service
+    rows = make_table()
+    other = _renamed(rows, {"dataset": "Task", "model": "Encoder"})
+    refused = _import(client, other)
+    assert refused.status_code == 422
+    detail = refused.json()["detail"]
+    assert "no column 'dataset'" in detail and "'Task', 'Encoder'" in detail
+    assert "dataset_column" in detail and "--dataset-column" in detail
+    with db.session() as s:
+        assert list(s.scalars(select(DatasetRow))) == []
+    named = _import(client, other, dataset_column="Task", model_column="Encoder")
+    assert named.status_code == 201, named.text
+    assert (named.json()["datasets"], named.json()["models"], named.json()["rows"]) == (6, 8, 48)
+    cased = _renamed(rows, {"dataset": "Dataset", "model": "MODEL", "top1": "Top1"})
+    plain = _import(client, cased)
+    assert plain.status_code == 201, plain.text
+    assert {k: plain.json()[k] for k in ("datasets", "models", "rows", "metrics", "external")} == {
+        k: named.json()[k] for k in ("datasets", "models", "rows", "metrics", "external")
+    }
+    with db.session() as s:  # the same values under each name
+        by_table = {}
+        for row in s.scalars(select(OutcomeRow)):
+            by_table.setdefault(row.dataset_id, []).append(round(row.value, 6))
+        assert sorted(sorted(v) for v in by_table.values()) == sorted(
+            sorted(round(float(r["top1"]), 6) for r in rows if r["dataset"] == d)
+            for d in {str(r["dataset"]) for r in rows}
+        )  # one table ("synthetic.csv") imported again in place, whatever its columns
+    both = _renamed(rows, {"dataset": "Data set"})
+    for r in both:
+        r["data_set"] = r["Data set"]
+    ambiguous = _import(client, both)
+    assert ambiguous.status_code == 422 and "'Data set', 'data_set'" in ambiguous.json()["detail"]
 
 
 def test_a_metric_direction_belongs_to_whoever_imported_it(service) -> None:
@@ -331,6 +374,16 @@ def test_cli_outcomes_evaluate_and_benchmark(tmp_path: Path, data_dir: Path, cap
     assert main(["benchmark", "evaluate", "--measure", "top1", "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["datasets"] == 6
+    renamed = tmp_path / "published.tsv"  # the same table: imported again in place
+    text = as_csv(_renamed(make_table(), {"dataset": "task", "model": "encoder"})).decode()
+    renamed.write_text(text.replace(",", "\t"))
+    assert main(["benchmark", "import", str(renamed), "--outcome", "top1"]) == EXIT_BAD_INPUT
+    assert "--dataset-column COLUMN" in capsys.readouterr().err
+    assert main(["benchmark", "import", str(renamed), "--outcome", "top1", "--lower-is-better",
+                 "Err", "--dataset-column", "task", "--model-column", "encoder"]) == 0  # fmt: skip
+    assert "6 datasets, 8 models, 48 rows" in capsys.readouterr().out
+    assert main(["benchmark", "evaluate", "--measure", "top1", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == report
     assert set(report["metrics"]) == {"logme", "Noise", "Reversed", "Err"}
     assert set(report["recommended"]) == {
         "kendall_tau", "weighted_tau", "pearson", "top1_hit", "top1_regret"

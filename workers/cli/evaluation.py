@@ -57,6 +57,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     bimp.add_argument("--modality", choices=("image", "text"), default="image")
     bimp.add_argument("--task", choices=("classification", "regression"), default="classification")
     bimp.add_argument("--lower-is-better", action="append", default=[], metavar="NAME")
+    bimp.add_argument(
+        "--dataset-column",
+        default="dataset",
+        metavar="COLUMN",
+        help="the column naming each row's dataset (default: dataset)",
+    )
+    bimp.add_argument(
+        "--model-column",
+        default="model",
+        metavar="COLUMN",
+        help="the column naming each row's model (default: model)",
+    )
     bimp.add_argument("--name", help="the table's name (default: the file name)")
     bimp.add_argument(
         "--alias",
@@ -122,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             imported = benchmarks.import_table(
                 s, text, table=args.name or args.file.stem, outcome=args.outcome,
                 modality=args.modality, task=args.task, lower_is_better=args.lower_is_better,
+                dataset_column=args.dataset_column, model_column=args.model_column,
             )  # fmt: skip
             linked = []
             for name, key in pairs:

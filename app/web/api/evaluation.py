@@ -111,6 +111,12 @@ async def import_benchmark(
     task: Annotated[Literal["classification", "regression"], Form()] = "classification",
     lower_is_better: Annotated[str, Form(description="comma-separated column names")] = "",
     name: Annotated[str | None, Form(max_length=200)] = None,
+    dataset_column: Annotated[
+        str, Form(min_length=1, max_length=200, description="the column naming each row's dataset")
+    ] = "dataset",
+    model_column: Annotated[
+        str, Form(min_length=1, max_length=200, description="the column naming each row's model")
+    ] = "model",
 ) -> dict[str, Any]:
     """A published table as the tenant's reference datasets (admin keys): its scores and
     outcomes inform the tenant's recommender."""
@@ -127,7 +133,7 @@ async def import_benchmark(
         benchmarks.import_table, session, text, table=table, outcome=outcome,
         modality=modality, task=task,
         lower_is_better=[c.strip() for c in lower_is_better.split(",") if c.strip()],
-        tenant=principal.tenant,
+        tenant=principal.tenant, dataset_column=dataset_column, model_column=model_column,
     )  # fmt: skip
     defer(session, queue, Task.REFIT_RECOMMENDER)
     return asdict(imported)
