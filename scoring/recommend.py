@@ -68,15 +68,18 @@ The method (version ``VERSION``), for M models and K metrics:
 7. Metric-only weights (``Fit.metric_weights``: what candidates get when none of them has a
    history, since a model the training datasets do not hold learns nothing from theirs): the
    equal-weight mean of the ranks of a subset of at most ``MAX_SUBSET`` metrics, the subset
-   whose mean weighted tau over the training datasets is highest (every subset is tried;
-   a tie goes to the smaller subset, then to the metrics with the larger uncalibrated weight,
-   then to name order). Equal weights over a chosen few are hard to over-fit on a handful of
-   datasets, where a free least-squares weight per metric is not (the "forecast combination
-   puzzle": Clemen, "Combining forecasts", Int. J. Forecasting 1989; Smith and Wallis 2009):
-   on the published image table the subset reaches a leave-one-dataset-out weighted tau of
-   0.754 where the ridge of step 4 without history reaches 0.714. A metric no training
-   dataset scored keeps its uncalibrated weight (its share of the present metrics in the
-   fallback below), and the subset's weights fill the rest.
+   whose mean weighted tau over the training datasets is highest (every subset is tried
+   while there are at most ``MAX_EXHAUSTIVE_SUBSETS``, i.e. up to 24 metrics; a tie goes to
+   the smaller subset, then to the metrics with the larger uncalibrated weight, then to name
+   order; with more metrics, such as a table of hundreds of score columns, the subset is
+   grown forward one best metric at a time, ``_forward_subsets``). Equal weights over a
+   chosen few are hard to over-fit on a handful of datasets, where a free least-squares
+   weight per metric is not (the "forecast combination puzzle": Clemen, "Combining
+   forecasts", Int. J. Forecasting 1989; Smith and Wallis 2009): on the published image
+   table the subset reaches a leave-one-dataset-out weighted tau of 0.754 where the ridge of
+   step 4 without history reaches 0.714. A metric no training dataset scored keeps its
+   uncalibrated weight (its share of the present metrics in the fallback below), and the
+   subset's weights fill the rest.
 
 History weighted by similarity (the datasets most like this one counting most, the likeness
 taken from the agreement of the metric score profiles) was measured and left out: on the
@@ -158,6 +161,10 @@ RECOMMENDED = "recommended"
 METRIC_ONLY = "metric_only"
 #: The metric-only weights (step 7) average at most this many metrics.
 MAX_SUBSET = 4
+#: Step 7 tries every subset while there are at most this many (24 metrics give 12,950; 25
+#: give 15,275); beyond, it selects forward (``_forward_subsets``): a table with hundreds of
+#: score columns would otherwise ask for millions of subsets (300 columns: 330 million).
+MAX_EXHAUSTIVE_SUBSETS = 15_000
 #: A dataset teaches the recommender only with at least this many outcomes.
 MIN_OUTCOMES = 3
 #: Metrics the uncalibrated default averages (matched after ``_canonical``): those the
@@ -1023,9 +1030,12 @@ def _select_metrics(t: _Table, train: Bool, cols: Bool) -> F64:
     cands = sorted(
         (int(k) for k in np.flatnonzero(covered)), key=lambda k: (-prior[k], t.metrics[k])
     )
-    subsets, taus = _subset_grid(t, tuple(cands))
-    score = (taus[:, idx] * t.weight[idx]).sum(axis=1) / t.weight[idx].sum()
-    best = subsets[int(np.argmax(np.round(score, 12)))]
+    if _n_subsets(len(cands)) <= MAX_EXHAUSTIVE_SUBSETS:
+        subsets, taus = _subset_grid(t, tuple(cands))
+        score = (taus[:, idx] * t.weight[idx]).sum(axis=1) / t.weight[idx].sum()
+        best = subsets[int(np.argmax(np.round(score, 12)))]
+    else:
+        best = _forward_subsets(t, cands, idx)
     w: F64 = np.zeros(prior.size)
     w[list(best)] = 1.0 / len(best)
     uncovered = cols & ~covered
@@ -1034,6 +1044,33 @@ def _select_metrics(t: _Table, train: Bool, cols: Bool) -> F64:
         w = w * (1.0 - share)
         w[:-1][uncovered] = prior[:-1][uncovered]
     return w
+
+
+def _n_subsets(k: int) -> int:
+    """How many subsets of at most ``MAX_SUBSET`` of ``k`` metrics there are."""
+    return sum(math.comb(k, r) for r in range(1, min(MAX_SUBSET, k) + 1))
+
+
+def _forward_subsets(t: _Table, cands: Sequence[int], idx: npt.NDArray[np.intp]) -> tuple[int, ...]:
+    """Step 7 for many metrics: forward selection. From the empty set, add the candidate whose
+    addition gives the best mean weighted tau over the training datasets ``idx`` (ties: the
+    earlier candidate), up to ``MAX_SUBSET`` metrics; keep the best of the subsets visited
+    (ties: the smaller). 4K subsets are scored instead of every one; the result is the
+    exhaustive one's whenever the best subset grows one best metric at a time."""
+    order = {k: pos for pos, k in enumerate(cands)}
+    chosen: tuple[int, ...] = ()
+    best, best_score = chosen, -math.inf
+    for _ in range(min(MAX_SUBSET, len(cands))):
+        trials = [
+            tuple(sorted((*chosen, k), key=order.__getitem__)) for k in cands if k not in chosen
+        ]
+        taus = _subset_taus(t, trials)
+        score = np.round((taus[:, idx] * t.weight[idx]).sum(axis=1) / t.weight[idx].sum(), 12)
+        pick = int(np.argmax(score))
+        chosen = trials[pick]
+        if score[pick] > best_score:
+            best, best_score = chosen, float(score[pick])
+    return best
 
 
 def _subset_grid(t: _Table, cands: tuple[int, ...]) -> tuple[list[tuple[int, ...]], F64]:
@@ -1166,6 +1203,7 @@ def fit(
             MIN_HISTORY_VARIANCE,
             list(BLEND_SHARES),
             MAX_SUBSET,
+            MAX_EXHAUSTIVE_SUBSETS,
         ],
         "directions": dirs,
         "datasets": {n: _content(r) for n, r in datasets.items()},

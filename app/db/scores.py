@@ -113,20 +113,56 @@ def current(
     metric counts nowhere until it is scored again (the scheduler's re-ranking does that). Any
     other name (an imported table's own column) counts at its highest version.
     """
-    query = select(ScoreRow).where(ScoreRow.dataset_id.in_(list(dataset_ids)))
-    if model_ids is not None:
-        query = query.where(ScoreRow.model_id.in_(list(model_ids)))
-    if metrics is not None:
-        query = query.where(ScoreRow.metric.in_(list(metrics)))
+    query = _narrowed(select(ScoreRow), dataset_ids, model_ids, metrics)
     best: dict[ScoreKey, ScoreRow] = {}
     for row in session.scalars(query):
-        spec = scoring.REGISTRY.get(row.metric)
-        if spec is not None and row.metric_version not in (IMPORTED_VERSION, spec.version):
+        if not _counts(row.metric, row.metric_version):
             continue
         key = (row.dataset_id, row.metric, row.model_id)
         if key not in best or row.metric_version > best[key].metric_version:
             best[key] = row
     return best
+
+
+def current_values(session: Session, dataset_ids: Iterable[str]) -> dict[ScoreKey, float]:
+    """(dataset, metric, model) -> the value of the score that counts (``current``'s rule),
+    read as plain columns: the recommender reads every score of a scope, tens of thousands
+    of rows for a table with hundreds of score columns, and needs no row objects."""
+    columns = (
+        ScoreRow.dataset_id, ScoreRow.metric, ScoreRow.model_id, ScoreRow.metric_version,
+        ScoreRow.value,
+    )  # fmt: skip
+    best: dict[ScoreKey, tuple[int, float]] = {}
+    for ds, metric, model, version, value in session.execute(
+        _narrowed(select(*columns), dataset_ids, None, None)
+    ):
+        if not _counts(metric, version):
+            continue
+        key = (ds, metric, model)
+        if key not in best or version > best[key][0]:
+            best[key] = (version, value)
+    return {key: value for key, (_, value) in best.items()}
+
+
+def _narrowed(
+    query: Any,
+    dataset_ids: Iterable[str],
+    model_ids: Iterable[str] | None,
+    metrics: Iterable[str] | None,
+) -> Any:
+    query = query.where(ScoreRow.dataset_id.in_(list(dataset_ids)))
+    if model_ids is not None:
+        query = query.where(ScoreRow.model_id.in_(list(model_ids)))
+    if metrics is not None:
+        query = query.where(ScoreRow.metric.in_(list(metrics)))
+    return query
+
+
+def _counts(metric: str, version: int) -> bool:
+    """Whether a score of ``metric`` at ``version`` can count: a registry metric's only at its
+    current version or as imported; any other name's at every version (the highest wins)."""
+    spec = scoring.REGISTRY.get(metric)
+    return spec is None or version in (IMPORTED_VERSION, spec.version)
 
 
 def scored(session: Session, dataset_id: str, model_id: str, metrics: Iterable[str]) -> set[str]:

@@ -133,8 +133,8 @@ def current_scores(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """dataset -> metric -> model -> value of every current score (``app.db.scores.current``)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for (ds, metric, model), row in stored_scores.current(session, dataset_ids).items():
-        out.setdefault(ds, {}).setdefault(metric, {})[model] = row.value
+    for (ds, metric, model), value in stored_scores.current_values(session, dataset_ids).items():
+        out.setdefault(ds, {}).setdefault(metric, {})[model] = value
     return out
 
 

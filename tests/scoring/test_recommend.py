@@ -94,6 +94,58 @@ def test_lodo_predictions_are_those_of_a_fit_without_the_dataset():
         assert dict(ev.weights[name]) == pytest.approx(dict(fitted.weights), abs=1e-12)
 
 
+def _many_columns(n_noise: int, seed: int = 4) -> dict[str, DatasetRecord]:
+    """``synthetic``'s four metrics and ``n_noise`` columns of pure noise, as a table with
+    hundreds of score columns has."""
+    rng = np.random.default_rng(seed)
+    data = synthetic(seed, n_models=8, n_sets=5)
+    return {
+        name: DatasetRecord(
+            scores={
+                **record.scores,
+                **{
+                    f"col{k:03d}": {m: float(rng.normal()) for m in record.outcomes}
+                    for k in range(n_noise)
+                },
+            },
+            outcomes=record.outcomes,
+        )
+        for name, record in data.items()
+    }
+
+
+def test_hundreds_of_score_columns_are_searched_forward_not_exhaustively():
+    """300 score columns would be 330 million subsets of at most four to try (the process ran
+    out of memory importing such a table); beyond ``MAX_EXHAUSTIVE_SUBSETS`` they are grown
+    forward: the informative metric is found among the noise, the held-out dataset's outcomes
+    still reach neither its prediction nor its weights."""
+    assert rec._n_subsets(24) <= rec.MAX_EXHAUSTIVE_SUBSETS < rec._n_subsets(25)
+    assert rec._n_subsets(300) > 300_000_000
+    data = _many_columns(296)
+    fitted = scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS)
+    chosen = {m for m, w in fitted.metric_weights.items() if w > 0}
+    assert "signal" in chosen and len(chosen) <= rec.MAX_SUBSET
+    base = scoring.evaluate_lodo(data, directions=SYNTHETIC_DIRECTIONS)
+    poisoned = scoring.evaluate_lodo(
+        {**data, "task1": flip(data["task1"])}, directions=SYNTHETIC_DIRECTIONS
+    )
+    assert dict(poisoned.predictions["task1"]) == dict(base.predictions["task1"])
+    assert dict(poisoned.weights["task1"]) == dict(base.weights["task1"])
+
+
+def test_forward_selection_finds_the_exhaustive_subset_when_it_grows_one_best_at_a_time(
+    monkeypatch,
+):
+    """On the four metrics of ``synthetic`` plus noise, the forward path (the exhaustive
+    search turned off) picks the same metric-only weights as trying every subset."""
+    data = _many_columns(6, seed=5)
+    exhaustive = scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS)
+    monkeypatch.setattr(rec, "MAX_EXHAUSTIVE_SUBSETS", 0)
+    forward = scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS)
+    assert forward.fingerprint != exhaustive.fingerprint  # the search is part of the fit
+    assert dict(forward.metric_weights) == dict(exhaustive.metric_weights)
+
+
 def test_training_rows_get_nested_leave_one_out_history(monkeypatch):
     """Outcomes with no persistence at all: history carries nothing, so a fit whose training
     rows saw their own outcome in their history would give it a large weight (0.27 here)."""

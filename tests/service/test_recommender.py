@@ -168,6 +168,27 @@ def test_a_table_names_its_dataset_and_model_columns_as_it_likes(service) -> Non
     assert ambiguous.status_code == 422 and "'Data set', 'data_set'" in ambiguous.json()["detail"]
 
 
+def test_a_table_with_hundreds_of_score_columns_is_imported_and_evaluated(service) -> None:
+    """200 score columns (a subset search over them all would be 67 million subsets of at most
+    four: the import ran out of memory) import, refit and evaluate; the metric-only order
+    still finds the column that tracks the outcome."""
+    client, _, _ = service
+    rng = np.random.default_rng(3)
+    rows = [
+        {**{k: v for k, v in r.items() if k in ("dataset", "model", "top1", "LogME")},
+         **{f"c{k:03d}": round(float(rng.normal()), 4) for k in range(199)}}
+        for r in make_table(n_datasets=4)
+    ]  # fmt: skip
+    r = _import(client, rows, name="wide")
+    assert r.status_code == 201, r.text
+    assert len(r.json()["metrics"]) + len(r.json()["external"]) == 200
+    r = client.get("/v1/evaluation", params={"measure": "top1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["datasets"] == 4 and len(body["mean"]) == 200 + 2  # + recommended, metric_only
+    assert body["mean"]["metric_only"]["weighted_tau"] > 0.5
+
+
 def test_a_metric_direction_belongs_to_whoever_imported_it(service) -> None:
     """Tenants declare an external score's direction in their own name: another tenant's
     opposite declaration is accepted and never revealed; the operator's shared tables are
