@@ -774,14 +774,54 @@ def _average_ranks(x: F64) -> F64:
     return ranks
 
 
+#: ``_weighted_tau`` compares every pair of a row's models at once up to this many models in
+#: a row (a row's pairs then fit one batch), and sorts (``scipy.stats.weightedtau``, O(n log n)
+#: per row, in a Python loop: 3 to 5 times slower at 256 to 2,048 models,
+#: ``bench/wide_tables.py``) beyond, where one row's pairs would need gigabytes (10,000
+#: models: 10^8 pairs a row).
+PAIRWISE_MAX_MODELS = 2048
+#: ``_weighted_tau`` batches rows so that each batch holds at most this many pairs.
+PAIRWISE_BATCH = 4_000_000
+
+
 def _weighted_tau(truth: F64, pred: F64, mask: Bool) -> F64:
     """Weighted tau of ``pred`` against ``truth``, both (B, M), over the models in ``mask``.
 
     The same figure as ``scipy.stats.weightedtau(truth, pred, rank=None)`` (Vigna, "A
     weighted correlation index for rankings with ties", WWW 2015: hyperbolic weights 1/(r+1)
     of the rank r by decreasing (truth, pred), an exchange weighing the sum of its two
-    weights, tau-b denominator), batched over B rows in O(B M^2); 0 where undefined.
+    weights, tau-b denominator); 0 where undefined. Each row is first packed to its own
+    models (M is every model of a scope, a row holds one dataset's), then rows are compared
+    pair by pair in batches of at most ``PAIRWISE_BATCH`` pairs, O(n^2) per row of n models;
+    rows of more than ``PAIRWISE_MAX_MODELS`` models are sorted instead.
     """
+    b, _ = truth.shape
+    n = mask.sum(axis=1)
+    width = int(n.max()) if b else 0
+    if width < 2:
+        return np.zeros(b)
+    # pack: a row's own models first, in their order (ties break as before: by position)
+    order = np.argsort(~mask, axis=1, kind="stable")[:, :width]
+    truth = np.take_along_axis(truth, order, 1)
+    pred = np.take_along_axis(pred, order, 1)
+    mask = np.take_along_axis(mask, order, 1)
+    out = np.zeros(b)
+    if width > PAIRWISE_MAX_MODELS:
+        from scipy import stats
+
+        for i in np.flatnonzero(n >= 2):
+            got = stats.weightedtau(truth[i, : n[i]], pred[i, : n[i]], rank=None).statistic
+            out[i] = got if np.isfinite(got) else 0.0
+        return out
+    step = max(1, PAIRWISE_BATCH // (width * width))
+    for start in range(0, b, step):
+        rows = slice(start, start + step)
+        out[rows] = _pairwise_tau(truth[rows], pred[rows], mask[rows])
+    return out
+
+
+def _pairwise_tau(truth: F64, pred: F64, mask: Bool) -> F64:
+    """``_weighted_tau`` of (B, M) rows, every pair at once: O(B M^2) time and memory."""
     b, m = truth.shape
     t = np.where(mask, truth, -np.inf)
     p = np.where(mask, pred, -np.inf)
@@ -1097,7 +1137,8 @@ def _subset_taus(t: _Table, subsets: Sequence[tuple[int, ...]]) -> F64:
         for row, chosen in enumerate(missing):
             grid[row, list(chosen)] = 1.0 / len(chosen)
         truth = np.nan_to_num(t.outcomes[lab], nan=0.0)
-        chunk = max(1, 4_000_000 // max(1, lab.size * t.feats.shape[1] ** 2))
+        # (chunk, D, M) predictions at a time; ``_weighted_tau`` batches its pairs itself
+        chunk = max(1, PAIRWISE_BATCH // max(1, lab.size * t.feats.shape[1]))
         for start in range(0, len(missing), chunk):
             part = grid[start : start + chunk]
             tau = _weighted_tau(

@@ -569,6 +569,29 @@ def test_batched_weighted_tau_equals_scipy():
         assert got[b] == pytest.approx(want if np.isfinite(want) else 0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("batch", [1, 10_000, rec.PAIRWISE_BATCH])
+def test_weighted_tau_of_rows_of_few_and_of_many_models_equals_scipy(monkeypatch, batch):
+    """Rows holding a few of many models (a scope's datasets), rows beyond
+    ``PAIRWISE_MAX_MODELS`` (a table of thousands of models per dataset: sorted, not paired)
+    and any batch size give scipy's figure."""
+    from scipy import stats
+
+    monkeypatch.setattr(rec, "PAIRWISE_BATCH", batch)
+    rng = np.random.default_rng(1)
+    for m, share in ((300, 0.05), (rec.PAIRWISE_MAX_MODELS + 90, 0.95)):
+        truth = np.round(rng.normal(size=(6, m)), 1)
+        pred = truth + rng.normal(size=(6, m))
+        mask = rng.random((6, m)) < share
+        mask[0] = False
+        mask[1, :] = False
+        mask[1, 5] = True  # one model: undefined, 0
+        got = rec._weighted_tau(truth, pred, mask)
+        assert got[0] == got[1] == 0.0
+        for b in range(2, 6):
+            want = stats.weightedtau(truth[b, mask[b]], pred[b, mask[b]], rank=None).statistic
+            assert got[b] == pytest.approx(want, abs=1e-12)
+
+
 @pytest.mark.parametrize("sep", [",", "\t", ";"])
 def test_table_rows_reads_a_table_however_a_spreadsheet_saved_it(sep: str) -> None:
     """Comma, tab or semicolon, a byte-order mark, spaces around the header's names, a
