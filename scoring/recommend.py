@@ -163,7 +163,7 @@ METRIC_ONLY = "metric_only"
 MAX_SUBSET = 4
 #: Step 7 tries every subset while there are at most this many (24 metrics give 12,950; 25
 #: give 15,275); beyond, it selects forward (``_forward_subsets``): a table with hundreds of
-#: score columns would otherwise ask for millions of subsets (300 columns: 330 million).
+#: score columns would otherwise ask for millions of subsets (300 columns: 335 million).
 MAX_EXHAUSTIVE_SUBSETS = 15_000
 #: A dataset teaches the recommender only with at least this many outcomes.
 MIN_OUTCOMES = 3
@@ -806,17 +806,20 @@ def _weighted_tau(truth: F64, pred: F64, mask: Bool) -> F64:
     pred = np.take_along_axis(pred, order, 1)
     mask = np.take_along_axis(mask, order, 1)
     out = np.zeros(b)
-    if width > PAIRWISE_MAX_MODELS:
+    many = n > PAIRWISE_MAX_MODELS
+    if many.any():
         from scipy import stats
 
-        for i in np.flatnonzero(n >= 2):
+        for i in np.flatnonzero(many):
             got = stats.weightedtau(truth[i, : n[i]], pred[i, : n[i]], rank=None).statistic
             out[i] = got if np.isfinite(got) else 0.0
-        return out
-    step = max(1, PAIRWISE_BATCH // (width * width))
-    for start in range(0, b, step):
-        rows = slice(start, start + step)
-        out[rows] = _pairwise_tau(truth[rows], pred[rows], mask[rows])
+    few = np.flatnonzero(~many & (n >= 2))
+    if few.size:
+        width = int(n[few].max())
+        step = max(1, PAIRWISE_BATCH // (width * width))
+        for start in range(0, few.size, step):
+            rows = few[start : start + step]
+            out[rows] = _pairwise_tau(truth[rows, :width], pred[rows, :width], mask[rows, :width])
     return out
 
 

@@ -578,13 +578,16 @@ def test_weighted_tau_of_rows_of_few_and_of_many_models_equals_scipy(monkeypatch
 
     monkeypatch.setattr(rec, "PAIRWISE_BATCH", batch)
     rng = np.random.default_rng(1)
-    for m, share in ((300, 0.05), (rec.PAIRWISE_MAX_MODELS + 90, 0.95)):
+    for m, share in ((300, 0.05), (rec.PAIRWISE_MAX_MODELS + 400, 0.97)):
         truth = np.round(rng.normal(size=(6, m)), 1)
         pred = truth + rng.normal(size=(6, m))
         mask = rng.random((6, m)) < share
         mask[0] = False
         mask[1, :] = False
         mask[1, 5] = True  # one model: undefined, 0
+        mask[2, :12], mask[2, 12:] = True, False  # a dataset of a few models beside others
+        if share > 0.5:  # ... of thousands
+            assert (mask.sum(axis=1)[3:] > rec.PAIRWISE_MAX_MODELS).all()
         got = rec._weighted_tau(truth, pred, mask)
         assert got[0] == got[1] == 0.0
         for b in range(2, 6):
