@@ -340,19 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 path, args.outcome, lower, args.dataset_column, args.model_column
             )
         except scoring.TransferabilityError as exc:
-            hint = next(
-                (
-                    f" (name the table's {what} column with {flag} COLUMN)"
-                    for what, flag in (
-                        ("outcome", "--outcome"),
-                        ("dataset", "--dataset-column"),
-                        ("model", "--model-column"),
-                    )
-                    if f"no column {getattr(args, flag[2:].replace('-', '_'))!r}" in str(exc)
-                    or f"no column {what!r}" in str(exc)
-                ),
-                "",
-            )
+            hint = ""
+            if isinstance(exc, scoring.MissingColumn):
+                flag = {"dataset": "--dataset-column", "model": "--model-column"}
+                hint = f" (name the table's {exc.role} column with {flag.get(exc.role, '--outcome')} COLUMN)"
             print(f"skipping {name}: {exc}{hint}", file=sys.stderr)
             continue
         results[name] = result

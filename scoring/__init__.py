@@ -14,7 +14,12 @@ models as those papers do (``scoring.pool``).
 ``rank_quality`` says how well a metric's scores rank models against ground truth.
 """
 
-from scoring.errors import ConvergenceWarning, DegenerateScore, TransferabilityError
+from scoring.errors import (
+    ConvergenceWarning,
+    DegenerateScore,
+    MissingColumn,
+    TransferabilityError,
+)
 from scoring.etran import etran_energy, etran_lda
 from scoring.evaluation import rank_quality
 from scoring.gbc import gbc
@@ -68,6 +73,7 @@ __all__ = [
     "Evaluation",
     "Fit",
     "MetricSpec",
+    "MissingColumn",
     "Recommendation",
     "Scores",
     "Target",

@@ -13,5 +13,16 @@ class DegenerateScore(TransferabilityError):
     report a metric that could not run report this one too."""
 
 
+class MissingColumn(TransferabilityError):
+    """A table has no column for a role it needs (``role``: "dataset", "model" or
+    "outcome"; ``wanted``: the name asked for), so a caller can say which of its options
+    names that column."""
+
+    def __init__(self, message: str, *, role: str, wanted: str) -> None:
+        super().__init__(message)
+        self.role = role
+        self.wanted = wanted
+
+
 class ConvergenceWarning(UserWarning):
     """An iterative estimate stopped at its iteration cap before meeting its tolerance."""

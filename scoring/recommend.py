@@ -134,7 +134,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize
 
-from scoring.errors import TransferabilityError
+from scoring.errors import MissingColumn, TransferabilityError
 from scoring.evaluation import rank_quality
 from scoring.registry import REGISTRY
 
@@ -1450,25 +1450,34 @@ def table_rows(text: str) -> list[dict[str, str]]:
 MISSING_CELLS = frozenset({"", "-", "\u2013", "\u2014", "n/a", "na", "nan", "none", "null", "?"})
 
 
+#: what each column ``datasets_from_rows`` needs holds, as its errors say it
+_COLUMN_ROLES = {
+    "dataset": "naming each row's dataset",
+    "model": "naming each row's model",
+    "outcome": "of outcomes",
+}
+
+
 def table_column(columns: Sequence[str], wanted: str, role: str) -> str:
-    """The column of ``columns`` that ``wanted`` names: itself, else the one column equal to
-    it ignoring case and punctuation ("Dataset" or "DATASET" for ``dataset``; two such
-    columns are ambiguous). Raises ``TransferabilityError`` listing the table's columns."""
+    """The column of ``columns`` that ``wanted`` names for ``role`` (a key of
+    ``_COLUMN_ROLES``): itself, else the one column equal to it ignoring case and punctuation
+    ("Dataset" or "DATASET" for ``dataset``; two such columns are ambiguous). Raises
+    ``MissingColumn`` listing the table's columns."""
     if wanted in columns:
         return wanted
     alike = [c for c in columns if _canonical(c) == _canonical(wanted)]
     if len(alike) == 1:
         return alike[0]
     listed = ", ".join(repr(c) for c in columns)
+    what = f"the table has no column {wanted!r} {_COLUMN_ROLES[role]}"
     if alike:
-        raise TransferabilityError(
-            f"the table has no column {wanted!r} {role}, and {len(alike)} columns that differ "
-            f"from it only in case or punctuation ({', '.join(repr(c) for c in alike)}): name "
-            f"one of them exactly; its columns are: {listed}"
-        )
-    raise TransferabilityError(
-        f"the table has no column {wanted!r} {role}; its columns are: {listed}"
-    )
+        raise MissingColumn(
+            f"{what}, and {len(alike)} columns that differ from it only in case or punctuation "
+            f"({', '.join(repr(c) for c in alike)}): name one of them exactly; its columns "
+            f"are: {listed}",
+            role=role, wanted=wanted,
+        )  # fmt: skip
+    raise MissingColumn(f"{what}; its columns are: {listed}", role=role, wanted=wanted)
 
 
 def datasets_from_rows(
@@ -1501,9 +1510,9 @@ def datasets_from_rows(
     if not rows:
         raise TransferabilityError("the table has no rows")
     columns = list(dict.fromkeys(c for r in rows for c in r))
-    dataset_column = table_column(columns, dataset_column, "naming each row's dataset")
-    model_column = table_column(columns, model_column, "naming each row's model")
-    outcome = table_column(columns, outcome, "of outcomes")
+    dataset_column = table_column(columns, dataset_column, "dataset")
+    model_column = table_column(columns, model_column, "model")
+    outcome = table_column(columns, outcome, "outcome")
 
     def number(v: Any) -> float | None:
         if v is None:

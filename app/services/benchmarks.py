@@ -57,6 +57,14 @@ class Imported:
     dataset_ids: list[str] = field(default_factory=list)
 
 
+#: the role of a column a table lacks -> the CLI option and the form field that name it
+_COLUMN_OPTIONS = {
+    "dataset": ("--dataset-column COLUMN", "dataset_column"),
+    "model": ("--model-column COLUMN", "model_column"),
+    "outcome": ("--outcome COLUMN", "outcome"),
+}
+
+
 def import_table(
     session: Session,
     text: str,
@@ -81,21 +89,14 @@ def import_table(
         records = scoring.datasets_from_rows(
             rows, outcome=outcome, dataset_column=dataset_column, model_column=model_column
         )
+    except scoring.MissingColumn as exc:
+        flag, field = _COLUMN_OPTIONS[exc.role]
+        raise Invalid(
+            f"the table cannot be read: {exc} (name the table's {exc.role} column with {flag} "
+            f"on the command line, {field} in POST /v1/benchmarks)"
+        ) from exc
     except (csv.Error, scoring.TransferabilityError) as exc:
-        hint = next(
-            (
-                f" (name the table's {what} column with {flag} COLUMN on the command line, "
-                f"{field} in POST /v1/benchmarks)"
-                for what, wanted, flag, field in (
-                    ("dataset", dataset_column, "--dataset-column", "dataset_column"),
-                    ("model", model_column, "--model-column", "model_column"),
-                    ("outcome", outcome, "--outcome", "outcome"),
-                )
-                if f"no column {wanted!r}" in str(exc)
-            ),
-            "",
-        )
-        raise Invalid(f"the table cannot be read: {exc}{hint}") from exc
+        raise Invalid(f"the table cannot be read: {exc}") from exc
     named = list(lower_is_better)
     lower = {canonical(n) for n in named}
     columns = sorted({m for r in records.values() for m in r.scores})

@@ -511,8 +511,10 @@ def test_wide_rows_parser_finds_columns_written_another_way():
         outcome="Acc", dataset_column="task", model_column="net",
     )  # fmt: skip
     assert again == got
-    with pytest.raises(TransferabilityError, match="no column 'dataset' naming each row's"):
+    with pytest.raises(scoring.MissingColumn, match="no column 'dataset' naming each row's") as e:
         scoring.datasets_from_rows([{"task": "d", "model": "a", "acc": "1"}], outcome="acc")
+    assert (e.value.role, e.value.wanted) == ("dataset", "dataset")
+    assert isinstance(e.value, TransferabilityError)  # callers that catch that catch this
     twice = [{"dataset": "d", "Model": "a", "model ": "a", "acc": "1"}]
     with pytest.raises(TransferabilityError, match="only in case or punctuation"):
         scoring.datasets_from_rows(twice, outcome="acc")
