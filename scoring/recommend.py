@@ -1436,13 +1436,43 @@ def table_rows(text: str) -> list[dict[str, str]]:
     """The rows of a wide table's text, for ``datasets_from_rows``: comma-, tab- or
     semicolon-separated (whichever splits the header line into the most columns), a
     leading byte-order mark (as spreadsheet programs write one) dropped, and the header's
-    names stripped of surrounding spaces."""
+    names stripped of surrounding spaces.
+
+    Raises ``TransferabilityError`` where a cell would be lost or misread unseen: two columns
+    of the same name (one would hide the other), a row with more non-empty cells than the
+    header names, or a value in a column without a name (a trailing empty column, as
+    spreadsheets write one, is fine)."""
     text = text.removeprefix("\ufeff")
     header = text.split("\n", 1)[0]
     delimiter = max((",", "\t", ";"), key=lambda d: len(next(csv.reader([header], delimiter=d))))
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     names = [c.strip() for c in next(reader, [])]
-    return [dict(zip(names, row, strict=False)) for row in reader if any(c.strip() for c in row)]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name and name in seen:
+            raise TransferabilityError(
+                f"the table has two columns named {name!r} (columns {seen[name] + 1} and "
+                f"{i + 1}): one would hide the other; rename one, or remove the one that "
+                "should not count"
+            )
+        seen[name] = i
+    rows = []
+    for n, row in enumerate(reader, start=1):
+        if not any(c.strip() for c in row):
+            continue
+        if any(c.strip() for c in row[len(names) :]):
+            raise TransferabilityError(
+                f"row {n} of the table (after its header) has {len(row)} cells but the header "
+                f"names {len(names)} columns: give the extra cells a column name, or remove them"
+            )
+        unnamed = [i for i, c in enumerate(row[: len(names)]) if c.strip() and not names[i]]
+        if unnamed:
+            raise TransferabilityError(
+                f"column {unnamed[0] + 1} of the table has no name in the header but holds "
+                f"{row[unnamed[0]].strip()!r} in row {n}: name the column, or remove it"
+            )
+        rows.append(dict(zip(names, row, strict=False)))
+    return rows
 
 
 #: cells a table may write for a missing value (``datasets_from_rows``; compared stripped and

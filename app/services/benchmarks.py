@@ -108,6 +108,17 @@ def import_table(
             f"have; its score columns are {', '.join(columns)}"
         )
     names = {c: metric_name(c) for c in columns}
+    by_metric: dict[str, list[str]] = {}
+    for column, name in names.items():
+        by_metric.setdefault(name, []).append(column)
+    twice = {name: cols for name, cols in by_metric.items() if len(cols) > 1}
+    if twice:
+        name, cols = next(iter(sorted(twice.items())))
+        raise Invalid(
+            f"the columns {', '.join(repr(c) for c in cols)} are "
+            f"{'both' if len(cols) == 2 else 'all'} the score {name!r} (names are matched "
+            "ignoring case and punctuation); keep one of them"
+        )
     for column, name in names.items():
         spec = scoring.REGISTRY.get(name)
         if spec is not None and canonical(column) in lower and spec.higher_is_better:

@@ -615,3 +615,19 @@ def test_table_rows_reads_a_table_however_a_spreadsheet_saved_it(sep: str) -> No
     ]  # fmt: skip
     got = scoring.datasets_from_rows(rec.table_rows(text), outcome="top1")
     assert got["cars"].scores == {"LogME": {"resnet50": 0.93}}
+
+
+def test_table_rows_refuses_what_would_lose_a_cell_unseen() -> None:
+    """Two columns of one name (a dict keeps the last: the other would vanish), a row with
+    more cells than the header names and a value under no name are refused by position; a
+    trailing empty column, as a spreadsheet writes one, is not."""
+    with pytest.raises(
+        TransferabilityError, match=r"two columns named 'LogME' \(columns 3 and 5\)"
+    ):
+        rec.table_rows("dataset,model,LogME,top1,LogME\nd,a,0.1,70,0.9\n")
+    with pytest.raises(TransferabilityError, match=r"row 2 of the table .* has 5 cells"):
+        rec.table_rows("dataset,model,top1,LogME\nd,a,70,0.1\nd,b,80,0.2,0.5\n")
+    with pytest.raises(TransferabilityError, match="column 4 of the table has no name"):
+        rec.table_rows("dataset,model,top1,\nd,a,70,\nd,b,80,0.3\n")
+    trailing = rec.table_rows("dataset,model,top1,\nd,a,70,\nd,b,80, \n")
+    assert [r["top1"] for r in trailing] == ["70", "80"]

@@ -116,6 +116,10 @@ def test_benchmark_import_bad_input_stores_nothing(service) -> None:
         (_import(client, rows, lower_is_better="LogME"), "higher-is-better"),
         (_import(client, [{**r, "top1": "high"} for r in rows]), "non-numeric value 'high'"),
         (_import(client, [{**r, "top1": "n/a"} for r in rows]), "'top1' has no value"),
+        (
+            _import(client, [{**r, "logme": r["LogME"]} for r in rows]),
+            "'LogME', 'logme' are both the score 'logme'",
+        ),
     ]
     for response, words in cases:
         assert response.status_code == 422, response.text
