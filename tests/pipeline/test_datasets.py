@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import struct
 import zipfile
 import zlib
@@ -82,6 +84,38 @@ def test_zip_matches_folder_and_converts_modes(tmp_path: Path, image_folder: Pat
     modes = {s.origin.rsplit("/", 1)[-1]: s.load().mode for s in ds.samples}
     assert modes.pop("rgba.webp") == "RGB"  # RGBA (and palette, LA, ...) become RGB
     assert set(modes.values()) == {"L"}  # the greyscale PNGs stay single-band
+
+
+def _open_handles(path: Path) -> int:
+    """How many of this process's file descriptors point at ``path``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed while listing
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return count
+
+
+def test_a_zip_datasets_handle_is_closed_when_it_is_done_not_when_collected(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    """A job closes the dataset it read (``with dataset``) before it reports: the handle the
+    samples share is closed then, even while the samples are still referenced (a subsample
+    shares its parent's), and a later read opens it again."""
+    zpath = tmp_path / "set.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in sorted(image_folder.rglob("*.png")):
+            zf.write(f, str(f.relative_to(image_folder)))
+    ds = open_dataset(str(zpath))
+    assert _open_handles(zpath) == 0  # validation read every entry, then closed
+    subset = ds.subsample(2, seed=0)
+    with subset:
+        first = subset.samples[0].read()
+        assert _open_handles(zpath) == 1
+    assert _open_handles(zpath) == 0 and ds.samples  # closed, though the samples live on
+    assert ds.samples[-1].read() and _open_handles(zpath) == 1  # reopened on demand
+    ds.close()
+    assert _open_handles(zpath) == 0
+    assert subset.samples[0].read() == first
 
 
 def test_manifest_classification_and_regression(tmp_path: Path, fmnist_full) -> None:

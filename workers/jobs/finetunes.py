@@ -165,11 +165,12 @@ class FineTuneSteps:
             if plan["keep_weights"] and self._keeps(plan):
                 kept.append(self._save(run_id, plan, spec, net, classes))
 
-        result = finetune_model(
-            model, dataset, split, recipe, device=device, precision=self.settings.precision,
-            limits=limits, progress=self._progress(run_id), epoch_done=self._epoch(run_id),
-            trained=keep,
-        )  # fmt: skip
+        with dataset:  # trained: no handle on the upload outlives the run
+            result = finetune_model(
+                model, dataset, split, recipe, device=device, precision=self.settings.precision,
+                limits=limits, progress=self._progress(run_id), epoch_done=self._epoch(run_id),
+                trained=keep,
+            )  # fmt: skip
         result.model = plan["model"]
         weights: Path | None = kept[0] if kept else None
         return result.to_dict(), weights

@@ -280,6 +280,7 @@ class JobRunner:
             source, per_class = dict(model_row.source), job.per_class
             asked = dict(job.layers) if job.layers else None
         layered: dict[str, Any] | None = None
+        dataset: Dataset | None = None
         try:
             # a file named at registration may have gone, or left TB_MODEL_DIR, since: that
             # model fails alone, with the reason
@@ -329,6 +330,9 @@ class JobRunner:
         ) as exc:
             self._fail(job_id, model_id, str(exc))
             return
+        finally:
+            if dataset is not None:  # read: no handle on the upload outlives the extraction
+                dataset.close()
         with self.db.session() as s:
             jm = s.get(JobModelRow, (job_id, model_id), with_for_update=True)
             if jm is None or ModelStatus(jm.status) is not ModelStatus.EXTRACTING:

@@ -219,7 +219,8 @@ def run_rank(request: RankRequest, settings: Settings | None = None) -> RankResu
         raise PipelineError("--batch-size must be at least 1")
     dataset = load_dataset(request)
     metrics = resolve_metrics(request.metrics, dataset.target)
-    features, failed = compute_features(request, dataset, settings)
+    with dataset:  # read: no handle on the dataset's file outlives the extraction
+        features, failed = compute_features(request, dataset, settings)
     if request.save_features:
         save_features(request.save_features, features, dataset.labels)
     arrays: dict[str, ModelArrays] = {}

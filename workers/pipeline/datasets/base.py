@@ -124,6 +124,24 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def close(self) -> None:
+        """Close the file handles the samples share (a zip's :class:`ZipReader`) now, rather
+        than when the last sample is garbage collected: a job that has read its samples closes
+        them before it reports, so a finished job holds no upload open. A later read reopens
+        the handle."""
+        closed: set[int] = set()
+        for sample in self.samples:
+            reader = getattr(sample, "reader", None)
+            if reader is not None and id(reader) not in closed:
+                closed.add(id(reader))
+                reader.close()
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @cached_property
     def content_hash(self) -> str:
         """sha256 (hex) of every sample's content and label, in order: keys the feature cache."""
