@@ -147,7 +147,7 @@ def _torchvision(spec: ModelSpec, name: str, settings: Settings) -> CandidateMod
 def _timm_recipe(module: nn.Module) -> ImageRecipe:
     from timm.data.config import resolve_data_config
 
-    cfg = resolve_data_config({}, model=module)  # type: ignore[no-untyped-call]  # unannotated in timm
+    cfg = resolve_data_config({}, model=module)
     size = int(cfg["input_size"][-1])
     interpolation = cfg.get("interpolation", "bilinear")
     return ImageRecipe(
@@ -235,7 +235,7 @@ def load_hf_encoder(ref: str, settings: Settings, spec: ModelSpec) -> tuple[Any,
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
+    hf_logging.disable_progress_bar()
 
     local = Path(ref).expanduser()
     if (ref.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
