@@ -1220,6 +1220,35 @@ _FITS: OrderedDict[str, Fit] = OrderedDict()
 _FITS_LOCK = threading.Lock()
 
 
+def _key(fitted: Mapping[str, DatasetRecord], dirs: Mapping[str, bool]) -> str:
+    """The fingerprint of what ``fit`` and ``evaluate_lodo`` read: ``_fitted`` datasets,
+    checked directions, the method's version and parameters."""
+    payload = {
+        "version": VERSION,
+        "params": [
+            MIN_OUTCOMES,
+            list(LAMBDA_GRID),
+            MAX_INNER_FOLDS,
+            MIN_HISTORY_VARIANCE,
+            list(BLEND_SHARES),
+            MAX_SUBSET,
+            MAX_EXHAUSTIVE_SUBSETS,
+        ],
+        "directions": dict(dirs),
+        "datasets": {n: _content(r) for n, r in fitted.items()},
+    }
+    return _fingerprint(payload)
+
+
+def fit_fingerprint(
+    datasets: Mapping[str, DatasetRecord], *, directions: Mapping[str, bool] | None = None
+) -> str:
+    """The fingerprint of these inputs: ``fit(datasets, directions=directions).fingerprint``,
+    without fitting. ``evaluate_lodo`` of the same inputs reads exactly what it covers, so it
+    keys a kept evaluation too. Raises as ``fit`` does."""
+    return _key(_fitted(datasets), _check_datasets(datasets, directions))
+
+
 def fit(
     datasets: Mapping[str, DatasetRecord],
     *,
@@ -1238,21 +1267,7 @@ def fit(
     """
     dirs = _check_datasets(datasets, directions)
     datasets = _fitted(datasets)
-    payload = {
-        "version": VERSION,
-        "params": [
-            MIN_OUTCOMES,
-            list(LAMBDA_GRID),
-            MAX_INNER_FOLDS,
-            MIN_HISTORY_VARIANCE,
-            list(BLEND_SHARES),
-            MAX_SUBSET,
-            MAX_EXHAUSTIVE_SUBSETS,
-        ],
-        "directions": dirs,
-        "datasets": {n: _content(r) for n, r in datasets.items()},
-    }
-    fingerprint = _fingerprint(payload)
+    fingerprint = _key(datasets, dirs)
     with _FITS_LOCK:
         cached = _FITS.get(fingerprint)
         if cached is not None:

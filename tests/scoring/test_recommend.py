@@ -429,6 +429,7 @@ def test_a_fit_is_computed_once_per_fingerprint_and_is_the_one_fitting_gives():
     order, give the fit already made; a changed input, even changed in place, a new one."""
     data = synthetic(7)
     a = scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS)
+    assert rec.fit_fingerprint(data, directions=SYNTHETIC_DIRECTIONS) == a.fingerprint
     reordered = {n: data[n] for n in reversed(list(data))}
     assert scoring.fit_recommender(reordered, directions=SYNTHETIC_DIRECTIONS) is a
     fresh = rec._fit(data, rec._check_datasets(data, SYNTHETIC_DIRECTIONS), a.fingerprint)
@@ -437,6 +438,7 @@ def test_a_fit_is_computed_once_per_fingerprint_and_is_the_one_fitting_gives():
     data["task0"].outcomes[model] += 50.0  # the caller's dict, changed after the fit
     b = scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS)
     assert b.fingerprint != a.fingerprint
+    assert rec.fit_fingerprint(data, directions=SYNTHETIC_DIRECTIONS) == b.fingerprint
     assert b.outcome_ranks["task0"] != a.outcome_ranks["task0"]
     data["task0"].outcomes[model] -= 50.0
     assert scoring.fit_recommender(data, directions=SYNTHETIC_DIRECTIONS) is a

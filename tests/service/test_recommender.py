@@ -263,6 +263,50 @@ def test_evaluation_equals_rank_quality_by_hand(service) -> None:
     assert overall["mean"]["recommended"]["weighted_tau"] > best_single
 
 
+def test_an_evaluation_is_measured_again_only_when_what_it_reads_changed(
+    embedded_service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /v1/evaluation (and a dataset's, the dashboard's metrics page) reads a kept
+    evaluation while the scope's values are the same, and measures again after a changed
+    outcome: the figures are the new ones, never the kept ones. (No worker: its refit after
+    the import would measure too.)"""
+    booted = embedded_service(raise_server_exceptions=False, worker=False)
+    client, db = booted.client, booted.db
+    assert _import(client, make_table()).status_code == 201
+    monkeypatch.setattr(recommender, "_EVALUATIONS", type(recommender._EVALUATIONS)())
+    measured = []
+    evaluate_lodo = scoring.evaluate_lodo
+
+    def counted(*args, **kwargs):
+        measured.append(1)
+        return evaluate_lodo(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "evaluate_lodo", counted)
+    params = {"measure": "top1"}
+    first = client.get("/v1/evaluation", params=params)
+    again = client.get("/v1/evaluation", params=params)
+    assert first.status_code == again.status_code == 200, first.text
+    assert again.json() == first.json() and len(measured) == 1
+    with db.session() as s:
+        one = s.scalar(select(DatasetRow.id).where(DatasetRow.name == "set0"))
+    by_one = client.get(f"/v1/datasets/{one}/evaluation", params=params)
+    assert by_one.status_code == 200 and by_one.json()["models"] == 8, by_one.text
+    assert len(measured) == 1  # the same scope's evaluation, kept
+    with db.session() as s:  # set0's outcomes reversed: its figures, and the means, move
+        for o in s.scalars(select(OutcomeRow).where(OutcomeRow.dataset_id == one)):
+            o.value = -o.value
+    moved = client.get("/v1/evaluation", params=params).json()
+    assert len(measured) == 2
+    assert moved["mean"]["logme"]["weighted_tau"] != first.json()["mean"]["logme"]["weighted_tau"]
+    with db.session() as s:
+        scope = recommender.Scope("image", "classification", "top1", tenant="default")
+        recs = recommender.records(s, scope)
+        by_hand = evaluate_lodo(recs.datasets, directions=recs.directions)
+    assert moved["mean"]["recommended"]["weighted_tau"] == pytest.approx(
+        by_hand.mean["recommended"]["weighted_tau"], abs=1e-12
+    )
+
+
 def _dataset_ids(db: Database) -> list[str]:
     with db.session() as s:
         return list(s.scalars(select(DatasetRow.id)))
