@@ -6,6 +6,7 @@ job tests (``tests/jobs/``).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -53,3 +54,32 @@ def embedded_service(data_dir: Path) -> Iterator[Callable[..., EmbeddedClient]]:
             return EmbeddedClient(service.app, service.db, service.queue, settings, client)
 
         yield boot
+
+
+@pytest.fixture(scope="session")
+def shipped_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An embedded database with the shipped reference tables imported (``reference.prepare``,
+    what a first start runs), made once per test process: importing them costs seconds."""
+    from app.services import reference
+
+    folder = tmp_path_factory.mktemp("shipped")
+    reference.prepare(Settings(data_dir=folder).db_url, reference_tables=True)
+    return folder / "transferbench.db"
+
+
+@pytest.fixture
+def shipped_service(
+    embedded_service: Callable[..., EmbeddedClient], data_dir: Path, shipped_database: Path
+) -> Callable[..., EmbeddedClient]:
+    """``embedded_service``, booted on a copy of ``shipped_database`` in this test's data
+    folder: what the service holds after its first start, as a fresh database would."""
+
+    def boot(**kwargs: Any) -> EmbeddedClient:
+        with (
+            sqlite3.connect(shipped_database) as source,
+            sqlite3.connect(data_dir / "transferbench.db") as copy,
+        ):
+            source.backup(copy)
+        return embedded_service(**kwargs)
+
+    return boot

@@ -20,11 +20,8 @@ TABLE = (
 
 
 @pytest.fixture
-def service(embedded_service):
-    booted = embedded_service(raise_server_exceptions=False, worker=False)
-    with booted.db.session() as s:
-        reference.sync(s)
-    return booted
+def service(shipped_service):
+    return shipped_service(raise_server_exceptions=False, worker=False)
 
 
 def test_an_imported_table_is_listed_after_the_shipped_ones(service) -> None:

@@ -48,11 +48,8 @@ METRICS = {
 
 
 @pytest.fixture
-def service(embedded_service):
-    booted = embedded_service(raise_server_exceptions=False, worker=False)
-    with booted.db.session() as s:
-        reference.sync(s)
-    return booted
+def service(shipped_service):
+    return shipped_service(raise_server_exceptions=False, worker=False)
 
 
 def _counts(db) -> tuple[int, ...]:
@@ -527,12 +524,10 @@ def test_aliases_on_post_models_and_the_cli(
 
 
 @pytest.mark.slow
-def test_a_new_tenants_first_zoo_ranking_is_calibrated(embedded_service, small_zip) -> None:
+def test_a_new_tenants_first_zoo_ranking_is_calibrated(shipped_service, small_zip) -> None:
     """Fashion-MNIST images ranked by two zoo models with the default metrics, no outcome
     posted: the recommendation is the tables' metric-only order with its expected quality."""
-    service = embedded_service()
-    with service.db.session() as s:
-        reference.sync(s)
+    service = shipped_service()
     client = service.client
     for name in ("mobilenet-v2", "efficientnet-lite0"):
         assert register_model(client, name, name)["status"] == "ready"
