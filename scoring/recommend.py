@@ -405,6 +405,24 @@ def has_history(fit: Fit, models: Iterable[str], *, exclude_dataset: str | None 
     )
 
 
+def has_history_in(
+    datasets: Mapping[str, DatasetRecord],
+    models: Iterable[str],
+    *,
+    exclude_dataset: str | None = None,
+) -> bool:
+    """``has_history(fit(datasets), models, exclude_dataset=...)`` without fitting: whether
+    one of ``models`` has a finite outcome on a dataset the fit would learn from (``_teaches``:
+    at least ``MIN_OUTCOMES`` finite outcomes more spread than their errors). A local ranking
+    asks this first, and a fit of the whole scope took a second of it."""
+    wanted = set(models)
+    return any(
+        wanted.intersection(_finite_outcomes(rec))
+        for ds, rec in datasets.items()
+        if ds != exclude_dataset and _teaches(rec)
+    )
+
+
 #: ``why_uncalibrated`` without counts: what every scope no dataset of which teaches has in common
 NOTHING_TEACHES = (
     "no dataset of this kind has fine-tuning outcomes that can measure an order of models "

@@ -635,3 +635,36 @@ def test_table_rows_refuses_what_would_lose_a_cell_unseen() -> None:
         rec.table_rows("dataset,model,top1,\nd,a,70,\nd,b,80,0.3\n")
     trailing = rec.table_rows("dataset,model,top1,\nd,a,70,\nd,b,80, \n")
     assert [r["top1"] for r in trailing] == ["70", "80"]
+
+
+def test_has_history_in_gives_the_answer_of_a_fit_without_fitting():
+    """Datasets that teach (outcomes for many models), that do not (two outcomes, outcomes
+    all within their errors, a NaN among three) and none at all: for each model alone, every
+    pair, and with each dataset excluded, the answer equals ``has_history`` of the fit."""
+    from dataclasses import replace
+
+    data = synthetic(11, n_models=6, n_sets=3)
+    models = sorted(data["task0"].outcomes)
+    data["task1"] = replace(
+        data["task1"], outcomes={m: data["task1"].outcomes[m] for m in models[:2]}
+    )
+    data["task2"] = replace(
+        data["task2"], outcomes={m: 70.0 + 0.01 * j for j, m in enumerate(models[2:5])},
+        outcome_se={m: 5.0 for m in models[2:5]},
+    )  # fmt: skip
+    data["task3"] = DatasetRecord(
+        scores={"signal": {m: 1.0 for m in models}},
+        outcomes={models[3]: 71.0, models[4]: math.nan, models[5]: 69.0},
+    )
+    data["task4"] = DatasetRecord(scores={"signal": {"stranger": 1.0}})
+    sub = {n: data[n] for n in ("task1", "task2", "task3", "task4")}
+    asked = [[m] for m in [*models, "stranger"]] + [[a, b] for a in models for b in models if a < b]
+    for datasets in (data, sub):
+        fitted = scoring.fit_recommender(datasets, directions=SYNTHETIC_DIRECTIONS)
+        for exclude in (None, *datasets):
+            for wanted in asked:
+                assert rec.has_history_in(datasets, wanted, exclude_dataset=exclude) == (
+                    rec.has_history(fitted, wanted, exclude_dataset=exclude)
+                ), (sorted(datasets), exclude, wanted)
+    # both answers occur: task0 teaches, the others do not
+    assert rec.has_history_in(data, models[:1]) and not rec.has_history_in(sub, models)

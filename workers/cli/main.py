@@ -19,7 +19,7 @@ from scoring.recommend import (
     METRIC_ONLY,
     MIN_OUTCOMES,
     RECOMMENDED,
-    has_history,
+    has_history_in,
     why_uncalibrated,
 )
 from workers.cli.exits import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
@@ -343,7 +343,7 @@ def _fit_on(db: Database, result: RankResult) -> Calibration:
     present = {m for r in datasets.values() for m in r.scores}
     directions = {m: up for m, up in stored.directions.items() if m in present}
     ranked = {r.model for r in result.rows}
-    if has_history(fit_recommender(datasets, directions=directions), ranked):
+    if has_history_in(datasets, ranked):
         quality = recommender.quality_of(evaluate_lodo(datasets, directions=directions))
     else:  # no model ranked here has a history: the metric-only order of these metrics
         datasets = {
