@@ -1,6 +1,7 @@
 """Shared test configuration and fixtures: hypothesis profiles, an isolated TB_DATA_DIR per
-test, real zoo models (loaded once per session), small real datasets, the PostgreSQL and
-Redis of this machine, and the ``slow`` marker.
+test (with one ONNX graph store, TB_GRAPH_DIR, for the whole run), real zoo models (loaded
+once per session), small real datasets, the PostgreSQL and Redis of this machine, and the
+``slow`` marker.
 
 A service that cannot be reached fails the test under CI=true (``make test`` starts both
 first); elsewhere it skips with the reason.
@@ -93,12 +94,23 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     return (yield from _refuse_unmarked_loads(item, "the test"))
 
 
+@pytest.fixture(scope="session")
+def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's ONNX graph store, shared by every test and every xdist process of one run (a
+    graph is named by the sha256 of what decides it and written atomically, which is what
+    TB_GRAPH_DIR promises an operator too): each zoo model is exported once per run, not once
+    per test that loads it. A test about the store itself unsets TB_GRAPH_DIR."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "graphs"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_dir(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, graph_dir: Path
 ) -> None:
     """Every test gets its own TB_DATA_DIR, so no test reads another's cached features."""
     monkeypatch.setenv("TB_DATA_DIR", str(tmp_path_factory.mktemp("tbdata")))
+    monkeypatch.setenv("TB_GRAPH_DIR", str(graph_dir))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

@@ -34,9 +34,9 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     """Where transferbench keeps its files, what it connects to, how it uses the machine.
 
-    Pipeline: ``data_dir`` (``TB_DATA_DIR``), ``device`` (``TB_DEVICE``: auto, cpu, cuda),
-    ``precision`` (``TB_PRECISION``: auto, fp32, bf16, fp16 on CUDA), ``decode``
-    (``TB_DECODE``: pil, device),
+    Pipeline: ``data_dir`` (``TB_DATA_DIR``), ``graph_dir`` (``TB_GRAPH_DIR``), ``device``
+    (``TB_DEVICE``: auto, cpu, cuda), ``precision`` (``TB_PRECISION``: auto, fp32, bf16, fp16
+    on CUDA), ``decode`` (``TB_DECODE``: pil, device),
     ``batch_size`` (``TB_BATCH_SIZE``; unset picks one from free memory), ``num_threads``
     (``TB_NUM_THREADS``), ``offline`` (``TB_OFFLINE`` or ``HF_HUB_OFFLINE``: never download).
     Service: the database, broker, auth, upload cap, the scheduler's clocks, CORS origins.
@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         description="the embedded database, uploads, stored datasets, the feature cache and a "
         "local ranking's score cache "
         "(default: `$XDG_CACHE_HOME/transferbench` or `~/.cache/transferbench`)",
+    )
+    graph_dir: Path | None = Field(
+        default=None,
+        description="the exported ONNX Runtime graphs, each named by the sha256 of the weights "
+        "and versions that decide it, so workers, data directories and hosts may share one "
+        "folder, read-only included (a graph it lacks is then built in memory and not kept); "
+        "unset: `TB_DATA_DIR/runtimes/onnx`",
     )
     device: str = Field(
         default="auto", description="extraction device: `auto` (a GPU if any), `cpu`, `cuda`"
@@ -203,6 +210,8 @@ class Settings(BaseSettings):
         if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in TRUE:
             self.offline = True
         self.data_dir = self.data_dir.expanduser()
+        if self.graph_dir is not None:
+            self.graph_dir = self.graph_dir.expanduser()
         return self
 
     @classmethod
@@ -238,6 +247,11 @@ class Settings(BaseSettings):
     @property
     def feature_cache_dir(self) -> Path:
         return self.data_dir / "features"
+
+    @property
+    def graph_store_dir(self) -> Path:
+        """Where exported ONNX Runtime graphs are kept (``TB_GRAPH_DIR``)."""
+        return self.graph_dir or self.data_dir / "runtimes" / "onnx"
 
     @property
     def score_cache_dir(self) -> Path:

@@ -135,9 +135,11 @@ def test_runtime_setting(monkeypatch) -> None:
 
 @pytest.mark.slow
 def test_torch_runtime_turns_it_off(monkeypatch) -> None:
+    monkeypatch.delenv("TB_GRAPH_DIR")  # the default store, in this test's own TB_DATA_DIR
     monkeypatch.setenv("TB_RUNTIME", "torch")
     model = load_model("mobilenet-v2")
     assert isinstance(model, TorchImageModel) and model.runtime == "torch"
+    assert Settings.load().graph_store_dir == Settings.load().data_dir / "runtimes" / "onnx"
     assert not (Settings.load().data_dir / "runtimes").exists()
     nsfw = load_model("open-nsfw")
     assert "+fold" not in nsfw.runtime
@@ -145,7 +147,8 @@ def test_torch_runtime_turns_it_off(monkeypatch) -> None:
 
 @pytest.mark.slow
 def test_exported_graph_is_stored_once_and_reused(monkeypatch) -> None:
-    settings = Settings.load()  # this test's own TB_DATA_DIR
+    monkeypatch.delenv("TB_GRAPH_DIR")
+    settings = Settings.load()  # this test's own TB_DATA_DIR, and the store in it
     monkeypatch.setattr(exported, "_SESSIONS", OrderedDict())
     first = load_model("mobilenet-v2", settings)
     assert isinstance(first, OnnxRuntimeModel)
@@ -162,6 +165,56 @@ def test_exported_graph_is_stored_once_and_reused(monkeypatch) -> None:
     assert isinstance(again, OnnxRuntimeModel) and again.runtime == first.runtime
     x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
     np.testing.assert_array_equal(again.forward(x).features, first.forward(x).features)
+
+
+@pytest.mark.slow
+def test_a_shared_graph_folder_serves_other_data_dirs(monkeypatch, tmp_path) -> None:
+    """TB_GRAPH_DIR: a graph exported for one data directory is read, not exported again, by
+    another, and neither data directory holds a graph."""
+    monkeypatch.setattr(exported, "_SESSIONS", OrderedDict())
+    shared = tmp_path / "graphs"
+    first = load_model(
+        "mobilenet-v2", Settings(data_dir=tmp_path / "a", graph_dir=shared, runtime="onnx")
+    )
+    assert isinstance(first, OnnxRuntimeModel)
+    assert [p.suffix for p in shared.iterdir()] == [".onnx"]
+
+    def no_export(spec):
+        raise AssertionError("exported again instead of reading the shared graph")
+
+    monkeypatch.setattr(exported, "_SESSIONS", OrderedDict())
+    monkeypatch.setattr(exported, "export_onnx", no_export)
+    again = load_model(
+        "mobilenet-v2", Settings(data_dir=tmp_path / "b", graph_dir=shared, runtime="onnx")
+    )
+    assert isinstance(again, OnnxRuntimeModel) and again.runtime == first.runtime
+    x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    np.testing.assert_array_equal(again.forward(x).features, first.forward(x).features)
+    assert not (tmp_path / "a" / "runtimes").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_a_graph_folder_that_cannot_be_written_still_runs_on_onnx_runtime(
+    monkeypatch, tmp_path, caplog
+) -> None:
+    """A store it cannot write (here a path under a file; a read-only mount alike): the graph
+    runs from memory, is not kept, and the reason is logged once."""
+    monkeypatch.setattr(exported, "_SESSIONS", OrderedDict())
+    monkeypatch.setattr(onnxrt, "_FALLBACKS", set())
+    (blocker := tmp_path / "not-a-folder").write_text("")
+    settings = Settings(data_dir=tmp_path / "data", graph_dir=blocker / "graphs", runtime="onnx")
+    models = []
+    with caplog.at_level(logging.WARNING, logger="workers.pipeline.models.onnxrt"):
+        for _ in range(2):  # exported twice: no session kept between the loads
+            monkeypatch.setattr(exported, "_SESSIONS", OrderedDict())
+            models.append(load_model("mobilenet-v2", settings))
+    assert all(isinstance(m, OnnxRuntimeModel) for m in models)
+    x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    reference = load_model("mobilenet-v2", Settings(runtime="torch"))
+    assert disagreement([reference.forward(x).features], [models[0].forward(x).features]) is None
+    unkept = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(unkept) == 1 and "TB_GRAPH_DIR" in unkept[0], caplog.text
+    assert list(tmp_path.iterdir()) == [blocker]  # nothing written anywhere else
 
 
 @pytest.mark.slow
@@ -184,6 +237,7 @@ def test_the_session_cache_is_bounded_and_a_model_keeps_its_own(monkeypatch) -> 
 
 @pytest.mark.slow
 def test_export_failure_falls_back_to_pytorch_logged_once(monkeypatch, caplog) -> None:
+    monkeypatch.delenv("TB_GRAPH_DIR")  # a store of its own: the run's may hold the graph
     monkeypatch.setattr(exported, "_FAILED", {})
     monkeypatch.setattr(onnxrt, "_FALLBACKS", set())
 

@@ -7,7 +7,7 @@
 2. exports the module the PyTorch path runs (:meth:`CandidateModel.export_spec`: the tapped
    feature layer and the source head, exactly as ``forward`` computes them) with a dynamic batch
    axis (and token axis for text), once per weights fingerprint, layer, input, opset and
-   exporter/ONNX Runtime versions, into ``TB_DATA_DIR/runtimes/onnx/<key>.onnx``;
+   exporter/ONNX Runtime versions, into ``TB_GRAPH_DIR/<key>.onnx``;
 3. checks the exported graph against PyTorch on inputs of another batch size (and length)
    before storing it (:func:`~workers.pipeline.models.onnxrt.disagreement`);
 4. wraps the model in :class:`OnnxRuntimeModel`, whose ``runtime`` names ONNX Runtime, so its
@@ -59,8 +59,8 @@ _FAILED: dict[str, str] = {}
 
 
 def store_for(settings: Settings) -> GraphStore:
-    """The graph store beside the feature cache: ``TB_DATA_DIR/runtimes/onnx``."""
-    return GraphStore(settings.data_dir / "runtimes" / "onnx")
+    """The graph store: ``TB_GRAPH_DIR``, by default ``TB_DATA_DIR/runtimes/onnx``."""
+    return GraphStore(settings.graph_store_dir)
 
 
 def choose_runtime(settings: Settings) -> Literal["onnx", "torch"]:

@@ -4,8 +4,9 @@
   optimisations (``ORT_ENABLE_ALL``: constant folding, fusions, the NCHWc conv layout),
   ``TB_NUM_THREADS`` intra-op threads, one inter-op thread, no spinning between runs.
 - :class:`GraphStore`: graphs built once (exported from PyTorch, or cleaned up) live under
-  ``TB_DATA_DIR/runtimes/onnx/<key>.onnx``, keyed by the sha256 of everything that decides
-  them, written atomically, so a reader sees a whole file or none.
+  ``TB_GRAPH_DIR/<key>.onnx`` (default ``TB_DATA_DIR/runtimes/onnx``), keyed by the sha256 of
+  everything that decides them, written atomically, so a reader sees a whole file or none and
+  any number of processes may share one folder.
 - :func:`fold_affine_into_conv`: ``Conv -> Sub/Mul/Add`` chains with per-channel constants (a
   batch norm exported as arithmetic) folded into the convolution's weights and bias.
 - :func:`disagreement`: the test a new graph passes before it is stored or used: per sample
@@ -62,7 +63,7 @@ def graph_key(identity: dict[str, Any]) -> str:
 
 
 class GraphStore:
-    """ONNX files under ``root/<key>.onnx`` (``root`` is ``TB_DATA_DIR/runtimes/onnx``)."""
+    """ONNX files under ``root/<key>.onnx`` (``root`` is ``TB_GRAPH_DIR``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -70,19 +71,32 @@ class GraphStore:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.onnx"
 
-    def put(self, key: str, data: bytes) -> Path:
-        """Write ``data`` via a temp file in the same folder and a rename."""
+    def put(self, key: str, data: bytes) -> Path | None:
+        """Write ``data`` via a temp file in the same folder and a rename; None, logged once
+        per folder, when the folder cannot be written (a read-only shared store, a full disk):
+        the graph still runs from memory, it is only not kept."""
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+        tmp: str | None = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
+        except OSError as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            note_fallback(
+                f"store:{self.root}",
+                f"exported graphs are not kept: {self.root} cannot be written ({exc}); set "
+                "TB_GRAPH_DIR to a writable folder to keep them",
+            )
+            return None
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             raise
         return path
 
