@@ -43,17 +43,21 @@ def test_the_hook_refuses_the_web_framework() -> None:
     assert result.returncode != 0 and "No module named 'fastapi'" in result.stderr
 
 
-@pytest.mark.slow
-def test_models_command_runs_without_the_web_framework() -> None:
+def test_models_command_runs_without_the_web_framework_or_torch() -> None:
+    """Listing the zoo reads the catalogue: no web framework, no torch, no weights."""
     result = run_without_web(
         """
         sys.argv = ["transferbench", "models"]
         from workers.cli import main
-        main()
+        try:
+            main()
+        finally:
+            print("torch imported:", "torch" in sys.modules)
         """
     )
     assert result.returncode == 0, result.stderr
     assert "mobilenet-v2" in result.stdout
+    assert "torch imported: False" in result.stdout, result.stdout
 
 
 @pytest.mark.slow
