@@ -60,7 +60,8 @@ class Settings(BaseSettings):
         description="the exported ONNX Runtime graphs, each named by the sha256 of the weights "
         "and versions that decide it, so workers, data directories and hosts may share one "
         "folder, read-only included (a graph it lacks is then built in memory and not kept); "
-        "unset: `TB_DATA_DIR/runtimes/onnx`",
+        "a stored graph is trusted by its name, so only processes trusted to run models may "
+        "write there; unset: `TB_DATA_DIR/runtimes/onnx`",
     )
     device: str = Field(
         default="auto", description="extraction device: `auto` (a GPU if any), `cpu`, `cuda`"
