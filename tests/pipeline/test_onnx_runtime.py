@@ -218,6 +218,27 @@ def test_a_graph_folder_that_cannot_be_written_still_runs_on_onnx_runtime(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet-v2", "open-nsfw"])
+def test_a_damaged_stored_graph_is_built_again_not_used(monkeypatch, tmp_path, name) -> None:
+    """A graph file in the store that does not load (a shared folder someone wrote into, a
+    disk fault) is built, checked and stored again: the model stays on its optimised runtime
+    with the features it had."""
+    settings = Settings(data_dir=tmp_path / "data", graph_dir=tmp_path / "graphs")
+    monkeypatch.setattr(exported, "_SESSIONS", OrderedDict())
+    first = load_model(name, settings)
+    (stored,) = (tmp_path / "graphs").iterdir()
+    stored.write_bytes(b"not an onnx graph")
+    monkeypatch.setattr(exported, "_SESSIONS", OrderedDict())
+    again = load_model(name, settings)
+    assert again.runtime == first.runtime and again.runtime.startswith("onnxruntime")
+    assert "+fold" in again.runtime or isinstance(again, OnnxRuntimeModel)
+    assert stored.read_bytes() != b"not an onnx graph"  # built again, in place
+    onnxrt.make_session(stored, 1)
+    x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    np.testing.assert_array_equal(again.forward(x).features, first.forward(x).features)
+
+
+@pytest.mark.slow
 def test_the_session_cache_is_bounded_and_a_model_keeps_its_own(monkeypatch) -> None:
     """A worker meets many models: only the most recent sessions stay cached, and a model
     still in use keeps working after its session left the cache."""

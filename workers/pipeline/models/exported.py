@@ -19,6 +19,7 @@ session cannot be built runs on PyTorch, with the reason logged once per process
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 import warnings
@@ -259,8 +260,9 @@ def exported_session(
     if path.is_file():
         try:
             session = make_session(path, threads)
-        except Exception:  # a damaged file: export again
-            path.unlink(missing_ok=True)
+        except Exception:  # a damaged file: export again (and replace it, where it may)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
     if session is None:
         data = export_onnx(spec)
         session = make_session(data, threads)

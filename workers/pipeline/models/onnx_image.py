@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 
 from workers.pipeline.errors import PipelineError
@@ -81,14 +83,15 @@ class OnnxImageModel(CandidateModel):
         self.fingerprint = file_sha256(path)
         self.head_classes = head_classes if value != self._head_name else None
         self.runtime = f"onnxruntime-{ORT_VERSION}"
-        original = graph_model.SerializeToString()
         optimised = self._optimised(graph_model, store, num_threads) if store else None
-        self._session = make_session(optimised or original, num_threads)
+        self._session = optimised or make_session(graph_model.SerializeToString(), num_threads)
         self._input = self._session.get_inputs()[0].name
 
-    def _optimised(self, graph: onnx.ModelProto, store: GraphStore, threads: int) -> bytes | None:
-        """The optimised graph from the store, or built, checked and stored; None on failure
-        (logged once)."""
+    def _optimised(
+        self, graph: onnx.ModelProto, store: GraphStore, threads: int
+    ) -> ort.InferenceSession | None:
+        """A session on the optimised graph from the store, or built, checked and stored (a
+        stored file that does not load is built again); None on failure (logged once)."""
         key = graph_key(
             {
                 "kind": "onnx-file-optimised",
@@ -101,16 +104,18 @@ class OnnxImageModel(CandidateModel):
         )
         path = store.path(key)
         try:
+            session = None
             if path.is_file():
-                data = path.read_bytes()
-            else:
+                with contextlib.suppress(Exception):  # damaged: built again below
+                    session = make_session(path.read_bytes(), threads)
+            if session is None:
                 data = optimise_native(graph)
                 x = random_images(self.recipe, 3, seed=1).numpy()
                 names = [self._value, self._head_name]
                 feed = {graph.graph.input[0].name: x}
                 reference = make_session(graph.SerializeToString(), threads).run(names, feed)
-                candidate = make_session(data, threads).run(names, feed)
-                reason = disagreement(reference, candidate)
+                session = make_session(data, threads)
+                reason = disagreement(reference, session.run(names, feed))
                 if reason:
                     raise PipelineError(reason)
                 store.put(key, data)
@@ -118,7 +123,7 @@ class OnnxImageModel(CandidateModel):
             note_fallback(key, f"{self.name}: running its ONNX graph unoptimised: {exc}")
             return None
         self.runtime = f"onnxruntime-{ORT_VERSION}+fold{FOLD_VERSION}"
-        return data
+        return session
 
     def layers_unsupported(self) -> str | None:
         return (
