@@ -52,6 +52,26 @@ def write_report(path: Path, report: dict[str, Any], note: str = "") -> None:
     print(f"\nwrote {path}{f' ({note})' if note else ''}")
 
 
+def transferbench_json(argv: list[str], env: dict[str, str]) -> tuple[float, Any]:
+    """Seconds of one whole ``transferbench ARGV --format json --quiet`` process (start-up and
+    imports included), from this interpreter's environment, and its parsed output; exits
+    with its stderr when it fails."""
+    import sys
+
+    start = time.perf_counter()
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "transferbench"), *argv, "--format", "json", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"transferbench {' '.join(argv)} failed:\n{done.stderr}")
+    return seconds, json.loads(done.stdout)
+
+
 def make_jpegs(root: Path, count: int) -> Path:
     """``count`` 1024-px JPEGs (quality 90) cut from scikit-learn's two sample photos with
     random crops and flips, two classes: a realistic decode load."""

@@ -24,36 +24,21 @@ Prints a table; writes bench/results/graph_store.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import machine, write_report
+from _common import machine, transferbench_json, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BIN = Path(sys.executable).parent
 STAGES = ("own store", "shared store")
 
 
 def rank(argv: list[str], env: dict[str, str]) -> tuple[float, list[dict[str, object]]]:
     """Seconds of one whole ``transferbench rank`` process, and its rows (model, scores)."""
-    start = time.perf_counter()
-    done = subprocess.run(
-        [str(BIN / "transferbench"), *argv, "--format", "json", "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"transferbench {' '.join(argv)} failed:\n{done.stderr}")
-    return seconds, [{k: r[k] for k in ("model", "scores")} for r in json.loads(done.stdout)]
+    seconds, rows = transferbench_json(argv, env)
+    return seconds, [{k: r[k] for k in ("model", "scores")} for r in rows]
 
 
 def main() -> None:

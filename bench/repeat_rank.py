@@ -18,36 +18,16 @@ Prints a table; writes bench/results/repeat_rank.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import machine, write_report
+from _common import machine, transferbench_json, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BIN = Path(sys.executable).parent
 
 STAGES = ("first", "features cached", "both cached")
-
-
-def rank(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    done = subprocess.run(
-        [str(BIN / "transferbench"), *argv, "--format", "json", "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"transferbench {' '.join(argv)} failed:\n{done.stderr}")
-    return seconds, done.stdout
 
 
 def main() -> None:
@@ -68,8 +48,8 @@ def main() -> None:
             for stage in STAGES:
                 if stage == "features cached":
                     shutil.rmtree(Path(data_dir) / "scores")
-                runs[name][stage], out = rank([*argv, "--seed", "0"], env)
-                outputs.append([{k: r[k] for k in ("model", "scores")} for r in json.loads(out)])
+                runs[name][stage], rows = transferbench_json([*argv, "--seed", "0"], env)
+                outputs.append([{k: r[k] for k in ("model", "scores")} for r in rows])
             # the cache changes the time, never an answer
             if not outputs[0] == outputs[1] == outputs[2]:
                 raise SystemExit(f"{name}: the three rankings differ")
