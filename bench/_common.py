@@ -72,6 +72,23 @@ def transferbench_json(argv: list[str], env: dict[str, str]) -> tuple[float, Any
     return seconds, json.loads(done.stdout)
 
 
+def print_stages(
+    title: str,
+    seconds: dict[str, dict[str, float]],
+    stages: tuple[str, ...],
+    ratio: tuple[str, str],
+) -> None:
+    """A table of seconds, a row per dataset and a column per stage, and the ratio of the
+    stage ``ratio[0]`` to ``ratio[1]``."""
+    width = max(len(s) for s in stages) + 2
+    label = f"{ratio[0].split()[0]} / {ratio[1].split()[0]}"
+    print(f"\n{title}")
+    print("dataset".ljust(16) + "".join(s.rjust(width) for s in stages) + label.rjust(18))
+    for name, t in seconds.items():
+        row = "".join(f"{t[s]:{width}.1f}" for s in stages)
+        print(name.ljust(16) + row + f"{t[ratio[0]] / t[ratio[1]]:18.2f}")
+
+
 def make_jpegs(root: Path, count: int) -> Path:
     """``count`` 1024-px JPEGs (quality 90) cut from scikit-learn's two sample photos with
     random crops and flips, two classes: a realistic decode load."""

@@ -29,7 +29,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from _common import machine, transferbench_json, write_report
+from _common import machine, print_stages, transferbench_json, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = ("own store", "shared store")
@@ -70,12 +70,12 @@ def main() -> None:
                         raise SystemExit(f"{name}, {stage}: the ranking differs")
                     seconds[name][stage].append(took)
     medians = {n: {s: statistics.median(t[s]) for s in STAGES} for n, t in seconds.items()}
-    width = max(len(s) for s in STAGES) + 2
-    print(f"\nranking on a new data directory, {machine()} (median seconds, whole process)")
-    print("dataset".ljust(16) + "".join(s.rjust(width) for s in STAGES) + "   shared / own")
-    for name, m in medians.items():
-        ratio = m["shared store"] / m["own store"]
-        print(name.ljust(16) + "".join(f"{m[s]:{width}.1f}" for s in STAGES) + f"{ratio:15.2f}")
+    print_stages(
+        f"ranking on a new data directory, {machine()} (median seconds, whole process)",
+        medians,
+        STAGES,
+        ("shared store", "own store"),
+    )
     report = {
         "machine": machine(),
         "per_class": {"fashion-mnist": args.per_class, "fortunes": 10},

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from _common import machine, transferbench_json, write_report
+from _common import machine, print_stages, transferbench_json, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,12 +53,12 @@ def main() -> None:
             # the cache changes the time, never an answer
             if not outputs[0] == outputs[1] == outputs[2]:
                 raise SystemExit(f"{name}: the three rankings differ")
-    width = max(len(s) for s in STAGES) + 2
-    print(f"\nrepeat rank on {machine()} (seconds, whole process)")
-    print("dataset".ljust(16) + "".join(s.rjust(width) for s in STAGES) + "   both / features")
-    for name, t in runs.items():
-        ratio = t["both cached"] / t["features cached"]
-        print(name.ljust(16) + "".join(f"{t[s]:{width}.1f}" for s in STAGES) + f"{ratio:18.2f}")
+    print_stages(
+        f"repeat rank on {machine()} (seconds, whole process)",
+        runs,
+        STAGES,
+        ("both cached", "features cached"),
+    )
     out = RESULTS / "repeat_rank.json"
     report = {
         "machine": machine(),
