@@ -198,6 +198,14 @@ class Settings(BaseSettings):
         "replica (unset: a random secret per process, so a restart logs browsers out)",
     )
 
+    @field_validator("graph_dir", "model_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``TB_MODEL_DIR=`` means unset, not the working directory (``Path("")`` is ``.``)."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -131,6 +132,16 @@ def test_runtime_setting(monkeypatch) -> None:
     monkeypatch.setenv("TB_RUNTIME", "tensorrt")
     with pytest.raises(SettingsError, match="TB_RUNTIME"):
         Settings.load()
+
+
+def test_an_empty_folder_setting_means_unset_not_the_working_directory(monkeypatch) -> None:
+    monkeypatch.setenv("TB_GRAPH_DIR", "")
+    monkeypatch.setenv("TB_MODEL_DIR", " ")
+    settings = Settings.load()
+    assert settings.graph_dir is None and settings.model_dir is None
+    assert settings.graph_store_dir == settings.data_dir / "runtimes" / "onnx"
+    monkeypatch.setenv("TB_GRAPH_DIR", "~/graphs")
+    assert Settings.load().graph_store_dir == Path("~/graphs").expanduser()
 
 
 @pytest.mark.slow

@@ -121,8 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_models() -> int:
-    """The zoo as the catalogue lists it: no weights, no torch (a listing took 6.5 s when it
-    imported the loaders, 1.6 s without)."""
+    """The zoo as the catalogue lists it: no weights, no torch."""
     from workers.pipeline.catalogue import CATALOGUE
 
     width = max(len(b.name) for b in CATALOGUE)
