@@ -15,7 +15,14 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TRUE = {"1", "true", "yes", "on"}
@@ -198,12 +205,13 @@ class Settings(BaseSettings):
         "replica (unset: a random secret per process, so a restart logs browsers out)",
     )
 
-    @field_validator("graph_dir", "model_dir", mode="before")
+    @field_validator("data_dir", "graph_dir", "model_dir", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        """``TB_MODEL_DIR=`` means unset, not the working directory (``Path("")`` is ``.``)."""
+    def _empty_is_unset(cls, value: object, info: ValidationInfo) -> object:
+        """An empty folder setting (``TB_MODEL_DIR=``) means unset, its default, never the
+        working directory (``Path("")`` is ``.``)."""
         if isinstance(value, str) and not value.strip():
-            return None
+            return default_data_dir() if info.field_name == "data_dir" else None
         return value
 
     @field_validator("cors_origins", mode="before")

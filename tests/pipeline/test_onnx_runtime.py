@@ -25,7 +25,7 @@ from workers.pipeline.models.exported import OnnxRuntimeModel, choose_runtime
 from workers.pipeline.models.onnxrt import disagreement, fold_affine_into_conv
 from workers.pipeline.models.torch_image import TorchImageModel
 from workers.pipeline.ranking import ModelArrays, rank_models
-from workers.settings import Settings, SettingsError
+from workers.settings import Settings, SettingsError, default_data_dir
 
 CLASSIFICATION_METRICS = [m for m, e in scoring.REGISTRY.items() if "classification" in e.targets]
 
@@ -142,6 +142,8 @@ def test_an_empty_folder_setting_means_unset_not_the_working_directory(monkeypat
     assert settings.graph_store_dir == settings.data_dir / "runtimes" / "onnx"
     monkeypatch.setenv("TB_GRAPH_DIR", "~/graphs")
     assert Settings.load().graph_store_dir == Path("~/graphs").expanduser()
+    monkeypatch.setenv("TB_DATA_DIR", "")
+    assert Settings.load().data_dir == default_data_dir() != Path(".")
 
 
 @pytest.mark.slow
