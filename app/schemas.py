@@ -231,7 +231,12 @@ class Leaderboard(BaseModel):
 class ScheduleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    schedule: str | None = Field(description="a 5-field cron expression, or null to clear")
+    schedule: str | None = Field(
+        max_length=100,
+        description="a 5-field cron expression (minute hour day month weekday) that fires at "
+        "some time, or null to clear; a due run waits while the dataset has a ranking queued or "
+        "running",
+    )
 
 
 class OutcomeIn(BaseModel):

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+from datetime import datetime
 from pathlib import Path, PurePath
 from typing import Protocol
 
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import DatasetRow, FineTuneJobRow, FineTuneRunRow
+from app.db.models import DatasetRow, FineTuneJobRow, FineTuneRunRow, now
 from app.errors import Invalid, NotFound, TooLarge
 from app.services import pages
 from app.tenancy import can_change, can_see, visible
@@ -216,16 +217,43 @@ def page(
     return pages.fetch(session, query, ORDER, limit, cursor)
 
 
+def next_run(schedule: str, after: datetime) -> datetime | None:
+    """The first time after ``after`` that the cron expression ``schedule`` fires, or None
+    when it never does: '0 0 31 2 *' is well-formed but names a date that does not exist."""
+    from croniter import CroniterError, croniter
+
+    try:
+        return croniter(schedule, after).get_next(datetime)  # type: ignore[no-any-return]
+    except (CroniterError, ValueError):
+        return None
+
+
+def check_schedule(schedule: str) -> str:
+    """``schedule`` as stored: a 5-field cron expression (minute hour day month weekday) that
+    fires at some time, or ``Invalid`` saying what is wrong with it."""
+    from croniter import croniter
+
+    expr = " ".join(schedule.split())
+    example = "e.g. '0 3 * * *': daily at 03:00"
+    if len(expr.split()) != 5 or not croniter.is_valid(expr):
+        raise Invalid(
+            f"{schedule!r} is not a 5-field cron expression (minute hour day month weekday; "
+            f"{example})"
+        )
+    if next_run(expr, now()) is None:
+        raise Invalid(
+            f"{schedule!r} never fires: it names no date that exists (such as 31 February); "
+            f"{example}"
+        )
+    return expr
+
+
 def set_schedule(
     session: Session, dataset_id: str, schedule: str | None, tenant: str | None
 ) -> DatasetRow:
     """Set (or with None clear) a dataset's cron schedule for re-ranking."""
-    from croniter import croniter
-
     row = get_own(session, dataset_id, tenant)
-    if schedule is not None and not croniter.is_valid(schedule):
-        raise Invalid(f"{schedule!r} is not a cron expression (e.g. '0 3 * * *': daily at 03:00)")
-    row.schedule = schedule
+    row.schedule = None if schedule is None else check_schedule(schedule)
     return row
 
 

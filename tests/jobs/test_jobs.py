@@ -98,6 +98,58 @@ def test_cron_schedule_creates_a_job_when_due(harness: Harness):
         )
 
 
+def _copy_of(ds: DatasetRow, **changes) -> DatasetRow:
+    """Another dataset row on the same files (a new id and content hash)."""
+    keep = {c.key: getattr(ds, c.key) for c in DatasetRow.__table__.columns if c.key != "id"}
+    return DatasetRow(**(keep | {"content_hash": os.urandom(8).hex()} | changes))
+
+
+@pytest.mark.slow
+def test_a_schedule_that_never_fires_stops_no_other_dataset(harness: Harness):
+    """'0 0 31 2 *' passes croniter's syntax check but names no date: stored (as before
+    schedules were checked), it once raised out of the tick, and no dataset's schedule ran."""
+    harness.register("mobilenet-v2")
+    with harness.db.session() as s:
+        ds = s.get(DatasetRow, harness.dataset_id)
+        ds.schedule = "*/5 * * * *"
+        ds.last_scheduled_at = now() - timedelta(minutes=11)
+        s.add(_copy_of(ds, schedule="0 0 31 2 *", created_at=now() - timedelta(days=1)))
+    (job,) = harness.scheduler.run_schedules()
+    with harness.db.session() as s:
+        assert s.get(JobRow, job).dataset_id == harness.dataset_id
+
+
+@pytest.mark.slow
+def test_a_due_schedule_waits_while_its_dataset_has_a_ranking_active(harness: Harness):
+    harness.register("mobilenet-v2")
+    with harness.db.session() as s:
+        ds = s.get(DatasetRow, harness.dataset_id)
+        ds.schedule = "* * * * *"
+        ds.last_scheduled_at = now() - timedelta(minutes=5)
+    (first,) = harness.scheduler.run_schedules()
+    later = now() + timedelta(minutes=3)
+    assert harness.scheduler.run_schedules(later) == []  # the first is still queued
+    harness.drain()
+    with harness.db.session() as s:
+        assert s.get(JobRow, first).status == "done"
+    assert len(harness.scheduler.run_schedules(later)) == 1  # done: the next one runs
+
+
+@pytest.mark.slow
+def test_schedules_respect_the_tenants_limit_of_active_jobs(harness: Harness, monkeypatch):
+    harness.register("mobilenet-v2")
+    monkeypatch.setattr(harness.scheduler.settings, "tenant_max_active_jobs", 1)
+    with harness.db.session() as s:
+        ds = s.get(DatasetRow, harness.dataset_id)
+        ds.tenant = "acme"
+        ds.schedule = "* * * * *"
+        ds.last_scheduled_at = now() - timedelta(minutes=5)
+        s.add(_copy_of(ds))
+    assert len(harness.scheduler.run_schedules()) == 1  # the second waits for the first
+    harness.drain()
+    assert len(harness.scheduler.run_schedules(now() + timedelta(minutes=3))) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("source", "reason", "hidden"),

@@ -99,9 +99,12 @@ def test_dataset_lookup_delete_schedule_and_leaderboard_errors(api):
         "unknown metric",
     )
     assert client.get(f"/v1/datasets/{ds['id']}/leaderboard").json()["entries"] == []
-    problem(
-        client.put(f"/v1/datasets/{ds['id']}/schedule", json={"schedule": "every day"}), 422, "cron"
-    )
+    schedule = f"/v1/datasets/{ds['id']}/schedule"
+    problem(client.put(schedule, json={"schedule": "every day"}), 422, "cron")
+    problem(client.put(schedule, json={"schedule": "0 0 31 2 *"}), 422, "never fires")
+    problem(client.put(schedule, json={"schedule": "*/1 * * * * *"}), 422, "5-field")
+    problem(client.put(schedule, json={"schedule": "0 3 * * * " * 20}), 422)
+    assert client.get(f"/v1/datasets/{ds['id']}").json()["schedule"] is None  # nothing stored
     assert (
         client.put(f"/v1/datasets/{ds['id']}/schedule", json={"schedule": "0 3 * * *"}).json()[
             "schedule"

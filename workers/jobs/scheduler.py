@@ -43,6 +43,7 @@ from app.lifecycle import (
     unfinished_finetunes,
     unfinished_jobs,
 )
+from app.services import datasets as dataset_service
 from app.services import leaderboards, recommender
 from app.services import models as model_service
 from app.states import ModelState, RunStatus
@@ -94,22 +95,40 @@ class Scheduler:
         return created
 
     def run_schedules(self, at: datetime | None = None) -> list[str]:
-        """Datasets whose cron schedule is due get a full re-ranking job."""
-        from croniter import croniter
-
+        """Datasets whose cron schedule is due get a full re-ranking job. A due dataset that
+        already has a ranking queued or running, or whose tenant has its limit of active jobs
+        (``TB_TENANT_MAX_ACTIVE_JOBS``), waits for a later tick: schedules never stack jobs.
+        A schedule that never fires (stored before they were checked) is skipped with a
+        warning, never stopping the others."""
         at = at or now()
         created = []
+        limit = self.settings.tenant_max_active_jobs
         with self.db.session() as s:
+            counts = s.execute(
+                select(JobRow.tenant, func.count())
+                .where(JobRow.status.in_(JobStatus.active()))
+                .group_by(JobRow.tenant)
+            )
+            active: dict[str | None, int] = {tenant: n for tenant, n in counts}
+            busy = set(
+                s.scalars(select(JobRow.dataset_id).where(JobRow.status.in_(JobStatus.active())))
+            )
             for ds in s.scalars(select(DatasetRow).where(DatasetRow.schedule.is_not(None))):
                 base = ds.last_scheduled_at or ds.created_at
-                due: datetime = croniter(str(ds.schedule), base).get_next(datetime)
-                if due > at:
+                due = dataset_service.next_run(str(ds.schedule), base)
+                if due is None:
+                    log.warning("dataset %s: schedule %r never fires; skipped", ds.id, ds.schedule)
                     continue
+                if due > at or ds.id in busy:
+                    continue
+                if ds.tenant is not None and active.get(ds.tenant, 0) >= limit:
+                    continue  # the operator's datasets (tenant None) have no limit
                 models = model_service.candidates(s, ds.modality, ds.tenant)
                 if models:
                     metrics = scoring.default_metrics(scoring.target_kind(ds.task))
                     job = create_job(s, self.queue, ds, models, metrics, trigger=Trigger.SCHEDULE)
                     created.append(job.id)
+                    active[ds.tenant] = active.get(ds.tenant, 0) + 1
                 ds.last_scheduled_at = at
         return created
 
