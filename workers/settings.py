@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(
         default=1024, ge=1, description="upload size cap (413 past it, from the headers)"
     )
+    max_body_kb: int = Field(
+        default=1024,
+        ge=16,
+        description="size cap of every other request body (JSON and forms: rankings, outcomes, "
+        "models, schedules, logins; 413 past it)",
+    )
     auth: Literal["auto", "required", "off"] = Field(
         default="auto",
         description="API keys: `required`, `off`, or `auto` (required unless embedded on "
@@ -285,6 +291,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_body_kb * 1024
 
 
 def settings_table() -> str:
