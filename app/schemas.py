@@ -243,7 +243,11 @@ class OutcomeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_id: str = Field(min_length=1, max_length=200, description="a model's id or name")
-    value: float = Field(allow_inf_nan=False, description="what fine-tuning reached")
+    value: float = Field(
+        allow_inf_nan=False,
+        description="what fine-tuning reached; finetune_top1: the top-1 accuracy in percent, 0 "
+        "to 100 (as the reference tables and fine-tuning jobs record it)",
+    )
     measure: str = Field(
         default="finetune_top1",
         min_length=1,
@@ -255,7 +259,8 @@ class OutcomeIn(BaseModel):
     details: dict[str, Any] = Field(
         default_factory=dict,
         description="free-form: learning rate, epochs, ...; se: the standard error of value in "
-        "its unit (for an accuracy on n held-out samples, sqrt(p (1 - p) / n)), which sets how "
+        "its unit (for a top-1 of p percent on n held-out samples, sqrt(p (100 - p) / n)), which "
+        "sets how "
         "much the dataset teaches the recommender",
     )
 

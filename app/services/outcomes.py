@@ -18,6 +18,10 @@ from app.services import models as model_service
 from app.services import pages
 from app.tenancy import visible
 
+#: The measure fine-tuning records (``workers.pipeline.finetune.recipe.top1_outcome``), in
+#: percent like the reference tables: a value outside 0..100 is refused, not stored.
+PERCENT_MEASURE = "finetune_top1"
+
 
 def measure_direction(session: Session, measure: str, tenant: str | None) -> bool | None:
     """higher_is_better of the outcomes the tenant can see under ``measure`` (its own and the
@@ -56,6 +60,12 @@ def record(
         value, measure, higher = e["value"], e["measure"], e["higher_is_better"]
         if not isinstance(value, int | float) or not math.isfinite(value):
             raise Invalid(f"outcome {i}: value must be a finite number, not {value!r}")
+        if measure == PERCENT_MEASURE and not 0 <= value <= 100:
+            raise Invalid(
+                f"outcome {i}: {PERCENT_MEASURE} is a top-1 accuracy in percent, from 0 to 100 "
+                f"(as the reference tables give it: 91.2 for 91.2%), not {value!r}; send "
+                "another measure name for another quantity"
+            )
         if directions.setdefault(measure, higher) != higher:
             raise Invalid(f"measure {measure!r} is given as both higher- and lower-is-better")
         stored = measure_direction(session, measure, tenant)

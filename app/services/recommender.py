@@ -152,7 +152,7 @@ def outcome_se(row: OutcomeRow) -> float | None:
         return float(se)
     n = details.get("n_validation")
     if "finetune_id" in details and isinstance(n, int) and row.measure == DEFAULT_MEASURE:
-        derived = scoring.binomial_se(row.value, n, scale=1.0)  # a run's top-1: a fraction
+        derived = scoring.binomial_se(row.value, n)  # a run's top-1, in percent (0011)
         return None if math.isnan(derived) else derived
     return None
 

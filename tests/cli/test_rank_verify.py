@@ -82,7 +82,7 @@ def test_json_carries_the_verification_and_outcomes_are_stored_once(
     assert sorted(model for model, *_ in rows) == ["efficientnet-lite0", "mobilenet-v2"]
     assert {measure for _, measure, _ in rows} == {"finetune_top1"}
     by_model = {model: float(value) for model, _, value in rows}
-    assert by_model == {c["model"]: pytest.approx(c["top1"]) for c in candidates}
+    assert by_model == {c["model"]: pytest.approx(100 * c["top1"], abs=1e-4) for c in candidates}
 
     assert main(argv) == 0  # again: the same outcomes replaced, not added beside
     again = json.loads(capsys.readouterr().out)["verification"]["outcomes"]

@@ -79,7 +79,8 @@ def test_the_pretrained_model_wins_though_predicted_last(
     assert set(outcomes) == set(predicted)
     winner = outcomes["mobilenet-v2"]
     assert winner["measure"] == MEASURE and winner["higher_is_better"] is True
-    assert winner["value"] == by_name["mobilenet-v2"].result.top1
+    # in percent, as the tables and typed-in outcomes: one unit per measure
+    assert winner["value"] == pytest.approx(100 * by_name["mobilenet-v2"].result.top1)
     details = winner["details"]
     assert details["epochs"] == 2 and details["seed"] == 0 and details["device"] == "cpu"
     assert details["recipe"]["mode"] == "head" and details["recipe"]["epochs"] == 2

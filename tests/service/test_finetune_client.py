@@ -176,8 +176,8 @@ def test_rank_verify_on_the_server_stores_two_outcomes_and_names_the_winner(
     # two outcomes, both this verification's, each what it measured
     assert len(outcomes) == 2
     assert {o.details["finetune_id"] for o in outcomes} == {v["finetune_id"]}
-    measured = {c["model"]: c["top1"] for c in v["candidates"]}
-    assert {names[o.model_id]: o.value for o in outcomes} == measured
+    measured = {c["model"]: pytest.approx(100 * c["top1"]) for c in v["candidates"]}
+    assert {names[o.model_id]: o.value for o in outcomes} == measured  # in percent
 
 
 def test_the_client_waits_for_the_verification_and_the_table_names_the_winner(

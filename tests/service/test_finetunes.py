@@ -105,7 +105,7 @@ def test_finetune_job_measures_held_out_and_stores_outcomes_once(service):
     # three outcomes the recommender learns from, so storing them must move its fit
     third = register_model(client, "third", "efficientnet-lite0")["id"]
     posted = client.post(
-        f"/v1/datasets/{dataset}/outcomes", json=[{"model_id": third, "value": 0.5}]
+        f"/v1/datasets/{dataset}/outcomes", json=[{"model_id": third, "value": 50.0}]
     )
     assert posted.status_code == 200, posted.text
     svc.queue.wait_idle()
@@ -140,12 +140,15 @@ def test_finetune_job_measures_held_out_and_stores_outcomes_once(service):
     assert sorted(o["model_id"] for o in outcomes) == sorted(ids.values())
     for o in outcomes:
         run = runs["mobilenet-v2" if o["model_id"] == ids["mobilenet-v2"] else "random"]
-        assert o["measure"] == "finetune_top1" and o["value"] == run["top1"]
+        # in percent, the unit of the tables and of outcomes typed in; the run's own top1 is
+        # a fraction
+        assert o["measure"] == "finetune_top1"
+        assert o["value"] == pytest.approx(100 * run["top1"], abs=1e-6)
         assert o["details"]["recipe"]["mode"] == "head" and o["details"]["epochs"] == 1
         assert o["details"]["finetune_id"] == body["id"] and o["details"]["seed"] == 0
-        # its standard error, binomial on the 20 held-out samples, by hand
+        # its standard error in points, binomial on the 20 held-out samples, by hand
         p = run["top1"]
-        assert o["details"]["se"] == pytest.approx((p * (1 - p) / 20) ** 0.5, abs=1e-6)
+        assert o["details"]["se"] == pytest.approx(100 * (p * (1 - p) / 20) ** 0.5, abs=1e-4)
     assert _fits(svc) > fits_before  # the recommender refitted on them
 
 

@@ -363,6 +363,8 @@ def test_outcomes_api_replace_and_bad_input(service, small_zip: bytes) -> None:
         ),
         ([], 422, ""),
         ([{"model_id": model_id, "value": 1.0, "details": {"se": -1}}], 422, "details.se"),
+        ([{"model_id": model_id, "value": 183.0}], 422, "in percent, from 0 to 100"),
+        ([{"model_id": model_id, "value": -2.0}], 422, "finetune_top1"),
         ([{"model_id": model_id, "value": 1.0, "details": {"se": "big"}}], 422, ">= 0"),
     ]
     for payload, status, words in bad:

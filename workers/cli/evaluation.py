@@ -26,15 +26,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     add = osub.add_parser("add", help="one result: DATASET MODEL VALUE")
     add.add_argument("dataset", help="dataset id or name")
     add.add_argument("model", help="model id or name")
-    add.add_argument("value", type=float)
+    add.add_argument(
+        "value", type=float, help="what it reached (finetune_top1: top-1 in percent, 0 to 100)"
+    )
     add.add_argument("--measure", default="finetune_top1")
     add.add_argument("--lower-is-better", action="store_true", help="e.g. an error rate")
     add.add_argument(
         "--se",
         type=float,
-        help="the value's standard error, in its unit (an accuracy p on n held-out samples: "
-        "sqrt(p (1 - p) / n)); the recommender counts a dataset by how much of its outcomes' "
-        "spread exceeds their errors. Default: none, the value is taken as exact",
+        help="the value's standard error, in its unit (a top-1 of p percent on n held-out "
+        "samples: sqrt(p (100 - p) / n) points); the recommender counts a dataset by how much "
+        "of its outcomes' spread exceeds their errors. Default: none, the value is taken as "
+        "exact",
     )
     imp = osub.add_parser(
         "import", help="a CSV with columns dataset, model, value[, measure][, se]"

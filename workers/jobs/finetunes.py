@@ -342,7 +342,7 @@ def _outcome(plan: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
     """The run's measurement as an outcome row of the dataset: the held-out top-1, with the
     recipe, epochs, seconds, device and seed as its details, its standard error, and the job
     that measured it."""
-    from workers.pipeline.finetune.recipe import top1_se
+    from workers.pipeline.finetune.recipe import top1_outcome
 
     details = {
         "recipe": result["recipe"],
@@ -354,7 +354,8 @@ def _outcome(plan: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         "n_validation": result["n_validation"],
         "finetune_id": plan["job_id"],
     }
-    if (se := top1_se(result["top1"], int(result["n_validation"]))) is not None:
+    value, se = top1_outcome(float(result["top1"]), int(result["n_validation"]))
+    if se is not None:
         details["se"] = se
     if plan["method"] == METHOD_HALVING:
         details["verification"] = {
@@ -367,7 +368,7 @@ def _outcome(plan: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         "dataset_id": plan["dataset_id"],
         "model_id": plan["model_id"],
         "measure": MEASURE,
-        "value": float(result["top1"]),
+        "value": value,
         "higher_is_better": True,
         "details": details,
         "created_at": now(),

@@ -133,6 +133,16 @@ def top1_se(top1: float | None, n_validation: int) -> float | None:
     return None if math.isnan(se) else round(se, 6)
 
 
+def top1_outcome(top1: float, n_validation: int) -> tuple[float, float | None]:
+    """A held-out top-1 (a fraction, as ``FineTuneResult.top1``) as the ``finetune_top1``
+    outcome it is stored as: in percent, the unit of the reference tables, the ground truth
+    and an outcome typed in (``outcomes add DATASET MODEL 91.2``), so that a dataset's
+    outcomes, and a mean regret over datasets, are in one unit; and its binomial standard
+    error in points (``top1_se`` times 100), or None."""
+    se = top1_se(top1, n_validation)
+    return round(100.0 * top1, 6), None if se is None else round(100.0 * se, 6)
+
+
 @dataclass
 class FineTuneResult:
     """One model's fine-tuning: what it reached and how.

@@ -43,7 +43,7 @@ from scoring import rank_quality
 from workers.pipeline.datasets import Dataset
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.finetune.halving import keep, measured_order, round_epochs
-from workers.pipeline.finetune.recipe import FineTuneRecipe, FineTuneResult, top1_se
+from workers.pipeline.finetune.recipe import FineTuneRecipe, FineTuneResult, top1_outcome
 from workers.pipeline.finetune.run import finetune
 from workers.pipeline.finetune.split import Split, stratified_split
 from workers.pipeline.finetune.trainer import Limits, Progress
@@ -118,13 +118,14 @@ class Verification:
     def outcomes(self) -> list[dict[str, Any]]:
         """One outcome per measured candidate, in the shape ``POST .../outcomes`` and
         ``transferbench outcomes add`` store (``model_id`` is the model's name): its last
-        measured top-1, with the recipe, the epochs it reflects, seconds, device and seed as
-        details, and which round of how many measured it."""
+        measured top-1 in percent (``top1_outcome``), with the recipe, the epochs it reflects,
+        seconds, device and seed as details, and which round of how many measured it."""
         out = []
         for c in self.candidates:
             r = c.result
             if r.top1 is None:
                 continue
+            value, se = top1_outcome(r.top1, r.n_validation)
             details = {
                 "recipe": r.recipe,
                 "epochs": r.epochs,
@@ -133,7 +134,7 @@ class Verification:
                 "seed": r.seed,
                 "n_train": r.n_train,
                 "n_validation": r.n_validation,
-                "se": top1_se(r.top1, r.n_validation),
+                "se": se,
                 "verification": {
                     "method": "successive halving",
                     "round": len(self.rounds) if c.out_in_round is None else c.out_in_round,
@@ -143,7 +144,7 @@ class Verification:
                     "measured_rank": c.measured_rank,
                 },
             }
-            out.append({"model_id": c.model, "value": r.top1, "measure": MEASURE,
+            out.append({"model_id": c.model, "value": value, "measure": MEASURE,
                         "higher_is_better": True, "details": details})  # fmt: skip
         return out
 
