@@ -157,7 +157,8 @@ class Settings(BaseSettings):
     tenant_max_active_jobs: int = Field(
         default=20,
         ge=1,
-        description="a tenant's rankings queued or running at once (429 past it)",
+        description="a tenant's rankings queued or running at once, and as many fine-tuning "
+        "jobs, counting those its rankings will start (429 past it; schedules wait)",
     )
     db_pool_size: int = Field(default=30, ge=2, description="database connections per API process")
     db_pool_timeout_s: float = Field(

@@ -10,18 +10,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 import scoring
 from app import schemas
 from app.db.models import DatasetRow, FineTuneJobRow, FineTuneRunRow, JobRow, ModelRow, now
-from app.errors import Conflict, Invalid, NotFound
+from app.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.lifecycle import (
     METHOD_EACH,
     METHOD_HALVING,
     Dispatcher,
     FineTuneStatus,
+    JobStatus,
     RunStatus,
     create_finetune,
     move_finetune,
@@ -31,7 +32,7 @@ from app.services import datasets as dataset_service
 from app.services import models as model_service
 from app.services import pages
 from app.states import ModelState
-from app.tenancy import can_change, check_active, owned
+from app.tenancy import can_change, owned
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.finetune.recipe import FineTuneRecipe
 
@@ -112,15 +113,7 @@ def create(
     dataset = trainable_dataset(session, body.dataset_id, tenant)
     recipe = recipe_of(body.recipe)
     models = trainable_models(session, dataset, body.model_ids, tenant)
-    check_active(
-        session,
-        FineTuneJobRow,
-        FineTuneStatus.active(),
-        tenant,
-        max_active_jobs,
-        "fine-tuning jobs",
-        retry_after=60,
-    )
+    check_limit(session, tenant, max_active_jobs, "retry when one finishes")
     return create_finetune(
         session, queue, dataset, models, recipe, epochs=recipe["epochs"], method=METHOD_EACH,
         per_class=body.per_class, keep_weights=body.keep_weights,
@@ -128,12 +121,45 @@ def create(
 
 
 def check_verify(
-    session: Session, dataset_id: str, verify: schemas.VerifyIn, tenant: str | None
+    session: Session,
+    dataset_id: str,
+    verify: schemas.VerifyIn,
+    tenant: str | None,
+    max_active_jobs: int | None = None,
 ) -> dict[str, Any]:
     """A ranking's ``verify`` request, checked before the ranking starts (bad input fails
-    before minutes of scoring): what the ranking job keeps to start the verification with."""
+    before minutes of scoring): what the ranking job keeps to start the verification with.
+    The fine-tuning job it will start counts against the tenant's limit now, with those its
+    other rankings will start: a verification is a fine-tuning job, and asking for one
+    through a ranking must not be a way round ``POST /v1/finetunes``'s 429."""
     trainable_dataset(session, dataset_id, tenant)
+    check_limit(session, tenant, max_active_jobs, "rank without verify, or retry when one finishes")
     return {"top_k": verify.top_k, "recipe": recipe_of(verify)}
+
+
+def check_limit(session: Session, tenant: str | None, limit: int | None, then: str) -> None:
+    """``TooManyRequests`` when ``tenant`` has ``limit`` fine-tuning jobs queued or running,
+    counting those its unfinished rankings will start (``verify``); the operator has none."""
+    if tenant is None or limit is None:
+        return
+    running = session.scalar(
+        select(func.count()).where(
+            FineTuneJobRow.tenant == tenant, FineTuneJobRow.status.in_(FineTuneStatus.active())
+        )
+    )
+    asked = select(JobRow.verify).where(
+        JobRow.tenant == tenant,
+        JobRow.status.in_(JobStatus.active()),
+        JobRow.finetune_id.is_(None),
+    )
+    to_start = sum(1 for verify in session.scalars(asked) if verify)
+    if (running or 0) + to_start >= limit:
+        raise TooManyRequests(
+            f"tenant {tenant!r} has {running or 0} fine-tuning jobs queued or running and "
+            f"{to_start} to start when its rankings finish, its limit "
+            f"(TB_TENANT_MAX_ACTIVE_JOBS); {then}",
+            headers={"Retry-After": "60"},
+        )
 
 
 def verify_ranking(session: Session, queue: Dispatcher, job: JobRow) -> FineTuneJobRow | None:

@@ -131,7 +131,9 @@ def create(
     if per_class is not None and dataset.task != "classification":
         raise Invalid("per_class applies to class labels; drop it for a regression dataset")
     checked = (
-        None if verify is None else finetunes.check_verify(session, dataset.id, verify, tenant)
+        None
+        if verify is None
+        else finetunes.check_verify(session, dataset.id, verify, tenant, max_active_jobs)
     )
     job = create_job(
         session, queue, dataset, models, chosen, trigger=Trigger.API, per_class=per_class

@@ -356,6 +356,32 @@ def test_rate_limit_per_key_shared_by_api_processes(shared: Shared, redis_url: s
         assert one.get("/healthz").status_code == 200  # health is never limited
 
 
+def test_a_verification_counts_against_the_fine_tuning_limit(shared: Shared):
+    """A ranking with ``verify`` starts a fine-tuning job when it finishes: it counts when it
+    is asked for, so rankings are no way round the limit POST /v1/finetunes keeps."""
+    settings = shared.settings.model_copy(update={"tenant_max_active_jobs": 2})
+    queue = LocalQueue(shared.db, settings)  # not started: every job stays queued
+    app = create_app(settings, queue=queue, db=shared.db, auth_required=True)
+    with shared.db.session() as s:  # a tenant of its own: its queued jobs hold no other test
+        h = {"Authorization": f"Bearer {apikeys.create(s, 'v-write', tenant='v')}"}
+    with TestClient(app) as client:
+        data = client.post("/v1/datasets", files={"file": ("v.zip", fashion_zip(3, 2))},
+                           data={"name": "v"}, headers=h)  # fmt: skip
+        assert data.status_code == 201, data.text
+        ranking = {"dataset_id": data.json()["id"], "model_ids": [shared.ids["zoo_model"]]}
+        verified = ranking | {"verify": {"top_k": 1, "epochs": 1}}
+        tune = ranking | {"recipe": {"epochs": 1}}
+        assert client.post("/v1/finetunes", json=tune, headers=h).status_code == 202
+        assert client.post("/v1/rankings", json=verified, headers=h).status_code == 202
+        # one fine-tuning job queued and one to start: the limit of 2 is reached
+        refused = client.post("/v1/rankings", json=verified, headers=h)
+        assert refused.status_code == 429 and refused.headers["retry-after"], refused.text
+        assert "1 to start when its rankings finish" in refused.json()["detail"]
+        assert client.post("/v1/finetunes", json=tune, headers=h).status_code == 429
+        # a ranking without verify is held only by the rankings' own limit
+        assert client.post("/v1/rankings", json=ranking, headers=h).status_code == 202
+
+
 def test_quotas_on_stored_bytes_and_active_jobs(shared: Shared):
     settings = shared.settings.model_copy(
         update={"tenant_max_stored_mb": 1, "tenant_max_active_jobs": 1}
