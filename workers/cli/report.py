@@ -260,10 +260,11 @@ def _quality_text(quality: Mapping[str, Any]) -> str:
     if quality.get("top1_hit") is not None:
         parts.append(f"its first pick was the best model in {quality['top1_hit']:.0%}")
     if quality.get("top1_regret") is not None:
-        regret = f"mean top-1 regret {number(quality['top1_regret'], '.3f')}"
+        # as the service states it (app.services.recommender): two decimals, in points
+        regret = f"mean top-1 regret {number(quality['top1_regret'], '.2f')}"
         if quality.get("top1_regret_se") is not None:
-            regret += f" ± {number(quality['top1_regret_se'], '.3f')}"
-        parts.append(regret)
+            regret += f" ± {number(quality['top1_regret_se'], '.2f')}"
+        parts.append(regret + " points")
     if not parts:
         return "not measurable yet (too few datasets with outcomes to hold one out)"
     held = quality.get("datasets")
