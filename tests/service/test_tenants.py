@@ -20,6 +20,7 @@ from sqlalchemy import update
 from app.db.models import ModelRow
 from app.db.session import Database
 from app.services import apikeys
+from app.web import sessions
 from app.web.main import create_app
 from workers.jobs.embedded import LocalQueue
 from workers.settings import Settings
@@ -427,3 +428,20 @@ def test_quotas_on_stored_bytes_and_active_jobs(shared: Shared):
         assert "TB_TENANT_MAX_STORED_MB" in r.json()["detail"]
         after = sorted(p for p in shared.settings.data_dir.rglob("*") if p.is_file())
         assert [p for p in after if p not in before and "features" not in p.parts] == []
+
+
+def test_dashboard_pages_count_against_the_keys_rate_limit(shared: Shared, redis_url: str):
+    """A page of the dashboard runs queries as an API call does; before, a session's pages
+    and forms were never counted, so a logged-in browser (or a script with its cookie) had
+    no limit."""
+    settings = shared.settings.model_copy(update={"rate_limit_per_min": 3, "broker_url": redis_url})
+    queue = LocalQueue(shared.db, settings)  # not started: nothing runs
+    app = create_app(settings, queue=queue, db=shared.db, auth_required=True)
+    with shared.db.session() as s:
+        key = apikeys.create(s, "dash-reader", tenant="d", role="read")
+        key_id = apikeys.authenticate(s, key).key_id
+    with TestClient(app, follow_redirects=False) as client:
+        client.cookies.set(sessions.COOKIE, sessions.issue(app.state.session_secret, key_id))
+        codes = [client.get("/dashboard").status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429], codes
+        assert "TB_RATE_LIMIT_PER_MIN" in client.get("/dashboard").text

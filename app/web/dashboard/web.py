@@ -105,6 +105,8 @@ async def get_viewer(request: Request) -> Viewer:
         principal = await deps.verify_session(request, cookie, secret)
     except Unauthorized as exc:
         raise LoginRequired from exc
+    # a page costs queries as an API call does: counted against the key's rate limit too
+    await deps.count_request(request.app.state.limiter, principal)
     return Viewer(
         sessions.csrf_token(secret, cookie),
         session=True,
