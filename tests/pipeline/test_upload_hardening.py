@@ -310,6 +310,36 @@ def test_the_row_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _refused(tmp_path / "t.jsonl", "more than 10 rows", "MAX_ROWS")
 
 
+@pytest.mark.parametrize(
+    ("name", "body", "line"),  # line: where the row starts
+    [
+        ("commas.csv", "text,label\nfine,a\n" + "," * 30_000 + "\n", 3),
+        # quoted line breaks chain physical lines into one row: the row is what is counted
+        ("chained.csv", 'text,label\nfine,a\n"' + ("x" * 4000 + "\n") * 8 + '",b\n', 3),
+        ("brackets.jsonl", '{"text": "fine", "label": "a"}\n{"pad": ' + "[]," * 9000 + "}\n", 2),
+    ],
+)
+def test_a_row_past_the_cap_is_refused_before_it_is_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str, line: int
+) -> None:
+    """Parsing builds objects 10 to 20 times a row's size: one line of a gigabyte of commas
+    or brackets took tens of gigabytes before the first check ran on the row."""
+    monkeypatch.setattr(tables_mod, "MAX_ROW_CHARS", 25_000)
+    (tmp_path / name).write_text(body)
+    _refused(tmp_path / name, f"{name}:{line}:", "longer than 25,000 characters")
+
+
+def test_the_row_cap_counts_each_row_alone(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tables_mod, "MAX_ROW_CHARS", 25_000)
+    rows = [("x" * 20_000 + "\n" + "y" * 4_000, "a"), ("z" * 24_000, "b")] * 3
+    with (tmp_path / "t.csv").open("w", newline="") as out:
+        csv.writer(out).writerows([["text", "label"], *rows])
+    assert [len(s) for s in open_upload(tmp_path / "t.csv").samples] == [24_001, 24_000] * 3
+    lines = "".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows)
+    (tmp_path / "t.jsonl").write_text(lines)
+    assert len(list(open_upload(tmp_path / "t.jsonl").samples)) == 6
+
+
 def test_an_over_long_label_is_refused(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text(f"text,label\na,x\nb,{'y' * 1000}\n")
     _refused(tmp_path / "t.csv", "1000 characters", "MAX_LABEL_CHARS", "shorten")

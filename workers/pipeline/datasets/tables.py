@@ -14,6 +14,37 @@ from workers.pipeline.errors import PipelineError
 TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 #: Rows become Python objects (~10x their bytes); past this many, split the dataset.
 MAX_ROWS = 1_000_000
+#: The longest row (a JSONL line; a CSV row, its quoted line breaks included), in characters.
+#: A row is refused before it is parsed: parsing builds objects 10 to 20 times its size, so
+#: one line of a gigabyte of commas or brackets would take tens of gigabytes.
+MAX_ROW_CHARS = 1 << 20
+
+
+class _Bounded:
+    """The lines of ``handle``, read so that no row (the lines since :meth:`row_done`) grows
+    past ``MAX_ROW_CHARS`` characters: at most that much of a longer one is ever read."""
+
+    def __init__(self, handle: TextIO, path: Path) -> None:
+        self.handle, self.path = handle, path
+        self.used = 0
+        self.line = 0  # lines read
+        self.start = 1  # the line the row being read starts on
+
+    def __iter__(self) -> Iterator[str]:
+        readline, cap = self.handle.readline, MAX_ROW_CHARS
+        while text := readline(cap + 1 - self.used):
+            self.line += 1
+            self.used += len(text)
+            if self.used > cap:
+                raise PipelineError(
+                    f"{self.path}:{self.start}: a row longer than {cap:,} characters; "
+                    "shorten its cells, or keep long texts out of the table"
+                )
+            yield text
+
+    def row_done(self) -> None:
+        self.used = 0
+        self.start = self.line + 1
 
 
 def _too_many(path: Path) -> PipelineError:
@@ -24,12 +55,15 @@ def _too_many(path: Path) -> PipelineError:
 
 
 def _csv_rows(handle: TextIO, path: Path) -> Iterator[dict[str, object]]:
-    reader = csv.DictReader(handle, strict=True)
+    lines = _Bounded(handle, path)
+    reader = csv.DictReader(lines, strict=True)
     count = 0
     try:
         if not reader.fieldnames:
             raise PipelineError(f"{path}: no header row")
+        lines.row_done()
         for row in reader:
+            lines.row_done()
             if None in row:
                 raise PipelineError(
                     f"{path}:{reader.reader.line_num}: more cells than header columns"
@@ -53,7 +87,9 @@ def _csv_rows(handle: TextIO, path: Path) -> Iterator[dict[str, object]]:
 
 def _json_rows(handle: TextIO, path: Path) -> Iterator[dict[str, object]]:
     count = 0
-    for line, raw in enumerate(handle, start=1):
+    lines = _Bounded(handle, path)
+    for line, raw in enumerate(lines, start=1):
+        lines.row_done()
         if not raw.strip():
             continue
         try:
