@@ -809,7 +809,7 @@ class Client(_Calls):
         except httpx.TransportError:
             return None
         try:
-            if response.status_code in (404, 405):  # no stream here (or no such ranking)
+            if response.status_code in (404, 405, 429):  # no stream here, or none free: poll
                 return None
             if response.is_error:
                 response.read()
@@ -1115,7 +1115,7 @@ class AsyncClient(_Calls):
         except httpx.TransportError:
             return None
         try:
-            if response.status_code in (404, 405):
+            if response.status_code in (404, 405, 429):  # no stream here, or none free: poll
                 return None
             if response.is_error:
                 await response.aread()

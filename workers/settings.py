@@ -151,6 +151,18 @@ class Settings(BaseSettings):
         ge=0,
         description="requests per API key per clock minute (429 past it); 0: no limit",
     )
+    max_event_streams: int = Field(
+        default=8,
+        ge=1,
+        description="ranking event streams (GET /v1/rankings/{id}/events) one API key holds "
+        "open at once per API process (429 past it; clients then poll)",
+    )
+    event_stream_max_s: int = Field(
+        default=3600,
+        ge=1,
+        description="how long one event stream stays open before it ends (an EventSource "
+        "reconnects)",
+    )
     tenant_max_stored_mb: int = Field(
         default=20_480, ge=1, description="a tenant's stored datasets (413 past it)"
     )

@@ -12,6 +12,7 @@ from app.db.permits import Permits, permits_for
 from app.db.session import Database
 from app.lifecycle import TaskQueue
 from app.queue import CeleryQueue
+from app.services import events
 from app.services import models as model_service
 from app.services.reads import Reads
 from app.web import fastreads, observability, problems
@@ -58,6 +59,7 @@ def create_app(
     app.state.reads = Reads(db)
     app.state.db_permits = Permits(permits_for(db.pool_size))
     app.state.limiter = make_limiter(settings.broker_url, settings.rate_limit_per_min)
+    app.state.streams = events.StreamSlots(settings.max_event_streams)
     problems.install(app)
     openapi.install(app)  # every operation's problems and the API key, in /openapi.json
     meter = observability.install(app, db, queue)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -9,8 +9,9 @@ from fastapi.responses import StreamingResponse
 
 from app import schemas
 from app.db.models import JobRow
+from app.errors import TooManyRequests
 from app.lifecycle import JobStatus
-from app.services import events
+from app.services import apikeys, events
 from app.services import rankings as service
 from app.web.api.deps import (
     Authorized,
@@ -79,14 +80,48 @@ async def get_ranking(
     responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}},
 )
 async def ranking_events(
-    job_id: str, request: Request, principal: PrincipalDep, reads: ReadsDep
+    job_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    reads: ReadsDep,
+    settings: SettingsDep,
 ) -> StreamingResponse:
     """Server-sent events: ``progress`` (status and per-model progress) on every change, then
-    ``done`` or ``failed`` with the whole ranking, and the stream ends."""
+    ``done`` or ``failed`` with the whole ranking, and the stream ends. A key holds at most
+    ``TB_MAX_EVENT_STREAMS`` open per API process (429 past it: poll GET /v1/rankings/{id});
+    one lasts at most ``TB_EVENT_STREAM_MAX_S``, and ends when its key is revoked."""
     # an unknown id (or another tenant's): 404, no stream
     first = await run_in_threadpool(reads.ranking, job_id, principal.tenant)
+    slots: events.StreamSlots = request.app.state.streams
+    key = principal.key_id
+    if not slots.take(key):
+        raise TooManyRequests(
+            f"this key has {slots.per_key} event streams open (TB_MAX_EVENT_STREAMS); close "
+            f"one, or poll GET /v1/rankings/{job_id} (ETag and If-None-Match make that cheap)",
+            headers={"Retry-After": "5"},
+        )
+    db = request.app.state.db
+
+    async def allowed() -> bool:
+        def check() -> bool:
+            with db.session() as session:
+                return apikeys.by_id(session, key) is not None if key else True
+
+        return await run_in_threadpool(check)
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in events.ranking_events(
+                reads, job_id, principal.tenant, first, request.is_disconnected,
+                allowed=allowed, key_check_s=events.KEY_CHECK_S,
+                max_s=settings.event_stream_max_s,
+            ):  # fmt: skip
+                yield chunk
+        finally:
+            slots.give_back(key)
+
     return StreamingResponse(
-        events.ranking_events(reads, job_id, principal.tenant, first, request.is_disconnected),
+        stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
