@@ -23,6 +23,9 @@ import time
 from app.errors import ProblemError
 
 COOKIE = "tb_session"
+#: the login form's own cookie: a random nonce its CSRF token is bound to (``login_token``)
+LOGIN_COOKIE = "tb_login"
+LOGIN_TTL_S = 3600
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 SESSION_TTL_S = 12 * 3600
@@ -75,3 +78,22 @@ def csrf_token(secret: bytes, token: str | None) -> str:
 
 def csrf_ok(secret: bytes, token: str | None, given: str | None) -> bool:
     return bool(given) and hmac.compare_digest(csrf_token(secret, token), given or "")
+
+
+def new_login_nonce() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def login_token(secret: bytes, nonce: str) -> str:
+    """The login form's CSRF token, bound to the browser's own ``LOGIN_COOKIE`` nonce. The
+    anonymous token is the same for every visitor, so another site could read it from the
+    login page and make a victim's browser log in with the attacker's key (login CSRF: what
+    the victim uploads then goes to the attacker's tenant); a nonce in a SameSite=Strict
+    cookie is one that site can neither read nor send."""
+    return _sign(secret, f"csrf:login:{nonce}")
+
+
+def login_ok(secret: bytes, nonce: str | None, given: str | None) -> bool:
+    return bool(nonce and given) and hmac.compare_digest(
+        login_token(secret, nonce or ""), given or ""
+    )

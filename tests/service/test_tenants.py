@@ -445,3 +445,32 @@ def test_dashboard_pages_count_against_the_keys_rate_limit(shared: Shared, redis
         codes = [client.get("/dashboard").status_code for _ in range(4)]
         assert codes == [200, 200, 200, 429], codes
         assert "TB_RATE_LIMIT_PER_MIN" in client.get("/dashboard").text
+
+
+def test_the_login_form_cannot_be_posted_from_another_site(shared: Shared):
+    """Login CSRF: the login form's token was the same for every visitor, so another site
+    could read it and make a victim's browser log in with the attacker's key (what the
+    victim uploads then lands in the attacker's tenant). The token is now bound to a nonce
+    in the browser's own SameSite=Strict cookie, which that site can neither read nor send."""
+    import re
+
+    with shared.db.session() as s:
+        key = apikeys.create(s, "attacker", tenant="mallory")
+
+    def token(page: str) -> str:
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert found, page
+        return found.group(1)
+
+    with TestClient(shared.app, follow_redirects=False) as attacker:
+        stolen = token(attacker.get("/dashboard/login").text)
+    with TestClient(shared.app, follow_redirects=False) as victim:
+        forged = victim.post("/dashboard/login", data={"key": key, "csrf_token": stolen})
+        assert forged.status_code == 403 and "tb_session" not in forged.cookies
+        assert "another site" in forged.text
+        page = victim.get("/dashboard/login")  # the victim's own visit: its own nonce
+        assert page.cookies.get("tb_login")
+        mine = token(page.text)
+        assert mine != stolen
+        ok = victim.post("/dashboard/login", data={"key": key, "csrf_token": mine})
+        assert ok.status_code == 303 and ok.cookies.get("tb_session"), ok.text

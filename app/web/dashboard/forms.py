@@ -43,8 +43,23 @@ router = make_router()
 def login_form(request: Request, next: str | None = None) -> Response:
     if not request.app.state.auth_required:
         return RedirectResponse(PREFIX, status_code=303)
-    viewer = Viewer(sessions.csrf_token(secret_of(request), None), session=False)
-    return render(request, "login.html", {"viewer": viewer, "next": safe_next(next)})
+    nonce = request.cookies.get(sessions.LOGIN_COOKIE) or sessions.new_login_nonce()
+    viewer = Viewer(sessions.login_token(secret_of(request), nonce), session=False)
+    response = render(request, "login.html", {"viewer": viewer, "next": safe_next(next)})
+    _set_login_cookie(request, response, nonce)
+    return response
+
+
+def _set_login_cookie(request: Request, response: Response, nonce: str) -> None:
+    response.set_cookie(
+        sessions.LOGIN_COOKIE,
+        nonce,
+        max_age=sessions.LOGIN_TTL_S,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path=f"{PREFIX}/login",
+    )
 
 
 @router.post("/login")
@@ -57,8 +72,13 @@ async def login(
     secret = secret_of(request)
     if not request.app.state.auth_required:
         return RedirectResponse(PREFIX, status_code=303)
-    anonymous = Viewer(sessions.csrf_token(secret, None), session=False)
-    check_csrf(request, anonymous, csrf_token)
+    nonce = request.cookies.get(sessions.LOGIN_COOKIE)
+    if not sessions.login_ok(secret, nonce, csrf_token):
+        raise sessions.Forbidden(
+            "the login form's security token is missing or out of date, or the form was sent "
+            "from another site; open the login page and log in again"
+        )
+    anonymous = Viewer(sessions.login_token(secret, nonce or ""), session=False)
 
     def find() -> str | None:
         with deps.get_db(request).session() as session:
@@ -82,6 +102,7 @@ async def login(
         secure=request.url.scheme == "https",
         path="/",
     )
+    response.delete_cookie(sessions.LOGIN_COOKIE, path=f"{PREFIX}/login")
     return response
 
 
