@@ -7,19 +7,24 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path, PurePath
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import DatasetRow, FineTuneJobRow, FineTuneRunRow, now
-from app.errors import Invalid, NotFound, TooLarge
+from app.errors import Invalid, NotFound, TooLarge, TooManyRequests
 from app.services import pages
 from app.tenancy import can_change, can_see, visible
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from workers.pipeline.datasets import Summary
 
 CHUNK = 1 << 20
 SUFFIXES = (".zip", ".csv", ".jsonl", ".npz", ".npy", ".parquet")
@@ -28,6 +33,30 @@ SUFFIXES = (".zip", ".csv", ".jsonl", ".npz", ".npy", ".parquet")
 #: validation's share of the API's memory near 256 MiB whatever the uploads expand to.
 VALIDATIONS_AT_ONCE = 2
 _validating = threading.BoundedSemaphore(VALIDATIONS_AT_ONCE)
+#: uploads admitted to validation at once in this process, validating or waiting their turn:
+#: each waits in a thread of the API's pool, so past this many an upload is refused (429)
+#: rather than let uploads take the threads every other request needs.
+UPLOADS_ADMITTED = 8
+_admitted = threading.BoundedSemaphore(UPLOADS_ADMITTED)
+
+
+@contextmanager
+def validation_slot(tmp: Path) -> Iterator[None]:
+    """A place among the uploads being validated, or ``TooManyRequests`` (the saved upload
+    ``tmp`` removed): the API's routes validate inside one, and open their database session
+    only after, so that no session waits on a validation."""
+    if not _admitted.acquire(blocking=False):
+        tmp.unlink(missing_ok=True)
+        raise TooManyRequests(
+            f"this server is validating {UPLOADS_ADMITTED} uploads already; retry in a few seconds",
+            headers={"Retry-After": "10"},
+        )
+    try:
+        yield
+    finally:
+        _admitted.release()
+
+
 #: newest first
 ORDER = pages.Order("datasets", ((DatasetRow.created_at, True), (DatasetRow.id, True)))
 
@@ -102,11 +131,23 @@ def register(
 ) -> tuple[DatasetRow, bool]:
     """Validate the saved file and store it as the tenant's; returns (row, created). The same
     content uploaded again by the same tenant is the same row. ``tags``: a token-classification
-    upload's tags as given (``bio``) or merged to entity types (``entity``: stored merged)."""
+    upload's tags as given (``bio``) or merged to entity types (``entity``: stored merged).
+    The API's routes call the two halves apart (:func:`validate`, then :func:`store`), so that
+    no database session waits on a validation."""
+    dataset = validate(tmp, modality=modality, task=task, tags=tags)
+    return store(session, settings, tmp, dataset, tenant=tenant, name=name)
+
+
+def validate(
+    tmp: Path, *, modality: str | None, task: str | None, tags: str | None = None
+) -> Summary:
+    """The saved upload checked whole (every image decoded and every row parsed, within the
+    readers' caps; at most ``VALIDATIONS_AT_ONCE`` at a time in this process) against the
+    modality and task it was declared with; refused (``Invalid``), it is removed."""
     from workers.pipeline.datasets import check_upload
     from workers.pipeline.errors import PipelineError
 
-    try:  # every image decoded and every row parsed, within the readers' caps
+    try:
         with _validating:
             dataset = check_upload(tmp, tags=tags)
     except PipelineError as exc:
@@ -123,6 +164,13 @@ def register(
     if task and task != dataset.target:
         tmp.unlink(missing_ok=True)
         raise Invalid(f"task={task!r} was given, but the upload's labels make it {dataset.target}")
+    return dataset
+
+
+def store(
+    session: Session, settings: Settings, tmp: Path, dataset: Summary, *, tenant: str, name: str
+) -> tuple[DatasetRow, bool]:
+    """Keep the validated upload ``tmp`` as the tenant's dataset ``name``: (row, created)."""
     digest = dataset.content_hash
     existing = session.scalar(
         select(DatasetRow).where(DatasetRow.content_hash == digest, DatasetRow.tenant == tenant)

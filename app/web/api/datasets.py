@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
@@ -11,7 +12,15 @@ from app.db.models import DatasetRow
 from app.services import datasets as service
 from app.tenancy import DEFAULT_TENANT
 from app.web import timeouts
-from app.web.api.deps import Authorized, PageDep, PrincipalDep, ReadsDep, SessionDep, SettingsDep
+from app.web.api.deps import (
+    Authorized,
+    PageDep,
+    PrincipalDep,
+    ReadsDep,
+    SessionDep,
+    SettingsDep,
+    session_scope,
+)
 from app.web.api.http import CONDITIONAL, conditional, located
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Authorized])
@@ -33,7 +42,6 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Autho
 async def upload(
     request: Request,
     principal: PrincipalDep,
-    session: SessionDep,
     settings: SettingsDep,
     response: Response,
     file: Annotated[
@@ -56,17 +64,15 @@ async def upload(
     # validation grows with the upload (every image decoded), which TB_MAX_UPLOAD_MB bounds
     timeouts.lift(request.scope)
     tmp = await service.save_upload(file, settings)
-    row, created = await run_in_threadpool(
-        service.register,
-        session,
-        settings,
-        tmp,
-        tenant=tenant,
-        name=service.dataset_name(name, file.filename),
-        modality=modality,
-        task=task,
-        tags=tags,
-    )
+    with service.validation_slot(tmp):  # no database session is held while it runs
+        dataset = await run_in_threadpool(
+            partial(service.validate, tmp, modality=modality, task=task, tags=tags)
+        )
+    async with session_scope(request) as session:
+        row, created = await run_in_threadpool(
+            partial(service.store, session, settings, tmp, dataset, tenant=tenant,
+                    name=service.dataset_name(name, file.filename))
+        )  # fmt: skip
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/v1/datasets/{row.id}"

@@ -5,6 +5,7 @@ This is the one module that reads ``request.app.state``."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 import anyio
@@ -17,6 +18,7 @@ from app.db.session import Database
 from app.errors import TooManyRequests, Unauthorized
 from app.lifecycle import TaskQueue
 from app.services import apikeys
+from app.services.events import StreamSlots
 from app.services.pages import DEFAULT_LIMIT, MAX_LIMIT
 from app.services.reads import Reads
 from app.tenancy import LOCAL, Principal, Role
@@ -34,6 +36,13 @@ def get_db(request: Request) -> Database:
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's session (:func:`session_scope`, for the whole route)."""
+    async with session_scope(request) as session:
+        yield session
+
+
+@asynccontextmanager
+async def session_scope(request: Request) -> AsyncIterator[Session]:
     """The request's session: committed when the route returns, before the response is sent
     (so a client never sees an id the database does not hold yet, and tasks deferred with
     ``app.lifecycle.defer`` go out after that commit).
@@ -46,7 +55,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     connections, and one-hop database work (key checks, cached reads) always finds one.
 
     Once the commit starts, the request's timeout no longer applies (``app.web.timeouts``): a
-    client is never told a request failed that the database has kept."""
+    client is never told a request failed that the database has kept.
+
+    A route that first works without the database for long (an upload's validation) opens
+    it here when it needs it, rather than holding a permit through that work."""
     db = get_db(request)
     async with get_permits(request).hold():
         session = db.sessions()
@@ -61,6 +73,12 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         finally:
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(session.close)
+
+
+def get_streams(request: Request) -> StreamSlots:
+    """The event streams open in this process, per key (``app.services.events``)."""
+    streams: StreamSlots = request.app.state.streams
+    return streams
 
 
 def get_permits(request: Request) -> Permits:

@@ -21,6 +21,8 @@ from app.web.api.deps import (
     ReadsDep,
     SessionDep,
     SettingsDep,
+    get_db,
+    get_streams,
 )
 from app.web.api.http import CONDITIONAL, conditional, located
 
@@ -92,7 +94,7 @@ async def ranking_events(
     one lasts at most ``TB_EVENT_STREAM_MAX_S``, and ends when its key is revoked."""
     # an unknown id (or another tenant's): 404, no stream
     first = await run_in_threadpool(reads.ranking, job_id, principal.tenant)
-    slots: events.StreamSlots = request.app.state.streams
+    slots = get_streams(request)
     key = principal.key_id
     if not slots.take(key):
         raise TooManyRequests(
@@ -100,7 +102,7 @@ async def ranking_events(
             f"one, or poll GET /v1/rankings/{job_id} (ETag and If-None-Match make that cheap)",
             headers={"Retry-After": "5"},
         )
-    db = request.app.state.db
+    db = get_db(request)
 
     async def allowed() -> bool:
         def check() -> bool:

@@ -5,6 +5,7 @@ set a schedule. Each posts here with its page's CSRF token and, done, redirects 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import File, Form, Request, Response, UploadFile
@@ -123,7 +124,6 @@ async def logout(
 async def upload(
     request: Request,
     viewer: ViewerDep,
-    session: SessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File()],
     name: Annotated[str, Form(max_length=200)] = "",
@@ -143,16 +143,17 @@ async def upload(
         viewer.principal.require(Role.WRITE, "uploading a dataset")
         timeouts.lift(request.scope)  # validation grows with the upload, which the cap bounds
         tmp = await dataset_service.save_upload(file, settings)
-        row, _ = await run_in_threadpool(
-            dataset_service.register,
-            session,
-            settings,
-            tmp,
-            tenant=viewer.tenant or DEFAULT_TENANT,
-            name=dataset_service.dataset_name(name, file.filename),
-            modality=modality or None,
-            task=task or None,
-        )
+        with dataset_service.validation_slot(tmp):  # no database session held meanwhile
+            dataset = await run_in_threadpool(
+                partial(dataset_service.validate, tmp, modality=modality or None,
+                        task=task or None)
+            )  # fmt: skip
+        async with deps.session_scope(request) as session:
+            row, _ = await run_in_threadpool(
+                partial(dataset_service.store, session, settings, tmp, dataset,
+                        tenant=viewer.tenant or DEFAULT_TENANT,
+                        name=dataset_service.dataset_name(name, file.filename))
+            )  # fmt: skip
     except ProblemError as exc:
         context = {
             "viewer": viewer,
