@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(
         default=1024, ge=1, description="upload size cap (413 past it, from the headers)"
     )
+    max_model_mb: int = Field(
+        default=8192,
+        ge=1,
+        description="the largest weights a hub model (hf:, st:, timm:hf-hub:) may download, "
+        "read from the hub's file list before any download (the model fails past it)",
+    )
     max_body_kb: int = Field(
         default=1024,
         ge=16,

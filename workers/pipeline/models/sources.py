@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,43 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
             return True
     except OSError:
         return False
+
+
+#: weight files ``from_pretrained`` reads from a repository's root, in its order of preference
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+
+
+def weights_bytes(siblings: Iterable[Any]) -> int | None:
+    """What loading a hub repository downloads, from its file list (``rfilename``, ``size``):
+    its root-level weight files of the first kind it holds (safetensors before ``.bin``, as
+    ``from_pretrained`` prefers them); None when the list does not give their sizes."""
+    root = [s for s in siblings if "/" not in s.rfilename]
+    for suffix in WEIGHT_SUFFIXES:
+        files = [s for s in root if s.rfilename.endswith(suffix)]
+        if files:
+            sizes = [s.size for s in files]
+            return None if any(size is None for size in sizes) else int(sum(sizes))
+    return 0
+
+
+def check_hub_size(spec: ModelSpec, repo: str, settings: Settings) -> None:
+    """Refuse a hub repository whose weights are larger than ``TB_MAX_MODEL_MB`` before a byte
+    of them is downloaded: a registration names any repository, and a worker would otherwise
+    fetch hundreds of gigabytes onto its disk. A repository the hub does not describe (no
+    network, private, unknown) is left to the loader, which says what is wrong."""
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(repo, files_metadata=True, timeout=3 * HUB_PROBE_TIMEOUT_S)
+    except Exception:  # the loader's own error says it better
+        return
+    size = weights_bytes(info.siblings or [])
+    if size is not None and size > settings.max_model_mb * 2**20:
+        raise PipelineError(
+            f"{spec}: its weights are {size / 2**30:.1f} GiB, more than the "
+            f"{settings.max_model_mb} MiB a model may download (TB_MAX_MODEL_MB); pick a "
+            "smaller model, or ask the operator to raise the limit"
+        )
 
 
 def _local_only(settings: Settings) -> bool:
@@ -164,6 +201,8 @@ def _timm(spec: ModelSpec, name: str, settings: Settings) -> CandidateModel:
 
     if not timm.is_model(spec.ref.split(".")[0]):
         raise PipelineError(f"{spec}: timm has no model {spec.ref!r} (see timm.list_models())")
+    if spec.ref.startswith("hf-hub:") and not _local_only(settings):
+        check_hub_size(spec, spec.ref.removeprefix("hf-hub:"), settings)
     try:
         module = timm.create_model(spec.ref, pretrained=True)
     except Exception as exc:
@@ -242,6 +281,8 @@ def load_hf_encoder(ref: str, settings: Settings, spec: ModelSpec) -> tuple[Any,
         raise PipelineError(f"{spec}: model folder not found: {local}")
     target = str(local) if local.is_dir() else ref
     local_only = local.is_dir() or _local_only(settings)  # a folder: never the hub
+    if not local_only:
+        check_hub_size(spec, ref, settings)
     try:
         tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=local_only)
         model = AutoModel.from_pretrained(target, local_files_only=local_only)
@@ -265,8 +306,10 @@ def _sentence_transformers(spec: ModelSpec, name: str, settings: Settings) -> Ca
 
     local = Path(spec.ref).expanduser()
     target = str(local) if local.is_dir() else spec.ref
+    local_only = local.is_dir() or _local_only(settings)  # a folder: never the hub
+    if not local_only:
+        check_hub_size(spec, spec.ref, settings)
     try:
-        local_only = local.is_dir() or _local_only(settings)  # a folder: never the hub
         model = SentenceTransformer(target, device="cpu", local_files_only=local_only)
     except Exception as exc:
         raise _fetch_failed(spec, exc, settings) from exc
