@@ -1183,7 +1183,8 @@ def lodo_per_dataset(datasets: Mapping[str, Any], variant: Variant) -> dict[str,
         train[i] = False
         pred = variant(t, train, _cols_without(t, [i]), int(i))
         ok = t.has[i]
-        got[t.names[i]] = rank_quality(t.outcomes[i, ok], pred[ok])
+        # tied as the served order ties them (``Fit.recommend``), as ``evaluate_lodo`` does
+        got[t.names[i]] = rank_quality(t.outcomes[i, ok], R._snapped_sums(pred[ok][:, None]))
     return got
 
 

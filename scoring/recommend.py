@@ -149,7 +149,10 @@ Bool = npt.NDArray[np.bool_]
 #: order (step 3); the same numbers as 4 where every dataset has as many exact outcomes.
 #: 6: the inner cross-validation leave-one-dataset-out up to 20 training datasets (was 10),
 #: its folds dealt by content beyond: the same numbers as 5 up to 11 datasets with outcomes.
-VERSION = 6
+#: 7: the leave-one-dataset-out figures measure the order served, tied as it is tied (the
+#: sums' rounding broke ties there, and a tie with the best model counted as a hit); the
+#: weights and the orders are 6's.
+VERSION = 7
 #: Scores within this fraction of the largest magnitude among them are tied: sums of the same
 #: rank contributions in another order differ by rounding (-2.8e-17 against 0.0).
 TIE_RTOL = 1e-9
@@ -780,6 +783,19 @@ def _snap_ties(total: Mapping[str, float], scale: float) -> dict[str, float]:
     return {m: out[m] for m in names}
 
 
+def _snapped_sums(terms: F64) -> F64:
+    """(M, K) each model's terms -> (M,) their sums, tied as ``Fit.recommend`` ties the order
+    it serves (``_snap_ties``): the leave-one-dataset-out figures must measure that order,
+    not one that rounding in a sum breaks ties in (two models tied in the served order, one of
+    them the best, is a miss by the pessimistic rule of ``rank_quality``, not a hit)."""
+    sums = terms.sum(axis=1)
+    if not sums.size:
+        return np.zeros(0, dtype=np.float64)
+    scale = float(np.abs(terms).sum(axis=1).max())
+    snapped = _snap_ties({str(j): float(v) for j, v in enumerate(sums)}, scale)
+    return np.array([snapped[str(j)] for j in range(sums.size)], dtype=np.float64)
+
+
 def _average_ranks(x: F64) -> F64:
     """(n,) finite values -> (n,) 1-based ranks, ties (``tie_groups``) sharing their average
     rank."""
@@ -1392,14 +1408,14 @@ def evaluate_lodo(
         w, _, new, w_metric = _fit_weights(t, train, drop)
         _, _, seen = _history_arrays(t, train)
         if (t.scored[i][:, cols]).any():
-            only = (t.feats[i] @ w_metric[:-1])[ok]
+            only = _snapped_sums(t.feats[i][ok] * w_metric[:-1])
             rows[METRIC_ONLY] = MappingProxyType(rank_quality(gt, only))
             ranked[METRIC_ONLY] = int(ok.sum())
         else:
             rows[METRIC_ONLY] = nan_row
             ranked[METRIC_ONLY] = 0
         if (t.scored[i][:, cols]).any() or (seen[ok] > 0).any():
-            pred = (t.feats[i] @ w[:-1] + new * w[-1])[ok]
+            pred = _snapped_sums(np.column_stack([t.feats[i] * w[:-1], new * w[-1]])[ok])
             rows[RECOMMENDED] = MappingProxyType(rank_quality(gt, pred))
             ranked[RECOMMENDED] = int(ok.sum())
             predictions[name] = MappingProxyType(
