@@ -150,8 +150,9 @@ Bool = npt.NDArray[np.bool_]
 #: 6: the inner cross-validation leave-one-dataset-out up to 20 training datasets (was 10),
 #: its folds dealt by content beyond: the same numbers as 5 up to 11 datasets with outcomes.
 #: 7: the leave-one-dataset-out figures measure the order served, tied as it is tied (the
-#: sums' rounding broke ties there, and a tie with the best model counted as a hit); the
-#: weights and the orders are 6's.
+#: sums' rounding broke ties there, and a tie with the best model counted as a hit); a
+#: dataset whose outcomes are all equal has reliability 0 (exact, it counted 1); otherwise
+#: the weights and the orders are 6's.
 VERSION = 7
 #: Scores within this fraction of the largest magnitude among them are tied: sums of the same
 #: rank contributions in another order differ by rounding (-2.8e-17 against 0.0).
@@ -640,16 +641,18 @@ def reliability(record: DatasetRecord) -> float:
     (``DatasetRecord.outcome_se``: outcomes taken as exact, as a published table's are); 0
     when the outcomes are no more spread than their noise: their order is a draw of the
     noise, and the dataset teaches the recommender nothing (``_table``). A model without a
-    standard error counts as measured exactly.
+    standard error counts as measured exactly. Outcomes all equal are 0 whatever their
+    errors: there is no order to learn or to measure (exact and equal, they once counted 1,
+    and a held-out dataset with no order scored a hit and no regret for any order).
     """
     out = _finite_outcomes(record)
+    spread = float(np.var(list(out.values()), ddof=1)) if len(out) > 1 else 0.0
+    if spread <= 0.0:
+        return 0.0
     se = [float(record.outcome_se.get(m, math.nan)) for m in out]
     noise = math.fsum(x * x for x in se if math.isfinite(x)) / max(len(out), 1)
     if noise == 0.0:
         return 1.0
-    spread = float(np.var(list(out.values()), ddof=1)) if len(out) > 1 else 0.0
-    if spread <= 0.0:
-        return 0.0
     return min(1.0, max(0.0, 1.0 - noise / spread))
 
 

@@ -33,6 +33,7 @@ def test_reliability_is_the_share_of_the_spread_that_is_not_noise() -> None:
     assert reliability(DatasetRecord({}, outcomes, dict.fromkeys(outcomes, 9.0))) == 0.0
     flat = {"a": 80.0, "b": 80.0, "c": 80.0}
     assert reliability(DatasetRecord({}, flat, dict.fromkeys(flat, 1.0))) == 0.0
+    assert reliability(DatasetRecord({}, flat)) == 0.0  # exact, but no order: nothing either
     assert scoring.binomial_se(80.0, 100) == pytest.approx(4.0, abs=1e-12)
     assert scoring.binomial_se(0.8, 100, scale=1.0) == pytest.approx(0.04, abs=1e-12)
     assert math.isnan(scoring.binomial_se(80.0, 0)) and math.isnan(scoring.binomial_se(101, 9))
@@ -59,6 +60,22 @@ def test_outcomes_within_their_noise_teach_nothing() -> None:
         {**data, "task0": poisoned}, directions=SYNTHETIC_DIRECTIONS
     )  # the same poison measured exactly does move the fit
     assert dict(exact.weights) != dict(b.weights)
+
+
+def test_a_dataset_whose_outcomes_are_all_equal_is_neither_learned_nor_held_out() -> None:
+    """Outcomes all equal and exact (a published table's ties, a run at 100% with error 0)
+    have no order to measure: held out, they once scored a hit and no regret whatever the
+    order, while their weighted tau was undefined, so the mean regret and hit were over more
+    datasets than the "calibrated on N" and pulled towards 0 and 1."""
+    data = synthetic(0)
+    flat = DatasetRecord(data["task0"].scores, dict.fromkeys(data["task0"].outcomes, 80.0))
+    with_flat = {**data, "task0": flat}
+    ev = scoring.evaluate_lodo(with_flat, directions=SYNTHETIC_DIRECTIONS)
+    assert "task0" not in ev.datasets and "task0" not in ev.per_dataset
+    without = {**data, "task0": DatasetRecord(data["task0"].scores)}
+    assert dict(scoring.fit_recommender(with_flat, directions=SYNTHETIC_DIRECTIONS).weights) == (
+        dict(scoring.fit_recommender(without, directions=SYNTHETIC_DIRECTIONS).weights)
+    )
 
 
 def test_datasets_equally_reliable_fit_as_exact_ones() -> None:
