@@ -479,7 +479,10 @@ class FineTuneOut(FineTuneSummary):
     held_out: str | None = Field(description="how the validation samples were chosen")
     runs: list[FineTuneRunOut]
     results: list[FineTuneResultOut] = Field(
-        description="each model's last measurement, best first (failed models last)"
+        description="each model's last measurement, best first (failed models last): by "
+        "successive halving's measured order where it ran (the rounds a model survived, then "
+        "its top-1 there; a model out early may have measured more in its shorter round than "
+        "the winner in its last), else by top-1"
     )
     verification: dict[str, Any] | None = Field(
         default=None,

@@ -330,7 +330,18 @@ def describe(job: FineTuneJobRow) -> schemas.FineTuneOut:
         )
         for m, run in last.items()
     ]
-    results.sort(key=lambda r: (r.top1 is None, -(r.top1 or 0.0), r.predicted_rank or 0))
+    # best first: successive halving's measured order (the rounds a model survived, then its
+    # top-1 there), never the last top-1 alone, which mixes budgets: a model out after 2 of
+    # 8 epochs may have measured more than the winner's last round
+    results.sort(
+        key=lambda r: (
+            r.measured_rank is None,
+            r.measured_rank or 0,
+            r.top1 is None,
+            -(r.top1 or 0.0),
+            r.predicted_rank or 0,
+        )
+    )
     held = next((str(r.result["recipe"].get("split")) for r in job.runs
                  if r.result and r.result.get("recipe")), None)  # fmt: skip
     return schemas.FineTuneOut(
