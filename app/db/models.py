@@ -19,8 +19,9 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    case,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
 
 def new_id() -> str:
@@ -287,6 +288,11 @@ class OutcomeRow(Base):
     higher_is_better: Mapped[bool] = mapped_column(Boolean, default=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    #: the value with its sign flipped where lower is better: larger is always better, so
+    #: "best first" is one descending order whatever the measure's direction
+    signed_value: Mapped[float] = column_property(
+        case((higher_is_better.is_(True), value), else_=-value)
+    )
 
     model: Mapped[ModelRow] = relationship()
 

@@ -124,10 +124,15 @@ def store(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
-#: by measure, best value first (ties by model id: one row per dataset, model and measure)
+#: by measure, best value first, lower first where lower is better (``signed_value``; ties
+#: by model id: one row per dataset, model and measure)
 ORDER = pages.Order(
     "outcomes",
-    ((OutcomeRow.measure, False), (OutcomeRow.value, True), (OutcomeRow.model_id, False)),
+    (
+        (OutcomeRow.measure, False),
+        (OutcomeRow.signed_value, True),
+        (OutcomeRow.model_id, False),
+    ),
 )
 
 

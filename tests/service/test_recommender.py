@@ -376,6 +376,18 @@ def test_outcomes_api_replace_and_bad_input(service, small_zip: bytes) -> None:
     assert [o["value"] for o in client.get(url).json()] == [92.0]  # nothing else was stored
     r = client.post(url, json=[{"model_id": model_id, "value": 92.5, "details": {"se": 1.5}}])
     assert r.status_code == 200 and r.json()[0]["details"] == {"se": 1.5}
+    # best first where lower is better too: the smallest error rate first, not the largest
+    other = register_model(client, "second-net", "mobilenet-v2")["id"]
+    errors = [{"model_id": model_id, "value": 0.31}, {"model_id": other, "value": 0.12}]
+    r = client.post(url, json=[e | {"measure": "error", "higher_is_better": False} for e in errors])
+    assert r.status_code == 200, r.text
+    listed = client.get(url, params={"measure": "error"}).json()
+    assert [(o["model_id"], o["value"]) for o in listed] == [(other, 0.12), (model_id, 0.31)]
+    first = client.get(url, params={"measure": "error", "limit": 1})
+    assert [o["value"] for o in first.json()] == [0.12]
+    cursor = first.headers["x-next-cursor"]
+    rest = client.get(url, params={"measure": "error", "limit": 1, "cursor": cursor}).json()
+    assert [o["value"] for o in rest] == [0.31]
 
 
 def test_refit_after_new_outcomes_changes_the_order(service) -> None:
