@@ -13,7 +13,6 @@ from typing import Any
 
 import scoring
 from app.services import recommender
-from app.web.dashboard.views import number
 from app.web.dashboard.web import templates
 
 TABLE = Path(__file__).resolve().parents[2] / "app" / "reference" / "model_spider_image_zoo.csv"
@@ -73,10 +72,13 @@ def test_calibrated_note_states_the_spread_of_its_expected_quality() -> None:
         quality["weighted_tau_range"],
     )
     note = _render({**served, "expected_quality": quality})
+    regret, regret_se = quality["top1_regret"], quality["top1_regret_se"]
+    # the figures as the API's statement and the CLI give them: two decimals, ± each s.e.
     assert (
-        f"weighted τ {number(tau)} ± {number(se)} (one standard error; single datasets "
-        f"{number(low)} to {number(high)}) and a top-1 regret of"
-    ) in note
+        f"weighted τ {tau:.2f} ± {se:.2f} (one standard error; single datasets "
+        f"{low:.2f} to {high:.2f}) and a top-1 regret of {regret:.2f} ± {regret_se:.2f} points"
+    ) in " ".join(note.split())
+    assert f"weighted tau {tau:.2f} ± {se:.2f}" in quality["statement"]
     old = {k: v for k, v in quality.items() if k not in ("weighted_tau_se", "weighted_tau_range")}
     note = _render({**served, "expected_quality": old})
-    assert f"weighted τ {number(tau)} and a top-1 regret of" in note
+    assert f"weighted τ {tau:.2f} and a top-1 regret of" in note

@@ -87,6 +87,15 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def two(value: float | None) -> str:
+    """An expected-quality figure as the API's statement and the CLI give it: two decimals,
+    never a negative zero (``app.services.recommender``)."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    text = f"{value:.2f}"
+    return text[1:] if text == "-0.00" else text
+
+
 def number(value: float | None) -> str:
     """A score or figure for a table cell: about four significant digits."""
     if value is None or not math.isfinite(value):
