@@ -44,6 +44,9 @@ class JobCollector(Collector):
             recent = s.execute(
                 select(JobModelRow.samples_total, JobModelRow.extract_seconds)
                 .where(JobModelRow.extract_seconds > 0)
+                # the last 100: newest progress first (unordered, the database returned any
+                # 100, in practice the oldest, and the gauge stopped moving)
+                .order_by(JobModelRow.heartbeat_at.desc().nulls_last())
                 .limit(100)
             ).all()
         durations = [(f - c).total_seconds() for c, f in finished if f and c]
