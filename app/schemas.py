@@ -304,7 +304,7 @@ class ReferenceTableOut(BaseModel):
 class BenchmarkImported(BaseModel):
     table: str
     datasets: int
-    models: int
+    models: int = Field(description="models with an outcome, as GET /v1/benchmarks counts them")
     rows: int
     metrics: list[str]
     external: list[str]

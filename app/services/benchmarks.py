@@ -188,7 +188,8 @@ def import_table(
     return Imported(
         table=table,
         datasets=len(records),
-        models=len(models),
+        # as GET /v1/benchmarks and `benchmark list` count them: models with an outcome
+        models=len({r["model_id"] for r in outcome_rows}),
         rows=len(rows),
         metrics=sorted(n for n in set(names.values()) if n in scoring.REGISTRY),
         external=external,

@@ -53,6 +53,20 @@ def test_an_imported_table_is_listed_after_the_shipped_ones(service) -> None:
     assert [t["name"] for t in again].count("mine") == 1
 
 
+def test_the_import_counts_models_as_the_list_does(service) -> None:
+    """A model with scores but no outcome (m4) is not counted: the import's answer once said
+    4 models where GET /v1/benchmarks and `benchmark list` said 3."""
+    scores_only = TABLE + "d1,m4,,1.2\nd2,m4,,0.8\n"
+    r = service.client.post(
+        "/v1/benchmarks",
+        files={"file": ("partial.csv", scores_only.encode(), "text/csv")},
+        data={"outcome": "finetune_top1", "modality": "text"},
+    )
+    assert r.status_code == 201, r.text
+    listed = {t["name"]: t for t in service.client.get("/v1/benchmarks").json()}
+    assert r.json()["models"] == listed["partial"]["models"] == 3
+
+
 def test_each_tenant_sees_its_own_imports_and_the_operators(service) -> None:
     with service.db.session() as s:
         benchmarks.import_table(s, TABLE, table="a-table", outcome="finetune_top1", tenant="a")

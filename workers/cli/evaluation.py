@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
             scope = recommender.Scope(args.modality, args.task, args.outcome)
             print(
                 f"imported {imported.table}: {imported.datasets} datasets, {imported.models} "
-                f"models, {imported.rows} rows; metrics {', '.join(imported.metrics)}; "
+                f"models with outcomes, {imported.rows} rows; "
+                f"metrics {', '.join(imported.metrics)}; "
                 f"external scores {', '.join(imported.external) or 'none'}; "
                 f"aliases {', '.join(linked) or 'none'}; evaluate it with "
                 f"`transferbench benchmark evaluate {_options(scope)}`"
