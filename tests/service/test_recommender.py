@@ -453,7 +453,7 @@ def test_cli_outcomes_evaluate_and_benchmark(tmp_path: Path, data_dir: Path, cap
     table.write_bytes(as_csv(make_table()))
     assert main(["benchmark", "import", str(table), "--outcome", "top1",
                  "--lower-is-better", "Err"]) == 0  # fmt: skip
-    assert "6 datasets, 8 models, 48 rows" in capsys.readouterr().out
+    assert "6 datasets, 8 models with outcomes, 48 rows" in capsys.readouterr().out
     assert main(["benchmark", "evaluate", "--measure", "top1", "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["datasets"] == 6
@@ -464,7 +464,7 @@ def test_cli_outcomes_evaluate_and_benchmark(tmp_path: Path, data_dir: Path, cap
     assert "--dataset-column COLUMN" in capsys.readouterr().err
     assert main(["benchmark", "import", str(renamed), "--outcome", "top1", "--lower-is-better",
                  "Err", "--dataset-column", "task", "--model-column", "encoder"]) == 0  # fmt: skip
-    assert "6 datasets, 8 models, 48 rows" in capsys.readouterr().out
+    assert "6 datasets, 8 models with outcomes, 48 rows" in capsys.readouterr().out
     assert main(["benchmark", "evaluate", "--measure", "top1", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == report
     assert set(report["metrics"]) == {"logme", "Noise", "Reversed", "Err"}
