@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from app.db.models import FineTuneJobRow, FineTuneRunRow, ModelRow
 from app.services.finetunes import describe
 from app.states import FineTuneStatus, RunStatus
+from app.web.dashboard.views import measured_ranks
 
 
 def _run(model: ModelRow, position: int, round_: int, epochs: int, top1: float) -> FineTuneRunRow:
@@ -21,7 +22,7 @@ def _run(model: ModelRow, position: int, round_: int, epochs: int, top1: float) 
     )  # fmt: skip
 
 
-def test_results_follow_the_measured_order_not_the_last_top1() -> None:
+def _job() -> FineTuneJobRow:
     a, b, c = (ModelRow(id=n, name=f"net-{n}") for n in "abc")
     when = datetime(2026, 12, 7, tzinfo=UTC)
     job = FineTuneJobRow(
@@ -36,9 +37,21 @@ def test_results_follow_the_measured_order_not_the_last_top1() -> None:
         # (rounds survived, then the top-1 there): a, then b, then c
         result={"winner": "a", "measured_order": ["a", "b", "c"], "out_in_round": {"b": 2, "c": 1}},
     )  # fmt: skip
-    out = describe(job)
+    return job
+
+
+def test_results_follow_the_measured_order_not_the_last_top1() -> None:
+    out = describe(_job())
     assert [r.model for r in out.results] == ["net-a", "net-b", "net-c"]
     assert [r.measured_rank for r in out.results] == [1, 2, 3]
     assert out.verification is not None and out.verification["winner"] == "net-a"
     # the last top-1 alone would have put b (0.63, 2 epochs) above the winner (0.61, 4)
     assert {r.model: r.top1 for r in out.results} == {"net-a": 0.61, "net-b": 0.63, "net-c": 0.40}
+
+
+def test_the_dashboard_ranks_one_halving_job_by_its_measured_order() -> None:
+    out = describe(_job())
+    newest: dict = {}
+    for run in sorted(out.runs, key=lambda r: -r.round):
+        newest.setdefault(run.model_id, (run, out))
+    assert measured_ranks(newest) == {"a": 1, "b": 2, "c": 3}  # by top-1 alone: b, a, c

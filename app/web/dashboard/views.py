@@ -301,11 +301,7 @@ def finetune_view(
         for run in sorted(job.runs, key=lambda r: -r.round):
             newest.setdefault(run.model_id, (run, job))
     predicted = dict(scoring.rank_best_first(dict(recommended))) if recommended else {}
-    measured = dict(
-        scoring.rank_best_first(
-            {m: run.top1 for m, (run, _) in newest.items() if run.top1 is not None}
-        )
-    )
+    measured = measured_ranks(newest)
     order = sorted(
         newest, key=lambda m: (predicted.get(m) is None, predicted.get(m) or 0, newest[m][0].model)
     )
@@ -347,6 +343,23 @@ def finetune_view(
             for job in jobs
         ],
     }
+
+
+def measured_ranks(newest: Mapping[str, tuple[Any, Any]]) -> dict[str, int | None]:
+    """model id -> its place by what fine-tuning measured, for ``newest`` (model id -> its
+    newest run and that run's job, as ``GET /v1/finetunes/{id}`` describes them). When they
+    all come from one successive-halving job, its measured order (the rounds a model
+    survived, then its top-1 there): a model out after a short round may have measured more
+    than the winner in its last, longer one, and ranking by top-1 alone put it first. Runs of
+    several jobs are ranked by their top-1 (each row shows its epochs beside it)."""
+    jobs = {job.id: job for _, job in newest.values()}
+    if len(jobs) == 1:
+        (job,) = jobs.values()
+        ranks = {r.model_id: r.measured_rank for r in job.results if r.measured_rank is not None}
+        if job.method == "halving" and ranks:
+            return ranks
+    top1 = {m: run.top1 for m, (run, _) in newest.items() if run.top1 is not None}
+    return dict(scoring.rank_best_first(top1))
 
 
 def _curve(train_loss: list[float], val_top1: list[float]) -> dict[str, Any] | None:
