@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
@@ -22,6 +23,7 @@ from app.web.api.deps import (
     session_scope,
 )
 from app.web.api.http import CONDITIONAL, conditional, located
+from workers.settings import Settings
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Authorized])
 
@@ -64,19 +66,38 @@ async def upload(
     # validation grows with the upload (every image decoded), which TB_MAX_UPLOAD_MB bounds
     timeouts.lift(request.scope)
     tmp = await service.save_upload(file, settings)
-    with service.validation_slot(tmp):  # no database session is held while it runs
-        dataset = await run_in_threadpool(
-            partial(service.validate, tmp, modality=modality, task=task, tags=tags)
-        )
-    async with session_scope(request) as session:
-        row, created = await run_in_threadpool(
-            partial(service.store, session, settings, tmp, dataset, tenant=tenant,
-                    name=service.dataset_name(name, file.filename))
-        )  # fmt: skip
+    row, created = await register_upload(
+        request, settings, tmp, tenant=tenant, name=service.dataset_name(name, file.filename),
+        modality=modality, task=task, tags=tags,
+    )  # fmt: skip
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return row
+
+
+async def register_upload(
+    request: Request,
+    settings: Settings,
+    tmp: Path,
+    *,
+    tenant: str,
+    name: str,
+    modality: str | None,
+    task: str | None,
+    tags: str | None = None,
+) -> tuple[DatasetRow, bool]:
+    """``services.datasets.register`` for a route (this one and the dashboard's form): the
+    saved upload validated with no database session held (``validation_slot``: 429 past the
+    uploads admitted), then stored on a session opened for it (``session_scope``)."""
+    with service.validation_slot(tmp):
+        dataset = await run_in_threadpool(
+            partial(service.validate, tmp, modality=modality, task=task, tags=tags)
+        )
+    async with session_scope(request) as session:
+        return await run_in_threadpool(
+            partial(service.store, session, settings, tmp, dataset, tenant=tenant, name=name)
+        )
 
 
 @router.get("", response_model=list[schemas.DatasetOut])

@@ -5,7 +5,6 @@ set a schedule. Each posts here with its page's CSRF token and, done, redirects 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Annotated, Any
 
 from fastapi import File, Form, Request, Response, UploadFile
@@ -22,6 +21,7 @@ from app.services import recommender
 from app.tenancy import DEFAULT_TENANT, Role
 from app.web import sessions, timeouts
 from app.web.api import deps
+from app.web.api.datasets import register_upload
 from app.web.api.deps import QueueDep, SessionDep, SettingsDep
 
 from . import queries, views
@@ -143,17 +143,11 @@ async def upload(
         viewer.principal.require(Role.WRITE, "uploading a dataset")
         timeouts.lift(request.scope)  # validation grows with the upload, which the cap bounds
         tmp = await dataset_service.save_upload(file, settings)
-        with dataset_service.validation_slot(tmp):  # no database session held meanwhile
-            dataset = await run_in_threadpool(
-                partial(dataset_service.validate, tmp, modality=modality or None,
-                        task=task or None)
-            )  # fmt: skip
-        async with deps.session_scope(request) as session:
-            row, _ = await run_in_threadpool(
-                partial(dataset_service.store, session, settings, tmp, dataset,
-                        tenant=viewer.tenant or DEFAULT_TENANT,
-                        name=dataset_service.dataset_name(name, file.filename))
-            )  # fmt: skip
+        row, _ = await register_upload(
+            request, settings, tmp, tenant=viewer.tenant or DEFAULT_TENANT,
+            name=dataset_service.dataset_name(name, file.filename),
+            modality=modality or None, task=task or None,
+        )  # fmt: skip
     except ProblemError as exc:
         context = {
             "viewer": viewer,
