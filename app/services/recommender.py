@@ -270,15 +270,14 @@ def _summary(
     if tau is None:
         statement = f"calibrated on {datasets} too few to hold one out and measure it"
     else:
-        statement = f"calibrated on {prefix}{n} {datasets}: weighted tau {_two(tau)}"
+        statement = f"calibrated on {prefix}{n} {datasets}: weighted tau {two(tau)}"
         if tau_se is not None and low is not None and high is not None:
             statement += (
-                f" ± {_two(tau_se)} (one standard error; single datasets {_two(low)} to "
-                f"{_two(high)})"
+                f" ± {two(tau_se)} (one standard error; single datasets {two(low)} to {two(high)})"
             )
         if regret is not None:
-            statement += f", top-1 regret {_two(regret)}"
-            statement += f" ± {_two(regret_se)} points" if regret_se is not None else " points"
+            statement += f", top-1 regret {two(regret)}"
+            statement += f" ± {two(regret_se)} points" if regret_se is not None else " points"
     return {
         "method": method,
         "weighted_tau": tau,
@@ -349,7 +348,7 @@ def for_models(
         1,
     )
     if shown.get("weighted_tau") is not None:
-        narrowed["statement"] += f" (all {total}: weighted tau {_two(shown['weighted_tau'])})"
+        narrowed["statement"] += f" (all {total}: weighted tau {two(shown['weighted_tau'])})"
     narrowed["all_datasets"] = {k: v for k, v in shown.items() if k != "statement"}
     return narrowed
 
@@ -489,7 +488,7 @@ def metric_only_fit(
     return fit, row
 
 
-def _two(value: float) -> str:
+def two(value: float) -> str:
     """``value`` to two decimals, never as a negative zero."""
     text = f"{value:.2f}"
     return text[1:] if text == "-0.00" else text

@@ -88,12 +88,11 @@ def _aware(moment: datetime) -> datetime:
 
 
 def two(value: float | None) -> str:
-    """An expected-quality figure as the API's statement and the CLI give it: two decimals,
-    never a negative zero (``app.services.recommender``)."""
+    """An expected-quality figure as the API's statement gives it
+    (``recommender.two``), or a dash."""
     if value is None or not math.isfinite(value):
         return "–"
-    text = f"{value:.2f}"
-    return text[1:] if text == "-0.00" else text
+    return recommender.two(value)
 
 
 def number(value: float | None) -> str:
