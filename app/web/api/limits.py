@@ -26,9 +26,9 @@ from app.web.problems import problem
 #: Room for multipart framing and form fields around the file itself.
 OVERHEAD_BYTES = 1 << 20
 BODY_METHODS = {"POST", "PUT", "PATCH"}
-#: The routes whose body is a file, and so may reach the upload cap.
-UPLOAD_PATHS = frozenset({"/v1/datasets", "/v1/benchmarks", "/dashboard/upload"})
 DASHBOARD_UPLOAD = "/dashboard/upload"
+#: The routes whose body is a file, and so may reach the upload cap.
+UPLOAD_PATHS = frozenset({"/v1/datasets", "/v1/benchmarks", DASHBOARD_UPLOAD})
 
 
 class BodyGuard:
