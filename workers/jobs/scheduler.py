@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -104,15 +105,13 @@ class Scheduler:
         created = []
         limit = self.settings.tenant_max_active_jobs
         with self.db.session() as s:
-            counts = s.execute(
-                select(JobRow.tenant, func.count())
-                .where(JobRow.status.in_(JobStatus.active()))
-                .group_by(JobRow.tenant)
-            )
-            active: dict[str | None, int] = {tenant: n for tenant, n in counts}
-            busy = set(
-                s.scalars(select(JobRow.dataset_id).where(JobRow.status.in_(JobStatus.active())))
-            )
+            running = s.execute(
+                select(JobRow.tenant, JobRow.dataset_id).where(
+                    JobRow.status.in_(JobStatus.active())
+                )
+            ).all()
+            active = Counter(tenant for tenant, _ in running)  # active jobs per tenant
+            busy = {dataset for _, dataset in running}
             for ds in s.scalars(select(DatasetRow).where(DatasetRow.schedule.is_not(None))):
                 base = ds.last_scheduled_at or ds.created_at
                 due = dataset_service.next_run(str(ds.schedule), base)
@@ -121,14 +120,14 @@ class Scheduler:
                     continue
                 if due > at or ds.id in busy:
                     continue
-                if ds.tenant is not None and active.get(ds.tenant, 0) >= limit:
+                if ds.tenant is not None and active[ds.tenant] >= limit:
                     continue  # the operator's datasets (tenant None) have no limit
                 models = model_service.candidates(s, ds.modality, ds.tenant)
                 if models:
                     metrics = scoring.default_metrics(scoring.target_kind(ds.task))
                     job = create_job(s, self.queue, ds, models, metrics, trigger=Trigger.SCHEDULE)
                     created.append(job.id)
-                    active[ds.tenant] = active.get(ds.tenant, 0) + 1
+                    active[ds.tenant] += 1
                 ds.last_scheduled_at = at
         return created
 
