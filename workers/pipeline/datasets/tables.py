@@ -88,7 +88,8 @@ def _csv_rows(handle: TextIO, path: Path) -> Iterator[dict[str, object]]:
 def _json_rows(handle: TextIO, path: Path) -> Iterator[dict[str, object]]:
     count = 0
     lines = _Bounded(handle, path)
-    for line, raw in enumerate(lines, start=1):
+    for raw in lines:
+        line = lines.line
         lines.row_done()
         if not raw.strip():
             continue
