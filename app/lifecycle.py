@@ -351,11 +351,16 @@ def _run(model_id: str, position: int, round_: int, epochs: int) -> FineTuneRunR
     )  # fmt: skip
 
 
-def round_over(session: Session, queue: Dispatcher, job_id: str) -> FineTuneStatus | None:
+def round_over(
+    session: Session, queue: Dispatcher, job_id: str, *, advance: bool = True
+) -> FineTuneStatus | None:
     """Move a fine-tuning job on once every run of its current round has ended: the next round
-    of successive halving (its tasks deferred), or the job's end (done when a model was
-    measured, with the halving's summary; failed otherwise). Returns the status it closed the
-    job with, or None when the job goes on (or was closed already)."""
+    of successive halving (its tasks deferred), or the job's end: done when a model was
+    measured (a halving: when its last round found a winner), with the halving's summary;
+    failed otherwise, a halving with what its earlier rounds measured as its summary.
+    ``advance=False`` (a job expired) starts no further round: a halving not over by then
+    fails with what it measured. Returns the status it closed the job with, or None when the
+    job goes on (or was closed already)."""
     job = session.scalar(
         select(FineTuneJobRow).where(FineTuneJobRow.id == job_id).with_for_update()
     )
@@ -372,9 +377,13 @@ def round_over(session: Session, queue: Dispatcher, job_id: str) -> FineTuneStat
             predicted = {r.model_id: r.position for r in runs}
             alive = [r.model_id for r in sorted(this, key=lambda r: r.position)]
             kept, finished = keep(alive, {r.model_id: r.top1 for r in this}, predicted)
-            if not finished:
+            if not finished and advance:
                 epochs = round_epochs(int(job.recipe["epochs"]), len(kept))
-                earlier = {(r.model_id, r.epochs): r for r in runs if r.status == RunStatus.DONE}
+                earlier = {  # the run that measured it, never a repeat of one
+                    (r.model_id, r.epochs): r
+                    for r in runs
+                    if r.status == RunStatus.DONE and r.same_as is None
+                }
                 for model_id in kept:
                     run = _run(model_id, predicted[model_id], current + 1, epochs)
                     run.job_id = job.id
@@ -388,13 +397,26 @@ def round_over(session: Session, queue: Dispatcher, job_id: str) -> FineTuneStat
                 session.flush()
                 continue
         measured = [r for r in runs if r.status == RunStatus.DONE]
-        if measured:
-            move_finetune(job, FineTuneStatus.DONE)
-            if job.method == METHOD_HALVING:
-                job.result = halving_summary(runs)
-        else:
+        if not measured:
             move_finetune(job, FineTuneStatus.FAILED)
             job.error = "no model could be fine-tuned; see each model's error"
+        elif job.method != METHOD_HALVING:
+            move_finetune(job, FineTuneStatus.DONE)
+        else:
+            job.result = halving_summary(runs)
+            if job.result["winner"] is not None:
+                move_finetune(job, FineTuneStatus.DONE)
+            else:
+                move_finetune(job, FineTuneStatus.FAILED)
+                job.error = (
+                    "successive halving ended without a winner: "
+                    + (
+                        "every run of its last round failed (see each model's error)"
+                        if finished
+                        else "the job was closed before its last round"
+                    )
+                    + "; what the earlier rounds measured is stored as outcomes"
+                )
         return FineTuneStatus(job.status)
 
 
@@ -410,23 +432,33 @@ def halving_summary(runs: Sequence[FineTuneRunRow]) -> dict[str, Any]:
     """What successive halving measured, from its runs: the winner and its top-1, the rounds,
     the measured order, whether the winner is the predicted first, and Kendall's tau-b
     between the predicted and the measured order of the candidates measured (None below
-    three, where ``scoring.rank_quality`` leaves it undefined)."""
+    three, where ``scoring.rank_quality`` leaves it undefined).
+
+    A candidate is placed by its last *measured* run and the round it reached: one whose run
+    failed in a later round keeps what it measured before (stored as its outcome), placed
+    below those measured in that round. The winner is the best of the last round only once
+    that round ended the halving (one candidate left, or none measured): a job closed before
+    then (expired) has none."""
     predicted = {r.model_id: r.position + 1 for r in runs}
     names = sorted(predicted, key=predicted.__getitem__)
     rounds = max(r.round for r in runs)
-    last: dict[str, FineTuneRunRow] = {}
+    reached: dict[str, int] = {}
+    measured: dict[str, FineTuneRunRow] = {}
     for r in sorted(runs, key=lambda r: r.round):
-        last[r.model_id] = r
-    out_in = {m: r.round for m, r in last.items() if r.round < rounds}
-    top1 = {m: (r.top1 if r.status == RunStatus.DONE else None) for m, r in last.items()}
-    final, _ = keep(
-        [m for m, r in last.items() if r.round == rounds], top1, predicted
-    )  # the last round ended the halving: its best measured candidate won
-    winner = final[0] if final else None
-    for m, r in last.items():
-        if r.round == rounds and m != winner:
-            out_in[m] = rounds
-    order = measured_order(names, predicted, top1, out_in, rounds)
+        reached[r.model_id] = r.round
+        if r.status == RunStatus.DONE:
+            measured[r.model_id] = r
+    top1 = {m: (measured[m].top1 if m in measured else None) for m in names}
+    this = {r.model_id: r for r in runs if r.round == rounds}
+    final, finished = keep(
+        [m for m in names if m in this],
+        {m: (r.top1 if r.status == RunStatus.DONE else None) for m, r in this.items()},
+        predicted,
+    )
+    winner = final[0] if finished and final else None
+    out_in = {m: reached[m] for m in names if m != winner}
+    measured_in = {m: r.round for m, r in measured.items()}
+    order = measured_order(names, predicted, top1, out_in, rounds, measured_in)
     tau = None
     if order:
         measured_rank = {m: i + 1 for i, m in enumerate(order)}

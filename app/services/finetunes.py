@@ -303,9 +303,14 @@ def _run_out(run: FineTuneRunRow, rounds: dict[int, int], job_id: str) -> schema
 def describe(job: FineTuneJobRow) -> schemas.FineTuneOut:
     rounds = {r.id: r.round for r in job.runs}
     names = {r.model_id: r.model.name for r in job.runs}
+    # each model's last run, and the last that measured it: a run that failed after a
+    # measurement (a later round of a halving) leaves that measurement standing
     last: dict[str, FineTuneRunRow] = {}
+    shown: dict[str, FineTuneRunRow] = {}
     for run in sorted(job.runs, key=lambda r: r.round):
         last[run.model_id] = run
+        if run.status == RunStatus.DONE or run.model_id not in shown:
+            shown[run.model_id] = run
     summary = None
     measured: dict[str, int] = {}
     if job.result:
@@ -324,11 +329,15 @@ def describe(job: FineTuneJobRow) -> schemas.FineTuneOut:
             epochs=(run.result or {}).get("epochs"),
             seconds=(run.result or {}).get("seconds"),
             device=(run.result or {}).get("device"),
-            error=run.error,
+            error=(
+                f"round {last[m].round} failed: {last[m].error}"
+                if last[m] is not run and last[m].status == RunStatus.FAILED
+                else run.error
+            ),
             predicted_rank=run.position + 1 if job.method == METHOD_HALVING else None,
             measured_rank=measured.get(m),
         )
-        for m, run in last.items()
+        for m, run in shown.items()
     ]
     # best first: successive halving's measured order (the rounds a model survived, then its
     # top-1 there), never the last top-1 alone, which mixes budgets: a model out after 2 of

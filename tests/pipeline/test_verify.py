@@ -86,3 +86,47 @@ def test_the_pretrained_model_wins_though_predicted_last(
     assert details["recipe"]["mode"] == "head" and details["recipe"]["epochs"] == 2
     assert details["verification"]["round"] == 3 and details["verification"]["rounds"] == 3
     assert outcomes[zero]["details"]["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_a_last_round_that_fails_leaves_what_the_first_measured(
+    fmnist_full: Dataset, tmp_path: Path
+) -> None:
+    """The winner's full-budget run fails (a fault after its first step: out of memory, a lost
+    device): no winner, but its first-round measurement stands, placed above the model it
+    beat there, and is stored as its outcome with the round that took it. Before, its failed
+    run replaced that measurement: it was dropped from the measured order, its outcome was not
+    stored, and the verdict said nothing had been verified."""
+    from workers.cli.verify import block
+
+    small = fmnist_full.subsample(20, seed=3)
+    clothes = small.select(np.flatnonzero(np.isin(small.labels, THREE)))
+    zero = _statedict(tmp_path / "zero.pt", zero=True)
+    recipe = FineTuneRecipe(mode="head", epochs=2, batch_size=8, validation=4)
+    first_round_steps: set[int] = set()
+
+    def fault(name: str, done: int, total: int) -> None:
+        if not first_round_steps:
+            first_round_steps.add(total)
+        if total not in first_round_steps:  # a longer round: the last
+            raise RuntimeError("CUDA out of memory (injected)")
+
+    result = successive_halving(clothes, [zero, "mobilenet-v2"], recipe, device="cpu",
+                                progress=fault)  # fmt: skip
+
+    assert [r.epochs for r in result.rounds] == [1, 2]
+    assert result.rounds[0].kept == ["mobilenet-v2"] and result.winner is None
+    assert result.measured_order == ["mobilenet-v2", zero] and result.agrees is None
+    by_name = {c.model: c for c in result.candidates}
+    best = by_name["mobilenet-v2"]
+    assert best.result.top1 is not None and best.result.epochs == 1
+    assert best.out_in_round == 2 and best.measured_in_round == 1 and best.measured_rank == 1
+    assert best.error == "round 2 failed: CUDA out of memory (injected)"
+    outcomes = {o["model_id"]: o for o in result.outcomes()}
+    assert set(outcomes) == {zero, "mobilenet-v2"}
+    assert outcomes["mobilenet-v2"]["value"] == pytest.approx(100 * best.result.top1)
+    assert outcomes["mobilenet-v2"]["details"]["verification"]["round"] == 1
+    assert outcomes["mobilenet-v2"]["details"]["epochs"] == 1
+    text = block(result.to_dict())
+    assert "No winner" in text and "nothing verified" not in text
+    assert "2 (failed)" in text

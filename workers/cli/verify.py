@@ -263,7 +263,7 @@ def block(result: dict[str, Any], where: str = "here") -> str:
             "failed" if top1 is None else number(top1),
             "" if top1 is None else f"{round(top1 * held)}/{held}",
             "-" if c["epochs"] is None else f"{c['epochs']:g}",
-            "winner" if c["model"] == result["winner"] else str(c["out_in_round"] or ""),
+            _out(c, result["winner"]),
         ])  # fmt: skip
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     for line in [header, *body]:
@@ -276,9 +276,24 @@ def block(result: dict[str, Any], where: str = "here") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _out(candidate: dict[str, Any], winner: str | None) -> str:
+    """The "out in round" cell: the winner, the round, and whether its run failed there
+    (after an earlier measurement, the one shown)."""
+    if candidate["model"] == winner:
+        return "winner"
+    out = str(candidate["out_in_round"] or "")
+    failed = candidate["top1"] is not None and candidate.get("error")
+    return f"{out} (failed)" if failed else out
+
+
 def _verdict(result: dict[str, Any]) -> str:
     winner = result["winner"]
     if winner is None:
+        if any(c["top1"] is not None for c in result["candidates"]):
+            return (
+                "No winner: the halving's last round did not finish (see the reasons above); "
+                "the measured order is what the earlier rounds found, and their top-1 stands."
+            )
         return "No candidate could be fine-tuned (see the reasons above): nothing verified."
     top1 = next(c["top1"] for c in result["candidates"] if c["model"] == winner)
     first = result["candidates"][0]["model"]

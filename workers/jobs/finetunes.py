@@ -233,13 +233,18 @@ class FineTuneSteps:
         return progress
 
     def _epoch(self, run_id: int) -> Callable[[int, float, float], None]:
-        def epoch_done(_: int, loss: float, top1: float) -> None:
-            with self.db.session() as s:
-                run = s.get(FineTuneRunRow, run_id)
-                if run is not None and run.status == RunStatus.TRAINING:
-                    run.train_loss = [*run.train_loss, loss]
-                    run.val_top1 = [*run.val_top1, top1]
-                    run.heartbeat_at = now()
+        def epoch_done(epoch: int, loss: float, top1: float) -> None:
+            # best effort, as progress is: a database blip must not fail the run (the curves
+            # are a view of it; the run's result carries them whole when it ends)
+            try:
+                with self.db.session() as s:
+                    run = s.get(FineTuneRunRow, run_id)
+                    if run is not None and run.status == RunStatus.TRAINING:
+                        run.train_loss = [*run.train_loss, loss]
+                        run.val_top1 = [*run.val_top1, top1]
+                        run.heartbeat_at = now()
+            except OperationalError as exc:
+                log.warning("fine-tuning run %s: epoch %s not recorded: %s", run_id, epoch, exc)
 
         return epoch_done
 

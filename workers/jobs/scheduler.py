@@ -34,7 +34,6 @@ from app.lifecycle import (
     create_job,
     defer,
     finish_if_complete,
-    move_finetune,
     move_job,
     move_model,
     move_run,
@@ -258,11 +257,11 @@ class Scheduler:
                         move_run(run, RunStatus.FAILED)
                         run.error = reason
                 s.flush()
-                round_over(s, self.queue, job.id)
-                if not FineTuneStatus(job.status).terminal:  # a halving would go on
-                    move_finetune(job, FineTuneStatus.FAILED)
+                round_over(s, self.queue, job.id, advance=False)  # no further round
                 if job.status == FineTuneStatus.FAILED:
-                    job.error = reason
+                    job.error = reason + (
+                        "; what it measured is stored as outcomes" if job.result else ""
+                    )
                 log.warning("fine-tuning job %s expired: %s", job.id, reason)
                 expired.append(job.id)
         return expired

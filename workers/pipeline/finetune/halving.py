@@ -36,12 +36,19 @@ def measured_order(
     top1: Mapping[str, float | None],
     out_in: Mapping[str, int],
     rounds: int,
+    measured_in: Mapping[str, int] | None = None,
 ) -> list[str]:
     """The order fine-tuning measured: the winner first, then those out in the last round,
     then the round before, and so on; within a round by top-1, ties by the predicted place.
-    A candidate that failed (top-1 None) is not placed."""
+    ``top1`` is each candidate's last measurement and ``measured_in`` the round that took it
+    (default: the round it went out in). A candidate whose run failed in the round it went out
+    in keeps its place by what it measured before: below those measured in that round (it
+    never showed it could match them), above those it beat earlier. One never measured (top-1
+    None) is not placed."""
+    at = measured_in or {}
 
-    def place(name: str) -> tuple[int, float, int]:  # later out, better; then top-1, then order
-        return (-out_in.get(name, rounds + 1), -(top1[name] or 0.0), predicted[name])
+    def place(name: str) -> tuple[int, int, float, int]:  # later out, better; then top-1
+        out = out_in.get(name, rounds + 1)
+        return (-out, -at.get(name, out), -(top1[name] or 0.0), predicted[name])
 
     return sorted((n for n in names if top1.get(n) is not None), key=place)

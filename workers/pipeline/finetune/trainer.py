@@ -139,6 +139,7 @@ def train(
         net.train()
         order = split.train[order_rng.permutation(len(split.train))]
         losses: list[float] = []
+        seen = 0  # samples stepped on this epoch: all of them unless a time budget ends it
         for start in range(0, len(order), batch):
             limits.check(f"epoch {epoch + 1}, step {step + 1}")
             rows = order[start : start + batch]
@@ -166,6 +167,7 @@ def train(
                         ) from None
                     micro = max(1, micro // 2)
             losses.append(loss)
+            seen += len(rows)
             step += 1
             if progress is not None:
                 progress(name, step, total)
@@ -174,7 +176,8 @@ def train(
                 budget_over = True
                 record.epochs = epoch + (start + len(rows)) / len(order)
                 break
-        record.train_loss.append(float(np.sum(losses) / len(split.train)) if losses else 0.0)
+        # the mean loss over the samples this epoch stepped on (a time budget may end it early)
+        record.train_loss.append(float(np.sum(losses) / seen) if seen else 0.0)
         record.val_top1.append(evaluate(net, inputs, labels, split.validation, micro, device,
                                         dtype, limits))  # fmt: skip
         if epoch_done is not None:

@@ -71,15 +71,25 @@ class Round:
 
 @dataclass
 class Verified:
-    """One candidate: its place in the predicted order (1 first), its last measurement, the
-    round it went out in (1-based; None: the winner) and its place in the measured order
-    (None when it failed: a failed candidate is not placed)."""
+    """One candidate: its place in the predicted order (1 first), its last measurement (or
+    its failed run when it was never measured), the round it went out in (1-based; None: the
+    winner), the round that measured it, its place in the measured order (None when it was
+    never measured: then it is not placed), and the run that failed after it was measured
+    (``failed``: it went out in that round, placed by what it measured before)."""
 
     model: str
     predicted_rank: int
     result: FineTuneResult
     out_in_round: int | None = None
     measured_rank: int | None = None
+    measured_in_round: int | None = None
+    failed: FineTuneResult | None = None
+
+    @property
+    def error(self) -> str | None:
+        if self.failed is not None:
+            return f"round {self.out_in_round} failed: {self.failed.error}"
+        return self.result.error
 
     def to_dict(self) -> dict[str, Any]:
         r = self.result
@@ -92,7 +102,7 @@ class Verified:
             "seconds": r.seconds,
             "device": r.device,
             "out_in_round": self.out_in_round,
-            "error": r.error,
+            "error": self.error,
         }
 
 
@@ -137,7 +147,7 @@ class Verification:
                 "se": se,
                 "verification": {
                     "method": "successive halving",
-                    "round": len(self.rounds) if c.out_in_round is None else c.out_in_round,
+                    "round": c.measured_in_round,
                     "rounds": len(self.rounds),
                     "budget_epochs": self.epochs,
                     "predicted_rank": c.predicted_rank,
@@ -190,7 +200,11 @@ def successive_halving(
     if split is None:
         split = stratified_split(dataset.labels, dataset.digests, recipe.validation, recipe.seed)
     predicted = {name: i + 1 for i, name in enumerate(names)}
+    # each candidate's last measurement and the round that took it; a run that fails after
+    # one is kept apart (``failed``): the candidate is out, placed by what it measured
     last: dict[str, FineTuneResult] = {}
+    measured_in: dict[str, int] = {}
+    failed: dict[str, FineTuneResult] = {}
     out_in: dict[str, int] = {}
     rounds: list[Round] = []
     measured: dict[tuple[str, int], FineTuneResult] = {}
@@ -203,9 +217,15 @@ def successive_halving(
             results = finetune(dataset, todo, this, split=split, settings=settings,
                                device=device, limits=limits, progress=progress)  # fmt: skip
             measured.update(((r.model, epochs), r) for r in results)
-        for name in alive:
-            last[name] = measured[(name, epochs)]
-        kept, finished = keep(alive, {name: last[name].top1 for name in alive}, predicted)
+        now = {name: measured[(name, epochs)] for name in alive}
+        for name, result in now.items():
+            if result.top1 is not None or name not in measured_in:
+                last[name] = result
+                if result.top1 is not None:
+                    measured_in[name] = len(rounds) + 1
+            else:
+                failed[name] = result
+        kept, finished = keep(alive, {name: r.top1 for name, r in now.items()}, predicted)
         rounds.append(Round(epochs, list(alive), todo, kept))
         for name in alive:
             if name not in kept:
@@ -213,7 +233,7 @@ def successive_halving(
         if finished:
             break
         alive = kept
-    return _verification(names, predicted, last, out_in, rounds, recipe, split)
+    return _verification(names, predicted, last, out_in, rounds, recipe, split, measured_in, failed)
 
 
 def _verification(
@@ -224,15 +244,26 @@ def _verification(
     rounds: list[Round],
     recipe: FineTuneRecipe,
     split: Split,
+    measured_in: dict[str, int],
+    failed: dict[str, FineTuneResult],
 ) -> Verification:
     """The measured order and its agreement with the predicted one."""
     winner = rounds[-1].kept[0] if rounds[-1].kept else None
 
     top1 = {name: last[name].top1 for name in names}
-    order = measured_order(names, predicted, top1, out_in, len(rounds))
+    order = measured_order(names, predicted, top1, out_in, len(rounds), measured_in)
     measured_rank = {name: i + 1 for i, name in enumerate(order)}
     candidates = [
-        Verified(n, predicted[n], last[n], out_in.get(n), measured_rank.get(n)) for n in names
+        Verified(
+            n,
+            predicted[n],
+            last[n],
+            out_in.get(n),
+            measured_rank.get(n),
+            measured_in.get(n),
+            failed.get(n),
+        )
+        for n in names
     ]
     tau = None
     if order:
