@@ -86,6 +86,25 @@ def test_zip_matches_folder_and_converts_modes(tmp_path: Path, image_folder: Pat
     assert set(modes.values()) == {"L"}  # the greyscale PNGs stay single-band
 
 
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped() -> None:
+    """A 16-bit greyscale PNG (medical and scientific images) opens as Pillow's ``I;16``,
+    whose conversion to RGB clips at 255: a 0..65535 gradient came out 99.6% white. It is
+    now the same picture as its 8-bit version, on both the greyscale and the RGB path."""
+    wide = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(wide).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == "I;16"
+    eight = np.rint(wide / 257.0)
+    grey = decode(buf.getvalue(), "gradient.png")
+    assert grey.mode == "L"
+    assert np.abs(np.asarray(grey, dtype=np.float64) - eight).max() <= 1
+    rgb = Image.open(io.BytesIO(buf.getvalue()))
+    from workers.pipeline.datasets.images import _rgb
+
+    as_rgb = np.asarray(_rgb(rgb), dtype=np.float64)
+    assert as_rgb.shape == (64, 64, 3) and np.abs(as_rgb[..., 1] - eight).max() <= 1
+
+
 def _open_handles(path: Path) -> int:
     """How many of this process's file descriptors point at ``path``."""
     count = 0

@@ -91,8 +91,26 @@ def _open(data: bytes, origin: str) -> Image.Image:
     return image
 
 
+#: Greyscale modes wider than 8 bits (16-bit PNGs and TIFFs; Pillow opens some as 32-bit
+#: ``I``): their 0..65535 range is scaled to 0..255. Pillow's own conversion clips at 255, so
+#: a 16-bit image came out nearly all white.
+WIDE_GREY = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _narrow(image: Image.Image) -> Image.Image:
+    """A greyscale image wider than 8 bits as 8-bit ``L`` (0..65535 scaled to 0..255, values
+    outside clipped); any other image as it is."""
+    if image.mode not in WIDE_GREY:
+        return image
+    wide = np.asarray(image).astype(np.float64)
+    grey = np.rint(np.clip(wide, 0, 65535) / 257.0).astype(np.uint8)
+    return Image.fromarray(grey, "L")
+
+
 def _rgb(image: Image.Image) -> Image.Image:
-    """Greyscale, palette and RGBA converted to RGB, as the extraction sees them."""
+    """Greyscale (8- or 16-bit), palette and RGBA converted to RGB, as the extraction sees
+    them."""
+    image = _narrow(image)
     if image.mode in {"RGBA", "LA"} or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
     return image.convert("RGB")
@@ -139,13 +157,15 @@ class _Budget:
 
 
 def _for_geometry(image: Image.Image) -> Image.Image:
-    """8-bit greyscale as it is, everything else as RGB (:func:`_rgb`).
+    """8-bit greyscale as it is (wider greyscale narrowed to it), everything else as RGB
+    (:func:`_rgb`).
 
     A resize works on each band alone with the same weights, so resizing one grey band and
     repeating it gives the pixels of converting to RGB first, at a third of the work (Fashion-
     MNIST upscaled to 256 px: 155 us against 333 us per image); the recipe repeats the band
     (:meth:`~workers.pipeline.models.preprocessing.ImageRecipe.geometry`).
     """
+    image = _narrow(image)
     return image if image.mode == "L" else _rgb(image)
 
 
