@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from workers.pipeline.cache import feature_key
+from workers.pipeline.datasets.images import ImageSample
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.extraction import extract
 from workers.pipeline.loader import decoded_batches
@@ -50,12 +51,12 @@ def test_batches_equal_in_process_decode(fmnist64, batch_size, chunk, workers) -
     assert _no_children_left()
 
 
-class _Broken:
+class _Broken(ImageSample):
     def load(self, draft=None):
         raise PipelineError("image 3 is not a valid PNG; remove it from the upload")
 
 
-class _Dies:
+class _Dies(ImageSample):
     def load(self, draft=None):
         os._exit(3)
 
@@ -111,3 +112,32 @@ def test_precision_is_part_of_the_cache_key(zoo, fmnist64) -> None:
     with pytest.raises(PipelineError, match="unknown precision"):
         autocast_dtype(torch.device("cpu"), "int8")
     assert autocast_dtype(torch.device("cpu"), "auto") is None
+
+
+def test_a_models_pixels_do_not_depend_on_the_other_models_of_a_job(tmp_path) -> None:
+    """A JPEG was decoded once per job, drafted for the largest resize of its models, so a
+    model with a smaller resize saw other pixels beside a larger one than alone (about 6% of
+    its features apart), and the feature cache kept whichever came first. Each recipe's
+    pixels are now those of decoding for it alone; one decode serves every recipe whose draft
+    comes to the same reduced size."""
+    from PIL import Image
+
+    from workers.pipeline.datasets.images import FileImage, decode_each
+    from workers.pipeline.loader import geometries
+
+    rng = np.random.default_rng(0)
+    small = (rng.random((145, 145, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "large.jpg"
+    Image.fromarray(small).resize((580, 580), Image.BILINEAR).save(path, quality=92)
+    sample = FileImage(path)
+    a, b = ImageRecipe(size=224, resize=256), ImageRecipe(size=260, resize=297)
+    together = geometries(sample, [a, b])
+    alone = [geometries(sample, [a])[0], geometries(sample, [b])[0]]
+    for shared, own in zip(together, alone, strict=True):
+        assert torch.equal(shared, own)
+    # 580 px drafted for 256 is halved (290 px), for 297 it is not: two decodes, unlike ones
+    first, second = decode_each(path.read_bytes(), str(path), [256, 297])
+    assert first.size == (290, 290) and second.size == (580, 580)
+    # drafts that reduce alike (both keep 580 px) share one decode
+    same = decode_each(path.read_bytes(), str(path), [297, 300])
+    assert same[0] is same[1]

@@ -33,11 +33,13 @@ CHUNK = 32
 _POLL_S = 1.0
 
 
-def geometries(sample: Any, recipes: Sequence[ImageRecipe], draft: int) -> list[torch.Tensor]:
-    """One decode of ``sample`` (reduced to at least ``draft`` px where the format allows) ->
-    its uint8 ``(3, S, S)`` tensor for each recipe."""
-    image = sample.load(draft=draft)
-    return [recipe.geometry(image) for recipe in recipes]
+def geometries(sample: Any, recipes: Sequence[ImageRecipe]) -> list[torch.Tensor]:
+    """``sample`` -> its uint8 ``(3, S, S)`` tensor for each recipe, each decoded (reduced to
+    its recipe's resize where the format allows) as for that recipe alone: a model's pixels,
+    and so its cached features, never depend on the other models of a job. Decoded once per
+    distinct reduced size (:meth:`ImageSample.load_each`)."""
+    images = sample.load_each([recipe.resize for recipe in recipes])
+    return [recipe.geometry(image) for recipe, image in zip(recipes, images, strict=True)]
 
 
 def in_process_batches(
@@ -47,12 +49,11 @@ def in_process_batches(
     device: torch.device,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """What :func:`decoded_batches` yields, decoded in the calling thread."""
-    draft = max(r.resize for r in recipes)
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         batch = [empty_batch(len(chunk), r.size, torch.device("cpu")) for r in recipes]
         for j, sample in enumerate(chunk):
-            for out, pixels in zip(batch, geometries(sample, recipes, draft), strict=True):
+            for out, pixels in zip(batch, geometries(sample, recipes), strict=True):
                 out[j].copy_(pixels)
         yield tuple(b.to(device) for b in batch)
 
@@ -67,7 +68,6 @@ def empty_batch(n: int, size: int, device: torch.device) -> torch.Tensor:
 def _worker(
     samples: Sequence[Any],
     recipes: Sequence[ImageRecipe],
-    draft: int,
     rings: Sequence[torch.Tensor],
     tasks: Any,
     results: Any,
@@ -82,7 +82,7 @@ def _worker(
         error: BaseException | None = None
         try:
             for j, i in enumerate(range(start, stop)):
-                for ring, pixels in zip(rings, geometries(samples[i], recipes, draft), strict=True):
+                for ring, pixels in zip(rings, geometries(samples[i], recipes), strict=True):
                     ring[slot, j].copy_(pixels)
         except Exception as exc:  # handed to the main process, raised there
             error = exc
@@ -131,11 +131,10 @@ def decoded_batches(
     ]
     context = mp.get_context("fork")
     tasks, results = context.Queue(), context.Queue()
-    draft = max(r.resize for r in recipes)
     procs = [
         context.Process(
             target=_worker,
-            args=(samples, recipes, draft, rings, tasks, results),
+            args=(samples, recipes, rings, tasks, results),
             name=f"tb-decode-{i}",
             daemon=True,
         )
