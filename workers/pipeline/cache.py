@@ -38,7 +38,10 @@ def feature_key(model: CandidateModel, dataset_hash: str, layer: str | None = No
     where it is not PIL's, the image decode (so keys made before ``TB_DECODE`` stay valid).
 
     ``layer``: one of ``model.layer_names()``; None (or the last, ``model.layer``) is the
-    features rankings always used, under the key they always had."""
+    features rankings always used, under the key they always had. Another layer's entry holds
+    no class probabilities, and says so in its key: the same weights loaded with
+    ``?layer=<that layer>`` have it as their last layer, with their head's probabilities, and
+    once read the probability-less entry (LEEP and NCE then had nothing to score)."""
     identity: dict[str, object] = {
         "format": FORMAT_VERSION,
         "fingerprint": model.fingerprint,
@@ -50,6 +53,8 @@ def feature_key(model: CandidateModel, dataset_hash: str, layer: str | None = No
     }
     if model.decode != "pil":
         identity["decode"] = model.decode
+    if layer is not None and layer != model.layer:
+        identity["probs"] = False
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
