@@ -192,6 +192,31 @@ def test_an_inner_layers_entry_never_stands_for_a_model_cut_at_that_layer(
     np.testing.assert_allclose(got.features, first[full.name].layers[3], rtol=1e-5, atol=1e-6)
 
 
+def test_a_channels_last_models_stages_are_pooled_over_space() -> None:
+    """timm's Swin gives its stages as ``(B, H, W, C)`` (its ``output_fmt``). They were pooled
+    over dims (2, 3), the width and the channels, as if ``(B, C, H, W)``: a stage of 96
+    channels became 56 numbers, one per row. Each is now its channels averaged over space, as
+    timm's own stage outputs give them (random weights: no download)."""
+    import timm
+
+    from workers.pipeline.models.preprocessing import ImageRecipe
+    from workers.pipeline.models.torch_image import TorchImageModel
+
+    torch.manual_seed(0)
+    module = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3)
+    model = TorchImageModel(name="swin", source="test", module=module, recipe=ImageRecipe(),
+                            head_classes=("a", "b", "c"))  # fmt: skip
+    assert model.layer_names()[:2] == ("layers.0", "layers.1")
+    batch = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    out = model.forward_layers(batch, (0, 1))
+    with torch.no_grad():
+        first = module.layers[0](module.patch_embed(model.recipe.normalize(batch)))
+        second = module.layers[1](first)
+    assert first.shape == (2, 56, 56, 96)  # channels last
+    for got, stage in zip(out.layers, (first, second), strict=True):
+        np.testing.assert_allclose(got, stage.mean(dim=(1, 2)).numpy(), rtol=1e-4, atol=1e-5)
+
+
 # -- choices, refusals, the ranking -------------------------------------------------------------
 
 

@@ -272,11 +272,12 @@ def random_images(recipe: ImageRecipe, n: int, seed: int) -> torch.Tensor:
     return recipe.normalize(raw)
 
 
-def pool(activations: torch.Tensor) -> torch.Tensor:
-    """Any layer's output -> ``(B, D)``: global average over space ``(B, C, H, W)`` or over
-    tokens ``(B, T, C)``; other shapes are flattened."""
+def pool(activations: torch.Tensor, layout: str = "NCHW") -> torch.Tensor:
+    """Any layer's output -> ``(B, D)``: global average over space, ``(B, C, H, W)`` or, for
+    a model whose stages give ``layout="NHWC"`` (timm's Swin and its kin say so in their
+    ``output_fmt``), ``(B, H, W, C)``; over tokens ``(B, T, C)``; other shapes flattened."""
     if activations.ndim == 4:
-        return activations.mean(dim=(2, 3))
+        return activations.mean(dim=(1, 2) if layout == "NHWC" else (2, 3))
     if activations.ndim == 3:
         return activations.mean(dim=1)
     return activations.reshape(activations.shape[0], -1)

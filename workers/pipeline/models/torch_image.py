@@ -57,6 +57,10 @@ class Tapped(nn.Module):
         self.module = module
         self.tap, self.capture, self.logits = tap, capture, logits
         self.extra = extra
+        # where the channels of its 4-D outputs are (timm names it; NCHW elsewhere): a stage
+        # of a channels-last model pooled over (2, 3) averaged its width with its channels
+        fmt = getattr(module, "output_fmt", "NCHW")
+        self.layout = str(getattr(fmt, "value", fmt))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         store: list[torch.Tensor] = []
@@ -79,8 +83,8 @@ class Tapped(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-        features = pool(store[-1] if store else out)
-        layers = tuple(pool(taken[name]) for name in self.extra)
+        features = pool(store[-1] if store else out, self.layout)
+        layers = tuple(pool(taken[name], self.layout) for name in self.extra)
         return (*layers, features, out) if self.logits else (*layers, features)
 
 
