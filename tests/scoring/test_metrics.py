@@ -155,6 +155,22 @@ def test_knn_by_hand():
     assert scoring.knn_accuracy(x, labels, k=1, metric="euclidean") == pytest.approx(0.8)
 
 
+def test_euclidean_knn_does_not_depend_on_an_offset():
+    """A Euclidean distance ignores a common offset; computed as 2 f.g - |g|^2 in float32 it
+    did not (offset 1e4: accuracy 1.0 fell to 0.29, R^2 below 0)."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 600)
+    x = rng.normal(size=(5, 64))[y] + rng.normal(size=(600, 64))
+    target = x[:, :1] + 0.1 * rng.normal(size=(600, 1))
+    base = scoring.knn_accuracy(x, y, metric="euclidean")
+    fit = scoring.knn_regression(x, target, metric="euclidean")
+    for offset in (1e3, 1e4, 1e5):
+        assert scoring.knn_accuracy(x + offset, y, metric="euclidean") == pytest.approx(base)
+        assert scoring.knn_regression(x + offset, target, metric="euclidean") == pytest.approx(
+            fit, abs=1e-3
+        )
+
+
 def test_knn_subsampled_queries_estimate_the_exact_value():
     x, labels = separable_features(3000, 16, 5, strength=1.0)
     exact = scoring.knn_accuracy(x, labels, max_queries=10_000)
