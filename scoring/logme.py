@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scoring._context import FeatureStats
-from scoring._validation import check_features, check_labels, check_targets
+from scoring._validation import Labels, check_features, check_labels, check_targets
 from scoring.errors import ConvergenceWarning
 
 F64 = npt.NDArray[np.float64]
@@ -51,6 +51,8 @@ class LogMEFit:
     alpha: F64
     beta: F64
     iterations: int
+    #: (K,) targets whose evidence had no maximum: still rising at the search's floor of t
+    unbounded: npt.NDArray[np.bool_] | None = None
 
     @property
     def score(self) -> float:
@@ -135,20 +137,36 @@ def fit_evidence(
             )
         root = np.exp(0.5 * (lo + hi))
         t = np.where(done, t, np.where(to_hi, t_hi, np.where(to_lo, t_lo, root)))
-    # Evidence at the final t, with beta = N / (||Fm - y||^2 + t m^T m) (the optimum for that
-    # t, equal to the fixed point's beta at convergence) and m the posterior mean.
-    gamma, m2, res2 = terms(t)
-    beta = n / np.maximum(res2 + t * m2, _TINY)
-    alpha = t * beta
-    logdet = np.log(alpha[None, :] + beta[None, :] * s).sum(axis=0) + n_zero_extra * np.log(alpha)
-    evidence = (
-        0.5 * n * np.log(beta)
-        + 0.5 * d * np.log(alpha)
-        - 0.5 * n * LOG_2PI
-        - 0.5 * beta * res2
-        - 0.5 * alpha * m2
-        - 0.5 * logdet
-    ) / n
+
+    def evidence_at(t: F64) -> tuple[F64, F64, F64]:
+        """The evidence per sample at ``t``, with beta = N / (||Fm - y||^2 + t m^T m) (the
+        optimum for that t, equal to the fixed point's beta at convergence) and m the
+        posterior mean; and that alpha and beta."""
+        _, m2, res2 = terms(t)
+        beta = n / np.maximum(res2 + t * m2, _TINY)
+        alpha = t * beta
+        logdet = np.log(alpha[None, :] + beta[None, :] * s).sum(axis=0)
+        logdet = logdet + n_zero_extra * np.log(alpha)
+        evidence = (
+            0.5 * n * np.log(beta)
+            + 0.5 * d * np.log(alpha)
+            - 0.5 * n * LOG_2PI
+            - 0.5 * beta * res2
+            - 0.5 * alpha * m2
+            - 0.5 * logdet
+        ) / n
+        return evidence, alpha, beta
+
+    evidence, alpha, beta = evidence_at(t)
+    # At t's floor the evidence is either at its finite noiseless limit (features of rank N
+    # interpolate y: flat there) or still rising without bound: F has a direction of no
+    # variance that y does not use either (a sample repeated with its label, N <= D), so the
+    # noise can go to zero at no cost and the value is the search's floor, not the data's.
+    floor = t <= t_lo * (1.0 + 1e-9)
+    unbounded = np.zeros(k_targets, dtype=bool)
+    if bool(floor.any()):
+        lower, _, _ = evidence_at(np.where(floor, t * 1e-3, t))
+        unbounded = floor & (lower - evidence > 1e-6)
     # The alpha -> infinity limit (w = 0: features explain nothing), where beta = N / ||y||^2.
     # The maximum evidence is the larger of the interior optimum and this boundary value.
     beta_inf = n / np.maximum(yty, _TINY)
@@ -157,19 +175,45 @@ def fit_evidence(
     evidence = np.where(at_limit, limit, evidence)
     alpha = np.where(at_limit, np.inf, alpha)
     beta = np.where(at_limit, beta_inf, beta)
-    return LogMEFit(evidence=evidence, alpha=alpha, beta=beta, iterations=iterations)
+    return LogMEFit(evidence=evidence, alpha=alpha, beta=beta, iterations=iterations,
+                    unbounded=unbounded)  # fmt: skip
+
+
+def _distinct(x: F64, y: F64) -> npt.NDArray[np.intp] | None:
+    """Indices of the first of each distinct ``(features, target)`` row, in order; None when
+    every row is distinct."""
+    _, first = np.unique(np.concatenate([x, y], axis=1), axis=0, return_index=True)
+    return None if first.shape[0] == x.shape[0] else np.sort(first)
 
 
 def _logme_classification(stats: FeatureStats) -> LogMEFit:
     sigma, uty = stats.class_projection
     yty = stats.labels.counts.astype(np.float64)  # ||one-hot column||^2 = class size
-    return fit_evidence(sigma, uty, yty, stats.n, stats.d)
+    fit = fit_evidence(sigma, uty, yty, stats.n, stats.d)
+    if fit.unbounded is None or not bool(fit.unbounded.any()):
+        return fit
+    # A sample repeated with its label (N <= D) leaves the evidence without a maximum: the
+    # repeat is no new observation to a model whose noise would make it differ, so each
+    # distinct sample counts once. Where that is not the cause, the floor's value stands.
+    labels = stats.labels
+    keep = _distinct(stats.x64, labels.codes[:, None].astype(np.float64))
+    if keep is None:
+        return fit
+    codes = labels.codes[keep]
+    once = Labels(codes, labels.classes, np.bincount(codes, minlength=labels.n_classes))
+    return _logme_classification(FeatureStats(stats.x[keep], once, stats.device))
 
 
 def _logme_regression(stats: FeatureStats, y: F64) -> LogMEFit:
     """LogME on real targets y: (N, K), one evidence per target column."""
     sigma, uty = stats.project_targets(None if stats.wide else stats.x64.T @ y, y)
-    return fit_evidence(sigma, uty, (y * y).sum(axis=0), stats.n, stats.d)
+    fit = fit_evidence(sigma, uty, (y * y).sum(axis=0), stats.n, stats.d)
+    if fit.unbounded is None or not bool(fit.unbounded.any()):
+        return fit
+    keep = _distinct(stats.x64, y)  # as for classification: a repeated sample counts once
+    if keep is None:
+        return fit
+    return _logme_regression(FeatureStats(stats.x[keep], None, stats.device), y[keep])
 
 
 def logme(features: Any, labels: Any, *, device: str = "auto") -> float:
