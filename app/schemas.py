@@ -12,6 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from app.states import FineTuneStatus, JobStatus, ModelState, ModelStatus, RunStatus
 
+#: An outcome measure's name: letters, digits, '.', '_' and '-' (a CLI and a query string
+#: carry it as written), at most ``MEASURE_MAX`` characters.
+MEASURE_PATTERN = r"^[A-Za-z0-9._-]+$"
+MEASURE_MAX = 64
+
 
 class ClassCount(BaseModel):
     name: str
@@ -251,8 +256,8 @@ class OutcomeIn(BaseModel):
     measure: str = Field(
         default="finetune_top1",
         min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9._-]+$",
+        max_length=MEASURE_MAX,
+        pattern=MEASURE_PATTERN,
         description="what was measured (default finetune_top1)",
     )
     higher_is_better: bool = True

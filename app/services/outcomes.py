@@ -4,12 +4,14 @@ per (dataset, model, measure); a later value replaces the earlier one."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from app import schemas
 from app.db.models import DatasetRow, OutcomeRow, now
 from app.db.scores import upsert
 from app.errors import Invalid
@@ -58,6 +60,13 @@ def record(
     seen: set[tuple[str, str]] = set()
     for i, e in enumerate(entries):
         value, measure, higher = e["value"], e["measure"], e["higher_is_better"]
+        if not isinstance(measure, str) or not (
+            len(measure) <= schemas.MEASURE_MAX and re.fullmatch(schemas.MEASURE_PATTERN, measure)
+        ):
+            raise Invalid(
+                f"outcome {i}: measure {measure!r} is not a measure name: use 1 to "
+                f"{schemas.MEASURE_MAX} letters, digits, '.', '_' or '-' (such as finetune_top1)"
+            )
         if not isinstance(value, int | float) or not math.isfinite(value):
             raise Invalid(f"outcome {i}: value must be a finite number, not {value!r}")
         if measure == PERCENT_MEASURE and not 0 <= value <= 100:

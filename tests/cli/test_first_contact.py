@@ -356,3 +356,38 @@ def test_the_first_ranking_on_a_new_machine_is_calibrated_by_the_shipped_tables(
     )
     assert "the local database could not be opened" in out.err
     assert "the recommended order is the uncalibrated default" in out.err
+
+
+def test_outcome_mistakes_are_refused_or_flagged_before_anything_is_stored(
+    tmp_path: Path, capsys
+) -> None:
+    """On a shipped reference dataset (no ranking needed): a measure the API would refuse was
+    stored by the CLI (an empty one became a scope no option could select); a short row of an
+    import was a traceback; a header alone said its columns were missing; and a top-1 given as
+    a fraction (as ``transferbench finetune`` prints it) was stored as under 1% unremarked."""
+
+    def stored() -> list[str]:
+        capsys.readouterr()
+        assert main(["outcomes", "list", "Aircraft"]) == 0
+        return [line for line in capsys.readouterr().out.splitlines() if "bad" in line]
+
+    for measure in ("", "bad measure", "x" * 65):
+        assert (
+            main(["outcomes", "add", "Aircraft", "ref:resnet50", "91", "--measure", measure]) == 2
+        )
+        assert "is not a measure name" in capsys.readouterr().err
+    short = tmp_path / "short.csv"
+    short.write_text(
+        "dataset,model,value,measure\nAircraft,ref:resnet50,90,bad_1\nAircraft,ref:resnet101\n"
+    )
+    assert main(["outcomes", "import", str(short)]) == 2
+    assert f"{short}:3: no value" in capsys.readouterr().err
+    assert stored() == []  # one bad row stores none
+    header = tmp_path / "header.csv"
+    header.write_text("dataset,model,value\n")
+    assert main(["outcomes", "import", str(header)]) == 2
+    assert "a header and no rows" in capsys.readouterr().err
+    assert main(["outcomes", "add", "Aircraft", "ref:resnet50", "0.912", "--measure",
+                 "finetune_top1"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "0.912 means 0.912%" in err and "record 91.2 instead" in err

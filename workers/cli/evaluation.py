@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.command == "outcomes":
             entries = _outcome_entries(args)
+            _fraction_warnings(entries)
             by_dataset: dict[str, list[dict[str, Any]]] = {}
             for dataset_key, entry in entries:
                 by_dataset.setdefault(_dataset(s, dataset_key).id, []).append(entry)
@@ -382,20 +383,28 @@ def _outcome_entries(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]
         entry = {"model_id": args.model, "value": args.value, "measure": args.measure}
         details = {} if args.se is None else {"se": args.se}
         return [(args.dataset, {**entry, "higher_is_better": higher, "details": details})]
-    rows = list(csv.DictReader(_read_text(args.file).splitlines()))
-    missing = {"dataset", "model", "value"} - set(rows[0] if rows else {})
-    if not rows or missing:
+    reader = csv.DictReader(_read_text(args.file).splitlines())
+    missing = {"dataset", "model", "value"} - set(reader.fieldnames or ())
+    if missing:
         raise PipelineError(
             f"{args.file}: needs a header with dataset, model and value columns "
-            f"(missing: {', '.join(sorted(missing)) or 'rows'})"
+            f"(missing: {', '.join(sorted(missing))})"
         )
     out = []
-    for i, row in enumerate(rows, start=2):
+    for row in reader:
+        i = reader.line_num
+        cells = {key: (row.get(key) or "").strip() for key in ("dataset", "model", "value")}
+        empty = [key for key, cell in cells.items() if not cell]
+        if empty:
+            raise PipelineError(
+                f"{args.file}:{i}: no {' and no '.join(empty)} (the row has fewer cells than "
+                "the header, or empty ones); give every row a dataset, a model and a value"
+            )
         try:
-            value = float(row["value"])
+            value = float(cells["value"])
         except ValueError:
             raise PipelineError(
-                f"{args.file}:{i}: value {row['value']!r} is not a number"
+                f"{args.file}:{i}: value {cells['value']!r} is not a number"
             ) from None
         se = (row.get("se") or "").strip()
         try:
@@ -406,14 +415,32 @@ def _outcome_entries(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]
                 "leave it empty when it is not known)"
             ) from None
         entry = {
-            "model_id": row["model"],
+            "model_id": cells["model"],
             "value": value,
-            "measure": row.get("measure") or args.measure,
+            "measure": (row.get("measure") or "").strip() or args.measure,
             "higher_is_better": higher,
             "details": details,
         }
-        out.append((row["dataset"], entry))
+        out.append((cells["dataset"], entry))
+    if not out:
+        raise PipelineError(f"{args.file}: a header and no rows; add one row per dataset and model")
     return out
+
+
+def _fraction_warnings(entries: list[tuple[str, dict[str, Any]]]) -> None:
+    """A top-1 in percent given as a fraction (0.912 for 91.2%) is stored as written, below
+    1%: say so, as ``transferbench finetune`` prints its top-1 as a fraction."""
+    from app.services.outcomes import PERCENT_MEASURE
+
+    low = [e for _, e in entries if e["measure"] == PERCENT_MEASURE and 0 < e["value"] <= 1]
+    if low:
+        example = low[0]["value"]
+        print(
+            f"transferbench: warning: {len(low)} {PERCENT_MEASURE} value(s) are at most 1, "
+            f"stored as such: {PERCENT_MEASURE} is in percent, so {example:g} means "
+            f"{example:g}%; if it is a fraction, record {100 * example:g} instead",
+            file=sys.stderr,
+        )
 
 
 def _names(session: Any) -> dict[str, str]:
