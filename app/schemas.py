@@ -16,6 +16,11 @@ from app.states import FineTuneStatus, JobStatus, ModelState, ModelStatus, RunSt
 #: carry it as written), at most ``MEASURE_MAX`` characters.
 MEASURE_PATTERN = r"^[A-Za-z0-9._-]+$"
 MEASURE_MAX = 64
+#: Bounds of whole numbers a request may give: a database integer column, and a seed (32-bit,
+#: as numpy's legacy generators and the CLI's ``--seed`` take it). Past them a request was a
+#: 500 (an integer too large for the database) or a job that failed later.
+MAX_INT = 2**31 - 1
+MAX_SEED = 2**32 - 1
 
 
 class ClassCount(BaseModel):
@@ -86,7 +91,9 @@ class RankingIn(BaseModel):
         "one); default: every ready model for the dataset's modality",
     )
     metrics: list[str] | None = Field(default=None, min_length=1)
-    per_class: int | None = Field(default=None, ge=1, description="at most K samples per class")
+    per_class: int | None = Field(
+        default=None, ge=1, le=MAX_INT, description="at most K samples per class"
+    )
     verify: VerifyIn | None = Field(
         default=None,
         description="once scored, fine-tune the top_k of the recommended order by successive "
@@ -393,7 +400,9 @@ class RecipeIn(BaseModel):
     weight_decay: float | None = Field(
         default=None, ge=0, description="AdamW's; default 0.05 (images), 0.01 (text)"
     )
-    seed: int = Field(default=0, ge=0, description="the split, the head's weights, the order")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="the split, the head's weights, the order"
+    )
     validation: float | int = Field(
         default=0.2,
         description="held out of training when the dataset brings no split column: a fraction "
@@ -415,7 +424,10 @@ class FineTuneIn(BaseModel):
     )
     recipe: RecipeIn = Field(default_factory=RecipeIn)
     per_class: int | None = Field(
-        default=None, ge=1, description="at most K samples per class (drawn with the seed)"
+        default=None,
+        ge=1,
+        le=MAX_INT,
+        description="at most K samples per class (drawn with the seed)",
     )
     keep_weights: bool = Field(
         default=False,

@@ -391,3 +391,19 @@ def test_outcome_mistakes_are_refused_or_flagged_before_anything_is_stored(
                  "finetune_top1"]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert "0.912 means 0.912%" in err and "record 91.2 instead" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["rank", "digits", "--seed", "-1"], "a seed is from 0 to 4294967295, not -1"),
+        (["finetune", "digits", "--models", "mobilenet-v2", "--seed", "2**40"], "not a whole"),
+        (["serve", "--port", "99999"], "a port is from 0 to 65535, not 99999"),
+    ],
+)
+def test_numbers_out_of_range_are_usage_errors(argv: list[str], says: str, capsys) -> None:
+    """A negative seed was a numpy traceback after the dataset loaded; a port over 65535 was
+    logged as taken while the server listened on another."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err

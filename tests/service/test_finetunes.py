@@ -319,6 +319,13 @@ def test_bad_requests_say_what_to_do(service):
     problem({**base, "model_ids": ["minilm-l6"]}, "text model")
     r = client.post("/v1/rankings", json={**base, "verify": {"top_k": 0}})
     assert r.status_code == 422 and "top_k" in r.text
+    # numbers past what the database or a generator holds: a 500, or a job that failed later
+    problem({**base, "per_class": 10**20}, "per_class", "less than or equal to 2147483647")
+    problem({**base, "recipe": {"seed": 10**20}}, "seed", "4294967295")
+    r = client.post("/v1/rankings", json={**base, "per_class": 10**20})
+    assert r.status_code == 422 and "per_class" in r.text, r.text
+    r = client.post("/v1/rankings", json={**base, "verify": {"seed": -1}})
+    assert r.status_code == 422 and "seed" in r.text, r.text
     assert client.get("/v1/finetunes", params={"dataset_id": dataset}).json() == []
     assert client.get("/v1/finetunes/nope").status_code == 404
 

@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any
 
+from workers.cli import args as args_types
 from workers.cli.exits import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
 from workers.cli.exits import err as _err
 
@@ -50,7 +51,8 @@ def add_command(sub: Any) -> None:
     cmd.add_argument("--lr", type=float, help="learning rate (default: by mode and modality)")
     cmd.add_argument("--batch-size", type=int, default=32, help="samples per step (default 32)")
     cmd.add_argument("--weight-decay", type=float, help="AdamW decay (default 0.05, text 0.01)")
-    cmd.add_argument("--seed", type=int, default=0, help="split, head, order, augmentation")
+    cmd.add_argument("--seed", type=args_types.seed, default=0,
+                     help="split, head, order, augmentation")  # fmt: skip
     cmd.add_argument("--validation", type=_validation, default=0.2,
                      help="held out: a fraction of each class (0.2) or a count per class (5); "
                      "a manifest's 'split' column overrides it")  # fmt: skip

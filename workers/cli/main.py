@@ -22,6 +22,7 @@ from scoring.recommend import (
     has_history_in,
     why_uncalibrated,
 )
+from workers.cli import args as args_types
 from workers.cli.exits import EXIT_BAD_INPUT, EXIT_MODEL_FAILED
 from workers.cli.exits import err as _err
 from workers.pipeline.ranking import RankedModel, uses_metric_only, with_recommendation
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also score the mean of the chosen layers' features, and order models by it",
     )
-    rank.add_argument("--seed", type=int, help="subsampling seed (default 0)")
+    rank.add_argument("--seed", type=args_types.seed, help="subsampling seed (default 0)")
     rank.add_argument("--format", choices=("table", "json", "csv"), default="table")
     rank.add_argument("--output", type=Path, help="write the ranking here instead of stdout")
     rank.add_argument("--plot", type=Path, help="save a bar chart PNG")

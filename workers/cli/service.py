@@ -9,6 +9,7 @@ import secrets
 import sys
 from typing import TYPE_CHECKING
 
+from workers.cli import args as args_types
 from workers.settings import Settings
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "serve", help="run the API (and, without TB_BROKER_URL, a worker and the scheduler)"
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=args_types.port, default=8000)
     serve.add_argument(
         "--workers",
         type=int,
