@@ -407,3 +407,24 @@ def test_numbers_out_of_range_are_usage_errors(argv: list[str], says: str, capsy
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_an_output_or_plot_that_cannot_be_written_is_refused_before_any_scoring(
+    tmp_path: Path, capsys
+) -> None:
+    """Each was a traceback after the ranking was scored (and not kept): a folder on the way
+    that is a file, an existing folder in the file's place, a plot suffix no format has."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    (tmp_path / "adir").mkdir()
+    cases = [
+        (["--output", str(blocker / "x.json")], f"{blocker} is a file, not a folder"),
+        (["--plot", str(blocker / "sub" / "p.png")], f"{blocker} is a file, not a folder"),
+        (["--output", str(tmp_path / "adir")], "is a folder; give a file name in it"),
+        (["--plot", str(tmp_path / "chart.txt")], "no image format is called 'txt'"),
+    ]
+    for extra, says in cases:
+        argv = ["rank", "no-such-dataset-is-read-first", "--metrics", "logme", *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert says in err and "no-such-dataset" not in err, err

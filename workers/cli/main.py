@@ -135,10 +135,12 @@ def _cmd_models() -> int:
 
 def _cmd_rank(args: argparse.Namespace) -> int:
     from workers.cli import verify
+    from workers.cli.report import check_destinations
 
     settings = Settings.load()
     server = args.server or settings.server
     verifying = verify.plan(args, server)  # bad --verify flags fail before any scoring
+    check_destinations(args)  # and an --output or --plot that cannot be written
     if server:
         try:
             from workers.cli import remote
@@ -177,9 +179,9 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     recommendation = _recommendation(rows, result.metrics, calibration)
     title = f"{result.dataset_name} (N={result.n})"
     failed = any(row.error for row in rows)
+    recorded = _record(result)  # kept first: an output that fails to write loses nothing
     if verifying is None or args.format != "json":  # JSON waits to carry the verification
         emit(rows, result.metrics, args, title, recommendation)
-    recorded = _record(result)
     if verifying is None:
         return EXIT_MODEL_FAILED if failed else 0
     sys.stdout.flush()  # the ranking shows while the fine-tuning runs

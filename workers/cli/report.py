@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from scoring import RECOMMENDED
 from scoring.pool import Pooled
 from scoring.recommend import HISTORY, MIN_OUTCOMES
+from workers.pipeline.errors import PipelineError
 from workers.pipeline.ranking import RankedModel, pooled
 
 if TYPE_CHECKING:
@@ -188,9 +190,48 @@ def bar_chart(rows: Sequence[RankedModel], metrics: Sequence[str], title: str) -
 
 
 def plot(rows: Sequence[RankedModel], metrics: Sequence[str], path: Path, title: str) -> None:
-    """Save :func:`bar_chart` as a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bar_chart(rows, metrics, title).savefig(path, dpi=100)
+    """Save :func:`bar_chart` in the format its suffix names (a PNG for ``.png``)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        bar_chart(rows, metrics, title).savefig(path, dpi=100)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot save the plot to {path}: {exc}") from exc
+
+
+def _plot_formats() -> dict[str, str]:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return FigureCanvasBase.get_supported_filetypes()
+
+
+def check_destinations(args: Any) -> None:
+    """Refuse an ``--output`` or ``--plot`` that cannot be written, before any work: a folder
+    on the way that is a file, one that cannot be written, an existing folder in its place, or
+    a plot suffix no image format has. Before, each failed with a traceback once the ranking
+    was scored."""
+    for flag, path in (("--output", args.output), ("--plot", getattr(args, "plot", None))):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise PipelineError(f"{flag} {path} is a folder; give a file name in it")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise PipelineError(
+                f"{flag} {path}: {parent} is a file, not a folder; choose another path"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PipelineError(f"{flag} {path}: {parent} cannot be written; choose another path")
+        if flag == "--plot":
+            formats = _plot_formats()
+            suffix = path.suffix.lower().lstrip(".")
+            if suffix not in formats:
+                raise PipelineError(
+                    f"--plot {path}: no image format is called {suffix or '(none)'!r}; end the "
+                    f"name in one of {', '.join('.' + f for f in sorted(formats))}"
+                )
 
 
 def verdict(
