@@ -428,3 +428,30 @@ def test_an_output_or_plot_that_cannot_be_written_is_refused_before_any_scoring(
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert says in err and "no-such-dataset" not in err, err
+
+
+def test_model_typos_are_refused_before_anything_loads_and_never_suggest_a_table_model(
+    capsys,
+) -> None:
+    """``finetune --models nosuch`` loaded the dataset, then printed a failed row (exit 1);
+    ``rank --server`` listed an imported table's models, which have no weights to run, among
+    those to choose from."""
+    from datetime import UTC, datetime
+
+    from app.schemas import ModelOut
+    from workers.cli.remote import _check_models
+
+    assert main(["finetune", "no-such-dataset", "--models", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'nosuch'" in err and "no-such-dataset" not in err
+
+    def model(name: str, source: dict[str, str]) -> ModelOut:
+        return ModelOut(id=name, name=name, status="ready", error=None, tenant=None,
+                        modality="image", source=source, has_head=True, num_source_classes=None,
+                        fingerprint=None, builtin=False, created_at=datetime.now(UTC))  # fmt: skip
+
+    known = [model("mobilenet-v2", {"spec": "mobilenet-v2"}),
+             model("ref:resnet50", {"reference": "resnet50"})]  # fmt: skip
+    with pytest.raises(Exception, match="it has mobilenet-v2 \\(or drop") as refused:
+        _check_models(["mobilenet-v3"], known, "http://server")
+    assert "ref:" not in str(refused.value)

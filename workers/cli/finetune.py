@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         validation=args.validation,
     )
+    from workers.pipeline.models.zoo import check_names
+
+    check_names(args.models)  # a typo is refused before the dataset loads, as rank does
     dataset, split = open_for_finetune(args.dataset, args.per_class, args.seed, quiet=args.quiet)
     bars: dict[str, Any] = {}
 

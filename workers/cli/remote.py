@@ -233,7 +233,10 @@ def _check_models(wanted: list[str], known: list[Model], server: str) -> None:
     keys = {m.name for m in known} | {m.id for m in known}
     missing = [m for m in wanted if m not in keys]
     if missing:
-        ready = sorted({m.name for m in known if m.status == "ready" and m.modality})
+        ready = sorted(  # not an imported table's models: they have no weights to run
+            {m.name for m in known if m.status == "ready" and m.modality
+             and "reference" not in m.source}
+        )  # fmt: skip
         raise TransferbenchError(
             f"--models: the server at {server} has no model {', '.join(map(repr, missing))}; "
             f"it has {', '.join(ready) or 'none ready yet'} (or drop --models to rank with "

@@ -21,7 +21,7 @@ from workers.pipeline.errors import PipelineError
 from workers.pipeline.extraction import FeatureSet, extract
 from workers.pipeline.layers import MEAN, LayerChoice, LayerError, is_default, order_label
 from workers.pipeline.models.base import CandidateModel
-from workers.pipeline.models.zoo import ZOO, load_model, zoo_names
+from workers.pipeline.models.zoo import check_names, load_model, zoo_names
 from workers.pipeline.ranking import (
     ModelArrays,
     RankedModel,
@@ -31,7 +31,6 @@ from workers.pipeline.ranking import (
 )
 from workers.pipeline.runtime import configure, resolve_device
 from workers.pipeline.score_cache import ScoreCache
-from workers.pipeline.specs import parse_spec
 from workers.settings import Settings
 
 
@@ -113,9 +112,7 @@ def load_models(
     of its error): a model that cannot be loaded fails alone, as in the service, and the
     others are still ranked. A name that is neither a zoo name nor a spec is refused first,
     before anything loads (the service refuses a model it does not know up front too)."""
-    for name in names:
-        if name not in ZOO:
-            parse_spec(name)
+    check_names(names)
     models: list[CandidateModel] = []
     failed: dict[str, str] = {}
     for name in names:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -206,6 +206,14 @@ ZOO: dict[str, ZooEntry] = {
 def zoo_names(modality: str | None = None) -> list[str]:
     """Zoo model names, optionally only those for ``image`` or ``text``."""
     return [n for n, e in ZOO.items() if modality is None or e.modality == modality]
+
+
+def check_names(names: Sequence[str]) -> None:
+    """Refuse, before anything loads, a name that is neither a zoo name nor a model spec
+    (``SpecError``, saying what a name may be)."""
+    for name in names:
+        if name not in ZOO:
+            parse_spec(name)
 
 
 def load_model(name: str, settings: Settings | None = None) -> CandidateModel:
