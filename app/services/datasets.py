@@ -138,6 +138,14 @@ def register(
     return store(session, settings, tmp, dataset, tenant=tenant, name=name)
 
 
+def _as_the_upload(message: str, tmp: Path) -> str:
+    """A reader's message about the temporary file, in the client's words: its path is "the
+    upload", a member of it "the upload's NAME", and the name a single array file gives its
+    model (the temporary file's stem, meaningless to the client) is left out."""
+    message = message.replace(f"{tmp}!", "the upload's ").replace(str(tmp), "the upload")
+    return message.replace(f"{tmp.stem} ", "")
+
+
 def validate(
     tmp: Path, *, modality: str | None, task: str | None, tags: str | None = None
 ) -> Summary:
@@ -152,7 +160,7 @@ def validate(
             dataset = check_upload(tmp, tags=tags)
     except PipelineError as exc:
         tmp.unlink(missing_ok=True)
-        raise Invalid(str(exc).replace(str(tmp), "the upload")) from exc
+        raise Invalid(_as_the_upload(str(exc), tmp)) from exc
     except BaseException:  # unforeseen: a 500, but the upload is not left behind either
         tmp.unlink(missing_ok=True)
         raise
