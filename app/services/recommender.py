@@ -726,6 +726,21 @@ def evaluation(
     # a dataset without outcomes under the measure neither teaches nor tests: its metrics
     # would only be listed with no figure
     with_outcomes = {ds: r for ds, r in recs.datasets.items() if r.outcomes}
+    if not with_outcomes:  # say which scopes have some (the evaluation's error spoke of metrics)
+        others = sorted(
+            s.key for s in scopes_with_outcomes(session, scope.tenant) if s.key != scope.key
+        )
+        where = (
+            f"; outcomes are recorded for {', '.join(others)} (modality/task/measure)"
+            if others
+            else ""
+        )
+        raise Invalid(
+            f"nothing to evaluate for {scope.key}: no dataset of it has outcomes under the "
+            f"measure {scope.measure!r}{where}; record outcomes for at least {MIN_OUTCOMES} "
+            "models of a dataset (`transferbench outcomes add`, or POST "
+            "/v1/datasets/{id}/outcomes)"
+        )
     directions = {
         k: recs.directions[k] for k in {k for r in with_outcomes.values() for k in r.scores}
     }

@@ -130,6 +130,13 @@ def test_a_tables_standard_errors_reach_the_recommender(service) -> None:
     assert {names[d]: r for d, r in fit.reliability.items()} == pytest.approx(
         {n: r for n, r in expected.items() if r > 0}, abs=1e-9
     )
+    # a measure nothing was recorded under says so, and which scopes have outcomes (it spoke
+    # of metrics: "no metric scores were given; pass at least one metric")
+    r = service.client.get("/v1/evaluation", params={"measure": "nosuch"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "no dataset of it has outcomes under the measure 'nosuch'" in detail, detail
+    assert "image/classification/finetune_top1" in detail and "metric scores" not in detail
     # the evaluation holds out the others and names those it leaves out, with why
     body = service.client.get("/v1/evaluation").json()
     assert body["datasets"] == sum(r > 0 for r in expected.values())
