@@ -37,14 +37,20 @@ def measure_direction(session: Session, measure: str, tenant: str | None) -> boo
 
 
 def record(
-    session: Session, dataset_id: str, entries: Sequence[dict[str, Any]], tenant: str | None
+    session: Session,
+    dataset_id: str,
+    entries: Sequence[dict[str, Any]],
+    tenant: str | None,
+    *,
+    runs: bool = False,
 ) -> list[OutcomeRow]:
     """Validate every entry first, then upsert them all (nothing is stored if one is bad).
 
     entries: ``{model_id, value, measure, higher_is_better, details}`` each; ``model_id`` may
     also be the model's name; ``details["se"]``, where given, is the standard error of
     ``value`` in its unit (the recommender counts a dataset by how much of its outcomes'
-    spread exceeds their errors: ``scoring.reliability``).
+    spread exceeds their errors: ``scoring.reliability``). ``runs``: the entries are
+    fine-tuning runs' measurements, stored as :func:`store` stores them.
     """
     dataset = dataset_service.get_own(session, dataset_id, tenant)
     if not entries:
@@ -117,13 +123,44 @@ def record(
         }
         for e in entries
     ]
-    store(session, rows)
+    store(session, rows, runs=runs)
     session.flush()
     return list_for(session, dataset.id, tenant)
 
 
-def store(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Upsert validated outcome rows (one per dataset, model, measure)."""
+def _budget(details: dict[str, Any] | None) -> tuple[str, str, float] | None:
+    """What a fine-tuning run's outcome was measured after: its recipe's mode, its held-out
+    split and the epochs it trained; None for an outcome that does not say (typed in)."""
+    recipe = (details or {}).get("recipe")
+    epochs = (details or {}).get("epochs")
+    if not isinstance(recipe, dict) or not isinstance(epochs, int | float):
+        return None
+    return str(recipe.get("mode")), str(recipe.get("split")), float(epochs)
+
+
+def store(session: Session, rows: Sequence[dict[str, Any]], *, runs: bool = False) -> None:
+    """Upsert validated outcome rows (one per dataset, model, measure). ``runs``: the rows are
+    fine-tuning runs' measurements, and one never replaces an outcome of the same model that a
+    run measured with more epochs in the same mode on the same held-out split: successive
+    halving measures the candidates it drops after a fraction of its budget, and that
+    measurement replaced the model's full-budget one from an earlier job."""
+    if runs and rows:
+        kept = []
+        for row in rows:
+            old = session.scalar(
+                select(OutcomeRow.details).where(
+                    OutcomeRow.dataset_id == row["dataset_id"],
+                    OutcomeRow.model_id == row["model_id"],
+                    OutcomeRow.measure == row["measure"],
+                )
+            )
+            before, now_ = _budget(old), _budget(row.get("details"))
+            if before and now_ and before[:2] == now_[:2] and before[2] > now_[2]:
+                continue
+            kept.append(row)
+        rows = kept
+    if not rows:
+        return
     upsert(
         session,
         OutcomeRow,

@@ -161,3 +161,44 @@ def test_an_epoch_the_database_cannot_record_does_not_fail_the_run(harness: Harn
     with harness.db.session() as s:
         run = s.get(FineTuneRunRow, run_id)
         assert (run.train_loss, run.val_top1) == ([0.8], [0.6])
+
+
+def test_a_shorter_run_never_replaces_a_longer_ones_outcome(harness: Harness) -> None:
+    """Successive halving measures the candidates it drops after a fraction of its budget, and
+    that measurement replaced the model's outcome from an earlier, longer run on the same
+    held-out split. A run's outcome now replaces one measured with as many epochs or fewer, in
+    another mode or on another split, or typed in; never one a run measured for longer."""
+    from app.db.models import OutcomeRow
+    from app.services import outcomes
+
+    (a,) = _models(harness, 1)
+
+    def run(value: float, epochs: float, mode: str = "full", split: str = "s0") -> dict:
+        details = {"recipe": {"mode": mode, "split": split}, "epochs": epochs}
+        return {"dataset_id": harness.dataset_id, "model_id": a, "measure": "finetune_top1",
+                "value": value, "higher_is_better": True, "details": details,
+                "created_at": now()}  # fmt: skip
+
+    def stored() -> float:
+        with harness.db.session() as s:
+            return s.scalars(select(OutcomeRow.value).where(OutcomeRow.model_id == a)).one()
+
+    steps = [
+        (run(91.0, 10), 91.0),  # the first
+        (run(70.0, 1), 91.0),  # a halving's first round: kept out
+        (run(92.0, 10), 92.0),  # as long: replaces
+        (run(60.0, 2, mode="head"), 60.0),  # another mode: replaces
+        (run(65.0, 2, mode="head", split="s1"), 65.0),  # another split
+        (run(95.0, 20, mode="head", split="s1"), 95.0),  # longer
+    ]
+    for row, expected in steps:
+        with harness.db.session() as s:
+            outcomes.store(s, [row], runs=True)
+        assert stored() == expected, row
+    typed = {**run(50.0, 1), "details": {}}
+    with harness.db.session() as s:
+        outcomes.store(s, [typed])  # typed in: a later value replaces, as before
+    assert stored() == 50.0
+    with harness.db.session() as s:
+        outcomes.store(s, [run(70.0, 1)], runs=True)  # a run replaces what says no budget
+    assert stored() == 70.0

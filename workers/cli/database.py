@@ -120,14 +120,15 @@ def store_outcomes(settings: Settings, dataset_id: str, entries: list[dict[str, 
     """Store ``entries`` (``{model_id, value, measure, higher_is_better, details}``, a model
     by id or name) as outcomes of dataset ``dataset_id``, then refit the recommender and
     rewrite the recommended leaderboards it made stale: what ``transferbench outcomes add``
-    does, in one transaction. A model, dataset and measure stored before is replaced (an
-    upsert), never duplicated. Returns the number stored."""
+    does, in one transaction, for fine-tuning runs' measurements: a model, dataset and measure
+    stored before is replaced (an upsert), never duplicated, unless a run measured it with more
+    epochs (``outcomes.store``). Returns the number given."""
     from app.services import outcomes
 
     db = local_database(settings)
     try:
         with db.session() as s:
-            outcomes.record(s, dataset_id, entries, None)
+            outcomes.record(s, dataset_id, entries, None, runs=True)
             refit(s)
         return len(entries)
     finally:

@@ -322,7 +322,7 @@ class FineTuneSteps:
                 run.step = run.steps_total = max(run.steps_total, run.step)
                 if weights is not None:
                     run.weights_path, run.weights_bytes = str(weights), weights.stat().st_size
-                outcomes.store(s, [_outcome(plan, result)])
+                outcomes.store(s, [_outcome(plan, result)], runs=True)
                 defer(s, self.queue, Task.REFIT_RECOMMENDER)
             if round_over(s, self.queue, job_id) is not None:
                 self._drop_losers(s, job_id)
