@@ -73,6 +73,55 @@ def trainable_dataset(session: Session, dataset_id: str, tenant: str | None) -> 
     return dataset
 
 
+def check_split(dataset: DatasetRow, per_class: int | None, recipe: dict[str, Any]) -> None:
+    """What the worker would refuse about the held-out split, refused now from what the
+    dataset row records (its classes' sizes) and its table's header: ``per_class`` beside the
+    table's own ``split`` column, a class too small to hold a sample out, or a held-out count
+    that leaves a class nothing to train on. (Identical samples count once in the worker's
+    split, so a class of repeats can still fail there, with its reason.)"""
+    from workers.pipeline.datasets.tables import HEAD_ROWS, TABLE_SUFFIXES, iter_rows
+    from workers.pipeline.errors import PipelineError as ReadError
+
+    path = Path(dataset.path)
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        try:
+            head = [row for _, row in zip(range(HEAD_ROWS), iter_rows(path), strict=False)]
+        except (ReadError, OSError):
+            head = []  # validated at upload: the worker says what changed
+        if any("split" in row for row in head):
+            if per_class is not None:
+                raise Invalid(
+                    f"{dataset.name} has its own 'split' column, which fixes which samples train "
+                    "and which validate; leave per_class out, or upload it without the column "
+                    "to have a split drawn"
+                )
+            return
+    sizes = {str(c["name"]): int(c["count"]) for c in dataset.classes or []}
+    if not sizes:
+        return
+    if per_class is not None:
+        sizes = {name: min(n, per_class) for name, n in sizes.items()}
+    name, smallest = min(sizes.items(), key=lambda item: item[1])
+    drawn = f" (at most per_class={per_class})" if per_class is not None else ""
+    if smallest < 2:
+        fix = (
+            "raise per_class"
+            if per_class is not None and per_class < 2
+            else "upload more samples of it, or a dataset without it"
+        )
+        raise Invalid(
+            f"class {name!r} of {dataset.name} has {smallest} sample{drawn}: a held-out split "
+            f"needs at least 2 per class, one to train on and one to validate; {fix}"
+        )
+    validation = recipe.get("validation", FineTuneRecipe().validation)
+    if isinstance(validation, int) and not isinstance(validation, bool) and validation >= smallest:
+        raise Invalid(
+            f"recipe.validation={validation} per class holds out every one of the {smallest} "
+            f"samples of class {name!r}{drawn}, leaving none to train on; give a smaller count "
+            "or a fraction such as 0.2"
+        )
+
+
 def trainable_models(
     session: Session, dataset: DatasetRow, model_ids: Sequence[str], tenant: str | None
 ) -> list[ModelRow]:
@@ -112,6 +161,7 @@ def create(
     """A job fine-tuning each model named on the tenant's dataset with the recipe."""
     dataset = trainable_dataset(session, body.dataset_id, tenant)
     recipe = recipe_of(body.recipe)
+    check_split(dataset, body.per_class, recipe)
     models = trainable_models(session, dataset, body.model_ids, tenant)
     check_limit(session, tenant, max_active_jobs, "retry when one finishes")
     return create_finetune(
@@ -126,15 +176,18 @@ def check_verify(
     verify: schemas.VerifyIn,
     tenant: str | None,
     max_active_jobs: int | None = None,
+    per_class: int | None = None,
 ) -> dict[str, Any]:
     """A ranking's ``verify`` request, checked before the ranking starts (bad input fails
     before minutes of scoring): what the ranking job keeps to start the verification with.
     The fine-tuning job it will start counts against the tenant's limit now, with those its
     other rankings will start: a verification is a fine-tuning job, and asking for one
     through a ranking must not be a way round ``POST /v1/finetunes``'s 429."""
-    trainable_dataset(session, dataset_id, tenant)
+    dataset = trainable_dataset(session, dataset_id, tenant)
+    recipe = recipe_of(verify)
+    check_split(dataset, per_class, recipe)
     check_limit(session, tenant, max_active_jobs, "rank without verify, or retry when one finishes")
-    return {"top_k": verify.top_k, "recipe": recipe_of(verify)}
+    return {"top_k": verify.top_k, "recipe": recipe}
 
 
 def check_limit(session: Session, tenant: str | None, limit: int | None, then: str) -> None:

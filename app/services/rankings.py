@@ -133,7 +133,9 @@ def create(
     checked = (
         None
         if verify is None
-        else finetunes.check_verify(session, dataset.id, verify, tenant, max_active_jobs)
+        else finetunes.check_verify(
+            session, dataset.id, verify, tenant, max_active_jobs, per_class=per_class
+        )
     )
     job = create_job(
         session, queue, dataset, models, chosen, trigger=Trigger.API, per_class=per_class

@@ -101,6 +101,11 @@ def test_the_manifest_split_column_is_the_split(tmp_path: Path) -> None:
         open_for_finetune(str(manifest), per_class=1)
     with pytest.raises(PipelineError, match="row 2 has split 'test'; write train or validation"):
         column_split(["train", "test"], [b"1", b"2"], "m.csv")
+    # a bad cell is named by its line, as the dataset's reader names a row (the header is 1):
+    # the same row was "row 5" here and "row 6" there
+    manifest.write_text("\n".join([*rows[:4], "beta two,b,test", "gamma one,c,train"]) + "\n")
+    with pytest.raises(PipelineError, match="row 5 has split 'test'"):
+        open_for_finetune(str(manifest))
 
 
 # -- training real models ----------------------------------------------------------------------

@@ -326,6 +326,18 @@ def test_bad_requests_say_what_to_do(service):
     assert r.status_code == 422 and "per_class" in r.text, r.text
     r = client.post("/v1/rankings", json={**base, "verify": {"seed": -1}})
     assert r.status_code == 422 and "seed" in r.text, r.text
+    # a split the worker would refuse is refused here (each was a 202, then every run failed,
+    # one with the CLI's "drop --per-class" for advice)
+    problem({**base, "recipe": {"validation": 25}}, "holds out every one of the 25 samples")
+    problem({**base, "per_class": 1}, "has 1 sample (at most per_class=1)", "raise per_class")
+    r = client.post("/v1/rankings", json={**base, "per_class": 3, "verify": {"validation": 3}})
+    assert r.status_code == 422 and "holds out every one of the 3" in r.text, r.text
+    rows = ["text,label,split"] + [f"text {i},{'ab'[i % 2]},{'train' if i < 6 else 'val'}"
+                                   for i in range(8)]  # fmt: skip
+    r = client.post("/v1/datasets", files={"file": ("own.csv", "\n".join(rows).encode())})
+    assert r.status_code in (200, 201), r.text
+    own = {"dataset_id": r.json()["id"], "model_ids": ["mobilenet-v2"], "per_class": 2}
+    problem(own, "has its own 'split' column", "leave per_class out")
     assert client.get("/v1/finetunes", params={"dataset_id": dataset}).json() == []
     assert client.get("/v1/finetunes/nope").status_code == 404
 

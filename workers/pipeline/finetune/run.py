@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from workers.pipeline.datasets import BUILTINS, Dataset, open_dataset
-from workers.pipeline.datasets.tables import TABLE_SUFFIXES, columns, read_rows
+from workers.pipeline.datasets.tables import TABLE_SUFFIXES, columns, first_line, read_rows
 from workers.pipeline.errors import PipelineError
 from workers.pipeline.finetune.networks import (
     Classifier,
@@ -60,7 +60,7 @@ def open_for_finetune(
                     "drop --per-class, or the column to have a split drawn"
                 )
             values = [row.get("split") for row in rows]
-            return dataset, column_split(values, dataset.digests, str(path))
+            return dataset, column_split(values, dataset.digests, str(path), first_line(path))
     if per_class is None and spec in BUILTINS:
         per_class = BUILTINS[spec].default_per_class
         if per_class and not quiet:

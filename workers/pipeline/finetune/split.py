@@ -88,15 +88,20 @@ def stratified_split(
     )
 
 
-def column_split(values: Sequence[object], digests: Sequence[bytes], where: str) -> Split:
+def column_split(
+    values: Sequence[object], digests: Sequence[bytes], where: str, first: int = 1
+) -> Split:
     """The user's split: each row's ``split`` cell (train, or val/validation). A validation
-    row whose content is also a training row's is left out (``Split.dropped``)."""
+    row whose content is also a training row's is left out (``Split.dropped``). ``first``:
+    the file line of the first row (2 in a CSV, after its header), so a row is named by its
+    line as the dataset's reader names it."""
     sides: list[str] = []
     for row, value in enumerate(values):
         side = SPLIT_WORDS.get(str(value).strip().lower()) if value is not None else None
         if side is None:
             raise PipelineError(
-                f"{where}: row {row + 1} has split {value!r}; write train or validation (val)"
+                f"{where}: row {first + row} has split {value!r}; write train or validation "
+                "(val)"
             )
         sides.append(side)
     marks = np.asarray(sides)
