@@ -17,6 +17,7 @@ in ``errors`` and names in ``degenerate``), or why it has none.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -572,3 +573,18 @@ def compute(
         error = DegenerateScore if name in result.degenerate else TransferabilityError
         raise error(message if message.startswith(name) else f"{name}: {message}")
     return result.values
+
+
+def canonical(name: str) -> str:
+    """A name compared ignoring case and punctuation: ``H-Score`` is ``hscore``."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def metric_name(name: str) -> str:
+    """The registry name ``name`` stands for, ignoring case and punctuation (``LogME``,
+    ``H-Score_Shrinkage``), the rule a ranking's metrics and a table's columns follow alike;
+    otherwise ``name`` as written (stripped): an external score, or a name to refuse."""
+    return _CANONICAL.get(canonical(name), name.strip())
+
+
+_CANONICAL = {canonical(n): n for n in REGISTRY}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,18 +30,7 @@ from app.services.models import REFERENCE_PREFIX
 from app.services.recommender import Scope
 from app.tenancy import visible
 from scoring.recommend import table_rows
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", name.lower())
-
-
-_REGISTRY = {canonical(n): n for n in scoring.REGISTRY}
-
-
-def metric_name(column: str) -> str:
-    """The registry name a column stands for, or the column itself (an external score)."""
-    return _REGISTRY.get(canonical(column), column.strip())
+from scoring.registry import canonical, metric_name
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from app.states import ModelState
 from app.tenancy import can_change, check_active, owned
 from scoring.pool import POOLED, expand, pool_scores
 from scoring.recommend import RECOMMENDED
+from scoring.registry import metric_name
 from workers.pipeline.layers import LayerError, check_choice, is_default
 
 
@@ -102,7 +103,10 @@ def create(
     if metrics is None:
         chosen = scoring.default_metrics(target)
     else:
-        chosen = expand(metrics)  # a pooled score (etran, ncti) stands for its components
+        # named as the registry spells them, ignoring case and punctuation (LogME, H-Score),
+        # as the CLI and imported tables take them; a pooled score (etran, ncti) stands for
+        # its components
+        chosen = expand([metric_name(m) for m in metrics])
         unknown = [m for m in chosen if m not in scoring.REGISTRY]
         if unknown:
             raise Invalid(

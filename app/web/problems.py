@@ -45,6 +45,12 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors():
+            if err.get("type") == "json_invalid":  # its loc is a character offset, not a field
+                at = next((p for p in err.get("loc", ()) if isinstance(p, int)), None)
+                why = (err.get("ctx") or {}).get("error") or err.get("msg")
+                where = f" at character {at}" if at is not None else ""
+                parts.append(f"the body is not valid JSON{where}: {why}; send a JSON document")
+                continue
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return problem(422, "Invalid request", "; ".join(parts), errors=parts)

@@ -289,7 +289,7 @@ def _shipped_image_datasets(metrics: set[str]) -> dict[str, scoring.DatasetRecor
     registry's names, with ``metrics`` only and the outcomes' standard errors where a table
     gives them: what the first local ranking must learn from."""
     from app.reference import shipped
-    from app.services.benchmarks import metric_name
+    from scoring.registry import metric_name
 
     rows = []
     for table in shipped():

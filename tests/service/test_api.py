@@ -172,7 +172,11 @@ def test_ranking_bad_input(api):
             "/v1/rankings", content=b"{not json", headers={"content-type": "application/json"}
         ),
         422,
+        "the body is not valid JSON at character 1: Expecting property name",
     )
+    # metric names as the CLI takes them, ignoring case and punctuation
+    r = post({"dataset_id": text_ds["id"], "metrics": ["LogME", "H-Score_Shrinkage"]})
+    assert r.status_code == 202 and r.json()["metrics"] == ["logme", "hscore_shrinkage"], r.text
     problem(client.get("/v1/rankings/nope"), 404, "no ranking")
     problem(client.get("/v1/rankings", params={"status": "sideways"}), 422, "status")
     problem(client.get("/v1/nowhere"), 404)

@@ -41,7 +41,7 @@ def _metric_list(text: str) -> list[str]:
     """Metric names as the registry spells them, matched ignoring case and punctuation
     (``LogME``, ``H-Score_Shrinkage``), the rule benchmark tables' columns follow too. A name
     that matches none is kept, so the ranking's error lists the valid ones."""
-    from app.services.benchmarks import metric_name
+    from scoring.registry import metric_name
 
     return [metric_name(name) for name in _csv_list(text)]
 

@@ -100,8 +100,7 @@ def column_split(
         side = SPLIT_WORDS.get(str(value).strip().lower()) if value is not None else None
         if side is None:
             raise PipelineError(
-                f"{where}: row {first + row} has split {value!r}; write train or validation "
-                "(val)"
+                f"{where}: row {first + row} has split {value!r}; write train or validation (val)"
             )
         sides.append(side)
     marks = np.asarray(sides)
