@@ -48,7 +48,7 @@ from app.services import leaderboards, recommender
 from app.services import models as model_service
 from app.states import ModelState, RunStatus
 from app.tenancy import can_see
-from workers.jobs.steps import JobRunner
+from workers.jobs.steps import JobRunner, ranking_done
 
 log = logging.getLogger("transferbench.scheduler")
 
@@ -226,7 +226,8 @@ class Scheduler:
                     if not ModelStatus(jm.status).terminal:
                         move_model(jm, ModelStatus.FAILED)
                         jm.error = reason
-                finish_if_complete(s, job.id)
+                if finish_if_complete(s, job.id) is JobStatus.DONE:  # some models scored
+                    ranking_done(s, self.queue, job)
                 if not JobStatus(job.status).terminal:  # a job with no model at all
                     move_job(job, JobStatus.FAILED)
                 if job.status == JobStatus.FAILED:

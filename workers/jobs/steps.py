@@ -23,11 +23,12 @@ from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
 
 import scoring
 from app.db import scores
 from app.db.locks import advisory_key
-from app.db.models import DatasetRow, JobModelRow, ModelRow, now
+from app.db.models import DatasetRow, JobModelRow, JobRow, ModelRow, now
 from app.db.session import Database
 from app.lifecycle import (
     Dispatcher,
@@ -134,6 +135,26 @@ class Claims:
             finally:
                 with contextlib.suppress(DBAPIError):  # a dead connection took the lock along
                     conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": running})
+
+
+def ranking_done(session: Session, queue: Dispatcher, job: JobRow) -> None:
+    """What follows a ranking that ended done, whichever step ended it (its last model
+    scored, failed, or the job expired with some models scored): its recommended order, the
+    verification it asked for, the scope's refit, and the default metrics a ranking on chosen
+    ones left its models short of. Only the last model scoring did this before: a ranking
+    whose last model failed ended without a recommendation, and its verification never ran."""
+    recommender.attach(session, job)
+    # asked to be verified: its top models are fine-tuned now (the gpu queue)
+    finetunes.verify_ranking(session, queue, job)
+    # the scope's fit moved on: its other datasets' recommended boards follow
+    defer(session, queue, Task.REFIT_RECOMMENDER)
+    dataset = session.get(DatasetRow, job.dataset_id)
+    target = scoring.target_kind(dataset.task if dataset is not None else "classification")
+    if set(scoring.default_metrics(target)) - set(job.metrics):
+        # a ranking on chosen metrics leaves its models short of the defaults the dataset's
+        # other models have (a re-ranking skips a model while it is in a job): fill them
+        # now, from the features just cached
+        defer(session, queue, Task.RERANK_MISSING)
 
 
 class JobRunner:
@@ -425,16 +446,7 @@ class JobRunner:
                 move_model(jm, ModelStatus.FAILED)
                 jm.error = "no metric could be computed: " + "; ".join(errors.values())
             if finish_if_complete(s, job_id) is JobStatus.DONE:
-                recommender.attach(s, jm.job)
-                # asked to be verified: its top models are fine-tuned now (the gpu queue)
-                finetunes.verify_ranking(s, self.queue, jm.job)
-                # the scope's fit moved on: its other datasets' recommended boards follow
-                defer(s, self.queue, Task.REFIT_RECOMMENDER)
-                if set(scoring.default_metrics(target)) - set(jm.job.metrics):
-                    # a ranking on chosen metrics leaves its models short of the defaults
-                    # the dataset's other models have (a re-ranking skips a model while it
-                    # is in a job): fill them now, from the features just cached
-                    defer(s, self.queue, Task.RERANK_MISSING)
+                ranking_done(s, self.queue, jm.job)
 
     # -- layers --------------------------------------------------------------------------
     def _layer_arrays(self, layered: dict[str, Any]) -> dict[int, Any] | None:
@@ -559,4 +571,5 @@ class JobRunner:
                 return
             move_model(jm, ModelStatus.FAILED)
             jm.error = reason
-            finish_if_complete(s, job_id)
+            if finish_if_complete(s, job_id) is JobStatus.DONE:  # the others were scored
+                ranking_done(s, self.queue, jm.job)

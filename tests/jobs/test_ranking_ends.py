@@ -1,0 +1,75 @@
+"""What follows a finished ranking (its recommended order, the verification it asked for, the
+refit) follows it however it finished. Only the last model *scoring* did it: a ranking whose
+last model failed, or that expired with some models scored, ended done with no recommended
+order, and a verification it asked for never started. Real PostgreSQL, real MobileNetV2 on
+real Fashion-MNIST images, the job logic driven as the workers run it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from app import schemas
+from app.db.models import FineTuneJobRow, JobRow, ModelRow, now
+from app.lifecycle import Task
+from app.services import rankings
+
+from .harness import Harness
+
+pytestmark = pytest.mark.slow
+
+
+def _ranking(h: Harness, models: list[str]) -> str:
+    with h.db.session() as s:
+        job = rankings.create(s, h, h.dataset_id, models, None, None, tenant="default",
+                              verify=schemas.VerifyIn(top_k=1, epochs=1, mode="head"))  # fmt: skip
+        return job.id
+
+
+def _finished_with_its_follow_ups(h: Harness, job_id: str) -> None:
+    with h.db.session() as s:
+        job = s.get(JobRow, job_id)
+        assert job.status == "done", job.status
+        assert job.recommendation and job.recommendation.get("scores"), job.recommendation
+        assert job.finetune_id is not None  # the verification started
+        assert s.scalar(select(func.count()).select_from(FineTuneJobRow)) == 1
+
+
+def test_a_ranking_whose_last_model_fails_is_still_recommended_and_verified(
+    harness: Harness,
+) -> None:
+    good = harness.register("mobilenet-v2")
+    bad = harness.register("changed-net", "mobilenet-v2")
+    with harness.db.session() as s:  # its weights changed since it was registered: it fails
+        s.get(ModelRow, bad).fingerprint = "f" * 64
+    job_id = _ranking(harness, [good, bad])
+    sent = list(harness.tasks)
+    harness.tasks = [t for t in sent if t[1][1] == good]
+    harness.drain()  # the good model extracted and scored first
+    harness.tasks = [t for t in sent if t[1][1] == bad]
+    harness.drain()  # then the other fails: the last to end
+    with harness.db.session() as s:
+        models = {m.model_id: m.status for m in s.get(JobRow, job_id).models}
+    assert models == {good: "done", bad: "failed"}
+    _finished_with_its_follow_ups(harness, job_id)
+
+
+def test_a_ranking_that_expires_with_a_model_scored_is_recommended_and_verified(
+    harness: Harness,
+) -> None:
+    good = harness.register("mobilenet-v2")
+    slow = harness.register("never-started", "mobilenet-v2")
+    job_id = _ranking(harness, [good, slow])
+    sent = list(harness.tasks)
+    harness.tasks = [t for t in sent if t[1][1] == good]
+    harness.drain()
+    harness.tasks = []  # the other model's task never ran
+    with harness.db.session() as s:
+        s.get(JobRow, job_id).created_at = now() - timedelta(
+            seconds=harness.runner.settings.job_timeout_s + 1
+        )
+    assert harness.scheduler.expire_overdue() == [job_id]
+    _finished_with_its_follow_ups(harness, job_id)
+    assert {Task.REFIT_RECOMMENDER, Task.FINETUNE} <= {task for task, _ in harness.tasks}
