@@ -73,3 +73,32 @@ def test_a_ranking_that_expires_with_a_model_scored_is_recommended_and_verified(
     assert harness.scheduler.expire_overdue() == [job_id]
     _finished_with_its_follow_ups(harness, job_id)
     assert {Task.REFIT_RECOMMENDER, Task.FINETUNE} <= {task for task, _ in harness.tasks}
+
+
+def test_a_model_whose_extraction_keeps_killing_its_worker_fails_after_three_tries(
+    harness: Harness,
+) -> None:
+    """Every redelivery extracted it again, with no limit (fine-tuning runs stop at three): a
+    model that is killed for memory blocked its queue until the job expired, then again."""
+    from app.db.models import JobModelRow
+    from app.lifecycle import Trigger, create_job
+
+    with harness.db.session() as s:
+        model = ModelRow(name="killer", source={"spec": "killer"}, modality="image",
+                         has_head=False, fingerprint="0" * 64)  # fmt: skip
+        s.add(model)
+        s.flush()
+        from app.db.models import DatasetRow
+
+        job = create_job(s, harness, s.get(DatasetRow, harness.dataset_id), [model], ["logme"],
+                         trigger=Trigger.API)  # fmt: skip
+        job_id, model_id = job.id, model.id
+    for attempt in (1, 2, 3):  # three deliveries whose worker died: the count they left
+        with harness.db.session() as s:
+            s.get(JobModelRow, (job_id, model_id)).attempts = attempt
+    harness.tasks.clear()
+    harness.runner.extract(job_id, model_id)
+    with harness.db.session() as s:
+        jm = s.get(JobModelRow, (job_id, model_id))
+        assert jm.status == "failed" and "stopped 3 times" in jm.error, jm.error
+        assert jm.attempts == 3 and s.get(JobRow, job_id).status == "failed"

@@ -137,6 +137,11 @@ class Claims:
                     conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": running})
 
 
+#: Deliveries of one model's extraction before it fails: a model that kills its worker (out
+#: of memory, a crash in native code) was sent again on every redelivery, without end.
+MAX_ATTEMPTS = 3
+
+
 def ranking_done(session: Session, queue: Dispatcher, job: JobRow) -> None:
     """What follows a ranking that ended done, whichever step ended it (its last model
     scored, failed, or the job expired with some models scored): its recommended order, the
@@ -289,6 +294,16 @@ class JobRunner:
                 defer(s, self.queue, Task.SCORE, job_id, model_id)
                 return
             job = jm.job
+            if jm.attempts >= MAX_ATTEMPTS:  # each delivery before ended its worker
+                move_model(jm, ModelStatus.FAILED)
+                jm.error = (
+                    f"the worker extracting it stopped {jm.attempts} times before it finished "
+                    "(killed, or out of memory); use a smaller batch (TB_BATCH_SIZE), fewer "
+                    "samples (per_class), or a larger worker"
+                )
+                if finish_if_complete(s, job_id) is JobStatus.DONE:
+                    ranking_done(s, self.queue, job)
+                return
             if job.status == JobStatus.QUEUED:
                 move_job(job, JobStatus.RUNNING)
             job.heartbeat_at = jm.heartbeat_at = now()
