@@ -369,6 +369,10 @@ def round_over(
     session.flush()
     while True:
         runs = list(session.scalars(select(FineTuneRunRow).where(FineTuneRunRow.job_id == job_id)))
+        if not runs:  # its models' runs went with them (a model deleted): nothing to measure
+            move_finetune(job, FineTuneStatus.FAILED)
+            job.error = "its models were deleted before they were fine-tuned"
+            return FineTuneStatus.FAILED
         current = max(r.round for r in runs)
         this = [r for r in runs if r.round == current]
         if not all(RunStatus(r.status).terminal for r in this):

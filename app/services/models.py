@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.db.models import JobModelRow, ModelAliasRow, ModelRow, now
+from app.db.models import FineTuneRunRow, JobModelRow, ModelAliasRow, ModelRow, now
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 from app.lifecycle import Task, TaskQueue, defer
 from app.services import pages
-from app.states import ModelState, ModelStatus
+from app.states import ModelState, ModelStatus, RunStatus
 from app.tenancy import Principal, Role, can_see, visible
 from workers.pipeline import remote_sources
 from workers.settings import Settings
@@ -246,5 +246,14 @@ def deletable(session: Session, model_id: str, principal: Principal) -> ModelRow
     if session.scalar(busy.limit(1)) is not None:
         raise Conflict(
             f"{row.name} is in a ranking that is still running; delete it when that finishes"
+        )
+    training = select(FineTuneRunRow.id).where(
+        FineTuneRunRow.model_id == row.id,
+        FineTuneRunRow.status.not_in([s.value for s in RunStatus if s.terminal]),
+    )
+    if session.scalar(training.limit(1)) is not None:  # its run would vanish mid-job
+        raise Conflict(
+            f"{row.name} is being fine-tuned in a job that is still running; delete it when "
+            "that finishes, or cancel the job (DELETE /v1/finetunes/{id})"
         )
     return row

@@ -202,3 +202,31 @@ def test_a_shorter_run_never_replaces_a_longer_ones_outcome(harness: Harness) ->
     with harness.db.session() as s:
         outcomes.store(s, [run(70.0, 1)], runs=True)  # a run replaces what says no budget
     assert stored() == 70.0
+
+
+def test_a_model_being_fine_tuned_cannot_be_deleted_and_a_job_left_without_runs_closes(
+    harness: Harness,
+) -> None:
+    """Deleting a model took its fine-tuning runs with it (a cascade): the job stayed running
+    with none, and the scheduler's expiry of it raised on every tick (``max()`` of no rounds),
+    which stopped every other job's expiry and the file sweep with it."""
+    import pytest
+
+    from app.errors import Conflict
+    from app.services import models as model_service
+    from app.tenancy import Principal, Role
+
+    a, b = _models(harness, 2)
+    job_id = _halving(harness, [a, b], epochs=2)
+    with harness.db.session() as s, pytest.raises(Conflict, match="being fine-tuned"):
+        model_service.deletable(s, a, Principal(None, Role.ADMIN))
+    with harness.db.session() as s:  # as a cascade would leave it
+        for run in s.scalars(select(FineTuneRunRow).where(FineTuneRunRow.job_id == job_id)):
+            s.delete(run)
+    with harness.db.session() as s:
+        s.get(FineTuneJobRow, job_id).created_at = now() - timedelta(
+            seconds=harness.runner.settings.job_timeout_s + 1
+        )
+    assert harness.scheduler.expire_overdue_finetunes() == [job_id]  # no exception
+    with harness.db.session() as s:
+        assert s.get(FineTuneJobRow, job_id).status == "failed"
