@@ -300,6 +300,11 @@ class FineTuneSteps:
         """Close the run: done with its measurement (stored as an outcome, the recommender
         refits) or failed with the reason; then move its job on."""
         with self.db.session() as s:
+            # the job first, then the run: the order a cancel (and round_over) takes them in;
+            # the run first deadlocked with a cancel, and one side's transaction was lost
+            job_id = s.scalar(select(FineTuneRunRow.job_id).where(FineTuneRunRow.id == run_id))
+            if job_id is not None:
+                s.get(FineTuneJobRow, job_id, with_for_update=True)
             run = s.get(FineTuneRunRow, run_id, with_for_update=True)
             if run is None or RunStatus(run.status) is not RunStatus.TRAINING:
                 if weights is not None:  # cancelled meanwhile: nobody will download them
