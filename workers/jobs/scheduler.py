@@ -12,10 +12,12 @@ from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 import scoring
 from app.db import scores
+from app.db.locks import advisory_key
 from app.db.models import (
     DatasetRow,
     FineTuneJobRow,
@@ -53,6 +55,36 @@ from workers.jobs.steps import JobRunner, ranking_done
 log = logging.getLogger("transferbench.scheduler")
 
 
+def _one_creator_at_a_time(session: Session) -> None:
+    """Serialise the scheduler's job creation across workers (on PostgreSQL; SQLite has one
+    writer anyway): two at once each read "not busy" and created the same job twice. The lock
+    is the transaction's: the second waits, then reads the first one's jobs."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_key("tb.scheduler.create")}
+        )
+
+
+def _failed_when_reranked(session: Session) -> set[tuple[str, str]]:
+    """(dataset, model) pairs whose latest ranking failed and was a re-ranking: re-ranking
+    them again would fail again (a file gone, a model that runs out of memory) and made a
+    failed job every tick, without end. A ranking a user or a schedule asks for tries them
+    again, and a failure there gets one re-ranking."""
+    latest: dict[tuple[str, str], tuple[str, str]] = {}
+    rows = session.execute(
+        select(JobRow.dataset_id, JobModelRow.model_id, JobModelRow.status, JobRow.trigger)
+        .join(JobRow, JobRow.id == JobModelRow.job_id)
+        .order_by(JobRow.created_at)
+    )
+    for dataset_id, model_id, status, trigger in rows:
+        latest[(dataset_id, model_id)] = (status, trigger)
+    return {
+        pair
+        for pair, (status, trigger) in latest.items()
+        if status == ModelStatus.FAILED and trigger == Trigger.RERANK
+    }
+
+
 class Scheduler:
     """The periodic work of one deployment, on a runner's database, settings and queue."""
 
@@ -66,6 +98,7 @@ class Scheduler:
         missing forward passes run, and scoring skips metrics already current."""
         created = []
         with self.db.session() as s:
+            _one_creator_at_a_time(s)
             datasets = list(s.scalars(select(DatasetRow).where(DatasetRow.reference.is_(False))))
             models = model_service.candidates(s, tenant=None)
             active = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -75,6 +108,7 @@ class Scheduler:
                 for m in j.models
                 if not ModelStatus(m.status).terminal
             }
+            busy |= _failed_when_reranked(s)
             for ds in datasets:
                 target = scoring.target_kind(ds.task)
                 metrics = scoring.default_metrics(target)
@@ -104,6 +138,7 @@ class Scheduler:
         created = []
         limit = self.settings.tenant_max_active_jobs
         with self.db.session() as s:
+            _one_creator_at_a_time(s)
             running = s.execute(
                 select(JobRow.tenant, JobRow.dataset_id).where(
                     JobRow.status.in_(JobStatus.active())
