@@ -55,6 +55,9 @@ def feature_key(model: CandidateModel, dataset_hash: str, layer: str | None = No
         identity["decode"] = model.decode
     if layer is not None and layer != model.layer:
         identity["probs"] = False
+    pipeline = getattr(model, "pipeline_identity", None)  # a sentence-transformers pipeline's
+    if pipeline is not None:
+        identity["pipeline"] = pipeline
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 

@@ -291,11 +291,32 @@ def load_hf_encoder(ref: str, settings: Settings, spec: ModelSpec) -> tuple[Any,
     return model, tokenizer
 
 
+def position_limit(model: Any) -> int | None:
+    """The most tokens ``model`` numbers positions for (its config's
+    ``max_position_embeddings``, less RoBERTa's offset for its padding index); None when it
+    does not say."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert", "longformer"}:
+        limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return limit
+
+
 def _hf(spec: ModelSpec, name: str, settings: Settings) -> CandidateModel:
     model, tokenizer = load_hf_encoder(spec.ref, settings, spec)
+    limit = position_limit(model)
+    default = min(512, tokenizer.model_max_length, limit or 512)
+    max_length = spec.option_int("max_length", default)
+    if limit is not None and max_length > limit:
+        raise PipelineError(
+            f"{spec}: max_length={max_length} is over the {limit} positions the model has "
+            f"(its max_position_embeddings); give max_length={limit} or less"
+        )
     recipe = TextRecipe(
         tokenizer=spec.ref,
-        max_length=spec.option_int("max_length", min(512, tokenizer.model_max_length)),
+        max_length=max_length,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
     return HFTextModel(name=name, source=str(spec), model=model, tokenizer=tokenizer, recipe=recipe)

@@ -4,6 +4,8 @@ linear head (weights as plain arrays) on top."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -168,6 +170,9 @@ def _text_export_spec(
     example = model.feeds(model.tokenize(EXAMPLE_TEXTS))
     axes = {0: "batch", 1: "tokens"}
     identity: dict[str, Any] = {"kind": kind, "layer": model.layer, "inputs": list(example)}
+    pipeline = getattr(model, "pipeline_identity", None)
+    if pipeline is not None:
+        identity["pipeline"] = pipeline
     if extra:
         identity["hidden_states"] = list(extra)
     return ExportSpec(
@@ -198,6 +203,11 @@ class HFTextModel(CandidateModel):
         self.name = name
         self.source = source
         self.model = model.eval()
+        # padding on the right, whatever the folder's tokenizer says: a left-padded batch
+        # shifted each text's positions by the padding before it, so its features changed
+        # with the lengths of the texts it was batched with (mean pooling skips the padding
+        # on either side)
+        tokenizer.padding_side = "right"
         self.tokenizer = tokenizer
         self.recipe: TextRecipe = recipe
         self.head = head
@@ -279,6 +289,20 @@ class HFTextModel(CandidateModel):
         return ModelOutput(result.features, result.probs, layers)
 
 
+def _pipeline_identity(model: Any) -> str:
+    """sha256 of a sentence-transformers pipeline's configuration: each module's class and
+    its ``get_config_dict()``, its ``max_seq_length`` and whether it lower-cases."""
+    parts: list[Any] = []
+    for module in model:
+        config = getattr(module, "get_config_dict", None)
+        parts.append([type(module).__name__, config() if callable(config) else None])
+    tokenizer = getattr(model, "tokenizer", None)
+    parts.append(["max_seq_length", getattr(model, "max_seq_length", None)])
+    parts.append(["do_lower_case", getattr(tokenizer, "do_lower_case", None)])
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class SentenceTransformerModel(CandidateModel):
     """A sentence-transformers pipeline; features: its ``sentence_embedding`` (its own
     pooling and normalisation)."""
@@ -290,6 +314,13 @@ class SentenceTransformerModel(CandidateModel):
         self.recipe: TextRecipe = recipe
         self.layer = "sentence_embedding"
         self.fingerprint = module_sha256(model)
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is not None:  # as for HFTextModel: a text's features never its batch's
+            tokenizer.padding_side = "right"
+        #: what decides its features besides its weights: each module's configuration (a
+        #: pooling mode, a Normalize step) and its length limit. Two pipelines of the same
+        #: weights pooled differently shared a feature-cache entry and an exported graph.
+        self.pipeline_identity = _pipeline_identity(model)
         self.head_classes = None
         self.net = SentenceEmbedding(self.model, tensor_names(self.tokenize(EXAMPLE_TEXTS)))
         self._hidden_states: int | None = None
