@@ -179,6 +179,11 @@ def _parse_list(model: type[M], response: httpx.Response) -> list[M]:
         raise _unexpected(response, str(exc)) from exc
 
 
+def _check_deadline(ranking_id: str, deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TransferbenchError(f"ranking {ranking_id} did not finish in time")
+
+
 def _checked(kind: type[schemas.RecipeIn], given: Mapping[str, Any], what: str) -> dict[str, Any]:
     """``given`` checked against the service's own model of it (``RecipeIn``, ``VerifyIn``),
     as the body to send: the fields given only, so the service's defaults fill the rest."""
@@ -360,9 +365,12 @@ class _Calls:
         return False
 
     @staticmethod
-    def _model_keys(models: Sequence[Model | str]) -> list[str]:
+    def _model_keys(models: Sequence[Model | str] | Model | str) -> list[str]:
         """Models given as Model, id or name, as the service takes them: ids or names (it
-        answers 422 naming any it does not know)."""
+        answers 422 naming any it does not know). One model alone is a list of one (a name
+        was sent as its letters: "no model with id or name 'm', 'o', ...")."""
+        if isinstance(models, str | Model):
+            models = [models]
         return [m if isinstance(m, str) else m.id for m in models]
 
     # -- rankings
@@ -465,22 +473,33 @@ class _Calls:
         measure: str,
         higher_is_better: bool,
     ) -> Op[list[Outcome]]:
-        if isinstance(outcomes, Mapping):
-            entries = [
-                schemas.OutcomeIn(
-                    model_id=model, value=value, measure=measure, higher_is_better=higher_is_better
-                )
-                for model, value in outcomes.items()
-            ]
-        else:
-            entries = [
-                o
-                if isinstance(o, schemas.OutcomeIn)
-                else schemas.OutcomeIn.model_validate(
-                    {"measure": measure, "higher_is_better": higher_is_better, **o}
-                )
-                for o in outcomes
-            ]
+        try:  # checked here as the service would: its error type, never pydantic's
+            if isinstance(outcomes, Mapping):
+                entries = [
+                    schemas.OutcomeIn(
+                        model_id=model,
+                        value=value,
+                        measure=measure,
+                        higher_is_better=higher_is_better,
+                    )
+                    for model, value in outcomes.items()
+                ]
+            else:
+                entries = [
+                    o
+                    if isinstance(o, schemas.OutcomeIn)
+                    else schemas.OutcomeIn.model_validate(
+                        {"measure": measure, "higher_is_better": higher_is_better, **o}
+                    )
+                    for o in outcomes
+                ]
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(part) for part in error["loc"]) or "outcome"
+            raise TransferbenchError(
+                f"outcome {field}: {error['msg']} (given {error.get('input')!r})",
+                title="Invalid outcome",
+            ) from None
         body = [o.model_dump(mode="json") for o in entries]
         response = yield self._request("POST", f"/v1/datasets/{_id(dataset)}/outcomes", json=body)
         return _parse_list(Outcome, response)
@@ -642,8 +661,19 @@ def _final(ranking_id: str, name: str, data: str) -> Ranking:
     """The ranking of a ``done`` event; a ``failed`` one raises."""
     if name == "done":
         return Ranking.model_validate_json(data)
-    error = json.loads(data).get("error") or "no reason was recorded"
-    raise TransferbenchError(f"ranking {ranking_id} failed: {error}", title="Ranking failed")
+    body = json.loads(data)
+    error = body.get("error") or "no reason was recorded"
+    # each model's own reason: the job's says only "every model failed; see the per-model
+    # errors", which a caller could not see
+    reasons = [
+        f"{p.get('model') or p.get('model_id')}: {p['error']}"
+        for p in body.get("progress") or []
+        if p.get("error")
+    ]
+    detail = f"ranking {ranking_id} failed: {error}" + (
+        f" ({'; '.join(reasons)})" if reasons else ""
+    )
+    raise TransferbenchError(detail, title="Ranking failed", extra={"ranking": body})
 
 
 def _finished(ranking: Ranking) -> Ranking:
@@ -789,7 +819,7 @@ class Client(_Calls):
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _Bar(progress, ranking_id)
         try:
-            final = self._stream(ranking_id, bar)
+            final = self._stream(ranking_id, bar, deadline)
             if final is not None:
                 done = _final(ranking_id, *final)
             else:
@@ -802,8 +832,12 @@ class Client(_Calls):
         self._until_ended(checking, progress, deadline)
         return self.ranking(ranking_id)
 
-    def _stream(self, ranking_id: str, bar: _Bar) -> tuple[str, str] | None:
-        """The final event, or None when the stream could not be followed to its end."""
+    def _stream(
+        self, ranking_id: str, bar: _Bar, deadline: float | None = None
+    ) -> tuple[str, str] | None:
+        """The final event, or None when the stream could not be followed to its end; past
+        ``deadline`` (checked on every line: the server sends one at least every 15 s), the
+        error a poll raises."""
         try:
             response = self._http.send(self._events_request(ranking_id), stream=True)
         except httpx.TransportError:
@@ -816,6 +850,7 @@ class Client(_Calls):
                 raise TransferbenchError.from_response(response)
             parser = _Events()
             for line in response.iter_lines():
+                _check_deadline(ranking_id, deadline)
                 event = parser.feed(line)
                 if event and event[0] == "progress":
                     bar.update(RankingProgress.model_validate_json(event[1]))
@@ -839,8 +874,7 @@ class Client(_Calls):
                 bar.update(state)
                 if state.status in _TERMINAL:
                     return state
-            if deadline is not None and time.monotonic() > deadline:
-                raise TransferbenchError(f"ranking {ranking_id} did not finish in time")
+            _check_deadline(ranking_id, deadline)
             time.sleep(POLL_S)
 
     def finetune(
@@ -1096,7 +1130,7 @@ class AsyncClient(_Calls):
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _Bar(progress, ranking_id)
         try:
-            final = await self._stream(ranking_id, bar)
+            final = await self._stream(ranking_id, bar, deadline)
             if final is not None:
                 done = _final(ranking_id, *final)
             else:
@@ -1109,7 +1143,9 @@ class AsyncClient(_Calls):
         await self._until_ended(checking, progress, deadline)
         return await self.ranking(ranking_id)
 
-    async def _stream(self, ranking_id: str, bar: _Bar) -> tuple[str, str] | None:
+    async def _stream(
+        self, ranking_id: str, bar: _Bar, deadline: float | None = None
+    ) -> tuple[str, str] | None:
         try:
             response = await self._http.send(self._events_request(ranking_id), stream=True)
         except httpx.TransportError:
@@ -1123,6 +1159,7 @@ class AsyncClient(_Calls):
             parser = _Events()
             lines: AsyncIterator[str] = response.aiter_lines()
             async for line in lines:
+                _check_deadline(ranking_id, deadline)
                 event = parser.feed(line)
                 if event and event[0] == "progress":
                     bar.update(RankingProgress.model_validate_json(event[1]))

@@ -192,6 +192,23 @@ def test_errors_carry_the_problem_fields(live: Live, ranked, tmp_path: Path):
         with pytest.raises(TransferbenchError) as caught:
             tb.rank(dataset, models=["no-such-model"], progress=False)
         assert caught.value.status == 422 and "'no-such-model'" in caught.value.detail
+        with pytest.raises(TransferbenchError) as caught:  # one name, not its letters
+            tb.rank(dataset, models="no-such-model", progress=False)
+        assert "'no-such-model'" in caught.value.detail and "'n', 'o'" not in caught.value.detail
+
+        # checked before sending, as the service would: its error type, never pydantic's
+        for bad in ({"mobilenet-v2": float("nan")}, {"mobilenet-v2": "91.2%"}):
+            with pytest.raises(TransferbenchError) as caught:
+                tb.add_outcomes(dataset, bad)
+            assert caught.value.title == "Invalid outcome" and "value" in caught.value.detail
+        with pytest.raises(TransferbenchError, match="measure"):
+            tb.add_outcomes(dataset, {"mobilenet-v2": 91.0}, measure="top 1")
+
+        # a stream that outlasts the caller's timeout ends it, as polling did
+        started = tb.rank(dataset, models=["mobilenet-v2"], metrics=["logme"], wait=False)
+        with pytest.raises(TransferbenchError, match="did not finish in time"):
+            tb.wait(started, progress=False, timeout=0.0)
+        assert live.queue.wait_idle(60)
 
         bad = tmp_path / "notes.txt"
         bad.write_text("hello")
@@ -554,3 +571,19 @@ def test_the_clients_public_surface_is_its_all():
     sync = {n for n in vars(client.Client) if not n.startswith("_")} - {"close"}
     aio = {n for n in vars(client.AsyncClient) if not n.startswith("_")} - {"aclose"}
     assert sync == aio  # the same calls, sync and async
+
+
+def test_a_failed_rankings_error_names_each_models_reason() -> None:
+    """The job's own error says only "every model failed; see the per-model errors", which
+    the caller of ``wait`` could not see: each model's reason is in the message, and the
+    ranking in ``extra``."""
+    import json
+
+    from app.client import _final
+
+    progress = [{"model_id": "m1", "model": "minilm-l6", "error": "no 'text' column"}]
+    body = {"id": "r1", "status": "failed", "error": "every model failed", "progress": progress}
+    with pytest.raises(TransferbenchError) as caught:
+        _final("r1", "failed", json.dumps(body))
+    assert "minilm-l6: no 'text' column" in caught.value.detail
+    assert caught.value.extra["ranking"]["id"] == "r1"
