@@ -265,7 +265,9 @@ def test_dashboard_end_to_end(open_server: Server, browser: Any, zip_file: Path)
     for i, model in enumerate(page.locator(".outcome-grid label").all_inner_texts(), start=1):
         page.fill(f"#value-{i}", OUTCOMES[model])
     page.click("[data-outcomes-form] button[type=submit]")
-    page.wait_for_url(f"**/dashboard/datasets/{dataset_id}#outcomes")
+    # back on the dataset, showing the measure just saved
+    saved = f"/dashboard/datasets/{dataset_id}?measure=finetune_top1#outcomes"
+    page.wait_for_url(lambda url: url.endswith(saved))
     assert page.locator("[data-outcomes-table] tbody tr").count() == 3
     evaluation = page.locator("[data-evaluation-table]")
     assert "recommended" in evaluation.inner_text()
@@ -349,6 +351,38 @@ def test_dashboard_pages_explain_problems(open_server: Server) -> None:
             js.headers["content-encoding"] == "gzip" and "immutable" in js.headers["cache-control"]
         )
         assert "frame-ancestors 'none'" in api.get("/dashboard").headers["content-security-policy"]
+
+
+@pytest.mark.slow
+def test_a_refused_form_keeps_what_was_typed(open_server: Server, zip_file: Path) -> None:
+    """A form refused came back with its defaults: a measure typed as lower-is-better went
+    back to finetune_top1, higher, and its values were gone, so fixing one cell and saving
+    stored a loss as a top-1 accuracy. It keeps what was typed; a saved measure is the one
+    the page then shows, and its stored direction is preselected."""
+    import re
+
+    with open_server.api(follow_redirects=False) as api:
+        assert register_model(api, "forms-net", "mobilenet-v2")["status"] == "ready"
+        r = api.post("/v1/datasets", files={"file": ("forms.zip", zip_file.read_bytes())},
+                     data={"name": "forms"})  # fmt: skip
+        assert r.status_code in (200, 201), r.text
+        page_url = f"/dashboard/datasets/{r.json()['id']}"
+        page = api.get(page_url).text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        model = re.search(r'name="value:([^"]+)"', page).group(1)
+        form = {"csrf_token": token, "measure": "val_loss", "direction": "lower"}
+        r = api.post(f"{page_url}/outcomes", data={**form, f"value:{model}": "abc"})
+        assert r.status_code == 422 and "is not a number" in r.text
+        assert 'value="val_loss"' in r.text and 'value="abc"' in r.text
+        assert '<option value="lower" selected>' in r.text
+        r = api.post(f"{page_url}/outcomes", data={**form, f"value:{model}": "0.15"})
+        assert r.status_code == 303 and r.headers["location"].endswith(
+            f"{page_url}?measure=val_loss#outcomes"
+        )
+        again = api.get(r.headers["location"].split("#")[0]).text
+        assert '<option value="lower" selected>' in again and 'value="val_loss"' in again
+        r = api.post(f"{page_url}/schedule", data={"csrf_token": token, "schedule": "every day"})
+        assert r.status_code == 422 and 'value="every day"' in r.text
 
 
 @pytest.mark.slow

@@ -217,7 +217,8 @@ def test_the_dataset_page_shows_the_results_and_each_learning_curve(live: Live, 
     section = section[: section.index("</section>")]
     (run,) = job.runs
     row = next(r for r in section.split("<tr>") if ">mobilenet-v2</a>" in r)
-    assert f"{run.top1:.3f}" in row and ">2<" in row and ">cpu<" in row and ">done<" in row
+    # in percent, as the outcome it stored beside it (it was the fraction: 1.000 beside 100.0)
+    assert f"{100 * run.top1:.1f}%" in row and ">2<" in row and ">cpu<" in row and ">done<" in row
     assert job.id[:8] in row  # its newest run: this job's
     # a curve per model fine-tuned here (mobilenet-v2's: two epochs), its values beside it
     assert section.count("<svg") == section.count("data-curve") >= 1
@@ -225,7 +226,7 @@ def test_the_dataset_page_shows_the_results_and_each_learning_curve(live: Live, 
     curve = curve[: curve.index("</li>")]
     assert curve.count("<polyline") == 2 and curve.count("<circle") == 4
     for loss, top1 in zip(run.train_loss, run.val_top1, strict=True):
-        assert f"{loss:.3f}" in curve and f"{top1:.3f}" in curve
+        assert f"{loss:.3f}" in curve and f"{100 * top1:.1f}%" in curve
     assert all(j[:8] in section for j in tuned)  # every job listed
 
 

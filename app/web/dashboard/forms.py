@@ -4,14 +4,17 @@ set a schedule. Each posts here with its page's CSRF token and, done, redirects 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import File, Form, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
+from app import schemas
 from app.errors import Invalid, NotFound, ProblemError
 from app.lifecycle import Task, defer
 from app.services import datasets as dataset_service
@@ -197,9 +200,11 @@ async def start_ranking(
         )
         return job.id
 
+    posted = {"model_ids": model_ids, "metrics": metrics, "per_class": per_class_text}
     return await _post_then_redirect(
-        request, viewer, session, dataset_id, create, anchor="rankings", section="rank"
-    )
+        request, viewer, session, dataset_id, create, anchor="rankings", section="rank",
+        posted=posted,
+    )  # fmt: skip
 
 
 @router.post("/datasets/{dataset_id}/outcomes")
@@ -246,9 +251,12 @@ async def add_outcomes(
         defer(session, queue, Task.REFIT_RECOMMENDER)
         return measure
 
+    posted = {"measure": measure, "direction": "higher" if higher else "lower",
+              "values": values}  # fmt: skip
     return await _post_then_redirect(
-        request, viewer, session, dataset_id, record, anchor="outcomes", section="outcomes"
-    )
+        request, viewer, session, dataset_id, record, anchor="outcomes", section="outcomes",
+        measure=measure, posted=posted,
+    )  # fmt: skip
 
 
 @router.post("/datasets/{dataset_id}/schedule")
@@ -265,8 +273,9 @@ async def set_schedule(
         return cron or ""
 
     return await _post_then_redirect(
-        request, viewer, session, dataset_id, update, anchor="schedule", section="schedule"
-    )
+        request, viewer, session, dataset_id, update, anchor="schedule", section="schedule",
+        posted={"schedule": cron or ""},
+    )  # fmt: skip
 
 
 async def _post_then_redirect(
@@ -278,9 +287,13 @@ async def _post_then_redirect(
     *,
     anchor: str,
     section: str,
+    measure: str | None = None,
+    posted: dict[str, Any] | None = None,
 ) -> Response:
-    """Run a form's action; on success redirect to the dataset page (its section), on a
-    problem show the page again with the message beside the form."""
+    """Run a form's action; on success redirect to the dataset page (its section; showing
+    ``measure`` when the form was about one), on a problem show the page again with the
+    message beside the form and what was typed in it (``posted``) kept: before, it came back
+    with the defaults, and a measure typed as lower-is-better went back to higher."""
     try:
         await run_in_threadpool(action)
     except NotFound:
@@ -290,15 +303,21 @@ async def _post_then_redirect(
         problem = {"section": section, "detail": exc.detail}
         status = exc.status
 
+        shown = measure if measure and _MEASURE.fullmatch(measure) else None
+
         def page(fresh: Session) -> dict[str, Any]:
             figures = views.dataset_page(
-                fresh, dataset_id, None, recommender.DEFAULT_MEASURE, viewer.tenant
+                fresh, dataset_id, None, shown or recommender.DEFAULT_MEASURE, viewer.tenant
             )
-            return {"viewer": viewer, "form_error": problem, **figures}
+            return {"viewer": viewer, "form_error": problem, "posted": posted or {}, **figures}
 
         context = await run_in_threadpool(gather, deps.get_db(request), page)
         return render(request, "dataset.html", context, status_code=status)
-    return RedirectResponse(f"{PREFIX}/datasets/{dataset_id}#{anchor}", status_code=303)
+    query = f"?measure={quote(measure)}" if measure else ""
+    return RedirectResponse(f"{PREFIX}/datasets/{dataset_id}{query}#{anchor}", status_code=303)
+
+
+_MEASURE = re.compile(schemas.MEASURE_PATTERN)
 
 
 def _text(value: Any) -> str:

@@ -45,18 +45,27 @@ def job_view(job: JobRow, dataset_names: Mapping[str, str]) -> dict[str, Any]:
         model_status = ModelStatus(m.status)
         if model_status.terminal:
             fractions.append(1.0)
-            done += 1
+            done += model_status is ModelStatus.DONE  # a failed model is not "done"
         else:
             extracted = m.samples_done / m.samples_total if m.samples_total else 0.0
             scored = len(m.metrics_done or []) / n_metrics
             fractions.append(EXTRACTION_SHARE * extracted + (1 - EXTRACTION_SHARE) * scored)
         samples += m.samples_done
         total += m.samples_total
-    fraction = 1.0 if status.terminal else sum(fractions) / max(len(fractions), 1)
-    words = f"{done} of {len(job.models)} models"
+    fraction = sum(fractions) / max(len(fractions), 1)
+    if status is JobStatus.DONE:
+        fraction = 1.0
+    elif status.terminal:  # failed or cancelled: how far it got, never a full bar
+        fraction = min(fraction, done / max(len(job.models), 1))
+    words = f"{done} of {len(job.models)} models done"
     if total and not status.terminal:
         words += f" · {samples:,} of {total:,} samples"
-    failed = [m.model.name for m in job.models if m.status == ModelStatus.FAILED]
+    # each failed model with its own reason: the job's says "see the per-model errors"
+    failed = [
+        f"{m.model.name} ({m.error})" if m.error else m.model.name
+        for m in job.models
+        if m.status == ModelStatus.FAILED
+    ]
     return {
         "id": job.id,
         "dataset_id": job.dataset_id,
@@ -93,6 +102,14 @@ def two(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     return recommender.two(value)
+
+
+def percent(value: float | None) -> str:
+    """A top-1 the runs measure as a fraction, in percent as outcomes store it (0.8125 ->
+    "81.3%"): the page shows both, and they must read alike."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{100 * value:.1f}%"
 
 
 def number(value: float | None) -> str:
@@ -471,6 +488,8 @@ def _dataset_figures(
         ],
         "measures": measures,
         "measure": measure,
+        # the form preselects how the shown measure is stored (a loss: lower is better)
+        "measure_lower": outcome_service.measure_direction(session, measure, tenant) is False,
         "evaluation": evaluation,
         "evaluation_methods": _methods_order(evaluation["methods"]) if evaluation else [],
         "evaluation_note": evaluation_note,

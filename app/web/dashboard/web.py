@@ -79,6 +79,7 @@ def make_router() -> APIRouter:
 
 templates = Jinja2Templates(directory=str(assets.TEMPLATES_DIR))
 templates.env.filters["num"] = views.number
+templates.env.filters["pct"] = views.percent
 templates.env.filters["two"] = views.two
 templates.env.filters["dt"] = views.moment
 
