@@ -260,6 +260,13 @@ def test_dashboard_end_to_end(open_server: Server, browser: Any, zip_file: Path)
     )
     assert "metric=logme" in page.url
     page.select_option("#metric", "recommended")
+    # a page opened on another metric shows the trust note once the recommended order is
+    # picked (it was never rendered, so switching could not show it)
+    page.goto(f"/dashboard/datasets/{dataset_id}?metric=logme")
+    note = page.locator("[data-recommendation-note]")
+    assert note.count() == 1 and note.is_hidden()
+    page.select_option("#metric", "recommended")
+    note.wait_for(state="visible", timeout=10_000)
 
     # Outcomes through the form; the evaluation and the scatter appear.
     for i, model in enumerate(page.locator(".outcome-grid label").all_inner_texts(), start=1):
