@@ -102,3 +102,35 @@ def test_a_model_whose_extraction_keeps_killing_its_worker_fails_after_three_tri
         jm = s.get(JobModelRow, (job_id, model_id))
         assert jm.status == "failed" and "stopped 3 times" in jm.error, jm.error
         assert jm.attempts == 3 and s.get(JobRow, job_id).status == "failed"
+
+
+def test_a_dataset_deleted_while_its_model_is_scored_ends_the_task_quietly(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scores were stored before the job's model was looked up: with the dataset (and by
+    cascade its job) deleted meanwhile, their foreign key failed the task's transaction."""
+    from app.db.models import DatasetRow, ScoreRow
+
+    good = harness.register("mobilenet-v2")
+    with harness.db.session() as s:
+        job = rankings.create(s, harness, harness.dataset_id, [good], None, None,
+                              tenant="default")  # fmt: skip
+        job_id = job.id
+    (extract,) = harness.tasks
+    harness.tasks.clear()
+    harness.runner.extract(*extract[1])  # features cached; its SCORE task queued
+    assert [task for task, _ in harness.tasks] == [Task.SCORE]
+    import scoring
+
+    compute = scoring.compute_detailed
+
+    def deleted_meanwhile(*args: object, **kwargs: object) -> object:
+        with harness.db.session() as s:  # another request deletes it while this one scores
+            s.delete(s.get(DatasetRow, harness.dataset_id))
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "compute_detailed", deleted_meanwhile)
+    harness.runner.score(job_id, good)  # no exception
+    with harness.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(ScoreRow)) == 0
+        assert s.get(JobRow, job_id) is None

@@ -428,6 +428,12 @@ class JobRunner:
             except scoring.TransferabilityError as exc:
                 errors.update({m: str(exc) for m in todo})
         with self.db.session() as s:
+            # the job's model first: gone (its dataset deleted meanwhile, the job with it) or
+            # no longer scoring, nothing is stored (the scores of a deleted dataset failed the
+            # transaction on their foreign key, and the task with it)
+            jm = s.get(JobModelRow, (job_id, model_id), with_for_update=True)
+            if jm is None or ModelStatus(jm.status) is not ModelStatus.SCORING:
+                return
             # the scores and the leaderboards showing them, in one transaction
             leaderboards.store_scores(
                 s,
@@ -438,9 +444,6 @@ class JobRunner:
                     for metric, value in values.items()
                 ],
             )  # fmt: skip
-            jm = s.get(JobModelRow, (job_id, model_id), with_for_update=True)
-            if jm is None or ModelStatus(jm.status) is not ModelStatus.SCORING:
-                return
             jm.metrics_done = sorted(set(done) | set(values))
             jm.metric_errors = errors
             if layered is not None:  # done by the layer it is ordered by
