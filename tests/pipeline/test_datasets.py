@@ -364,3 +364,33 @@ def test_a_table_without_label_or_target_column_is_named(tmp_path, name, body):
         PipelineError, match=rf"{name}: no 'label' \(classes\) or 'target' \(numbers\) column"
     ):
         open_dataset(str(path))
+
+
+def test_class_labels_mean_one_class_however_a_table_writes_them(tmp_path: Path) -> None:
+    """JSON's 1 and 1.0 and a CSV's " pos" and "pos" were separate classes; a label ending in
+    NUL was kept by the upload's check and dropped by the reader (two class lists, two
+    content hashes for one upload). Spaces around a label and a whole number's ".0" now name
+    the same class, and a control character in a label is refused."""
+    from workers.pipeline.datasets import check_upload
+
+    jsonl = tmp_path / "numbers.jsonl"
+    jsonl.write_text(
+        "\n".join(
+            json.dumps({"text": f"text {i}", "label": v})
+            for i, v in enumerate([1, 1.0, "1", 2, 2.0])
+        )
+        + "\n"
+    )
+    assert sorted(set(open_dataset(str(jsonl)).labels.tolist())) == ["1", "2"]
+    csv_path = tmp_path / "spaces.csv"
+    csv_path.write_text("text,label\nhello,pos\nbye, pos\nmeh,neg \nugh,neg\n")
+    data = open_dataset(str(csv_path))
+    assert sorted(set(data.labels.tolist())) == ["neg", "pos"]
+    assert check_upload(csv_path).content_hash == data.content_hash
+    nul = tmp_path / "nul.jsonl"
+    nul.write_text(json.dumps({"text": "a", "label": "pos\u0000"}) + "\n"
+                   + json.dumps({"text": "b", "label": "neg"}) + "\n")  # fmt: skip
+    with pytest.raises(PipelineError, match="control character"):
+        open_dataset(str(nul))
+    with pytest.raises(PipelineError, match="control character"):
+        check_upload(nul)

@@ -229,8 +229,24 @@ def label_array(labels: Sequence[object], target: Target, where: str) -> np.ndar
     return np.asarray(labels)
 
 
+def class_name(value: object) -> str:
+    """A table cell's class label as the class's name: text without the spaces around it
+    (" pos" and "pos" were two classes), and a whole number given as a number written as one
+    (JSON's 1 and 1.0 were two classes)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
 def check_label(text: str, where: str) -> None:
-    """Refuse a class name over ``MAX_LABEL_CHARS``."""
+    """Refuse a class name over ``MAX_LABEL_CHARS``, or holding a control character (a
+    trailing NUL was dropped by one reader and kept by another: the same upload gave two
+    class lists and two content hashes)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise PipelineError(
+            f"{where}: the label {text[:40]!r} holds a control character; class names are "
+            "text: remove it"
+        )
     if len(text) > MAX_LABEL_CHARS:
         raise PipelineError(
             f"{where}: the label {text[:40]!r}... is {len(text)} characters long, over the "

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from workers.pipeline.datasets.archive import ZipReader, list_members, read_member
-from workers.pipeline.datasets.base import Dataset, label_array, sha256_bytes
+from workers.pipeline.datasets.base import Dataset, class_name, label_array, sha256_bytes
 from workers.pipeline.datasets.tables import (
     cell,
     columns,
@@ -398,7 +398,9 @@ def read_image_manifest(manifest: Path, *, decode: bool = False) -> Dataset:
         if not path.is_file():
             raise PipelineError(f"{manifest}: row {line}: image {name!r} not found")
         value = cell(row, label_col, manifest, line)
-        labels.append(parse_target(value, manifest, line) if target == "regression" else str(value))
+        labels.append(
+            parse_target(value, manifest, line) if target == "regression" else class_name(value)
+        )
         data = path.read_bytes()
         budget.add(check_image(data, str(path), decode=decode))
         samples.append(FileImage(path))

@@ -21,6 +21,7 @@ from workers.pipeline.datasets.base import (
     Summary,
     Target,
     check_label,
+    class_name,
     label_array,
     sha256_bytes,
 )
@@ -92,7 +93,7 @@ def _pair_row(
     value = cell(row, label_col, path, line)
     if target == "regression":
         return pair, digest, parse_target(value, path, line)
-    label = str(value)
+    label = class_name(value)
     check_label(label, str(path))
     return pair, digest, label
 

@@ -13,6 +13,7 @@ from workers.pipeline.datasets.base import (
     Summary,
     Target,
     check_label,
+    class_name,
     label_array,
     sha256_bytes,
 )
@@ -53,7 +54,7 @@ def _text_row(
     value = cell(row, label_col, path, line)
     if target == "regression":
         return text, digest, parse_target(value, path, line)
-    label = str(value)
+    label = class_name(value)
     check_label(label, str(path))
     return text, digest, label
 
