@@ -1183,8 +1183,7 @@ class AsyncClient(_Calls):
                 bar.update(state)
                 if state.status in _TERMINAL:
                     return state
-            if deadline is not None and time.monotonic() > deadline:
-                raise TransferbenchError(f"ranking {ranking_id} did not finish in time")
+            _check_deadline(ranking_id, deadline)
             await asyncio.sleep(POLL_S)
 
     async def finetune(

@@ -5,6 +5,7 @@ these same models."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -16,6 +17,15 @@ from app.states import FineTuneStatus, JobStatus, ModelState, ModelStatus, RunSt
 #: carry it as written), at most ``MEASURE_MAX`` characters.
 MEASURE_PATTERN = r"^[A-Za-z0-9._-]+$"
 MEASURE_MAX = 64
+_MEASURE = re.compile(MEASURE_PATTERN)
+
+
+def is_measure(name: object) -> bool:
+    """Whether ``name`` is a measure's name as ``OutcomeIn`` takes it (the same rule for the
+    services and forms that take one without that model)."""
+    return isinstance(name, str) and len(name) <= MEASURE_MAX and bool(_MEASURE.fullmatch(name))
+
+
 #: Bounds of whole numbers a request may give: a database integer column, and a seed (32-bit,
 #: as numpy's legacy generators and the CLI's ``--seed`` take it). Past them a request was a
 #: 500 (an integer too large for the database) or a job that failed later.

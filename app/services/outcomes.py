@@ -4,7 +4,6 @@ per (dataset, model, measure); a later value replaces the earlier one."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,9 +65,7 @@ def record(
     seen: set[tuple[str, str]] = set()
     for i, e in enumerate(entries):
         value, measure, higher = e["value"], e["measure"], e["higher_is_better"]
-        if not isinstance(measure, str) or not (
-            len(measure) <= schemas.MEASURE_MAX and re.fullmatch(schemas.MEASURE_PATTERN, measure)
-        ):
+        if not schemas.is_measure(measure):
             raise Invalid(
                 f"outcome {i}: measure {measure!r} is not a measure name: use 1 to "
                 f"{schemas.MEASURE_MAX} letters, digits, '.', '_' or '-' (such as finetune_top1)"

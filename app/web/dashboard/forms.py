@@ -4,7 +4,6 @@ set a schedule. Each posts here with its page's CSRF token and, done, redirects 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -303,7 +302,7 @@ async def _post_then_redirect(
         problem = {"section": section, "detail": exc.detail}
         status = exc.status
 
-        shown = measure if measure and _MEASURE.fullmatch(measure) else None
+        shown = measure if schemas.is_measure(measure) else None
 
         def page(fresh: Session) -> dict[str, Any]:
             figures = views.dataset_page(
@@ -315,9 +314,6 @@ async def _post_then_redirect(
         return render(request, "dataset.html", context, status_code=status)
     query = f"?measure={quote(measure)}" if measure else ""
     return RedirectResponse(f"{PREFIX}/datasets/{dataset_id}{query}#{anchor}", status_code=303)
-
-
-_MEASURE = re.compile(schemas.MEASURE_PATTERN)
 
 
 def _text(value: Any) -> str:
